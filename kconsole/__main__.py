@@ -1,0 +1,5 @@
+"""`python -m kconsole` runs the CLI."""
+
+from kconsole.cli import main
+
+raise SystemExit(main())

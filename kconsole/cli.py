@@ -1,0 +1,306 @@
+"""The headless command line. Every TUI action is an engine call this CLI can make too.
+
+Exit codes: 0 success, 1 the operation ran and failed, 2 bad input or usage,
+3 interrupted and resumable. Errors are one sentence on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from kconsole import __version__
+from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KconsoleError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one sentence (its default is usage + message)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`).")
+
+
+def _out(line: str) -> None:
+    """Print to stdout, surviving a terminal that went away (a dropped SSH session)."""
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _err(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full CLI contract of DESIGN.md."""
+    common = _Parser(add_help=False)
+    common.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
+    p = _Parser(prog="kconsole", description="Backup and disaster recovery console.", parents=[common])
+    p.add_argument("--version", action="version", version=f"kconsole {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    lab = sub.add_parser("lab", parents=[common], help="start the embedded lab and open the console on it")
+    lab.add_argument("--nodes", type=int, default=9)
+    lab.add_argument("--dir", metavar="DIR", help="lab directory (default: a per-user state directory)")
+    lab.add_argument("--faults", default="", metavar="SPEC")
+    lab.add_argument("mode", nargs="?", choices=["serve"], help="serve headless until SIGINT/SIGTERM")
+
+    v = sub.add_parser("validate", parents=[common], help="check runbooks and site files")
+    v.add_argument("paths", nargs="+", metavar="PATH")
+
+    r = sub.add_parser("run", parents=[common], help="run a runbook headless")
+    r.add_argument("runbook", metavar="RUNBOOK", help="path or id of a shipped runbook")
+    r.add_argument("--param", action="append", default=[], metavar="K=V")
+    r.add_argument("--yes", action="store_true", help="confirm every gate")
+    r.add_argument("--drill", action="store_true", help="mark the run as a drill")
+    r.add_argument("--json", action="store_true", help="one JSON event per line")
+    r.add_argument("--resume", metavar="RUN_ID")
+
+    runs = sub.add_parser("runs", parents=[common], help="runs in the journal, newest first")
+    runs.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", parents=[common], help="one poll of every node")
+    st.add_argument("--json", action="store_true")
+
+    cat = sub.add_parser("catalog", parents=[common], help="backups across all locations")
+    cat.add_argument("--json", action="store_true")
+    cat.add_argument("--kind")
+    cat.add_argument("--node")
+    cat.add_argument("--location")
+
+    ver = sub.add_parser("verify", parents=[common], help="verify backups end to end")
+    ver.add_argument("backups", nargs="*", metavar="BACKUP")
+
+    cr = sub.add_parser("crypto", parents=[common], help="keys and encryption")
+    crs = cr.add_subparsers(dest="crypto_command", required=True, parser_class=_Parser)
+    kg = crs.add_parser("keygen", parents=[common], help="make a new key file (0600)")
+    kg.add_argument("-o", dest="output", required=True, metavar="KEYFILE")
+    enc = crs.add_parser("encrypt", parents=[common], help="encrypt a file")
+    enc.add_argument("--key", required=True, metavar="KEYFILE")
+    enc.add_argument("input", metavar="IN")
+    enc.add_argument("-o", dest="output", required=True, metavar="OUT")
+    dec = crs.add_parser("decrypt", parents=[common], help="decrypt a native or legacy file")
+    group = dec.add_mutually_exclusive_group(required=True)
+    group.add_argument("--key", metavar="KEYFILE")
+    group.add_argument("--keyring", metavar="DIR")
+    dec.add_argument("--pbkdf2", action="store_true", help="legacy file made with openssl -pbkdf2")
+    dec.add_argument("input", metavar="IN")
+    dec.add_argument("-o", dest="output", required=True, metavar="OUT")
+
+    rep = sub.add_parser("report", parents=[common], help="the filled incident / drill report of a run")
+    rep.add_argument("run_id", metavar="RUN_ID")
+    rep.add_argument("--format", choices=["md", "json"], default="md")
+    rep.add_argument("-o", dest="output", metavar="FILE")
+
+    au = sub.add_parser("audit", parents=[common], help="the audit log")
+    aus = au.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    aus.add_parser("verify", parents=[common], help="check the hash chain")
+    ash = aus.add_parser("show", parents=[common], help="print the audit log")
+    ash.add_argument("--json", action="store_true")
+
+    co = sub.add_parser("contacts", parents=[common], help="contacts and escalation matrices")
+    co.add_argument("--json", action="store_true")
+
+    me = sub.add_parser("metrics", parents=[common], help="backup metrics, Prometheus text format")
+    me.add_argument("-o", dest="output", metavar="FILE")
+
+    sc = sub.add_parser("schedule", parents=[common], help="the plan's schedules")
+    sc.add_argument("--crontab", action="store_true")
+
+    web = sub.add_parser("web", parents=[common], help="serve the console to a browser on localhost")
+    web.add_argument("--port", type=int, default=8000)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `kconsole` script."""
+    try:
+        args = build_parser().parse_args(argv)
+        handler = _HANDLERS.get(args.command or "console")
+        if handler is None:
+            raise UsageError(f"kconsole {args.command} is not available in this version.")
+        return handler(args)
+    except KconsoleError as exc:
+        for line in str(exc).splitlines() or [exc.__class__.__name__]:
+            _err(line if _looks_located(line) else f"kconsole: {line}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("kconsole: interrupted.")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the operator gets one sentence, the log the rest
+        fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
+        return EXIT_FAILED
+
+
+def _looks_located(line: str) -> bool:
+    head = line.split(": ", 1)[0]
+    return head.count(":") >= 2 and head.rsplit(":", 2)[-1].isdigit()
+
+
+def _site(args: argparse.Namespace) -> Any:
+    from kconsole.site import find_site_path, load_site
+
+    return load_site(find_site_path(args.site))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`kconsole validate PATH...`"""
+    from kconsole.runbook import validate_paths
+
+    count, problems = validate_paths(args.paths)
+    for problem in sorted(problems):
+        _err(str(problem))
+    if problems:
+        files = len({p.path for p in problems})
+        _err(f"{len(problems)} problem(s) in {files} of {count} file(s).")
+        return EXIT_USAGE
+    _out(f"{count} file(s) valid.")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`kconsole run RUNBOOK ...`"""
+    from kconsole.headless import run_headless
+
+    return run_headless(
+        site=_site(args), runbook=args.runbook, params=args.param, yes=args.yes, drill=args.drill,
+        as_json=args.json, resume=args.resume, printer=_out,
+    )
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """`kconsole runs`"""
+    from kconsole.journal import list_runs
+
+    site = _site(args)
+    runs = list_runs(site.state_dir)
+    if args.json:
+        for r in runs:
+            _out(json.dumps(r.as_json()))
+        return EXIT_OK
+    if not runs:
+        _out("no runs yet.")
+        return EXIT_OK
+    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+    for r in runs:
+        _out(f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`kconsole audit verify|show`"""
+    from kconsole.audit import AuditLog
+
+    site = _site(args)
+    log = AuditLog(site.state_dir)
+    if args.audit_command == "show":
+        for entry in log.read():
+            if args.json:
+                _out(json.dumps(entry, sort_keys=True))
+            else:
+                _out(f"{entry['seq']:>6} {entry['ts']} {entry['actor']:12} {entry['action']:14} "
+                     f"{entry.get('target', '')} {entry.get('result', '')}")
+        return EXIT_OK
+    result = log.verify()
+    if result.ok:
+        _out(f"audit log {log.path}: {result.message}.")
+        return EXIT_OK
+    _err(f"kconsole: audit log {log.path} is tampered: {result.message}.")
+    return EXIT_FAILED
+
+
+def cmd_contacts(args: argparse.Namespace) -> int:
+    """`kconsole contacts`"""
+    site = _site(args)
+    if args.json:
+        for c in site.contacts:
+            _out(json.dumps({"type": "contact", **c.__dict__}))
+        for m in site.escalation.values():
+            _out(json.dumps({"type": "escalation", "name": m.name, "title": m.title,
+                             "levels": [{"level": lv.level, "role": lv.role, "wait_s": lv.wait} for lv in m.levels]}))
+        return EXIT_OK
+    from kconsole.config import format_duration
+
+    _out(f"{'NAME':16} {'ROLE':22} {'PHONE':14} {'ON CALL':15} EMAIL")
+    for c in site.contacts:
+        _out(f"{c.name:16} {c.role:22} {c.phone:14} {c.on_call:15} {c.email}")
+    for m in site.escalation.values():
+        _out("")
+        _out(f"{m.title}:")
+        for lv in m.levels:
+            wait = f"  then after {format_duration(lv.wait)} with no response" if lv.wait else ""
+            _out(f"  L{lv.level} {lv.role}{wait}")
+    return EXIT_OK
+
+
+def cmd_crypto(args: argparse.Namespace) -> int:
+    """`kconsole crypto keygen|encrypt|decrypt`"""
+    from kconsole.crypto import cli as crypto_cli
+
+    if args.crypto_command == "keygen":
+        return crypto_cli.cmd_keygen(Path(args.output))
+    if args.crypto_command == "encrypt":
+        return crypto_cli.cmd_encrypt(Path(args.key), Path(args.input), Path(args.output))
+    return crypto_cli.cmd_decrypt(Path(args.input), Path(args.output),
+                                  key_path=Path(args.key) if args.key else None,
+                                  keyring_dir=Path(args.keyring) if args.keyring else None,
+                                  pbkdf2=args.pbkdf2)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """`kconsole lab [serve]`"""
+    from kconsole.lab.serve import serve
+
+    directory = Path(args.dir) if args.dir else _default_lab_dir()
+    if args.mode == "serve":
+        if not args.dir:
+            raise UsageError("kconsole lab serve needs --dir DIR.")
+        return serve(directory, args.nodes, args.faults)
+    return serve(directory, args.nodes, args.faults)
+
+
+def _default_lab_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "kconsole" / "lab"
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """`kconsole` with no command: the console on the site."""
+    _site(args)
+    raise UsageError("the console screens are not available in this version; use the headless commands "
+                     "(kconsole --help).")
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "run": cmd_run,
+    "runs": cmd_runs,
+    "audit": cmd_audit,
+    "contacts": cmd_contacts,
+    "crypto": cmd_crypto,
+    "lab": cmd_lab,
+    "console": cmd_console,
+}
+
+
+def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
+    itself as interrupted and resumable."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)

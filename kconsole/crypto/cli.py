@@ -1,0 +1,115 @@
+"""What `kconsole crypto keygen|encrypt|decrypt` do; argument parsing lives in kconsole.cli.
+
+Each command prints one line on stdout when it succeeds and returns the exit code;
+failures are raised as `KconsoleError`s for the CLI boundary to print as one sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from kconsole.crypto.errors import NotKdxFileError
+from kconsole.crypto.keys import Key, Keyring, keygen, read_key_file
+from kconsole.crypto.legacy import LABEL, SALTED, LegacyKdf, decrypt_legacy_file
+from kconsole.crypto.stream import MAGIC, decrypt_file, encrypt_file, open_input
+from kconsole.errors import EXIT_OK, UsageError
+
+Format = Literal["kdxenc", "openssl-legacy"]
+
+
+def detect_format(path: str | os.PathLike[str]) -> Format | None:
+    """Which encrypted format a file is in, by its magic bytes (None if neither)."""
+    with open_input(path) as fh:
+        head = fh.read(len(SALTED))
+    if head.startswith(MAGIC):
+        return "kdxenc"
+    if head == SALTED:
+        return "openssl-legacy"
+    return None
+
+
+def cmd_keygen(out: Path) -> int:
+    """Write a new key file (0600, never over an existing file) and print its key id."""
+    key = keygen(out)
+    print(f"wrote new key {out} (key id {key.key_id}, mode 0600)")
+    return EXIT_OK
+
+
+def cmd_encrypt(key_path: Path, in_path: Path, out_path: Path) -> int:
+    """Encrypt IN to OUT in the native authenticated format with the key file."""
+    key = read_key_file(key_path)
+    result = encrypt_file(key, in_path, out_path)
+    print(
+        f"encrypted {in_path} -> {out_path}: {result.plaintext_size} bytes, key id "
+        f"{result.key_id}, ciphertext sha256 {result.ciphertext_sha256}"
+    )
+    return EXIT_OK
+
+
+def _legacy_kdf(pbkdf2: bool, kdf: str | None, iterations: int | None) -> LegacyKdf | None:
+    if kdf is not None:
+        try:
+            chosen = LegacyKdf(kdf.lower())
+        except ValueError:
+            names = ", ".join(k.value for k in LegacyKdf)
+            raise UsageError(f"unknown KDF {kdf!r}; use one of {names}") from None
+        if pbkdf2 and chosen is not LegacyKdf.PBKDF2:
+            raise UsageError(f"--pbkdf2 contradicts KDF {kdf}")
+    else:
+        chosen = LegacyKdf.PBKDF2 if pbkdf2 else None
+    if iterations is not None:
+        if iterations < 1:
+            raise UsageError(f"the PBKDF2 iteration count must be positive, not {iterations}")
+        if chosen not in (None, LegacyKdf.PBKDF2):
+            raise UsageError("an iteration count applies only to PBKDF2")
+    return chosen
+
+
+def cmd_decrypt(
+    in_path: Path,
+    out_path: Path,
+    key_path: Path | None = None,
+    keyring_dir: Path | None = None,
+    pbkdf2: bool = False,
+    kdf: str | None = None,
+    iterations: int | None = None,
+) -> int:
+    """Decrypt IN to OUT, native or legacy by its magic; OUT appears only if it all checks out.
+
+    `pbkdf2`, `kdf` ("sha256", "md5", "pbkdf2") and `iterations` only matter for legacy
+    files, and only when the plaintext is not gzip (otherwise the KDF is detected).
+    """
+    if (key_path is None) == (keyring_dir is None):
+        raise UsageError("give exactly one of --key KEYFILE or --keyring DIR")
+    legacy_kdf = _legacy_kdf(pbkdf2, kdf, iterations)
+    keys: Key | Keyring = read_key_file(key_path) if key_path else Keyring(keyring_dir or "")
+    fmt = detect_format(in_path)
+    if fmt == "kdxenc":
+        result = decrypt_file(keys, in_path, out_path)
+        print(
+            f"decrypted {in_path} -> {out_path}: {result.plaintext_size} bytes, authenticated, "
+            f"key id {result.key_id}, plaintext sha256 {result.plaintext_sha256}"
+        )
+        return EXIT_OK
+    if fmt == "openssl-legacy":
+        legacy = decrypt_legacy_file(keys, in_path, out_path, legacy_kdf, iterations)
+        params = legacy.params
+        print(
+            f"warning: {in_path} is an openssl enc file ({LABEL}): a wrong key or damage "
+            "can go unnoticed; verify the archive and its checksum before trusting it",
+            file=sys.stderr,
+        )
+        if params.password_note:
+            print(f"note: {params.password_note} from {params.key.name}", file=sys.stderr)
+        print(
+            f"decrypted {in_path} -> {out_path}: {legacy.plaintext_size} bytes, {LABEL}, "
+            f"{params.describe()}, key id {legacy.key_id}, plaintext sha256 "
+            f"{legacy.plaintext_sha256}"
+        )
+        return EXIT_OK
+    raise NotKdxFileError(
+        f"{in_path} is neither a kconsole encrypted file nor an openssl enc file with a salt"
+    )

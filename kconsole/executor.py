@@ -1,0 +1,437 @@
+"""The async executor: runs a runbook's step graph against a site, journaling every move.
+
+Steps whose `needs` are done run concurrently; `for_each` fans a step out over nodes
+under its `concurrency`; each instance gets its gate, timeout, retries with exponential
+backoff and `expect` check; a failure aborts the run, is tolerated (`continue`), or runs
+a rollback step first. Each transition is fsynced to the journal before it is acted on,
+so a resumed run never repeats a finished step and asks before repeating one that was in
+flight when the process died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kconsole.actions import REGISTRY
+from kconsole.actions.base import ActionResult, Confirm, StepContext
+from kconsole.actions.gate import GateRefused, GateUnanswered
+from kconsole.audit import AuditLog
+from kconsole.config import format_duration
+from kconsole.errors import OperationFailed
+from kconsole.gates import GateRequest
+from kconsole.journal import InstanceState, RunJournal, iso
+from kconsole.runbook.model import Runbook, Step
+from kconsole.runbook.params import step_nodes
+from kconsole.runbook.template import NodeRef, RunRef, SiteRef, render, render_value
+from kconsole.services import Services
+from kconsole.site import Site
+
+MAX_BACKOFF = 300.0
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class _StopRun(Exception):
+    """Internal: a gate could not be answered; stop the run resumable."""
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended."""
+
+    run_id: str
+    status: str
+    reason: str = ""
+    failed: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+@dataclass
+class _Instance:
+    step: Step
+    node: NodeRef | None
+
+    @property
+    def node_name(self) -> str | None:
+        return self.node.name if self.node else None
+
+
+class Executor:
+    """Runs one runbook once (or resumes it), writing the journal as it goes."""
+
+    def __init__(
+        self,
+        runbook: Runbook,
+        site: Site,
+        params: dict[str, Any],
+        *,
+        journal: RunJournal,
+        confirm: Confirm,
+        services: Services | None = None,
+        user: str = "",
+        drill: bool = False,
+        on_event: EventSink | None = None,
+        prior: dict[tuple[str, str | None], InstanceState] | None = None,
+        raw_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.runbook = runbook
+        self.site = site
+        self.params = params
+        self.raw_params = raw_params or {}
+        self.journal = journal
+        self.confirm = confirm
+        self.services = services or Services()
+        self.user = user
+        self.drill = drill
+        self.on_event = on_event
+        self.prior = prior or {}
+        self.run_id = journal.run_id
+        self.audit = AuditLog(site.state_dir)
+        self._aborting: str = ""
+        self._abort_status = "failed"
+        self._stopped: str = ""
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._failed: list[str] = []
+        self._started_at = 0.0
+
+    # -- operator controls (the TUI calls these) --------------------------------------
+
+    def abort(self, reason: str = "aborted by the operator") -> None:
+        """Start no new step; running ones finish; the run ends `aborted`."""
+        self._aborting = reason
+        self._abort_status = "aborted"
+        self._resume.set()
+
+    def pause(self) -> None:
+        """Hold new steps until `unpause`; running ones carry on."""
+        self._resume.clear()
+
+    def unpause(self) -> None:
+        """Let new steps start again."""
+        self._resume.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the run is holding new steps."""
+        return not self._resume.is_set()
+
+    def elapsed(self) -> float:
+        """Seconds since this run (or resume) started."""
+        return self.services.clock.monotonic() - self._started_at if self._started_at else 0.0
+
+    # -- events --------------------------------------------------------------------------
+
+    def _emit(self, record: dict[str, Any], durable: bool = True) -> None:
+        self.journal.write(record, durable=durable)
+        if self.on_event is not None:
+            self.on_event(record)
+
+    def _step_event(self, inst: _Instance | Step, node: str | None, event: str, durable: bool = True,
+                    **extra: Any) -> None:
+        step = inst.step if isinstance(inst, _Instance) else inst
+        record = {"type": "step", "run": self.run_id, "step": step.id, "node": node, "event": event,
+                  "time": iso(self.services.clock.now())}
+        record.update(extra)
+        self._emit(record, durable)
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def run(self, resumed: bool = False) -> RunOutcome:
+        """Run to the end, a stop at a gate, or cancellation (re-raised after journaling)."""
+        self._started_at = self.services.clock.monotonic()
+        now = iso(self.services.clock.now())
+        if resumed:
+            self._emit({"type": "run", "event": "resumed", "run": self.run_id, "time": now, "user": self.user})
+        else:
+            self._emit({"type": "run", "event": "created", "run": self.run_id, "runbook": self.runbook.id,
+                        "title": self.runbook.title, "path": self.runbook.path, "params": self.raw_params,
+                        "drill": self.drill, "user": self.user, "time": now, "rto_s": self.runbook.rto,
+                        "site": self.site.name})
+        self.audit.append(self.user, "run.resume" if resumed else "run.start", self.run_id,
+                          runbook=self.runbook.id, drill=self.drill, params=self.raw_params)
+        try:
+            status, reason = await self._schedule()
+        except asyncio.CancelledError:
+            self._finish("interrupted", "interrupted; resume with --resume " + self.run_id, final=False)
+            raise
+        self._finish(status, reason, final=status not in ("waiting", "interrupted"))
+        return RunOutcome(self.run_id, status, reason, list(self._failed), self.elapsed())
+
+    def _finish(self, status: str, reason: str, final: bool) -> None:
+        self._emit({"type": "run", "event": "finished" if final else "stopped", "run": self.run_id,
+                    "status": status, "reason": reason, "time": iso(self.services.clock.now()),
+                    "elapsed_s": round(self.elapsed(), 3)})
+        self.audit.append(self.user, "run.finish" if final else "run.stop", self.run_id, result=status,
+                          reason=reason)
+
+    async def _schedule(self) -> tuple[str, str]:
+        rollback = self.runbook.rollback_steps
+        pending = [s for s in self.runbook.steps.values() if s.id not in rollback]
+        outcome: dict[str, str] = {}
+        running: dict[asyncio.Task[str], Step] = {}
+        try:
+            while pending or running:
+                if not self._aborting and not self._stopped:
+                    await self._resume.wait()
+                    for step in list(pending):
+                        if not all(n in outcome for n in step.needs):
+                            continue
+                        pending.remove(step)
+                        blocked = [n for n in step.needs if outcome[n] in ("failed", "skipped")]
+                        if blocked:
+                            self._skip(step, f"needs {blocked[0]}, which {outcome[blocked[0]]}")
+                            outcome[step.id] = "skipped"
+                            continue
+                        running[asyncio.create_task(self._run_step(step), name=step.id)] = step
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    step = running.pop(task)
+                    exc = task.exception()
+                    if isinstance(exc, _StopRun):
+                        self._stopped = str(exc)
+                        outcome[step.id] = "stopped"
+                    elif exc is not None:
+                        raise exc
+                    else:
+                        outcome[step.id] = task.result()
+        except BaseException:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+        if self._stopped:
+            return "waiting", self._stopped
+        for step in pending:
+            self._skip(step, self._aborting or "not reached")
+        if self._aborting:
+            return self._abort_status, self._aborting
+        return "succeeded", ""
+
+    def _skip(self, step: Step, reason: str) -> None:
+        for node in self._nodes_for(step, quiet=True):
+            self._step_event(step, node.name if node else None, "skipped", reason=reason)
+
+    def _context(self, node: NodeRef | None) -> dict[str, Any]:
+        ctx: dict[str, Any] = dict(self.params)
+        ctx["run"] = RunRef(self.run_id, self.drill, self.runbook.id, self.user)
+        ctx["site"] = SiteRef(self.site.name)
+        ctx["now"] = self.services.clock.now()
+        if node is not None:
+            ctx["node"] = node
+        return ctx
+
+    def _nodes_for(self, step: Step, quiet: bool = False) -> list[NodeRef | None]:
+        try:
+            return step_nodes(step, self.site, self.params,
+                              lambda t: render(t, self._context(None)))
+        except Exception:
+            if quiet:
+                return [None]
+            raise
+
+    async def _run_step(self, step: Step) -> str:
+        """Run every instance of a step; 'ok', 'failed' (run aborting) or 'continued'."""
+        try:
+            nodes = self._nodes_for(step)
+        except Exception as exc:  # noqa: BLE001 - a bad node reference fails the step, not the console
+            self._step_event(step, None, "failed", reason=str(exc))
+            return await self._on_failure(step, None, str(exc))
+        if step.gate and "{node" not in step.gate:
+            await self._gate(step, None, nodes)
+        limit = asyncio.Semaphore(step.concurrency or len(nodes) or 1)
+        instances = [_Instance(step, n) for n in nodes]
+
+        async def one(inst: _Instance) -> str:
+            async with limit:
+                if self._aborting or self._stopped:
+                    self._step_event(inst, inst.node_name, "skipped", reason=self._aborting or self._stopped)
+                    return "skipped"
+                return await self._run_instance(inst)
+
+        results = await asyncio.gather(*(one(i) for i in instances), return_exceptions=True)
+        for r in results:
+            if isinstance(r, _StopRun):
+                raise r
+            if isinstance(r, BaseException):
+                raise r
+        if "failed" in results:
+            return "failed"
+        if "continued" in results:
+            return "continued"
+        if all(r == "skipped" for r in results):
+            return "skipped"
+        return "ok"
+
+    async def _gate(self, step: Step, node: NodeRef | None, nodes: list[NodeRef | None]) -> None:
+        node_name = node.name if node else None
+        prior = self.prior.get((step.id, node_name))
+        if prior is not None and (prior.confirmed or prior.last == "finished"):
+            return
+        assert step.gate is not None
+        ctx = self._context(node)
+        if step.gate.startswith("type:"):
+            kind, expected = "type", render(step.gate[5:], ctx)
+        else:
+            kind, expected = "confirm", ""
+        where = ", ".join(n.name for n in nodes if n) if node is None else node.name
+        title = render(step.title, ctx) if step.title else step.id
+        request = GateRequest(
+            run_id=self.run_id, step_id=step.id, title=title, kind=kind,  # type: ignore[arg-type]
+            node=where or None, expected=expected, guide=step.guide,
+            destructive=REGISTRY[step.action].destructive,
+        )
+        self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
+        answer = await self.confirm(request)
+        if answer is None:
+            raise _StopRun(f"waiting at gate {step.id}: {request.question()}")
+        by = request.answered_by or self.user
+        if not answer:
+            self._step_event(step, node_name, "refused", by=by)
+            self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
+            self.abort(f"the operator refused the gate of {step.id}")
+            raise GateRefused(f"the operator refused the gate of {step.id}.")
+        self._step_event(step, node_name, "confirmed", by=by, note=request.note)
+        self.audit.append(self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by)
+
+    async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
+        what = "was in flight when the run stopped" if prior.in_flight else f"failed ({prior.reason})"
+        request = GateRequest(run_id=self.run_id, step_id=inst.step.id,
+                              title=render(inst.step.title, self._context(inst.node)) if inst.step.title else inst.step.id,
+                              kind="rerun", node=inst.node_name,
+                              prompt=f"{inst.step.id}{' on ' + inst.node_name if inst.node_name else ''} {what}; run it again?")
+        self._step_event(inst, inst.node_name, "gate", question=request.prompt, kind="rerun")
+        answer = await self.confirm(request)
+        if answer is None:
+            raise _StopRun(f"waiting to re-run {inst.step.id}: {request.prompt}")
+        if answer:
+            self._step_event(inst, inst.node_name, "confirmed", by=request.answered_by or self.user, rerun=True)
+            self.audit.append(self.user, "step.rerun", f"{self.run_id}/{inst.step.id}", node=inst.node_name)
+        return bool(answer)
+
+    async def _run_instance(self, inst: _Instance, rollback: bool = False) -> str:
+        step = inst.step
+        prior = self.prior.get((step.id, inst.node_name))
+        if prior is not None:
+            if prior.last == "finished":
+                return "ok"
+            if prior.in_flight or prior.last == "failed":
+                if not await self._ask_rerun(inst, prior):
+                    reason = "the operator chose not to re-run it"
+                    self._step_event(inst, inst.node_name, "failed", reason=reason)
+                    self.abort(f"{step.id} was not re-run")
+                    return "failed"
+        try:
+            if step.gate and "{node" in step.gate:
+                await self._gate(step, inst.node, [inst.node])
+        except GateRefused as exc:
+            self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
+            return "failed"
+        action_cls = REGISTRY[step.action]
+        attempts = step.retries + 1
+        reason = ""
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                delay = min(MAX_BACKOFF, step.backoff * 2 ** (attempt - 2))
+                self._step_event(inst, inst.node_name, "retrying", attempt=attempt, reason=reason,
+                                 delay_s=delay)
+                await self.services.clock.sleep(delay)
+            self._step_event(inst, inst.node_name, "started", attempt=attempt, action=step.action)
+            t0 = self.services.clock.monotonic()
+            try:
+                result = await self._attempt(inst, action_cls())
+                reason = self._check_expect(step, result)
+            except GateUnanswered as exc:
+                raise _StopRun(f"waiting at gate {step.id}: {exc}") from None
+            except GateRefused as exc:
+                self._step_event(inst, inst.node_name, "failed", reason=str(exc))
+                self.abort(str(exc).rstrip("."))
+                return "failed"
+            except TimeoutError:
+                reason = f"timed out after {format_duration(step.timeout or 0)}"
+                result = None
+            except OperationFailed as exc:
+                reason = str(exc).rstrip(".")
+                result = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug in an action must not kill the run
+                reason = f"internal error in {step.action}: {exc.__class__.__name__}: {exc}"
+                result = None
+            duration = round(self.services.clock.monotonic() - t0, 3)
+            if not reason and result is not None:
+                self._step_event(inst, inst.node_name, "finished", exit_code=result.exit_code,
+                                 duration_s=duration, summary=result.summary, data=_jsonable(result.data))
+                return "ok"
+            extra = {"exit_code": result.exit_code} if result is not None else {}
+            if attempt == attempts:
+                self._step_event(inst, inst.node_name, "failed", reason=reason, duration_s=duration,
+                                 attempt=attempt, **extra)
+        label = f"{step.id}{' on ' + inst.node_name if inst.node_name else ''}"
+        self._failed.append(label)
+        if rollback:
+            return "failed"
+        return await self._on_failure(step, inst.node, f"{label} failed: {reason}")
+
+    async def _on_failure(self, step: Step, node: NodeRef | None, reason: str) -> str:
+        """Apply the step's on_failure: carry on, abort, or roll back then abort."""
+        if step.on_failure == "continue":
+            return "continued"
+        if not self._aborting:
+            self._aborting = reason
+            self._abort_status = "failed"
+        if step.on_failure != "abort":
+            rollback = self.runbook.steps[step.on_failure]
+            targets = self._nodes_for(rollback) if (rollback.for_each or rollback.node) else [node]
+            for target in targets:
+                self._step_event(rollback, target.name if target else None, "output", durable=False,
+                                 stream="stdout", text=f"rolling back after {step.id} failed")
+                await self._run_instance(_Instance(rollback, target), rollback=True)
+        return "failed"
+
+    async def _attempt(self, inst: _Instance, action: Any) -> ActionResult:
+        step = inst.step
+        ctx_vars = self._context(inst.node)
+        values: dict[str, Any] = {}
+        for name, spec in REGISTRY[step.action].fields.items():
+            if name in step.fields:
+                raw = step.fields[name]
+                values[name] = render_value(raw, ctx_vars, quote=spec.kind == "command") if spec.templated else raw
+            elif spec.default is not None:
+                values[name] = spec.default
+
+        async def emit(stream: str, text: str) -> None:
+            self._step_event(inst, inst.node_name, "output", durable=False, stream=stream, text=text)
+
+        ctx = StepContext(run_id=self.run_id, step=step, node=inst.node.node if inst.node else None,
+                          values=values, site=self.site, services=self.services, emit=emit,
+                          confirm=self.confirm, drill=self.drill, user=self.user, params=self.params)
+        if step.timeout:
+            return await asyncio.wait_for(action.run(ctx), step.timeout)
+        return await action.run(ctx)
+
+    @staticmethod
+    def _check_expect(step: Step, result: ActionResult) -> str:
+        expect = step.expect
+        codes = expect.exit if expect else (0,)
+        code = 0 if result.exit_code is None else result.exit_code
+        if code not in codes:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+            detail = f": {tail[0][:200]}" if tail[0] else ""
+            return f"exit code {code}, expected {' or '.join(map(str, codes))}{detail}"
+        if expect and expect.stdout and not re.search(expect.stdout, result.stdout):
+            return f"output does not match {expect.stdout!r}"
+        if expect and expect.stderr and not re.search(expect.stderr, result.stderr):
+            return f"error output does not match {expect.stderr!r}"
+        return ""
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out[k] = v if isinstance(v, str | int | float | bool | type(None) | list | dict) else str(v)
+    return out

@@ -1,0 +1,85 @@
+"""Gates: the moments a run stops for the operator to say yes.
+
+The executor never asks anyone itself; it awaits an injected `confirm(GateRequest)`
+coroutine. The CLI asks on the terminal, the TUI shows a modal, `--yes` says yes, and
+with no terminal the answer is None: the run stops there, resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+GateKind = Literal["confirm", "type", "checklist", "rerun"]
+
+
+@dataclass
+class GateRequest:
+    """What the operator is asked to approve."""
+
+    run_id: str
+    step_id: str
+    title: str
+    kind: GateKind
+    node: str | None = None
+    expected: str = ""
+    prompt: str = ""
+    checklist: list[str] = field(default_factory=list)
+    guide: str = ""
+    destructive: bool = False
+    note: str = ""
+    answered_by: str = ""
+
+    def question(self) -> str:
+        """The one-line question shown to the operator."""
+        where = f" on {self.node}" if self.node else ""
+        if self.kind == "type":
+            return f"{self.title}{where}: type {self.expected!r} to confirm"
+        if self.kind == "rerun":
+            return f"{self.title}{where} was in flight when the run stopped; run it again?"
+        return self.prompt or f"{self.title}{where}: proceed?"
+
+    def accepts(self, typed: str) -> bool:
+        """Whether a typed answer confirms this gate."""
+        if self.kind == "type":
+            return typed.strip() == self.expected
+        return typed.strip().lower() in ("y", "yes")
+
+
+async def confirm_yes(request: GateRequest) -> bool:
+    """`--yes`: every gate is confirmed (and recorded as confirmed by --yes)."""
+    request.answered_by = "--yes"
+    return True
+
+
+async def confirm_unattended(request: GateRequest) -> None:
+    """No terminal and no `--yes`: stop at the gate."""
+    return None
+
+
+async def confirm_on_terminal(request: GateRequest) -> bool:
+    """Ask on the controlling terminal; a typed gate needs the exact value."""
+    print(f"\n== gate: {request.question()}", file=sys.stderr)
+    if request.guide:
+        print(request.guide.strip(), file=sys.stderr)
+    for item in request.checklist:
+        print(f"  [ ] {item}", file=sys.stderr)
+    hint = "" if request.kind == "type" else " [y/N]"
+    answer = await asyncio.to_thread(_read_line, f"> {hint.strip()} " if hint else "> ")
+    if answer is None:
+        return False
+    ok = request.accepts(answer)
+    if ok and request.kind == "checklist":
+        note = await asyncio.to_thread(_read_line, "note (optional)> ")
+        request.note = (note or "").strip()
+    request.answered_by = "terminal"
+    return ok
+
+
+def _read_line(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None

@@ -1,0 +1,136 @@
+"""`kconsole run`: one runbook run (or resume) on the terminal, without the TUI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from kconsole.executor import Executor, RunOutcome
+from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
+from kconsole.journal import RunJournal, new_run_id, run_dir, summarise
+from kconsole.runbook import load_runbook, resolve_runbook_path
+from kconsole.runbook.params import parse_param_args, resolve_params
+from kconsole.services import Services
+from kconsole.site import Site, current_user
+
+_SYMBOL = {"started": "..", "finished": "ok", "failed": "!!", "skipped": "--", "retrying": "<>",
+           "gate": "??", "confirmed": "=>", "refused": "xx"}
+EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_FAILED,
+                   "waiting": EXIT_INTERRUPTED, "interrupted": EXIT_INTERRUPTED}
+
+
+def human_line(record: dict[str, Any]) -> str | None:
+    """One readable line for a journal record, or None to say nothing."""
+    t = str(record.get("time", ""))[11:19]
+    if record.get("type") == "run":
+        ev = record.get("event")
+        if ev == "created":
+            drill = " (drill)" if record.get("drill") else ""
+            return f"{t} run {record['run']}: {record.get('title') or record.get('runbook')}{drill}"
+        if ev == "resumed":
+            return f"{t} run {record['run']} resumed"
+        reason = f": {record['reason']}" if record.get("reason") else ""
+        return f"{t} run {record['run']} {record.get('status')}{reason}"
+    ev = str(record.get("event"))
+    where = f" [{record['node']}]" if record.get("node") else ""
+    if ev == "output":
+        return f"{t}    {record['step']}{where} | {record.get('text', '')}"
+    extra = ""
+    if ev == "failed" or ev == "skipped" or ev == "retrying":
+        extra = f": {record.get('reason', '')}"
+    elif ev == "finished":
+        extra = f" ({record.get('duration_s', 0)}s)" + (f" {record['summary']}" if record.get("summary") else "")
+    elif ev == "gate":
+        extra = f": {record.get('question', '')}"
+    elif ev == "confirmed":
+        extra = f" by {record.get('by', '')}"
+    elif ev == "started" and int(record.get("attempt", 1)) > 1:
+        extra = f" (attempt {record['attempt']})"
+    return f"{t} {_SYMBOL.get(ev, '  ')} {record['step']}{where} {ev}{extra}"
+
+
+def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, drill: bool, as_json: bool,
+                 resume: str | None, printer: Callable[[str], None]) -> int:
+    """Run or resume; returns the exit code for the run's final status."""
+    user = current_user()
+    site.access.require_operate(user, "run runbooks")
+    site_runbooks = site.base_dir / "runbooks"
+    prior = None
+    if resume:
+        rdir = run_dir(site.state_dir, resume)
+        summary = summarise(rdir)
+        if summary.status == "running":
+            raise UsageError(f"run {resume} is still running in another kconsole process.")
+        if summary.status == "succeeded":
+            raise UsageError(f"run {resume} already succeeded; there is nothing to resume.")
+        rb = load_runbook(rdir / "runbook.toml", shown_as=f"{resume}/runbook.toml")
+        if runbook != rb.id and load_runbook(resolve_runbook_path(runbook, [site_runbooks])).id != rb.id:
+            raise UsageError(f"run {resume} ran runbook {rb.id}, not {runbook}.")
+        if params:
+            raise UsageError("--param cannot change a resumed run; it keeps the parameters it started with.")
+        raw_params: dict[str, Any] = summary.params
+        drill = summary.drill
+        prior = summary.instances
+        run_id = resume
+        journal = RunJournal(site.state_dir, run_id)
+    else:
+        path = resolve_runbook_path(runbook, [site_runbooks])
+        rb = load_runbook(path)
+        raw_params = parse_param_args(params)
+        run_id = new_run_id()
+        journal = None  # type: ignore[assignment]
+    resolved = resolve_params(rb, site, raw_params)
+    if journal is None:
+        journal = RunJournal.create(site.state_dir, run_id, rb.text)
+    else:
+        journal.open()
+
+    if yes:
+        confirm = confirm_yes
+    elif sys.stdin.isatty():
+        confirm = confirm_on_terminal
+    else:
+        confirm = confirm_unattended
+
+    def on_event(record: dict[str, Any]) -> None:
+        if as_json:
+            if record.get("type") == "step":
+                printer(json.dumps(record, ensure_ascii=False))
+        else:
+            line = human_line(record)
+            if line:
+                printer(line)
+
+    services = Services.for_site(site)
+    executor = Executor(rb, site, resolved, journal=journal, confirm=confirm, services=services, user=user,
+                        drill=drill, on_event=on_event, prior=prior, raw_params=raw_params)
+    outcome = _drive(executor, resumed=bool(resume), services=services)
+    journal.close()
+    if outcome is None:
+        if not as_json:
+            printer(f"run {run_id} interrupted; resume with: kconsole run {rb.id} --resume {run_id}")
+        return EXIT_INTERRUPTED
+    if outcome.status == "waiting" and not as_json:
+        printer(f"run {run_id} stopped at a gate; resume with: kconsole run {rb.id} --resume {run_id}")
+    return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
+
+
+def _drive(executor: Executor, resumed: bool, services: Services) -> RunOutcome | None:
+    """Run the executor on a fresh loop; signals cancel it into a resumable stop."""
+    from kconsole.cli import install_stop_signals
+
+    async def main() -> RunOutcome | None:
+        task = asyncio.create_task(executor.run(resumed=resumed))
+        install_stop_signals(asyncio.get_running_loop(), task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+        finally:
+            await services.close()
+
+    return asyncio.run(main())

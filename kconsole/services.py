@@ -1,0 +1,58 @@
+"""The outside world an executor and its actions reach through: clock, transports, HTTP.
+
+Tests swap any part (a fake clock, an in-memory transport); the CLI and the TUI build
+the real ones with `Services.for_site`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kconsole.site import Site
+
+
+class Clock:
+    """Wall and monotonic time plus sleep; injectable so RTO clocks are deterministic."""
+
+    def now(self) -> datetime:
+        """The current UTC time."""
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, never going backwards."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`."""
+        await asyncio.sleep(seconds)
+
+
+@dataclass
+class Services:
+    """The transports and clock a run uses. `transport` is the node command transport."""
+
+    clock: Clock = field(default_factory=Clock)
+    transport: Any = None
+    http_timeout: float = 10.0
+
+    @classmethod
+    def for_site(cls, site: Site) -> Services:
+        """The real services for `site`: SSH to its nodes over a pooled transport."""
+        transport = None
+        try:
+            from kconsole.transport.ssh import SshTransport
+        except ImportError:  # pragma: no cover - transport ships with the package
+            SshTransport = None  # type: ignore[assignment,misc]  # noqa: N806
+        if SshTransport is not None:
+            transport = SshTransport(site)
+        return cls(transport=transport)
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        if self.transport is not None and hasattr(self.transport, "close"):
+            await self.transport.close()
