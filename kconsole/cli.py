@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from kconsole import __version__
-from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KconsoleError, UsageError
+from kconsole.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    KconsoleError,
+    UsageError,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,24 +39,24 @@ class _Parser(argparse.ArgumentParser):
 
 def _out(line: str) -> None:
     """Print to stdout, surviving a terminal that went away (a dropped SSH session)."""
-    try:
+    with contextlib.suppress(BrokenPipeError, OSError):
         print(line, flush=True)
-    except (BrokenPipeError, OSError):
-        pass
 
 
 def _err(line: str) -> None:
-    try:
+    with contextlib.suppress(BrokenPipeError, OSError):
         print(line, file=sys.stderr, flush=True)
-    except (BrokenPipeError, OSError):
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full CLI contract of DESIGN.md."""
+    # --site is accepted before or after the command; SUPPRESS keeps a subcommand's
+    # unset --site from overwriting one given before it.
     common = _Parser(add_help=False)
-    common.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
-    p = _Parser(prog="kconsole", description="Backup and disaster recovery console.", parents=[common])
+    common.add_argument("--site", metavar="FILE", default=argparse.SUPPRESS,
+                        help="site file (default $KCONSOLE_SITE, then ./site.toml)")
+    p = _Parser(prog="kconsole", description="Backup and disaster recovery console.")
+    p.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
     p.add_argument("--version", action="version", version=f"kconsole {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 

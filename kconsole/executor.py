@@ -320,12 +320,11 @@ class Executor:
         if prior is not None:
             if prior.last == "finished":
                 return "ok"
-            if prior.in_flight or prior.last == "failed":
-                if not await self._ask_rerun(inst, prior):
-                    reason = "the operator chose not to re-run it"
-                    self._step_event(inst, inst.node_name, "failed", reason=reason)
-                    self.abort(f"{step.id} was not re-run")
-                    return "failed"
+            if (prior.in_flight or prior.last == "failed") and not await self._ask_rerun(inst, prior):
+                reason = "the operator chose not to re-run it"
+                self._step_event(inst, inst.node_name, "failed", reason=reason)
+                self.abort(f"{step.id} was not re-run")
+                return "failed"
         try:
             if step.gate and "{node" in step.gate:
                 await self._gate(step, inst.node, [inst.node])
@@ -368,7 +367,7 @@ class Executor:
                 self._step_event(inst, inst.node_name, "finished", exit_code=result.exit_code,
                                  duration_s=duration, summary=result.summary, data=_jsonable(result.data))
                 return "ok"
-            extra = {"exit_code": result.exit_code} if result is not None else {}
+            extra: dict[str, Any] = {"exit_code": result.exit_code} if result is not None else {}
             if attempt == attempts:
                 self._step_event(inst, inst.node_name, "failed", reason=reason, duration_s=duration,
                                  attempt=attempt, **extra)

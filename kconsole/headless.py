@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from kconsole.actions.base import Confirm
 from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from kconsole.executor import Executor, RunOutcome
 from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
@@ -89,6 +90,7 @@ def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, dril
     else:
         journal.open()
 
+    confirm: Confirm
     if yes:
         confirm = confirm_yes
     elif sys.stdin.isatty():

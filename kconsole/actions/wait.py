@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from kconsole.actions.base import Action, ActionResult, Field, StepContext
 from kconsole.actions.http import http_get
@@ -27,6 +28,7 @@ class WaitUntil(Action):
         "url": Field("text", help="URL to GET"),
         "match": Field("str", help="regular expression the output must contain"),
         "status": Field("int", default=200, help="HTTP status wanted with url"),
+        "json": Field("str", help="dotted path of a value in JSON output to test (e.g. height)"),
         "advancing": Field("bool", help="output is a number that must grow between polls"),
         "interval": Field("duration", default="2s"),
         "within": Field("duration", default="5m", help="give up after this long"),
@@ -86,6 +88,15 @@ class WaitUntil(Action):
             text = result.stdout.strip()
             ok = result.exit_code == 0
             shown = f"exit {result.exit_code}: {text[:120]}" if not ok else text[:120]
+        if v.get("json") and text:
+            try:
+                value: Any = json.loads(text)
+                for part in str(v["json"]).split("."):
+                    value = value[part]
+                text = str(value)
+            except (ValueError, KeyError, TypeError):
+                return False, f"no {v['json']} in output {text[:80]!r}", None
+            shown = text if ok else shown
         if ok and pattern and not re.search(pattern, text):
             ok = False
             shown = f"{text[:120]!r} does not match {pattern!r}"

@@ -30,10 +30,10 @@ from kconsole.crypto.legacy import (
     decrypt_legacy_stream,
 )
 from kconsole.crypto.stream import (
-    DecryptResult,
     Decryptor,
-    EncryptResult,
+    DecryptResult,
     Encryptor,
+    EncryptResult,
     Header,
     PlaintextReader,
     decrypt_file,

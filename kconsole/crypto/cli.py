@@ -50,6 +50,7 @@ def cmd_encrypt(key_path: Path, in_path: Path, out_path: Path) -> int:
 
 
 def _legacy_kdf(pbkdf2: bool, kdf: str | None, iterations: int | None) -> LegacyKdf | None:
+    chosen: LegacyKdf | None
     if kdf is not None:
         try:
             chosen = LegacyKdf(kdf.lower())

@@ -193,6 +193,9 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
         return []
     steps: list[Step] = []
     seen: set[str] = set()
+    # A rollback step runs on the node whose step failed, so {node} is defined in it.
+    node_rollbacks = {r.get("on_failure") for r in table
+                      if isinstance(r, dict) and ("for_each" in r or "node" in r)}
     for i, raw in enumerate(table):
         kp: KeyPath = ("steps", i)
         if not isinstance(raw, dict):
@@ -247,7 +250,7 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
             problems.append(src.problem((*kp, "gate"), 'a typed gate needs the value to type, e.g. "type:{node}"'))
         for_each = raw.get("for_each")
         _check_for_each(src, kp, for_each, params, problems)
-        has_node = "for_each" in raw or "node" in raw
+        has_node = "for_each" in raw or "node" in raw or (isinstance(sid, str) and sid in node_rollbacks)
         if action is not None and action.needs_node and not has_node:
             problems.append(src.problem(kp, f"{label}: action {action_name} runs on a node; "
                                         "add for_each or node"))
@@ -262,7 +265,7 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
             continue
         seen.add(sid)
         steps.append(Step(
-            id=sid, action=action_name, title=str(raw.get("title", "")),
+            id=sid, action=str(action_name), title=str(raw.get("title", "")),
             fields={k: v for k, v in raw.items() if k in fields},
             needs=tuple(raw.get("needs", [])), gate=gate, for_each=for_each, node=raw.get("node"),
             concurrency=int(raw.get("concurrency", 0)), timeout=timeout, retries=int(raw.get("retries", 0)),
@@ -370,8 +373,10 @@ def _undefined(root: str, attr: str | None, params: dict[str, Param], has_node: 
 
 def _graph(src: SourceFile, steps: list[Step], problems: list[Problem]) -> None:
     """needs that name unknown steps, on_failure targets, cycles, unreachable steps."""
-    index = {s.id: i for i, s in enumerate(_all_raw_steps(src))}
-    ids = {s.id for s in steps}
+    raw_steps = _all_raw_steps(src)
+    index = {s.id: i for i, s in enumerate(raw_steps)}
+    # Steps with other problems still count as existing, so one typo does not cascade.
+    ids = {s.id for s in raw_steps}
 
     def at(sid: str, key: str | None = None) -> KeyPath:
         base: KeyPath = ("steps", index.get(sid, 0))

@@ -97,14 +97,20 @@ class HostKeyRejected(OperationFailed):
 class CommandTimeout(OperationFailed):
     """The remote command ran past its timeout and was terminated."""
 
-    def __init__(self, node: str, command: str, timeout: float) -> None:
+    def __init__(self, node: str, command: str, timeout: float, *, stopped: bool = True) -> None:
+        outcome = (
+            "the remote command was terminated"
+            if stopped
+            else "it was sent SIGTERM and SIGKILL but its session did not end, so it may still be running"
+        )
         super().__init__(
             f"`{short_command(command)}` on {node} did not finish within {format_seconds(timeout)}; "
-            "the remote command was terminated."
+            f"{outcome}."
         )
         self.node = node
         self.command = command
         self.timeout = timeout
+        self.stopped = stopped
 
 
 class ConnectionLost(OperationFailed):

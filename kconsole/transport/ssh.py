@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import secrets
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +53,11 @@ STREAM_KEEP = 1024 * 1024
 
 STOP_GRACE = 2.0
 """Seconds a timed-out command gets between SIGTERM and SIGKILL."""
+
+RUN_TAG = "LC_KCONSOLE_RUN"
+"""Environment variable carrying a per-command token, so a stuck command can be found and killed."""
+
+log = logging.getLogger(__name__)
 
 RETRY_JITTER = (0.2, 0.8)
 """Seconds to wait, at random in this range, before the one reconnect after a lost connection."""
@@ -123,6 +130,8 @@ def _port(text: str, spec: str) -> int:
 
 def _reason(exc: BaseException) -> str:
     """One phrase for an exception from asyncssh or the socket layer."""
+    if isinstance(exc, asyncssh.ConnectionLost | asyncio.IncompleteReadError):
+        return "the node or the network closed it unexpectedly"
     if isinstance(exc, asyncssh.Error):
         return exc.reason.rstrip(".") or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
@@ -137,6 +146,7 @@ _LOST_TYPES: tuple[type[BaseException], ...] = (
     BrokenPipeError,
     asyncio.IncompleteReadError,
 )
+_LOST_OR_DISCONNECTED: tuple[type[BaseException], ...] = (*_LOST_TYPES, asyncssh.DisconnectError)
 
 
 class SshTransport:
@@ -159,6 +169,7 @@ class SshTransport:
         self._links: dict[tuple[str, str, int], _Link] = {}
         self._client_keys: list[asyncssh.SSHKeyPair] | None = None
         self._known_hosts_cache: tuple[tuple[int, int], asyncssh.SSHKnownHosts] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
         self.connections_opened = 0
         """How many SSH connections this transport has made (a reused one counts once)."""
 
@@ -249,7 +260,9 @@ class SshTransport:
         return (time.monotonic() - started) * 1000.0
 
     async def close(self) -> None:
-        """Close every pooled connection (the jump host's last)."""
+        """Stop what is still being stopped, then close every connection (the jump host's last)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=STOP_GRACE * 3)
         links = list(self._links.items())
         self._links.clear()
         jump = self._jump_key()
@@ -469,16 +482,19 @@ class SshTransport:
         async with link.channels:
             link.active += 1
             try:
-                proc = await self._open_process(node, command)
+                tag = secrets.token_hex(16)
+                conn, proc = await self._open_process(node, command, tag)
                 return await self._drive(
-                    node, command, proc, limit=limit, on_output=on_output, feed=feed,
+                    node, command, conn, proc, tag, limit=limit, on_output=on_output, feed=feed,
                     sink=sink, keep=keep, stdout_to_journal=stdout_to_journal,
                 )
             finally:
                 link.active -= 1
                 link.last_used = time.monotonic()
 
-    async def _open_process(self, node: Node, command: str) -> asyncssh.SSHClientProcess[bytes]:
+    async def _open_process(
+        self, node: Node, command: str, tag: str
+    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[bytes]]:
         """Open a session channel and start `command`, reconnecting once if the pooled
         connection turns out to be dead. Nothing has reached the remote command before
         this returns, so the retry never runs anything twice."""
@@ -493,7 +509,7 @@ class SshTransport:
                 reason, handshake = exc.reason, True
                 continue
             try:
-                return await conn.create_process(command, encoding=None)
+                return conn, await conn.create_process(command, encoding=None, env={RUN_TAG: tag})
             except (asyncssh.Error, OSError) as exc:
                 if not (conn.is_closed() or isinstance(exc, _LOST_TYPES)):
                     raise OperationFailed(
@@ -510,7 +526,9 @@ class SshTransport:
         self,
         node: Node,
         command: str,
+        conn: asyncssh.SSHClientConnection,
         proc: asyncssh.SSHClientProcess[bytes],
+        tag: str,
         *,
         limit: float,
         on_output: OutputCallback | None,
@@ -562,19 +580,20 @@ class SshTransport:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            await self._stop(proc, grace=STOP_GRACE)
-            raise CommandTimeout(node.name, command, limit) from None
-        except (*_LOST_TYPES, asyncssh.DisconnectError) as exc:
-            conn = proc.channel.get_connection()
+            cleanly = True  # stopped here, below, rather than in the background
+            stopped = await self._stop(node, conn, proc, tag)
+            raise CommandTimeout(node.name, command, limit, stopped=stopped) from None
+        except _LOST_OR_DISCONNECTED as exc:
             if not (isinstance(exc, asyncssh.Error) or conn.is_closed()):
                 raise  # a local pipe broke (the sink's), not the connection
+            cleanly = True
             self.forget(node, conn)
             raise ConnectionLost(node.name, _reason(exc)) from None
         finally:
             if not cleanly:
-                # Cancelled, or the source or sink failed: stop the remote side too.
-                self._signal(proc, "TERM")
-                proc.close()
+                # Cancelled, or the source or sink failed: stop the remote side as well,
+                # without holding up whoever is unwinding.
+                self._in_background(self._stop(node, conn, proc, tag))
         status = proc.exit_status
         if status is None:
             raise ConnectionLost(node.name, "the command's exit status never arrived")
@@ -587,26 +606,55 @@ class SshTransport:
             signal=exit_signal[0] if exit_signal else "",
         )
 
-    @staticmethod
-    def _signal(proc: asyncssh.SSHClientProcess[bytes], name: str) -> None:
-        with contextlib.suppress(OSError, asyncssh.Error):
-            proc.send_signal(name)
+    # -- stopping a remote command ----------------------------------------------------
 
-    async def _stop(self, proc: asyncssh.SSHClientProcess[bytes], *, grace: float) -> None:
-        """SIGTERM, then SIGKILL after `grace`, then close the channel.
+    def _in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-        OpenSSH delivers signals to the session's process (not to sessions under a
-        forced command); a child of a compound command can survive its shell, which is
-        why long commands should also be wrapped with `bounded_command`.
+    async def _stop(
+        self,
+        node: Node,
+        conn: asyncssh.SSHClientConnection,
+        proc: asyncssh.SSHClientProcess[bytes],
+        tag: str,
+    ) -> bool:
+        """Stop a remote command: SIGTERM, then SIGKILL after a grace period, then close
+        the channel. True when the session is known to have ended.
+
+        Two ways at once, because neither works everywhere. The SSH signal request reaches
+        the session's process, but OpenSSH ignores it for root logins and forced commands.
+        So a second session also kills every process that inherited this command's
+        LC_KCONSOLE_RUN tag (sent as an environment request: Debian's and Ubuntu's
+        `AcceptEnv LANG LC_*` lets it through), which catches a compound command's children
+        too. `bounded_command` stops it on the node's side whatever happens to us.
         """
-        self._signal(proc, "TERM")
-        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(asyncio.shield(proc.wait_closed()), grace)
-            return
-        self._signal(proc, "KILL")
+        for sig in ("TERM", "KILL"):
+            with contextlib.suppress(OSError, asyncssh.Error):
+                proc.send_signal(sig)
+            await self._reap(conn, tag, sig)
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(asyncio.shield(proc.wait_closed()), STOP_GRACE)
+                return True
         proc.close()
+        log.warning("%s: a timed-out command's session did not end after SIGKILL", node.name)
+        return False
+
+    async def _reap(self, conn: asyncssh.SSHClientConnection, tag: str, sig: str) -> None:
+        """Send `sig` to every process on the node carrying `tag`, over a fresh session.
+
+        This bypasses the channel budget on purpose: the budget may be full of exactly the
+        commands that need stopping, and sshd's MaxSessions (10) leaves room above ours.
+        """
+        if conn.is_closed():
+            return
+        script = (
+            f"grep -lsxzF {RUN_TAG}={tag} /proc/[0-9]*/environ | while read -r f; do "
+            f'f=${{f#/proc/}}; kill -{sig} "${{f%/environ}}" 2>/dev/null; done; true'
+        )
         with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(proc.wait_closed(), grace)
+            await asyncio.wait_for(conn.run(script, stdin=asyncssh.DEVNULL), STOP_GRACE * 2)
 
 
 def load_identity(path: Path) -> list[asyncssh.SSHKeyPair]:

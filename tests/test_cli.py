@@ -1,0 +1,97 @@
+"""The CLI contract: exit codes, one-sentence errors, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kconsole import __version__
+
+
+def test_version(cli) -> None:
+    proc = subprocess.run([sys.executable, "-m", "kconsole", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert __version__ in proc.stdout
+
+
+def test_bad_usage_is_exit_2_one_sentence(cli) -> None:
+    code, _, err = cli("run")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_missing_site_file(cli, tmp_path: Path) -> None:
+    code, _, err = cli("--site", tmp_path / "nope.toml", "runs")
+    assert code == 2
+    assert "site file" in err and "not found" in err
+
+
+def test_broken_site_toml_is_located(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "site.toml"
+    bad.write_text('[site]\nname = "x\n')
+    code, _, err = cli("--site", bad, "runs")
+    assert code == 2
+    assert f"{bad}:2:" in err
+
+
+def test_unknown_runbook_suggests(cli, site_path: Path) -> None:
+    code, _, err = cli("--site", site_path, "run", "recover-single-nod")
+    assert code == 2
+    assert 'no runbook "recover-single-nod"' in err
+
+
+def test_run_json_events_and_runs_listing(cli, site_path: Path, write_runbook) -> None:
+    rb = write_runbook("""
+        [runbook]
+        id = "hello"
+        title = "Hello"
+        rto = "1m"
+
+        [[steps]]
+        id = "say"
+        action = "shell"
+        command = "echo hi"
+    """.replace("        ", ""))
+    code, out, err = cli("--site", site_path, "run", rb, "--json", "--drill")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event"] for e in events] == ["started", "output", "finished"]
+    for e in events:
+        assert {"run", "step", "node", "event", "time"} <= set(e)
+    code, out, _ = cli("--site", site_path, "runs", "--json")
+    run = json.loads(out.splitlines()[0])
+    assert run["status"] == "succeeded" and run["drill"] is True and run["runbook"] == "hello"
+
+
+def test_failed_step_is_exit_1(cli, site_path: Path, write_runbook) -> None:
+    rb = write_runbook('[runbook]\nid = "f"\ntitle = "F"\nrto = "1m"\n\n[[steps]]\nid = "x"\naction = "shell"\n'
+                       'command = "echo boom >&2; exit 4"\n')
+    code, out, _ = cli("--site", site_path, "run", rb)
+    assert code == 1
+    assert "exit code 4, expected 0: boom" in out
+
+
+def test_auditor_cannot_run(cli, tmp_path: Path, site_path: Path, write_runbook) -> None:
+    from kconsole.site import current_user
+
+    site = tmp_path / "audited.toml"
+    site.write_text(site_path.read_text() + f'\n[access]\nauditor = ["{current_user()}"]\n')
+    rb = write_runbook('[runbook]\nid = "f"\ntitle = "F"\nrto = "1m"\n\n[[steps]]\nid = "x"\naction = "shell"\n'
+                       'command = "true"\n')
+    code, _, err = cli("--site", site, "run", rb, "--yes")
+    assert code == 2
+    assert "is an auditor" in err
+    assert not (tmp_path / "state" / "runs").exists()
+    code, _, _ = cli("--site", site, "runs")
+    assert code == 0
+
+
+def test_contacts(cli, site_path: Path) -> None:
+    code, out, _ = cli("--site", site_path, "contacts")
+    assert code == 0
+    assert "Jane Doe" in out and "L2 Operations Lead" in out
+    code, out, _ = cli("--site", site_path, "contacts", "--json")
+    assert json.loads(out.splitlines()[0])["name"] == "Jane Doe"
