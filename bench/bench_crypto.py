@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+"""GNU time reports a child's own peak RSS; without it the figure is only an upper bound."""
 
 # The kconsole variants call the same functions `kconsole crypto …` calls.
 _KCONSOLE = (
@@ -59,30 +62,25 @@ def _make_input(path: Path, size_mib: int) -> None:
             fh.write(os.urandom(1 << 20))
 
 
-def _run(argv: list[str]) -> tuple[float, float]:
+def _run(argv: list[str], scratch: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one process."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    report = scratch / "time.out"
+    if TIME:
+        # Through /usr/bin/time: a child forked straight from this Python would report
+        # this process's own RSS as its peak (Linux keeps the high-water mark over exec).
+        argv = [TIME, "-f", "%M", "-o", str(report), *argv]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err.strip()}")
-    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
-
-
-def _measure(variant: Variant, repeat: int) -> Measurement:
-    times, rss = [], []
-    for _ in range(repeat):
-        variant.output.unlink(missing_ok=True)
-        seconds, peak = _run(variant.argv)
-        times.append(seconds)
-        rss.append(peak)
-    return Measurement(variant.name, statistics.median(times), max(rss))
+        err = proc.stderr.decode(errors="replace").strip()
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err}")
+    if TIME:
+        peak_kib = int(report.read_text().split()[-1])
+    else:
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, peak_kib / 1024
 
 
 def _sha256(path: Path) -> str:
@@ -93,8 +91,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _openssl(cipher: str, src: Path, dst: Path, key: Path, decrypt: bool = False) -> list[str]:
+    mode = ["-d"] if decrypt else ["-salt"]
+    return [OPENSSL, "enc", *mode, f"-{cipher}", "-pass", f"file:{key}", "-in", str(src), "-out", str(dst)]  # fmt: skip
+
+
 def main() -> int:
-    """Create the input, time every variant, print the table."""
+    """Create the inputs, time every variant, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512, help="input size (default 512)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (median)")
@@ -102,7 +105,8 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from kconsole.crypto.keys import keygen
+    from kconsole.crypto.keys import keygen, read_key_file
+    from kconsole.crypto.stream import encrypt_file
 
     work = Path(tempfile.mkdtemp(prefix="bench-crypto-", dir=args.dir))
     try:
@@ -111,42 +115,47 @@ def main() -> int:
         plain = work / "plain.bin"
         _make_input(plain, args.size_mib)
         size = plain.stat().st_size
+        # Inputs for the decrypt variants, made once so every timed run only writes out.*.
+        kdx, cbc, ctr = work / "in.kdx", work / "in.cbc", work / "in.ctr"
+        encrypt_file(read_key_file(key), plain, kdx)
+        for cipher, dst in (("aes-256-cbc", cbc), ("aes-256-ctr", ctr)):
+            subprocess.run(_openssl(cipher, plain, dst, key), check=True, capture_output=True)
+
         py = [sys.executable, "-c", _KCONSOLE]
-        ossl_pass = ["-pass", f"file:{key}"]
-
-        def ossl(mode: str, cipher: str, src: Path, dst: Path) -> list[str]:
-            flag = ["-d"] if mode == "dec" else ["-salt"]
-            return [
-                OPENSSL,
-                "enc",
-                *flag,
-                f"-{cipher}",
-                *ossl_pass,
-                "-in",
-                str(src),
-                "-out",
-                str(dst),
-            ]
-
-        kdx, cbc, ctr = work / "plain.kdx", work / "plain.cbc", work / "plain.ctr"
+        out = {n: work / f"out.{n}" for n in ("enc-kdx", "enc-cbc", "enc-ctr", "kdx", "legacy", "cbc", "ctr")}  # fmt: skip
         variants = [
-            Variant("kconsole encrypt (KDXENC, AES-256-GCM)", [*py, "encrypt", str(key), str(plain), str(kdx)], kdx),
-            Variant("openssl enc -aes-256-cbc", ossl("enc", "aes-256-cbc", plain, cbc), cbc),
-            Variant("openssl enc -aes-256-ctr", ossl("enc", "aes-256-ctr", plain, ctr), ctr),
-            Variant("kconsole decrypt (KDXENC)", [*py, "decrypt", str(key), str(kdx), str(work / "out.kdx")], work / "out.kdx"),
-            Variant("kconsole decrypt (legacy CBC file)", [*py, "decrypt:sha256", str(key), str(cbc), str(work / "out.legacy")], work / "out.legacy"),
-            Variant("openssl enc -d -aes-256-cbc", ossl("dec", "aes-256-cbc", cbc, work / "out.cbc"), work / "out.cbc"),
-            Variant("openssl enc -d -aes-256-ctr", ossl("dec", "aes-256-ctr", ctr, work / "out.ctr"), work / "out.ctr"),
+            Variant("kconsole encrypt (KDXENC, AES-256-GCM)", [*py, "encrypt", str(key), str(plain), str(out["enc-kdx"])], out["enc-kdx"]),
+            Variant("openssl enc -aes-256-cbc", _openssl("aes-256-cbc", plain, out["enc-cbc"], key), out["enc-cbc"]),
+            Variant("openssl enc -aes-256-ctr", _openssl("aes-256-ctr", plain, out["enc-ctr"], key), out["enc-ctr"]),
+            Variant("kconsole decrypt (KDXENC)", [*py, "decrypt", str(key), str(kdx), str(out["kdx"])], out["kdx"]),
+            Variant("kconsole decrypt (legacy CBC file)", [*py, "decrypt:sha256", str(key), str(cbc), str(out["legacy"])], out["legacy"]),
+            Variant("openssl enc -d -aes-256-cbc", _openssl("aes-256-cbc", cbc, out["cbc"], key, decrypt=True), out["cbc"]),
+            Variant("openssl enc -d -aes-256-ctr", _openssl("aes-256-ctr", ctr, out["ctr"], key, decrypt=True), out["ctr"]),
         ]  # fmt: skip
-        results = [_measure(v, args.repeat) for v in variants]
+        times: dict[str, list[float]] = {v.name: [] for v in variants}
+        peaks: dict[str, float] = {v.name: 0.0 for v in variants}
+        # Round robin, with the previous run's dirty pages flushed first, so that one
+        # variant's writeback does not land on the next one's clock.
+        for _ in range(args.repeat):
+            for v in variants:
+                v.output.unlink(missing_ok=True)
+                os.sync()
+                seconds, peak = _run(v.argv, work)
+                times[v.name].append(seconds)
+                print(f"{v.name}: {seconds:.2f}", file=sys.stderr)
+                peaks[v.name] = max(peaks[v.name], peak)
 
         want = _sha256(plain)
         for v in variants[3:]:
             if _sha256(v.output) != want:
                 raise SystemExit(f"{v.name} did not reproduce the input")
 
+        results = [Measurement(n, statistics.median(t), peaks[n]) for n, t in times.items()]
         baseline = next(r for r in results if r.name == "openssl enc -aes-256-cbc")
-        print(f"{args.size_mib} MiB of random data, page cache warm, median of {args.repeat} runs")
+        print(
+            f"{args.size_mib} MiB of random data, file to file, page cache warm, "
+            f"median of {args.repeat} runs; kconsole fsyncs its output, openssl does not"
+        )
         print()
         print("| variant | time (s) | MB/s | vs openssl aes-256-cbc | peak RSS (MiB) |")
         print("| --- | ---: | ---: | ---: | ---: |")

@@ -257,6 +257,27 @@ def cmd_contacts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """`kconsole status`: exit 0 when the poll ran, whatever the nodes' states."""
+    from kconsole.fleet import poll_once
+
+    site = _site(args)
+    statuses, took = poll_once(site)
+    if args.json:
+        for s in statuses:
+            _out(json.dumps(s.as_json()))
+        return EXIT_OK
+    _out(f"{'NODE':14} {'HOST':22} {'STATE':12} {'LATENCY':>9} {'HEIGHT':>8}  DETAIL")
+    for s in statuses:
+        latency = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-"
+        height = str(s.height) if s.height is not None else "-"
+        _out(f"{s.name:14} {s.host + ':' + str(site.nodes[s.name].port):22} {s.state:12} {latency:>9} "
+             f"{height:>8}  {s.detail}")
+    up = sum(1 for s in statuses if s.state == "active")
+    _out(f"{up}/{len(statuses)} active, polled in {took:.1f}s")
+    return EXIT_OK
+
+
 def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
@@ -301,6 +322,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "audit": cmd_audit,
     "contacts": cmd_contacts,
+    "status": cmd_status,
     "crypto": cmd_crypto,
     "lab": cmd_lab,
     "console": cmd_console,

@@ -85,6 +85,9 @@ class Location:
     object_lock: bool = False
     transport: str = "asyncssh"
     role: str = ""
+    credentials_file: str = ""
+    profile: str = ""
+    retention_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,8 @@ _NODE_KEYS = ("name", "host", "port", "groups", "root", "health_url", "user", "s
 _LOCATION_KEYS = {
     "local": ("type", "path", "role"),
     "sftp": ("type", "path", "host", "port", "node", "transport", "role"),
-    "s3": ("type", "bucket", "prefix", "endpoint_url", "region", "object_lock", "role"),
+    "s3": ("type", "bucket", "prefix", "endpoint_url", "region", "object_lock", "role", "credentials_file",
+           "profile", "retention_days"),
 }
 _TIER_KEYS = ("rpo", "rto", "kinds", "retention", "schedule", "title")
 _CONTACT_KEYS = ("name", "role", "email", "phone", "on_call")
@@ -378,6 +382,9 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             endpoint_url=str(loc.get("endpoint_url", "")), region=str(loc.get("region", "us-east-1")),
             object_lock=bool(loc.get("object_lock", False)), transport=str(loc.get("transport", "asyncssh")),
             role=str(loc.get("role", "")),
+            credentials_file=str(rel(loc["credentials_file"])) if loc.get("credentials_file") else "",
+            profile=str(loc.get("profile", "")),
+            retention_days=int(loc.get("retention_days", 0)),
         )
 
     keys_t = data.get("keys", {})

@@ -126,7 +126,9 @@ class ServerBase:
             name=f"test-{self.kind}",
             state_dir=self.directory / "state",
             ssh=SshSettings(**settings),
-            nodes={name: Node(name=name, host=self.host, port=port) for name, port in nodes.items()},
+            nodes={
+                name: Node(name=name, host=self.host, port=port) for name, port in nodes.items()
+            },
         )
 
 
@@ -238,13 +240,22 @@ def start_sshd(directory: Path, *, extra: dict[str, str] | None = None, attempts
         log_path.write_bytes(b"")
         proc = subprocess.Popen(
             [str(SSHD), "-D", "-f", str(config), "-E", str(log_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         server = Sshd(
-            host="127.0.0.1", port=port, user=local_user(), directory=directory,
-            host_key=host_key, client_key_path=client_key_path, known_hosts_path=known_hosts,
+            host="127.0.0.1",
+            port=port,
+            user=local_user(),
+            directory=directory,
+            host_key=host_key,
+            client_key_path=client_key_path,
+            known_hosts_path=known_hosts,
             drop_command="head -c 1048576 /dev/zero; kill -9 $PPID; sleep 30",
-            kind="sshd", process=proc, log_path=log_path,
+            kind="sshd",
+            process=proc,
+            log_path=log_path,
         )
         if _wait_for_banner(proc, port, deadline=time.monotonic() + 15):
             return server
@@ -315,7 +326,9 @@ class InProcessServer(ServerBase):
         with contextlib.suppress(OSError, asyncssh.Error):
             process.exit(status)
 
-    async def _dispatch(self, process: asyncssh.SSHServerProcess[bytes], command: str) -> int | None:
+    async def _dispatch(
+        self, process: asyncssh.SSHServerProcess[bytes], command: str
+    ) -> int | None:
         out, err = process.stdout, process.stderr
         if command == Commands.MIXED:
             out.write(b"out\n")
@@ -328,6 +341,9 @@ class InProcessServer(ServerBase):
             err.write(b"warn\n")
             return 0
         if command == Commands.TRUE:
+            return 0
+        if command.startswith("echo ") and not any(c in command for c in ";&|$`'\"<>"):
+            out.write(command[5:].encode() + b"\n")
             return 0
         if command == Commands.ECHO_STDIN:
             while data := await process.stdin.read(65536):
@@ -356,7 +372,9 @@ class InProcessServer(ServerBase):
         err.write(f"in-process server: unknown command {command!r}\n".encode())
         return 127
 
-    async def _sleep_until_stopped(self, process: asyncssh.SSHServerProcess[bytes], marker: str) -> int | None:
+    async def _sleep_until_stopped(
+        self, process: asyncssh.SSHServerProcess[bytes], marker: str
+    ) -> int | None:
         """Sleep like `sleep` until a signal arrives or the channel closes."""
         stopped = asyncio.Event()
         got: list[str] = []
@@ -390,6 +408,12 @@ class _CountingServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._owner.connections += 1
 
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        # Let clients use this server as a jump host, to loopback only.
+        return dest_host in ("127.0.0.1", "localhost")
+
 
 async def start_in_process_server(directory: Path) -> InProcessServer:
     """An asyncssh server on a free loopback port, trusting a fresh client key."""
@@ -398,15 +422,25 @@ async def start_in_process_server(directory: Path) -> InProcessServer:
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key_path = write_private_key(client_key, directory / "id_ed25519")
     server = InProcessServer(
-        host="127.0.0.1", port=0, user=local_user(), directory=directory, host_key=host_key,
-        client_key_path=client_key_path, known_hosts_path=directory / "known_hosts",
-        drop_command="drop-after-1MiB", kind="asyncssh",
+        host="127.0.0.1",
+        port=0,
+        user=local_user(),
+        directory=directory,
+        host_key=host_key,
+        client_key_path=client_key_path,
+        known_hosts_path=directory / "known_hosts",
+        drop_command="drop-after-1MiB",
+        kind="asyncssh",
     )
     factory: Callable[[], asyncssh.SSHServer] = lambda: _CountingServer(server)  # noqa: E731
     server.server = await asyncssh.create_server(
-        factory, "127.0.0.1", 0,
+        factory,
+        "127.0.0.1",
+        0,
         server_host_keys=[host_key],
-        authorized_client_keys=asyncssh.import_authorized_keys(client_key.export_public_key().decode()),
+        authorized_client_keys=asyncssh.import_authorized_keys(
+            client_key.export_public_key().decode()
+        ),
         process_factory=server._handle,
         sftp_factory=True,
         encoding=None,

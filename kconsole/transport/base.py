@@ -182,9 +182,7 @@ def bounded_command(command: str, seconds: float, *, grace: float = 10.0) -> str
     A timeout on our side terminates the session's process, but a child of a compound
     command can outlive its shell; bounding on the remote side as well stops the whole tree.
     """
-    return quote_argv(
-        ["timeout", f"--kill-after={grace:g}", f"{seconds:g}", "sh", "-c", command]
-    )
+    return quote_argv(["timeout", f"--kill-after={grace:g}", f"{seconds:g}", "sh", "-c", command])
 
 
 def known_hosts_name(host: str, port: int) -> str:

@@ -80,7 +80,9 @@ class _Rule:
         return re.search(self.pattern, command) is not None
 
 
-UNSCRIPTED = Reply(exit_status=127, stderr=b"memory transport: no reply scripted for this command\n")
+UNSCRIPTED = Reply(
+    exit_status=127, stderr=b"memory transport: no reply scripted for this command\n"
+)
 """What an unscripted command answers: "command not found"."""
 
 
@@ -144,7 +146,9 @@ class MemoryTransport:
 
     def commands(self, node: str | None = None) -> list[str]:
         """The commands run so far (on `node`, or everywhere)."""
-        return [c.command for c in self.calls if c.kind != "probe" and (node is None or c.node == node)]
+        return [
+            c.command for c in self.calls if c.kind != "probe" and (node is None or c.node == node)
+        ]
 
     # -- the NodeTransport protocol ---------------------------------------------------
 

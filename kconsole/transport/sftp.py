@@ -17,7 +17,7 @@ import stat as statmod
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import asyncssh
 
@@ -131,7 +131,9 @@ class SftpStore:
                 yield sftp
             except (asyncssh.ConnectionLost, ConnectionResetError, BrokenPipeError) as exc:
                 self.transport.forget(node, conn)
-                raise ConnectionLost(node.name, "the node or the network closed it unexpectedly") from exc
+                raise ConnectionLost(
+                    node.name, "the node or the network closed it unexpectedly"
+                ) from exc
             finally:
                 sftp.exit()
                 with contextlib.suppress(Exception):
@@ -142,7 +144,9 @@ class SftpStore:
             try:
                 return await conn.start_sftp_client()
             except (asyncssh.Error, OSError) as exc:
-                raise ConnectionLost(node.name, f"no SFTP session could be opened ({exc})") from None
+                raise ConnectionLost(
+                    node.name, f"no SFTP session could be opened ({exc})"
+                ) from None
 
     # -- simple operations ------------------------------------------------------------
 
@@ -163,7 +167,9 @@ class SftpStore:
             except asyncssh.SFTPNoSuchFile:
                 return None
             except asyncssh.SFTPError as exc:
-                raise OperationFailed(f"stat of {path} on {node.name} failed: {exc.reason}.") from None
+                raise OperationFailed(
+                    f"stat of {path} on {node.name} failed: {exc.reason}."
+                ) from None
         return RemoteFile(
             path=path,
             size=attrs.size or 0,
@@ -171,7 +177,9 @@ class SftpStore:
             is_dir=statmod.S_ISDIR(attrs.permissions or 0),
         )
 
-    async def remove(self, node_or_host: Node | str, path: str, *, missing_ok: bool = False) -> None:
+    async def remove(
+        self, node_or_host: Node | str, path: str, *, missing_ok: bool = False
+    ) -> None:
         """Delete the remote file `path`."""
         node = self.target(node_or_host)
         async with self.session(node) as sftp:
@@ -181,7 +189,9 @@ class SftpStore:
                 if not missing_ok:
                     raise OperationFailed(f"{path} does not exist on {node.name}.") from None
             except asyncssh.SFTPError as exc:
-                raise OperationFailed(f"removing {path} on {node.name} failed: {exc.reason}.") from None
+                raise OperationFailed(
+                    f"removing {path} on {node.name} failed: {exc.reason}."
+                ) from None
 
     async def sha256(self, node_or_host: Node | str, path: str) -> Transferred:
         """Read `path` back and return its size and SHA-256."""
@@ -278,7 +288,7 @@ class SftpStore:
                 with os.fdopen(fd, "wb") as out:
                     with _failure(node, f"reading {remote_path}"):
                         async with sftp.open(remote_path, "rb") as remote:
-                            while data := await remote.read(PIECE, received):
+                            while data := cast(bytes, await remote.read(PIECE, received)):
                                 digest.update(data)
                                 await asyncio.to_thread(out.write, data)
                                 received += len(data)
@@ -297,7 +307,9 @@ class SftpStore:
                     )
                 on_disk_size, on_disk = await asyncio.to_thread(_hash_file, partial)
                 if (on_disk_size, on_disk) != (received, got):
-                    raise OperationFailed(f"{partial} does not read back as written; check the local disk.")
+                    raise OperationFailed(
+                        f"{partial} does not read back as written; check the local disk."
+                    )
                 os.replace(partial, local)
                 fsync_dir(local.parent)
             except BaseException:
@@ -364,13 +376,18 @@ def _failure(node: Node, what: str) -> Iterator[None]:
 
 
 async def _read_hash(
-    node: Node, sftp: asyncssh.SFTPClient, path: str, progress: Progress | None, base: int, total: int
+    node: Node,
+    sftp: asyncssh.SFTPClient,
+    path: str,
+    progress: Progress | None,
+    base: int,
+    total: int,
 ) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     with _failure(node, f"reading back {path}"):
         async with sftp.open(path, "rb") as fh:
-            while data := await fh.read(PIECE, size):
+            while data := cast(bytes, await fh.read(PIECE, size)):
                 digest.update(data)
                 size += len(data)
                 if progress is not None:
@@ -380,7 +397,9 @@ async def _read_hash(
     return size, digest.hexdigest()
 
 
-async def _rename_into_place(node: Node, sftp: asyncssh.SFTPClient, partial: str, final: str) -> None:
+async def _rename_into_place(
+    node: Node, sftp: asyncssh.SFTPClient, partial: str, final: str
+) -> None:
     with _failure(node, f"renaming {partial} to {final}"):
         try:
             await sftp.posix_rename(partial, final)

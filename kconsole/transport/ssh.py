@@ -97,7 +97,9 @@ class _HostKeyWitness(asyncssh.SSHClient):
         self.offered: asyncssh.SSHKey | None = None
         self.recorded = False
 
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
         self.offered = key
         lookup_port = None if port == 22 else port
         keys, ca_keys, *_ = self._known_hosts.match(host, addr, lookup_port)
@@ -192,8 +194,14 @@ class SshTransport:
                 await writer.drain()
 
         return await self._execute(
-            node, command, timeout=timeout, on_output=on_output, feed=feed,
-            sink=None, keep=None, stdout_to_journal=True,
+            node,
+            command,
+            timeout=timeout,
+            on_output=on_output,
+            feed=feed,
+            sink=None,
+            keep=None,
+            stdout_to_journal=True,
         )
 
     async def stream_in(
@@ -218,8 +226,14 @@ class SshTransport:
                     await writer.drain()
 
         return await self._execute(
-            node, command, timeout=timeout, on_output=on_output, feed=feed,
-            sink=None, keep=STREAM_KEEP, stdout_to_journal=True,
+            node,
+            command,
+            timeout=timeout,
+            on_output=on_output,
+            feed=feed,
+            sink=None,
+            keep=STREAM_KEEP,
+            stdout_to_journal=True,
         )
 
     async def capture(
@@ -236,8 +250,14 @@ class SshTransport:
         The remote waits while `sink` is busy (the SSH window closes), so memory stays flat.
         """
         return await self._execute(
-            node, command, timeout=timeout, on_output=on_output, feed=None,
-            sink=sink, keep=STREAM_KEEP, stdout_to_journal=False,
+            node,
+            command,
+            timeout=timeout,
+            on_output=on_output,
+            feed=None,
+            sink=sink,
+            keep=STREAM_KEEP,
+            stdout_to_journal=False,
         )
 
     async def probe(self, node: Node) -> float:
@@ -353,7 +373,9 @@ class SshTransport:
                 return await self._pooled(node)
             except _LostBeforeStart as exc:
                 reason = exc.reason
-        raise NodeUnreachable(node.name, f"the connection was closed during the handshake ({reason})")
+        raise NodeUnreachable(
+            node.name, f"the connection was closed during the handshake ({reason})"
+        )
 
     async def _pooled(self, node: Node) -> asyncssh.SSHClientConnection:
         link = self._link(node)
@@ -392,32 +414,47 @@ class SshTransport:
             try:
                 options["tunnel"] = await self._connection(jump, retry=True)
             except NodeUnreachable as exc:
-                raise NodeUnreachable(node.name, f"its {jump.name} is unreachable ({exc.reason})") from None
+                raise NodeUnreachable(
+                    node.name, f"its {jump.name} is unreachable ({exc.reason})"
+                ) from None
         where = f"{node.host}:{node.port}"
         try:
             async with self._dialing:
                 conn = await asyncssh.connect(node.host, node.port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             if witness.offered is None:
-                raise NodeUnreachable(node.name, f"its host key could not be verified ({_reason(exc)})") from None
+                raise NodeUnreachable(
+                    node.name, f"its host key could not be verified ({_reason(exc)})"
+                ) from None
             key = witness.offered
             raise HostKeyRejected(
-                node.name, node.host, node.port, key.get_fingerprint("sha256"),
-                known_hosts=known_hosts_path, changed=witness.recorded,
+                node.name,
+                node.host,
+                node.port,
+                key.get_fingerprint("sha256"),
+                known_hosts=known_hosts_path,
+                changed=witness.recorded,
                 key_line=f"{known_hosts_name(node.host, node.port)} {key.export_public_key().decode().strip()}",
             ) from None
         except asyncssh.PermissionDenied:
             login = user or current_user()
-            raise NodeUnreachable(node.name, f"{where} refused the login as {login} (no accepted key)") from None
+            raise NodeUnreachable(
+                node.name, f"{where} refused the login as {login} (no accepted key)"
+            ) from None
         except TimeoutError:
             raise NodeUnreachable(
-                node.name, f"{where} did not complete the SSH handshake within "
-                f"{format_seconds(self.settings.connect_timeout)}"
+                node.name,
+                f"{where} did not complete the SSH handshake within "
+                f"{format_seconds(self.settings.connect_timeout)}",
             ) from None
         except ConnectionRefusedError:
-            raise NodeUnreachable(node.name, f"{where} refused the connection (is sshd running?)") from None
+            raise NodeUnreachable(
+                node.name, f"{where} refused the connection (is sshd running?)"
+            ) from None
         except socket.gaierror:
-            raise NodeUnreachable(node.name, f'the host name "{node.host}" could not be resolved') from None
+            raise NodeUnreachable(
+                node.name, f'the host name "{node.host}" could not be resolved'
+            ) from None
         except _LOST_TYPES as exc:
             raise _LostBeforeStart(f"{where}: {_reason(exc)}") from None
         except (OSError, asyncssh.Error) as exc:
@@ -440,7 +477,9 @@ class SshTransport:
             try:
                 parsed = asyncssh.read_known_hosts(str(path))
             except (OSError, ValueError, asyncssh.Error) as exc:
-                raise UsageError(f"known_hosts file {path} cannot be read: {_reason(exc)}.") from None
+                raise UsageError(
+                    f"known_hosts file {path} cannot be read: {_reason(exc)}."
+                ) from None
             self._known_hosts_cache = (stamp, parsed)
         return self._known_hosts_cache[1], str(path)
 
@@ -449,7 +488,9 @@ class SshTransport:
             return None
         if self.settings.config is not None:
             if not self.settings.config.is_file():
-                raise UsageError(f"ssh config file {self.settings.config} (from [ssh] config) not found.")
+                raise UsageError(
+                    f"ssh config file {self.settings.config} (from [ssh] config) not found."
+                )
             return [str(self.settings.config)]
         default = Path("~/.ssh/config").expanduser()
         return [str(default)] if default.is_file() else None
@@ -485,8 +526,17 @@ class SshTransport:
                 tag = secrets.token_hex(16)
                 conn, proc = await self._open_process(node, command, tag)
                 return await self._drive(
-                    node, command, conn, proc, tag, limit=limit, on_output=on_output, feed=feed,
-                    sink=sink, keep=keep, stdout_to_journal=stdout_to_journal,
+                    node,
+                    command,
+                    conn,
+                    proc,
+                    tag,
+                    limit=limit,
+                    on_output=on_output,
+                    feed=feed,
+                    sink=sink,
+                    keep=keep,
+                    stdout_to_journal=stdout_to_journal,
                 )
             finally:
                 link.active -= 1
@@ -519,8 +569,12 @@ class SshTransport:
                 reason, handshake = _reason(exc), False
                 self.forget(node, conn)
         if handshake:
-            raise NodeUnreachable(node.name, f"the connection was closed during the handshake ({reason})")
-        raise ConnectionLost(node.name, f"it dropped twice before the command could start ({reason})")
+            raise NodeUnreachable(
+                node.name, f"the connection was closed during the handshake ({reason})"
+            )
+        raise ConnectionLost(
+            node.name, f"it dropped twice before the command could start ({reason})"
+        )
 
     async def _drive(
         self,

@@ -1,0 +1,454 @@
+"""The places backups are kept: a local directory, an SFTP host, an S3 bucket.
+
+All three speak one small async interface (`Store`) so create, restore, verify, prune
+and the catalog never care which is which. Every upload and download is checked by size
+and SHA-256; nothing appears under its final name before it is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import contextlib
+import hashlib
+import os
+import posixpath
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kconsole.errors import OperationFailed, UsageError
+from kconsole.fsutil import atomic_write, fsync_dir
+from kconsole.site import Location, Site
+
+Progress = Callable[[int, int], None]
+PIECE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored file."""
+
+    key: str
+    size: int
+    mtime: float
+
+
+def safe_key(key: str) -> str:
+    """A relative key with no `..`; UsageError otherwise (keys come from manifests and users)."""
+    norm = posixpath.normpath(key.lstrip("/"))
+    if norm.startswith("..") or norm in (".", "") or "\x00" in norm:
+        raise UsageError(f"backup path {key!r} is not inside its location.")
+    return norm
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """(size, SHA-256) of a local file, streamed."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(PIECE):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Store:
+    """Interface of a backup location."""
+
+    location: Location
+
+    def describe(self, key: str) -> str:
+        """Where `key` is, as an operator would write it."""
+        raise NotImplementedError
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under `prefix`, recursively."""
+        raise NotImplementedError
+
+    async def read_bytes(self, key: str) -> bytes:
+        """A small object (a manifest) whole."""
+        raise NotImplementedError
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        """A small object, atomically."""
+        raise NotImplementedError
+
+    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+        """Upload `local` as `key`; fail unless it landed whole with this SHA-256."""
+        raise NotImplementedError
+
+    async def get_file(self, key: str, local: Path, sha256: str | None = None,
+                       progress: Progress | None = None) -> None:
+        """Download `key` to `local` (0600); fail unless it matches `sha256` when given."""
+        raise NotImplementedError
+
+    async def delete(self, key: str) -> None:
+        """Remove `key` (S3 with versioning keeps older versions)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class LocalStore(Store):
+    """A directory on the console's machine (the plan's primary location)."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.root = Path(location.path)
+
+    def path(self, key: str) -> Path:
+        """The file of `key`."""
+        return self.root / safe_key(key)
+
+    def describe(self, key: str) -> str:
+        return str(self.path(key))
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        def walk() -> list[ObjectInfo]:
+            base = self.root / prefix if prefix else self.root
+            out: list[ObjectInfo] = []
+            if not base.exists():
+                return out
+            for dirpath, _, files in os.walk(base):
+                for name in files:
+                    if name.endswith(".partial") or name.startswith("."):
+                        continue
+                    p = Path(dirpath) / name
+                    try:
+                        st = p.stat()
+                    except FileNotFoundError:
+                        continue
+                    out.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime))
+            return out
+
+        return await asyncio.to_thread(walk)
+
+    async def read_bytes(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self.path(key).read_bytes)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {self.describe(key)}: {exc.strerror}.") from None
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(atomic_write, self.path(key), data, 0o600)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write {self.describe(key)}: {exc.strerror}.") from None
+
+    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+        dest = self.path(key)
+
+        def copy() -> None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            partial = dest.with_name(dest.name + ".partial")
+            digest = hashlib.sha256()
+            total = local.stat().st_size
+            done = 0
+            try:
+                with local.open("rb") as src, open(partial, "wb") as out:
+                    os.fchmod(out.fileno(), 0o600)
+                    while chunk := src.read(PIECE):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if digest.hexdigest() != sha256:
+                    raise OperationFailed(f"{local} changed while it was copied to {dest}.")
+                os.replace(partial, dest)
+                fsync_dir(dest.parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                raise
+
+        if local.resolve() == dest.resolve():
+            return
+        try:
+            await asyncio.to_thread(copy)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write {dest}: {exc.strerror}.") from None
+
+    async def get_file(self, key: str, local: Path, sha256: str | None = None,
+                       progress: Progress | None = None) -> None:
+        src = self.path(key)
+
+        def copy() -> None:
+            partial = local.with_name(local.name + ".partial")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(src, partial)
+                os.chmod(partial, 0o600)
+                _, got = hash_file(partial)
+                if sha256 and got != sha256:
+                    raise OperationFailed(f"{src} has SHA-256 {got}, its manifest says {sha256}: the object is corrupt.")
+                os.replace(partial, local)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                raise
+
+        try:
+            await asyncio.to_thread(copy)
+        except FileNotFoundError:
+            raise OperationFailed(f"{src} does not exist.") from None
+        except OSError as exc:
+            raise OperationFailed(f"cannot copy {src}: {exc.strerror}.") from None
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.path(key).unlink)
+
+
+class SftpLocationStore(Store):
+    """A directory on a host reached over SFTP (the plan's DR site)."""
+
+    def __init__(self, location: Location, site: Site, transport: Any) -> None:
+        from kconsole.transport.sftp import SftpStore
+
+        self.location = location
+        self.sftp = SftpStore(transport)
+        if location.node:
+            self.target: Any = site.node(location.node)
+        else:
+            spec = location.host if location.port == 22 else f"{location.host}:{location.port}"
+            self.target = spec
+        self.root = location.path.rstrip("/") or "/"
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.root, safe_key(key))
+
+    def describe(self, key: str) -> str:
+        host = self.target.name if hasattr(self.target, "name") else self.target
+        return f"sftp://{host}{self._path(key)}"
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._path(prefix) if prefix else self.root
+        out: list[ObjectInfo] = []
+        async with self.sftp.session(self.target) as sftp:
+            import asyncssh
+
+            async def walk(path: str) -> None:
+                try:
+                    entries = await sftp.readdir(path)
+                except asyncssh.SFTPNoSuchFile:
+                    return
+                for e in entries:
+                    name = str(e.filename)
+                    if name in (".", "..") or name.endswith(".partial"):
+                        continue
+                    full = posixpath.join(path, name)
+                    if e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                        await walk(full)
+                    else:
+                        out.append(ObjectInfo(posixpath.relpath(full, self.root), e.attrs.size or 0,
+                                              float(e.attrs.mtime or 0)))
+
+            await walk(base)
+        return out
+
+    async def read_bytes(self, key: str) -> bytes:
+        async with self.sftp.session(self.target) as sftp:
+            try:
+                async with sftp.open(self._path(key), "rb") as fh:
+                    data = await fh.read()
+            except Exception as exc:  # noqa: BLE001 - asyncssh error classes vary
+                raise OperationFailed(f"cannot read {self.describe(key)}: {exc}.") from None
+        return data if isinstance(data, bytes) else data.encode()
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        await self._mkdirs(posixpath.dirname(self._path(key)))
+        async with self.sftp.open_write(self.target, self._path(key)) as writer:
+            await writer.write(data)
+
+    async def _mkdirs(self, path: str) -> None:
+        async with self.sftp.session(self.target) as sftp:
+            with contextlib.suppress(Exception):
+                await sftp.makedirs(path, exist_ok=True)
+
+    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+        await self._mkdirs(posixpath.dirname(self._path(key)))
+        done = await self.sftp.put(self.target, local, self._path(key), progress=progress)
+        if done.sha256 != sha256:
+            await self.delete(key)
+            raise OperationFailed(f"{local} changed while it was copied to {self.describe(key)}.")
+
+    async def get_file(self, key: str, local: Path, sha256: str | None = None,
+                       progress: Progress | None = None) -> None:
+        await self.sftp.get(self.target, self._path(key), local, progress=progress, expected_sha256=sha256)
+
+    async def delete(self, key: str) -> None:
+        await self.sftp.remove(self.target, self._path(key), missing_ok=True)
+
+
+class S3Store(Store):
+    """A bucket and prefix on an S3-compatible endpoint (the plan's tertiary location)."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.prefix = location.prefix.strip("/")
+        self._client: Any = None
+
+    def client(self) -> Any:
+        """The boto3 client, built once; credentials from the site's file or the default chain."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            kwargs: dict[str, Any] = {"region_name": self.location.region or "us-east-1"}
+            if self.location.endpoint_url:
+                kwargs["endpoint_url"] = self.location.endpoint_url
+            if self.location.credentials_file:
+                kwargs.update(read_credentials(Path(self.location.credentials_file), self.location.profile))
+            cfg = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+            session = boto3.session.Session(profile_name=self.location.profile or None) \
+                if self.location.profile and not self.location.credentials_file else boto3.session.Session()
+            self._client = session.client("s3", config=cfg, **kwargs)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        k = safe_key(key)
+        return f"{self.prefix}/{k}" if self.prefix else k
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.location.bucket}/{self._key(key)}"
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise OperationFailed(f"S3 location {self.location.name}: {what} failed: "
+                                  f"{err.get('Code', '?')} {err.get('Message', '')}".rstrip() + ".") from None
+        except BotoCoreError as exc:
+            raise OperationFailed(f"S3 location {self.location.name}: {what} failed: {exc}.") from None
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        def run() -> list[ObjectInfo]:
+            paginator = self.client().get_paginator("list_objects_v2")
+            full = self._key(prefix) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+            out = []
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full,
+                                           PaginationConfig={"PageSize": 1000}):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
+                    out.append(ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp()))
+            return out
+
+        return list(await self._call("listing", run))
+
+    async def read_bytes(self, key: str) -> bytes:
+        resp = await self._call(f"reading {key}", self.client().get_object, Bucket=self.location.bucket,
+                                Key=self._key(key))
+        return bytes(await asyncio.to_thread(resp["Body"].read))
+
+    def _lock_args(self) -> dict[str, Any]:
+        if not self.location.object_lock:
+            return {}
+        days = self.location.retention_days or 30
+        return {"ObjectLockMode": "COMPLIANCE",
+                "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=days)}
+
+    async def write_bytes(self, key: str, data: bytes) -> None:
+        await self._call(f"writing {key}", self.client().put_object, Bucket=self.location.bucket,
+                         Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256", **self._lock_args())
+
+    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        size = local.stat().st_size
+        sent = 0
+
+        def cb(n: int) -> None:
+            nonlocal sent
+            sent += n
+            if progress:
+                progress(sent, size)
+
+        # Big backups: parts of at least size/9000 so we stay under S3's 10,000-part limit.
+        chunk = max(64 << 20, -(-size // 9000))
+        cfg = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=chunk, max_concurrency=4)
+        extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256", **self._lock_args()}
+        await self._call(f"uploading {key}", self.client().upload_file, str(local), self.location.bucket,
+                         self._key(key), ExtraArgs=extra, Callback=cb, Config=cfg)
+        head = await self._call(f"checking {key}", self.client().head_object, Bucket=self.location.bucket,
+                                Key=self._key(key))
+        if int(head["ContentLength"]) != size or head.get("Metadata", {}).get("sha256") != sha256:
+            raise OperationFailed(f"{self.describe(key)} did not land whole ({head['ContentLength']} of {size} bytes).")
+        if self.location.object_lock and not head.get("ObjectLockMode"):
+            raise OperationFailed(f"{self.describe(key)} was stored without Object Lock, which this site requires.")
+
+    async def get_file(self, key: str, local: Path, sha256: str | None = None,
+                       progress: Progress | None = None) -> None:
+        partial = local.with_name(local.name + ".partial")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._call(f"downloading {key}", self.client().download_file, self.location.bucket,
+                             self._key(key), str(partial))
+            os.chmod(partial, 0o600)
+            _, got = await asyncio.to_thread(hash_file, partial)
+            if sha256 and got != sha256:
+                raise OperationFailed(f"{self.describe(key)} has SHA-256 {got}, its manifest says {sha256}: "
+                                      "the object is corrupt.")
+            os.replace(partial, local)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
+
+    async def delete(self, key: str) -> None:
+        await self._call(f"deleting {key}", self.client().delete_object, Bucket=self.location.bucket,
+                         Key=self._key(key))
+
+    async def head(self, key: str) -> dict[str, Any]:
+        """The object's metadata (lock mode, retention, version)."""
+        return dict(await self._call(f"checking {key}", self.client().head_object,
+                                     Bucket=self.location.bucket, Key=self._key(key)))
+
+
+def read_credentials(path: Path, profile: str = "") -> dict[str, str]:
+    """Access keys from an AWS shared-credentials file; it must be private (0600)."""
+    try:
+        mode = path.stat().st_mode & 0o077
+    except FileNotFoundError:
+        raise UsageError(f"S3 credentials file {path} not found.") from None
+    if mode:
+        raise UsageError(f"S3 credentials file {path} is readable by others; run chmod 600 {path}.")
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    section = profile or "default"
+    if section not in parser:
+        raise UsageError(f"S3 credentials file {path} has no [{section}] section.")
+    s = parser[section]
+    out = {"aws_access_key_id": s.get("aws_access_key_id", ""),
+           "aws_secret_access_key": s.get("aws_secret_access_key", "")}
+    if s.get("aws_session_token"):
+        out["aws_session_token"] = s["aws_session_token"]
+    return out
+
+
+def open_store(location: Location, site: Site, transport: Any) -> Store:
+    """The Store for a site location."""
+    if location.type == "local":
+        return LocalStore(location)
+    if location.type == "sftp":
+        if transport is None:
+            raise OperationFailed(f"location {location.name} needs SSH, and no transport is configured.")
+        return SftpLocationStore(location, site, transport)
+    return S3Store(location)
+
+
+def open_stores(site: Site, transport: Any) -> dict[str, Store]:
+    """Every location of the site, in file order (local first is the fastest to read)."""
+    order = {"local": 0, "sftp": 1, "s3": 2}
+    locs = sorted(site.locations.values(), key=lambda loc: order[loc.type])
+    return {loc.name: open_store(loc, site, transport) for loc in locs}

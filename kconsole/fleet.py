@@ -1,0 +1,113 @@
+"""Fleet status: one concurrent poll of every node (service state over SSH, health URL).
+
+An unreachable node never delays the others: every node is polled at once under its
+own deadline, and failures become a state with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from kconsole.errors import OperationFailed
+from kconsole.services import Services
+from kconsole.site import Node, Site
+
+
+@dataclass
+class NodeStatus:
+    """What one poll learned about one node."""
+
+    name: str
+    host: str
+    groups: tuple[str, ...]
+    state: str
+    """active, inactive or unreachable."""
+    detail: str
+    latency_ms: float | None
+    height: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The `status --json` line."""
+        out = asdict(self)
+        out["groups"] = list(self.groups)
+        return out
+
+
+async def _health(url: str, timeout: float) -> tuple[bool, str, int | None]:
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            resp = await client.get(url)
+    except httpx.HTTPError as exc:
+        return False, f"health URL unreachable ({exc.__class__.__name__})", None
+    height = None
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("height"), int):
+            height = body["height"]
+    except (json.JSONDecodeError, ValueError):
+        pass
+    return resp.status_code == 200, f"health {resp.status_code}", height
+
+
+async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatus:
+    """Poll one node; never raises."""
+    transport = services.transport
+    latency: float | None = None
+    try:
+        if transport is None:
+            raise OperationFailed("no SSH transport")
+        latency = round(await asyncio.wait_for(transport.probe(node), timeout), 1)
+        result = await transport.run(node, f"systemctl is-active {node.service}", timeout=timeout)
+        service = result.stdout.decode("utf-8", "replace").strip() or f"exit {result.exit_status}"
+        state = "active" if result.exit_status == 0 and service == "active" else "inactive"
+        detail = f"{node.service} {service}"
+    except TimeoutError:
+        return NodeStatus(node.name, node.host, node.groups, "unreachable",
+                          f"no answer within {timeout:g}s", latency)
+    except OperationFailed as exc:
+        return NodeStatus(node.name, node.host, node.groups, "unreachable", str(exc).rstrip("."), latency)
+    height = None
+    if node.health_url:
+        ok, health_detail, height = await _health(node.health_url, min(timeout, 5.0))
+        detail = f"{detail}, {health_detail}"
+        if state == "active" and not ok:
+            detail += " (service up but unhealthy)"
+    return NodeStatus(node.name, node.host, node.groups, state, detail, latency, height)
+
+
+async def poll_fleet(site: Site, services: Services, timeout: float | None = None,
+                     limit: int = 64) -> list[NodeStatus]:
+    """Poll every node concurrently (at most `limit` at once); results in site order."""
+    per_node = timeout or (site.ssh.connect_timeout + 10.0)
+    gate = asyncio.Semaphore(limit)
+
+    async def one(node: Node) -> NodeStatus:
+        async with gate:
+            try:
+                return await asyncio.wait_for(poll_node(node, services, per_node), per_node + 5)
+            except TimeoutError:
+                return NodeStatus(node.name, node.host, node.groups, "unreachable",
+                                  f"no answer within {per_node:g}s", None)
+
+    return list(await asyncio.gather(*(one(n) for n in site.nodes.values())))
+
+
+def poll_once(site: Site) -> tuple[list[NodeStatus], float]:
+    """Blocking single poll for the CLI: (statuses, seconds taken)."""
+
+    async def main() -> list[NodeStatus]:
+        services = Services.for_site(site)
+        try:
+            return await poll_fleet(site, services)
+        finally:
+            await services.close()
+
+    t0 = time.monotonic()
+    statuses = asyncio.run(main())
+    return statuses, time.monotonic() - t0
