@@ -1,11 +1,12 @@
 """Benchmark kconsole's encryption against `openssl enc` on one large file.
 
-Usage: python bench/bench_crypto.py [--size-mib 512] [--repeat 3] [--dir DIR]
+Usage: python bench/bench_crypto.py [--size-mib 512] [--repeat 5] [--dir DIR]
 
-Each variant runs in its own process; wall time and that process's peak RSS come from
-`os.wait4`. The output is a Markdown table (MB/s, ratio to `openssl enc -aes-256-cbc`,
-peak RSS). kconsole fsyncs its output before renaming it into place; openssl does not,
-so kconsole pays for durability that openssl skips.
+Every variant runs in its own process, measured by GNU time (wall time and that
+process's own peak RSS). Two groups: file to file (what an operator runs; kconsole
+fsyncs its output before renaming it into place, openssl does not), and to /dev/null
+(the crypto and hashing alone, without the disk's noise). The output is a Markdown
+table: MB/s, speed relative to `openssl enc -aes-256-cbc` of the same group, peak RSS.
 """
 
 from __future__ import annotations
@@ -28,47 +29,46 @@ OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 """GNU time reports a child's own peak RSS; without it the figure is only an upper bound."""
 
-# The kconsole variants call the same functions `kconsole crypto …` calls.
-_KCONSOLE = (
-    "import sys; from pathlib import Path; from kconsole.crypto import cli; "
-    "a = [Path(p) for p in sys.argv[2:]]; "
-    "raise SystemExit(cli.cmd_encrypt(*a) if sys.argv[1] == 'encrypt' "
-    "else cli.cmd_decrypt(a[1], a[2], key_path=a[0], kdf=sys.argv[1].partition(':')[2] or None))"
-)
+# What the kconsole variants run: the functions `kconsole crypto …` calls (file to file),
+# or the streaming API writing to /dev/null.
+_KCONSOLE = """
+import sys
+from pathlib import Path
+from kconsole.crypto import cli, decrypt_stream, encrypt_stream, read_key_file
+op, key, src, dst = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+if op == "encrypt":
+    raise SystemExit(cli.cmd_encrypt(key, src, dst))
+if op == "decrypt" or op.startswith("decrypt:"):
+    raise SystemExit(cli.cmd_decrypt(src, dst, key_path=key, kdf=op.partition(":")[2] or None))
+stream = encrypt_stream if op == "encrypt-stream" else decrypt_stream
+with src.open("rb", buffering=0) as fin, dst.open("wb") as fout:
+    stream(read_key_file(key), fin, fout)
+"""
 
 
 @dataclass
 class Variant:
-    """One command to time: what it reads and what it writes."""
+    """One command to time and the file it writes."""
 
+    group: str
     name: str
     argv: list[str]
-    output: Path
-
-
-@dataclass
-class Measurement:
-    """The median wall time and the largest peak RSS over the repeats."""
-
-    name: str
-    seconds: float
-    peak_rss_mib: float
+    output: Path | None
 
 
 def _make_input(path: Path, size_mib: int) -> None:
-    # Random bytes: a compressible input would flatter nothing here, but be honest anyway.
+    # Random bytes, like the compressed archives kconsole really encrypts.
     with path.open("wb") as fh:
         for _ in range(size_mib):
             fh.write(os.urandom(1 << 20))
 
 
-def _run(argv: list[str], scratch: Path) -> tuple[float, float]:
+def _run(argv: list[str], report: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one process."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    report = scratch / "time.out"
     if TIME:
-        # Through /usr/bin/time: a child forked straight from this Python would report
-        # this process's own RSS as its peak (Linux keeps the high-water mark over exec).
+        # Through GNU time: a child forked straight from this Python would report this
+        # process's own RSS as its peak (Linux keeps the high-water mark across exec).
         argv = [TIME, "-f", "%M", "-o", str(report), *argv]
     start = time.perf_counter()
     proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -96,74 +96,88 @@ def _openssl(cipher: str, src: Path, dst: Path, key: Path, decrypt: bool = False
     return [OPENSSL, "enc", *mode, f"-{cipher}", "-pass", f"file:{key}", "-in", str(src), "-out", str(dst)]  # fmt: skip
 
 
+def _variants(work: Path, key: Path, plain: Path, kdx: Path, cbc: Path, ctr: Path) -> list[Variant]:
+    py = [sys.executable, "-c", _KCONSOLE]
+    out = {n: work / f"out.{n}" for n in ("enc-kdx", "enc-cbc", "enc-ctr", "kdx", "legacy", "cbc", "ctr")}  # fmt: skip
+    null = Path(os.devnull)
+    f2f, dn = "file to file", "to /dev/null"
+    return [
+        Variant(f2f, "kconsole encrypt (KDXENC, AES-256-GCM)", [*py, "encrypt", str(key), str(plain), str(out["enc-kdx"])], out["enc-kdx"]),
+        Variant(f2f, "openssl enc -aes-256-cbc", _openssl("aes-256-cbc", plain, out["enc-cbc"], key), out["enc-cbc"]),
+        Variant(f2f, "openssl enc -aes-256-ctr", _openssl("aes-256-ctr", plain, out["enc-ctr"], key), out["enc-ctr"]),
+        Variant(f2f, "kconsole decrypt (KDXENC)", [*py, "decrypt", str(key), str(kdx), str(out["kdx"])], out["kdx"]),
+        Variant(f2f, "kconsole decrypt (legacy CBC file)", [*py, "decrypt:sha256", str(key), str(cbc), str(out["legacy"])], out["legacy"]),
+        Variant(f2f, "openssl enc -d -aes-256-cbc", _openssl("aes-256-cbc", cbc, out["cbc"], key, decrypt=True), out["cbc"]),
+        Variant(f2f, "openssl enc -d -aes-256-ctr", _openssl("aes-256-ctr", ctr, out["ctr"], key, decrypt=True), out["ctr"]),
+        Variant(dn, "kconsole encrypt_stream", [*py, "encrypt-stream", str(key), str(plain), str(null)], None),
+        Variant(dn, "openssl enc -aes-256-cbc", _openssl("aes-256-cbc", plain, null, key), None),
+        Variant(dn, "openssl enc -aes-256-ctr", _openssl("aes-256-ctr", plain, null, key), None),
+        Variant(dn, "kconsole decrypt_stream", [*py, "decrypt-stream", str(key), str(kdx), str(null)], None),
+        Variant(dn, "openssl enc -d -aes-256-cbc", _openssl("aes-256-cbc", cbc, null, key, decrypt=True), None),
+    ]  # fmt: skip
+
+
 def main() -> int:
-    """Create the inputs, time every variant, print the table."""
+    """Create the inputs, time every variant, check the outputs, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512, help="input size (default 512)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per variant (median)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per variant (median)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from kconsole.crypto.keys import keygen, read_key_file
-    from kconsole.crypto.stream import encrypt_file
+    from kconsole.crypto import encrypt_file, keygen
 
     work = Path(tempfile.mkdtemp(prefix="bench-crypto-", dir=args.dir))
     try:
         key = work / "bench.key"
-        keygen(key)
         plain = work / "plain.bin"
         _make_input(plain, args.size_mib)
         size = plain.stat().st_size
-        # Inputs for the decrypt variants, made once so every timed run only writes out.*.
+        # Inputs for the decrypt variants, made once: every timed run only writes out.*.
         kdx, cbc, ctr = work / "in.kdx", work / "in.cbc", work / "in.ctr"
-        encrypt_file(read_key_file(key), plain, kdx)
+        encrypt_file(keygen(key), plain, kdx)
         for cipher, dst in (("aes-256-cbc", cbc), ("aes-256-ctr", ctr)):
             subprocess.run(_openssl(cipher, plain, dst, key), check=True, capture_output=True)
 
-        py = [sys.executable, "-c", _KCONSOLE]
-        out = {n: work / f"out.{n}" for n in ("enc-kdx", "enc-cbc", "enc-ctr", "kdx", "legacy", "cbc", "ctr")}  # fmt: skip
-        variants = [
-            Variant("kconsole encrypt (KDXENC, AES-256-GCM)", [*py, "encrypt", str(key), str(plain), str(out["enc-kdx"])], out["enc-kdx"]),
-            Variant("openssl enc -aes-256-cbc", _openssl("aes-256-cbc", plain, out["enc-cbc"], key), out["enc-cbc"]),
-            Variant("openssl enc -aes-256-ctr", _openssl("aes-256-ctr", plain, out["enc-ctr"], key), out["enc-ctr"]),
-            Variant("kconsole decrypt (KDXENC)", [*py, "decrypt", str(key), str(kdx), str(out["kdx"])], out["kdx"]),
-            Variant("kconsole decrypt (legacy CBC file)", [*py, "decrypt:sha256", str(key), str(cbc), str(out["legacy"])], out["legacy"]),
-            Variant("openssl enc -d -aes-256-cbc", _openssl("aes-256-cbc", cbc, out["cbc"], key, decrypt=True), out["cbc"]),
-            Variant("openssl enc -d -aes-256-ctr", _openssl("aes-256-ctr", ctr, out["ctr"], key, decrypt=True), out["ctr"]),
-        ]  # fmt: skip
-        times: dict[str, list[float]] = {v.name: [] for v in variants}
-        peaks: dict[str, float] = {v.name: 0.0 for v in variants}
-        # Round robin, with the previous run's dirty pages flushed first, so that one
-        # variant's writeback does not land on the next one's clock.
+        variants = _variants(work, key, plain, kdx, cbc, ctr)
+        times: dict[int, list[float]] = {i: [] for i in range(len(variants))}
+        peaks: dict[int, float] = dict.fromkeys(times, 0.0)
+        # Round robin, each run after a sync, so that one variant's writeback neither
+        # lands on the next one's clock nor all of one variant's runs hit a slow spell.
         for _ in range(args.repeat):
-            for v in variants:
-                v.output.unlink(missing_ok=True)
+            for i, v in enumerate(variants):
+                if v.output is not None:
+                    v.output.unlink(missing_ok=True)
                 os.sync()
-                seconds, peak = _run(v.argv, work)
-                times[v.name].append(seconds)
-                print(f"{v.name}: {seconds:.2f}", file=sys.stderr)
-                peaks[v.name] = max(peaks[v.name], peak)
+                seconds, peak = _run(v.argv, work / "time.out")
+                times[i].append(seconds)
+                peaks[i] = max(peaks[i], peak)
 
         want = _sha256(plain)
-        for v in variants[3:]:
-            if _sha256(v.output) != want:
+        for v in variants:
+            if v.output is not None and "decrypt" in v.name and _sha256(v.output) != want:
                 raise SystemExit(f"{v.name} did not reproduce the input")
 
-        results = [Measurement(n, statistics.median(t), peaks[n]) for n, t in times.items()]
-        baseline = next(r for r in results if r.name == "openssl enc -aes-256-cbc")
         print(
-            f"{args.size_mib} MiB of random data, file to file, page cache warm, "
-            f"median of {args.repeat} runs; kconsole fsyncs its output, openssl does not"
+            f"{args.size_mib} MiB of random data, page cache warm, median of {args.repeat} "
+            "runs, python start-up included"
         )
         print()
-        print("| variant | time (s) | MB/s | vs openssl aes-256-cbc | peak RSS (MiB) |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-        for r in results:
-            mbps = size / 1e6 / r.seconds
-            ratio = baseline.seconds / r.seconds
+        print("| group | variant | time (s) | MB/s | vs openssl aes-256-cbc | peak RSS (MiB) |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for i, v in enumerate(variants):
+            base = next(
+                j
+                for j, b in enumerate(variants)
+                if b.group == v.group and b.name == "openssl enc -aes-256-cbc"
+            )
+            seconds = statistics.median(times[i])
+            ratio = statistics.median(times[base]) / seconds
+            mbps = size / 1e6 / seconds
             print(
-                f"| {r.name} | {r.seconds:.2f} | {mbps:.0f} | {ratio:.2f}x | {r.peak_rss_mib:.1f} |"
+                f"| {v.group} | {v.name} | {seconds:.2f} | {mbps:.0f} | {ratio:.2f}x "
+                f"| {peaks[i]:.1f} |"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -74,21 +74,26 @@ def bench_kconsole(server: Sshd, commands: int, parallel: int, channels: int) ->
         node = site.nodes["node1"]
         gate = asyncio.Semaphore(parallel)
 
-        async def one() -> bool:
+        async def one() -> bool | str:
             async with gate:
                 result = await transport.run(node, COMMAND, timeout=60)
-                return result.ok and result.stdout == b"ok\n"
+                return result.ok and result.stdout == b"ok\n" or repr(result)
 
         started = time.perf_counter()
         outcomes = await asyncio.gather(*(one() for _ in range(commands)), return_exceptions=True)
         wall = time.perf_counter() - started
         await transport.close()
-        return wall, sum(1 for o in outcomes if o is not True)
+        failed = [o for o in outcomes if o is not True]
+        if failed:
+            print(f"    kconsole failures, the first: {failed[0]!r}", file=sys.stderr)
+        return wall, len(failed)
 
     return asyncio.run(main())
 
 
-def bench_pssh(server: Sshd, commands: int, parallel: int, exe: str, workdir: Path) -> tuple[float, int]:
+def bench_pssh(
+    server: Sshd, commands: int, parallel: int, exe: str, workdir: Path
+) -> tuple[float, int]:
     """Wall time for parallel-ssh with one host line per command (it connects once per line)."""
     hosts = workdir / "hosts"
     hosts.write_text(f"{server.user}@127.0.0.1:{server.port}\n" * commands)
@@ -103,7 +108,9 @@ def bench_pssh(server: Sshd, commands: int, parallel: int, exe: str, workdir: Pa
     return wall, failures if proc.returncode == 0 else max(failures, 1)
 
 
-def bench_xargs(server: Sshd, commands: int, parallel: int, workdir: Path, master: bool) -> tuple[float, int]:
+def bench_xargs(
+    server: Sshd, commands: int, parallel: int, workdir: Path, master: bool
+) -> tuple[float, int]:
     """Wall time for `xargs -P N ssh`, multiplexed over a ControlMaster or not."""
     options = _ssh_options(server)
     control = workdir / "cm.sock"
@@ -114,7 +121,9 @@ def bench_xargs(server: Sshd, commands: int, parallel: int, workdir: Path, maste
              "-o", "ControlPersist=120", "-MNf", f"{server.user}@127.0.0.1"],
             check=True,
         )  # fmt: skip
-    script = " ".join(shlex.quote(x) for x in ["ssh", *options, f"{server.user}@127.0.0.1", COMMAND])
+    script = " ".join(
+        shlex.quote(x) for x in ["ssh", *options, f"{server.user}@127.0.0.1", COMMAND]
+    )
     argv = ["xargs", "-P", str(parallel), "-I{}", "sh", "-c", script]
     started = time.perf_counter()
     proc = subprocess.run(argv, input="x\n" * commands, capture_output=True, text=True)
@@ -184,7 +193,10 @@ def main() -> int:
                             lambda: bench_pssh(server, n, p, pssh, workdir))
                 )  # fmt: skip
             else:
-                print("parallel-ssh not installed (apt-get install pssh); skipping it", file=sys.stderr)
+                print(
+                    "parallel-ssh not installed (apt-get install pssh); skipping it",
+                    file=sys.stderr,
+                )
             rows.append(
                 measure("OpenSSH ssh", f"xargs -P {p}, ControlMaster", r,
                         lambda: bench_xargs(server, n, p, workdir, master=True))

@@ -39,6 +39,15 @@ class Services:
     clock: Clock = field(default_factory=Clock)
     transport: Any = None
     http_timeout: float = 10.0
+    _backups: Any = None
+
+    def backups(self, site: Site) -> Any:
+        """The run's BackupSession (stores, keyring, catalog), made on first use."""
+        if self._backups is None:
+            from kconsole.backups.session import BackupSession
+
+            self._backups = BackupSession(site, self.transport)
+        return self._backups
 
     @classmethod
     def for_site(cls, site: Site) -> Services:
@@ -54,5 +63,7 @@ class Services:
 
     async def close(self) -> None:
         """Close pooled connections."""
+        if self._backups is not None:
+            await self._backups.close()
         if self.transport is not None and hasattr(self.transport, "close"):
             await self.transport.close()

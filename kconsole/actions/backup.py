@@ -13,6 +13,25 @@ def _unavailable(name: str) -> OperationFailed:
     return OperationFailed(f"{name} is not available in this build of kconsole.")
 
 
+def _transport(ctx: StepContext) -> object:
+    if ctx.services.transport is None:
+        raise OperationFailed("no SSH transport is configured for this run.")
+    return ctx.services.transport
+
+
+async def resolve_backup(ctx: StepContext, wanted: str, kind: str, node: str) -> object:
+    """A catalog Backup: an id, or "latest" good one of `kind` from `node`."""
+    session = ctx.services.backups(ctx.site)
+    catalog = await session.catalog()
+    if wanted in ("", "latest"):
+        found = catalog.latest_good(kind, node)
+        if found is None:
+            where = f"; unreachable locations: {', '.join(catalog.errors)}" if catalog.errors else ""
+            raise OperationFailed(f"there is no good {kind} backup of {node} in any location{where}.")
+        return found
+    return catalog.find(wanted)
+
+
 class BackupCreate(Action):
     """Capture paths from a node, encrypt on the fly, store in every location with a manifest."""
 
@@ -24,12 +43,26 @@ class BackupCreate(Action):
         "paths": Field("list", required=True, help="absolute paths on the node, e.g. /var/lib/kaldrix/state"),
         "command": Field("command", help="instead of tar: a command whose stdout is the backup"),
         "locations": Field("list", help="location names; default every location"),
+        "sudo": Field("bool", default=True, help="run the capture under sudo -n"),
         "consistent": Field("bool", help="stop the service around the capture for a consistent copy"),
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
         """Create the backup."""
-        raise _unavailable(self.name)
+        from kconsole.backups.create import CreateRequest, create_backup
+
+        node = ctx.require_node()
+        session = ctx.services.backups(ctx.site)
+        req = CreateRequest(node=node, kind=ctx.values["kind"], paths=list(ctx.values.get("paths") or []),
+                            command=ctx.values.get("command") or "", sudo=bool(ctx.values.get("sudo", True)),
+                            run_id=ctx.run_id, consistent=bool(ctx.values.get("consistent")))
+        manifest = await create_backup(ctx.site, req, transport=_transport(ctx),
+                                       stores=session.stores(ctx.values.get("locations")),
+                                       key=session.current_key(), emit=ctx.emit)
+        session.invalidate()
+        return ActionResult(exit_code=0, summary=f"{manifest.id} ({manifest.ciphertext_size} bytes, key {manifest.key_id[:8]})",
+                            data={"backup": manifest.id, "size": manifest.ciphertext_size, "key_id": manifest.key_id,
+                                  "chain_height": manifest.chain_height})
 
 
 class BackupRestore(Action):
@@ -44,11 +77,25 @@ class BackupRestore(Action):
         "kind": Field("str", choices=BACKUP_KINDS, default="blockchain-state"),
         "location": Field("str", help="location to fetch from; default the fastest holding it"),
         "source_node": Field("text", help="restore another node's backup (default this node's)"),
+        "sudo": Field("bool", default=True),
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
         """Restore the backup."""
-        raise _unavailable(self.name)
+        from kconsole.backups.restore import restore_backup
+
+        node = ctx.require_node()
+        session = ctx.services.backups(ctx.site)
+        source = ctx.values.get("source_node") or node.name
+        backup = await resolve_backup(ctx, str(ctx.values.get("backup") or "latest"),
+                                      ctx.values.get("kind") or "blockchain-state", source)
+        stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
+        report = await restore_backup(ctx.site, node, backup, transport=_transport(ctx),  # type: ignore[arg-type]
+                                      stores=stores, keyring=session.keyring(), run_id=ctx.run_id, emit=ctx.emit,
+                                      sudo=bool(ctx.values.get("sudo", True)))
+        return ActionResult(exit_code=0, summary=f"restored {report.backup} from {report.replica} ({report.members} files)",
+                            data={"backup": report.backup, "replica": report.replica, "members": report.members,
+                                  "key_id": report.key_id})
 
 
 class BackupVerify(Action):
@@ -63,8 +110,34 @@ class BackupVerify(Action):
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
-        """Verify."""
-        raise _unavailable(self.name)
+        """Verify; any bad backup fails the step, naming each."""
+        from kconsole.backups.verify import verify_backup
+
+        session = ctx.services.backups(ctx.site)
+        catalog = await session.catalog(refresh=True)
+        wanted = str(ctx.values.get("backup") or "all")
+        kind = ctx.values.get("kind")
+        node = ctx.node.name if ctx.node else None
+        if wanted == "all":
+            targets = catalog.select(kind, node)
+        elif wanted == "latest":
+            targets = [b for b in (catalog.latest_good(k, n) for k, n in
+                                   {(b.kind, b.node) for b in catalog.select(kind, node)}) if b]
+        else:
+            targets = [catalog.find(wanted)]
+        stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
+        keyring = session.keyring()
+        bad = []
+        for backup in targets:
+            outcome = await verify_backup(ctx.site, backup, stores, keyring, ctx.emit)
+            if not outcome.ok:
+                bad.append(backup.id)
+        session.invalidate()
+        if bad:
+            raise OperationFailed(f"{len(bad)} of {len(targets)} backups failed verification: {', '.join(bad[:5])}"
+                                  + (" ..." if len(bad) > 5 else ""))
+        return ActionResult(exit_code=0, summary=f"{len(targets)} backups verified",
+                            data={"verified": len(targets)})
 
 
 class BackupPrune(Action):

@@ -34,9 +34,8 @@ from kconsole.crypto.errors import (
     os_errors_as_failure,
 )
 from kconsole.crypto.keys import Key, Keyring
-from kconsole.crypto.stream import open_input
+from kconsole.crypto.stream import open_input, staged_output
 from kconsole.errors import UsageError
-from kconsole.fsutil import atomic_writer
 
 SALTED = b"Salted__"
 """The magic of an openssl file made with a password and a salt."""
@@ -298,7 +297,7 @@ def decrypt_legacy_file(
     with (
         open_input(in_path) as src,
         os_errors_as_failure(f"decrypt {in_path} to {out_path}"),
-        atomic_writer(out_path) as dst,
+        staged_output(out_path) as dst,
     ):
         return decrypt_legacy_stream(keys, src, dst, kdf, iterations, str(in_path))
 

@@ -12,12 +12,13 @@ chunk verifies: `decrypt_file` writes to a temporary file and renames it only th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +276,7 @@ class _ChunkOpener:
         n = self.open_into(ct, memoryview(out), last)
         return bytes(out[:n])
 
-    def _opens(self, ct: bytes, counter: int, last: bool) -> bool:
+    def _opens(self, ct: bytes | memoryview, counter: int, last: bool) -> bool:
         try:
             self._aead.decrypt(_nonce(counter, last), ct, None)
         except InvalidTag:
@@ -331,7 +332,7 @@ class _ChunkOpener:
             return None
         view = memoryview(ct)
         for end in range(TAG_LEN, min(len(ct), self._ct_chunk + 1)):
-            if self._opens(view[:end].tobytes(), self.counter, True):
+            if self._opens(view[:end], self.counter, True):
                 return end
         return None
 
@@ -676,6 +677,17 @@ def open_input(path: str | os.PathLike[str]) -> BinaryIO:
         raise UsageError(f"{p} cannot be read: {exc.strerror}") from None
 
 
+@contextlib.contextmanager
+def staged_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A temporary file beside `path` that replaces it (0600, fsynced) only on success."""
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        # The temporary file is renamed over the target: never over /dev/null or a directory.
+        raise UsageError(f"{target} exists and is not a regular file; choose another output")
+    with atomic_writer(target) as fh:
+        yield fh
+
+
 def encrypt_file(
     key: Key,
     in_path: str | os.PathLike[str],
@@ -686,7 +698,7 @@ def encrypt_file(
     with (
         open_input(in_path) as src,
         os_errors_as_failure(f"encrypt {in_path} to {out_path}"),
-        atomic_writer(out_path) as dst,
+        staged_output(out_path) as dst,
     ):
         return encrypt_stream(key, src, dst, chunk_log2)
 
@@ -701,6 +713,6 @@ def decrypt_file(
     with (
         open_input(in_path) as src,
         os_errors_as_failure(f"decrypt {in_path} to {out_path}"),
-        atomic_writer(out_path) as dst,
+        staged_output(out_path) as dst,
     ):
         return decrypt_stream(keys, src, dst, str(in_path))

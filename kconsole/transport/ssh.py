@@ -54,6 +54,9 @@ STREAM_KEEP = 1024 * 1024
 STOP_GRACE = 2.0
 """Seconds a timed-out command gets between SIGTERM and SIGKILL."""
 
+SESSION_RETRY = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""Pauses before asking again when a node refuses a new session on a live connection."""
+
 RUN_TAG = "LC_KCONSOLE_RUN"
 """Environment variable carrying a per-command token, so a stuck command can be found and killed."""
 
@@ -550,31 +553,38 @@ class SshTransport:
         this returns, so the retry never runs anything twice."""
         reason = ""
         handshake = False
-        for attempt in range(2):
-            if attempt:
-                await asyncio.sleep(random.uniform(*RETRY_JITTER))
+        reconnects = refusals = 0
+        while True:
             try:
                 conn = await self._pooled(node)
             except _LostBeforeStart as exc:
                 reason, handshake = exc.reason, True
-                continue
-            try:
-                return conn, await conn.create_process(command, encoding=None, env={RUN_TAG: tag})
-            except (asyncssh.Error, OSError) as exc:
-                if not (conn.is_closed() or isinstance(exc, _LOST_TYPES)):
-                    raise OperationFailed(
-                        f"{node.name} refused a new session ({_reason(exc)}); "
-                        "lower [ssh] max_channels or raise MaxSessions on the node."
-                    ) from None
-                reason, handshake = _reason(exc), False
-                self.forget(node, conn)
+                reconnects += 1
+            else:
+                try:
+                    return conn, await conn.create_process(command, encoding=None, env={RUN_TAG: tag})
+                except (asyncssh.Error, OSError) as exc:
+                    reason, handshake = _reason(exc), False
+                    if conn.is_closed() or isinstance(exc, _LOST_TYPES):
+                        self.forget(node, conn)
+                        reconnects += 1
+                    else:
+                        # sshd frees a session slot a little after the channel closes, so a
+                        # busy connection can be refused ("no more sessions") for a moment.
+                        refusals += 1
+                        if refusals > len(SESSION_RETRY):
+                            raise OperationFailed(
+                                f"{node.name} keeps refusing new sessions ({reason}); "
+                                "lower [ssh] max_channels or raise MaxSessions on the node."
+                            ) from None
+                        await asyncio.sleep(SESSION_RETRY[refusals - 1] * random.uniform(0.5, 1.5))
+                        continue
+            if reconnects >= 2:
+                break
+            await asyncio.sleep(random.uniform(*RETRY_JITTER))
         if handshake:
-            raise NodeUnreachable(
-                node.name, f"the connection was closed during the handshake ({reason})"
-            )
-        raise ConnectionLost(
-            node.name, f"it dropped twice before the command could start ({reason})"
-        )
+            raise NodeUnreachable(node.name, f"the connection was closed during the handshake ({reason})")
+        raise ConnectionLost(node.name, f"it dropped twice before the command could start ({reason})")
 
     async def _drive(
         self,

@@ -1,0 +1,179 @@
+"""Reading a backup's plaintext without writing it anywhere, and checking its archive.
+
+`inspect_archive` inflates every gzip layer (the plan's backups have two), walks every
+tar member, and refuses any member that would land outside the backup's own paths:
+absolute or `..` names, links whose target leaves the prefix, devices and FIFOs. It is
+the pre-flight check before a restore lets remote `tar` extract anything, and the heart
+of `kconsole verify`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from kconsole.crypto import Key, Keyring
+from kconsole.crypto.legacy import LegacyDecryptor
+from kconsole.crypto.stream import Decryptor, PlaintextReader
+from kconsole.errors import OperationFailed
+
+MAX_LAYERS = 8
+
+
+class UnsafeArchive(OperationFailed):
+    """A member of the archive would be written outside the backup's paths."""
+
+
+class BadArchive(OperationFailed):
+    """The plaintext is not a sound gzip/tar archive (or is empty)."""
+
+
+@dataclass
+class ArchiveReport:
+    """What a full walk of a backup's plaintext found."""
+
+    gzip_layers: int
+    members: int
+    tar_bytes: int
+    plaintext_sha256: str
+    plaintext_size: int
+    key_id: str
+
+
+class _Hashing(io.RawIOBase):
+    """Pass-through reader that hashes and counts what is read."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self.src = src
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.src.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.digest.update(data)
+        self.size += n
+        return n
+
+
+def decrypting_reader(ciphertext: BinaryIO, keys: Key | Keyring, legacy: bool,
+                      name: str) -> tuple[BinaryIO, Decryptor | LegacyDecryptor]:
+    """A file-like reader of the plaintext of `ciphertext`, verified as it goes."""
+    decryptor: Decryptor | LegacyDecryptor = LegacyDecryptor(keys, name=name) if legacy else Decryptor(keys, name=name)
+    reader = io.BufferedReader(PlaintextReader(decryptor, ciphertext, 1 << 18), 1 << 18)
+    return cast(BinaryIO, reader), decryptor
+
+
+def _allowed(name: str, prefixes: list[str]) -> bool:
+    return not prefixes or any(name == p or name.startswith(p + "/") for p in prefixes)
+
+
+def check_member(member: tarfile.TarInfo, prefixes: list[str], where: str) -> None:
+    """Refuse a member that is absolute, escapes, is special, or leaves `prefixes`."""
+    name = member.name
+    norm = posixpath.normpath(name.lstrip("./") or ".")
+    if name.startswith("/") or norm.startswith("..") or "/../" in f"/{name}/":
+        raise UnsafeArchive(f"{where}: member {name!r} escapes the restore directory; refusing to restore.")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchive(f"{where}: member {name!r} is a device or FIFO; refusing to restore.")
+    if norm != "." and not _allowed(norm, prefixes) and not any(p.startswith(norm + "/") for p in prefixes):
+        raise UnsafeArchive(f"{where}: member {name!r} is outside the backed-up paths "
+                            f"({', '.join(prefixes)}); refusing to restore.")
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if member.issym():
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(norm), target))
+        else:
+            resolved = posixpath.normpath(target)
+        if target.startswith("/") or resolved.startswith("..") or not _allowed(resolved, prefixes):
+            raise UnsafeArchive(f"{where}: link {name!r} -> {target!r} points outside the backed-up paths; "
+                                "refusing to restore.")
+
+
+def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tuple[int, int, int]:
+    """Inflate all gzip layers and walk the tar; (gzip layers, members, tar bytes)."""
+    layers = 0
+    stream: BinaryIO = plaintext
+    head = _peek(stream)
+    while head[:2] == b"\x1f\x8b":
+        layers += 1
+        if layers > MAX_LAYERS:
+            raise BadArchive(f"{where} has more than {MAX_LAYERS} gzip layers.")
+        stream = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18))
+        try:
+            head = _peek(stream)
+        except (OSError, EOFError) as exc:
+            raise BadArchive(f"{where}: gzip layer {layers} is damaged ({exc}).") from None
+    members = 0
+    counted = _Hashing(stream)
+    try:
+        with tarfile.open(fileobj=cast(BinaryIO, counted), mode="r|") as tar:
+            for member in tar:
+                check_member(member, prefixes, where)
+                members += 1
+    except tarfile.ReadError as exc:
+        raise BadArchive(f"{where} is not a readable tar archive ({exc}).") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise BadArchive(f"{where}: the archive is damaged ({exc}).") from None
+    # Drain what tarfile left (zero blocks) so gzip checks its CRC and length trailer.
+    try:
+        while counted.read(1 << 20):
+            pass
+    except (OSError, EOFError) as exc:
+        raise BadArchive(f"{where}: the archive is damaged ({exc}).") from None
+    if members == 0:
+        raise BadArchive(f"{where} holds no files; restoring it would restore nothing.")
+    return layers, members, counted.size
+
+
+def _peek(stream: BinaryIO) -> bytes:
+    peek = getattr(stream, "peek", None)
+    if peek is None:
+        raise TypeError("stream must be buffered")
+    return bytes(peek(2)[:2])
+
+
+def verify_file(path: Path, keys: Key | Keyring, legacy: bool, prefixes: list[str], where: str) -> ArchiveReport:
+    """Decrypt and walk a local ciphertext file end to end; nothing is written."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {path}: {exc.strerror}.") from None
+    with fh:
+        reader, decryptor = decrypting_reader(fh, keys, legacy, where)
+        layers, members, tar_bytes = inspect_archive(reader, prefixes, where)
+        while reader.read(1 << 20):  # anything after the archive still has to authenticate
+            pass
+    result = decryptor.result
+    assert result is not None
+    return ArchiveReport(layers, members, tar_bytes, result.plaintext_sha256, result.plaintext_size, result.key_id)
+
+
+def plaintext_chunks(path: Path, keys: Key | Keyring, legacy: bool, where: str,
+                     size: int = 1 << 18) -> Iterator[bytes]:
+    """The plaintext to send to a node: the gzip stream of a native backup, or the plain
+    tar of a legacy one (its gzip layers inflated here, however many there are)."""
+    with path.open("rb") as fh:
+        reader, _ = decrypting_reader(fh, keys, legacy, where)
+        stream: BinaryIO = reader
+        if legacy:
+            while _peek(stream)[:2] == b"\x1f\x8b":
+                stream = cast(BinaryIO, io.BufferedReader(
+                    cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18))
+        while chunk := stream.read(size):
+            yield chunk
+        if legacy:
+            while reader.read(1 << 20):
+                pass

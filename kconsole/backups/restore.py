@@ -1,0 +1,154 @@
+"""`backup.restore`: fetch, verify, decrypt and stream a backup into an empty staging
+directory on the node, then swap it in, keeping the previous state for rollback.
+
+The key is the one the backup names (its key id, found in the site keyring), never
+"today's" key. Nothing reaches the node before the whole backup has been decrypted,
+authenticated and walked locally, member by member, with every path confined to what
+the backup is meant to hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kconsole.backups.archive import plaintext_chunks, verify_file
+from kconsole.backups.catalog import Backup
+from kconsole.backups.pipeline import threaded_chunks
+from kconsole.backups.stores import LocalStore, Store, hash_file
+from kconsole.crypto import Keyring
+from kconsole.errors import OperationFailed
+from kconsole.site import Node, Site
+
+Emit = Callable[[str, str], Awaitable[None]]
+
+LEGACY_PATHS = {
+    "blockchain-state": ["var/lib/kaldrix/state"],
+    "validator-keys": ["etc/kaldrix/validator_keys.json", "etc/kaldrix/tls"],
+    "transaction-logs": ["var/log/kaldrix/transactions"],
+    "full-system": ["etc/kaldrix", "var/lib/kaldrix", "var/log/kaldrix"],
+    "archive": ["etc/kaldrix", "var/lib/kaldrix", "var/log/kaldrix"],
+}
+PRE_RESTORE = ".pre-restore"
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did."""
+
+    backup: str
+    node: str
+    replica: str
+    members: int
+    plaintext_size: int
+    key_id: str
+    paths: list[str]
+
+
+def backup_paths(backup: Backup) -> list[str]:
+    """The relative paths a backup holds (what restore may write)."""
+    if backup.manifest is not None:
+        return [p.strip("/") for p in backup.manifest.paths]
+    return LEGACY_PATHS.get(backup.kind, [])
+
+
+async def fetch_verified(site: Site, backup: Backup, stores: dict[str, Store], emit: Emit) -> tuple[Path, str, bool]:
+    """A local copy of the ciphertext that matches the manifest: (path, location, is_temporary).
+
+    Replicas are tried fastest first; a corrupted or unreachable one is reported and the
+    next is tried, so a damaged primary falls back to the DR copy.
+    """
+    expected = backup.manifest.ciphertext_sha256 if backup.manifest else None
+    problems: list[str] = []
+    staging = site.state_dir / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    for name, store in stores.items():
+        replica = backup.replicas.get(name)
+        if replica is None:
+            continue
+        try:
+            if isinstance(store, LocalStore):
+                path = store.path(replica.key)
+                if expected:
+                    _, got = await asyncio.to_thread(hash_file, path)
+                    if got != expected:
+                        raise OperationFailed(f"{path} has SHA-256 {got[:12]}..., its manifest says "
+                                              f"{expected[:12]}...: the copy is corrupt")
+                return path, name, False
+            local = staging / f"{backup.id}.{name}.fetch"
+            await emit("stdout", f"fetching {backup.id} from {name}")
+            await store.get_file(replica.key, local, expected)
+            return local, name, True
+        except (OperationFailed, OSError) as exc:
+            problems.append(f"{name}: {str(exc).rstrip('.')}")
+            await emit("stderr", f"replica in {name} unusable: {str(exc).rstrip('.')}")
+    raise OperationFailed(f"no good copy of {backup.id}: {'; '.join(problems) or 'it has no replicas'}.")
+
+
+async def restore_backup(site: Site, node: Node, backup: Backup, *, transport: Any, stores: dict[str, Store],
+                         keyring: Keyring, run_id: str, emit: Emit, sudo: bool = True,
+                         require_stopped: bool = True) -> RestoreReport:
+    """Restore `backup` into `node` (it may be another node's backup: a rebuild)."""
+    sudo_p = "sudo -n " if sudo else ""
+    if backup.manifest is not None and backup.manifest.content != "tar":
+        raise OperationFailed(f"{backup.id} is a log stream, not a file archive; it cannot be restored into a node.")
+    if backup.manifest is not None and backup.manifest.key_id not in keyring:
+        raise OperationFailed(f"{backup.id} was encrypted with key {backup.manifest.key_id}, which is not in "
+                              f"the keyring {keyring.name}; restore that key file first.")
+    paths = backup_paths(backup)
+    if not paths:
+        raise OperationFailed(f"kconsole does not know which paths a legacy {backup.kind} backup holds.")
+    if require_stopped:
+        check = await transport.run(node, f"systemctl is-active {shlex.quote(node.service)}", timeout=30)
+        if check.stdout.decode("utf-8", "replace").strip() == "active":
+            raise OperationFailed(f"{node.service} is still running on {node.name}; stop it before restoring.")
+    local, replica, temporary = await fetch_verified(site, backup, stores, emit)
+    try:
+        where = f"{backup.id}"
+        report = await asyncio.to_thread(verify_file, local, keyring, backup.legacy, paths, where)
+        if backup.manifest and report.plaintext_sha256 != backup.manifest.plaintext_sha256:
+            raise OperationFailed(f"{backup.id} decrypts to data whose SHA-256 differs from its manifest.")
+        await emit("stdout", f"verified {backup.id} from {replica}: {report.members} files, key {report.key_id}")
+        root = node.root or "/"
+        staging = f"{root.rstrip('/')}/.kconsole-restore-{run_id}"
+        q_staging = shlex.quote(staging)
+        prep = await transport.run(node, f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}", timeout=120)
+        if prep.exit_status != 0:
+            raise OperationFailed(f"cannot create the staging directory {staging} on {node.name}: "
+                                  f"{prep.stderr.decode('utf-8', 'replace').strip()}.")
+        tar_flags = "-xf" if backup.legacy else "-xzf"
+        extract = f"{sudo_p}tar --no-same-owner {tar_flags} - -C {q_staging}"
+        await emit("stdout", f"streaming into {node.name}:{staging}")
+        keys_for_stream = keyring
+        result = await transport.stream_in(
+            node, extract,
+            threaded_chunks(lambda: plaintext_chunks(local, keys_for_stream, backup.legacy, where)),
+        )
+        if result.exit_status != 0:
+            await transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=120)
+            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise OperationFailed(f"extracting {backup.id} on {node.name} failed: {err[-1] if err else 'tar exit ' + str(result.exit_status)}.")
+        swap = ["set -e"]
+        for rel in paths:
+            live = shlex.quote(f"{root.rstrip('/')}/{rel}")
+            old = shlex.quote(f"{root.rstrip('/')}/{rel}{PRE_RESTORE}")
+            new = shlex.quote(f"{staging}/{rel}")
+            swap.append(f"if [ -e {live} ] || [ -L {live} ]; then rm -rf {old}; mv {live} {old}; fi")
+            swap.append(f"mkdir -p \"$(dirname {live})\"; mv {new} {live}")
+        swap.append(f"rm -rf {q_staging}")
+        done = await transport.run(node, f"{sudo_p}sh -c {shlex.quote('; '.join(swap))}", timeout=300)
+        if done.exit_status != 0:
+            raise OperationFailed(f"swapping the restored files into place on {node.name} failed: "
+                                  f"{done.stderr.decode('utf-8', 'replace').strip()}; the previous state is "
+                                  f"kept as *{PRE_RESTORE}.")
+        await emit("stdout", f"restored {', '.join('/' + p for p in paths)} on {node.name}; previous state kept "
+                   f"as *{PRE_RESTORE}")
+        return RestoreReport(backup.id, node.name, replica, report.members, report.plaintext_size,
+                             report.key_id, paths)
+    finally:
+        if temporary:
+            local.unlink(missing_ok=True)

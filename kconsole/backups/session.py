@@ -1,0 +1,69 @@
+"""Per-run access to backup locations, the keyring and the catalog, shared by every step
+of a run so the locations are listed once, not once per node."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kconsole.backups.catalog import Catalog, build_catalog
+from kconsole.backups.stores import Store, open_stores
+from kconsole.crypto import Key, Keyring, read_key_file
+from kconsole.errors import OperationFailed, UsageError
+from kconsole.site import Site
+
+
+class BackupSession:
+    """Stores, keys and a catalog for one site, built lazily and cached."""
+
+    def __init__(self, site: Site, transport: Any) -> None:
+        self.site = site
+        self.transport = transport
+        self._stores: dict[str, Store] | None = None
+        self._catalog: Catalog | None = None
+        self._lock = asyncio.Lock()
+
+    def stores(self, only: list[str] | None = None) -> dict[str, Store]:
+        """The site's locations (optionally only the named ones)."""
+        if self._stores is None:
+            self._stores = open_stores(self.site, self.transport)
+        if not only:
+            return dict(self._stores)
+        unknown = [n for n in only if n not in self._stores]
+        if unknown:
+            raise OperationFailed(f"unknown location {unknown[0]}; the site has {', '.join(self._stores)}.")
+        return {n: self._stores[n] for n in only}
+
+    def keyring(self) -> Keyring:
+        """The site's key directory."""
+        if self.site.keys_dir is None:
+            raise UsageError("the site has no [keys] dir; backups cannot be encrypted or read without keys.")
+        try:
+            return Keyring(self.site.keys_dir)
+        except FileNotFoundError:
+            raise UsageError(f"key directory {self.site.keys_dir} does not exist.") from None
+
+    def current_key(self) -> Key:
+        """The key new backups are encrypted with."""
+        if self.site.current_key and self.site.keys_dir is not None:
+            return read_key_file(self.site.keys_dir / self.site.current_key)
+        ring = self.keyring()
+        if not len(ring):
+            raise UsageError(f"no key in {self.site.keys_dir}; make one with `kconsole crypto keygen`.")
+        return ring.current()
+
+    async def catalog(self, refresh: bool = False) -> Catalog:
+        """The catalog, listed once per session unless refreshed."""
+        async with self._lock:
+            if self._catalog is None or refresh:
+                self._catalog = await build_catalog(self.site, self.stores())
+            return self._catalog
+
+    def invalidate(self) -> None:
+        """Forget the catalog (a backup was made or deleted)."""
+        self._catalog = None
+
+    async def close(self) -> None:
+        """Close the stores."""
+        for store in (self._stores or {}).values():
+            await store.close()
