@@ -278,6 +278,76 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _with_backups(site: Any, fn: Callable[[Any], Any]) -> Any:
+    """Run `fn(session)` on a fresh event loop with the site's backup session."""
+    from kconsole.services import Services
+
+    async def main() -> Any:
+        services = Services.for_site(site)
+        try:
+            return await fn(services.backups(site))
+        finally:
+            await services.close()
+
+    return asyncio.run(main())
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    """`kconsole catalog`"""
+    from kconsole.config import format_duration
+    from kconsole.site import BACKUP_KINDS
+
+    site = _site(args)
+    if args.kind and args.kind not in BACKUP_KINDS:
+        raise UsageError(f"--kind must be one of {', '.join(BACKUP_KINDS)}.")
+    if args.node and args.node not in site.nodes:
+        site.node(args.node)
+    if args.location and args.location not in site.locations:
+        raise UsageError(f"unknown location {args.location}; the site has {', '.join(site.locations)}.")
+    catalog = _with_backups(site, lambda s: s.catalog())
+    rows = catalog.rows(args.kind, args.node, args.location)
+    for loc, err in catalog.errors.items():
+        _err(f"kconsole: location {loc} could not be listed: {err}.")
+    if args.json:
+        for row in rows:
+            _out(json.dumps(row))
+        return EXIT_OK
+    _out(f"catalog of {site.name} as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC")
+    _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
+    for r in rows:
+        key = "legacy" if r["legacy"] else r["key_id"][:8]
+        _out(f"{r['id']:46} {r['location']:9} {r['size']:>10} {format_duration(r['age_s']):>8} "
+             f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}")
+    _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """`kconsole verify [BACKUP...]`: exit 1 naming each bad backup."""
+    from kconsole.backups.verify import verify_backup
+
+    site = _site(args)
+
+    async def run(session: Any) -> list[Any]:
+        catalog = await session.catalog(refresh=True)
+        targets = [catalog.find(b) for b in args.backups] if args.backups else catalog.backups
+        keyring = session.keyring()
+        stores = session.stores()
+
+        async def emit(stream: str, text: str) -> None:
+            (_out if stream == "stdout" else _err)(text)
+
+        return [await verify_backup(site, b, stores, keyring, emit) for b in targets]
+
+    outcomes = _with_backups(site, run)
+    bad = [o.id for o in outcomes if not o.ok]
+    if bad:
+        _err(f"kconsole: {len(bad)} of {len(outcomes)} backups failed verification: {', '.join(bad)}.")
+        return EXIT_FAILED
+    _out(f"{len(outcomes)} backups verified.")
+    return EXIT_OK
+
+
 def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
@@ -323,6 +393,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "audit": cmd_audit,
     "contacts": cmd_contacts,
     "status": cmd_status,
+    "catalog": cmd_catalog,
+    "verify": cmd_verify,
     "crypto": cmd_crypto,
     "lab": cmd_lab,
     "console": cmd_console,

@@ -117,8 +117,10 @@ def test_secrets_never_written(tmp_path: Path, site_path: Path, cli, monkeypatch
     secret = "https://hooks.example.invalid/T000/B000/very-secret-token"
     monkeypatch.setenv("KCONSOLE_TEST_WEBHOOK", secret)
     rb = tmp_path / "n.toml"
-    rb.write_text('[runbook]\nid = "n"\ntitle = "N"\nrto = "1m"\n\n[[steps]]\nid = "tell"\naction = "notify"\n'
-                  'text = "hello"\non_failure = "continue"\n')
+    rb.write_text(
+        '[runbook]\nid = "n"\ntitle = "N"\nrto = "1m"\n\n[[steps]]\nid = "tell"\naction = "notify"\n'
+        'text = "hello"\non_failure = "continue"\n'
+    )
     code, _, err = cli("--site", site_path, "run", rb, "--yes")
     assert code == 0, err
     for f in (tmp_path / "state").rglob("*"):

@@ -11,7 +11,9 @@ from kconsole import __version__
 
 
 def test_version(cli) -> None:
-    proc = subprocess.run([sys.executable, "-m", "kconsole", "--version"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kconsole", "--version"], capture_output=True, text=True
+    )
     assert proc.returncode == 0
     assert __version__ in proc.stdout
 
@@ -44,7 +46,8 @@ def test_unknown_runbook_suggests(cli, site_path: Path) -> None:
 
 
 def test_run_json_events_and_runs_listing(cli, site_path: Path, write_runbook) -> None:
-    rb = write_runbook("""
+    rb = write_runbook(
+        """
         [runbook]
         id = "hello"
         title = "Hello"
@@ -54,7 +57,8 @@ def test_run_json_events_and_runs_listing(cli, site_path: Path, write_runbook) -
         id = "say"
         action = "shell"
         command = "echo hi"
-    """.replace("        ", ""))
+    """.replace("        ", "")
+    )
     code, out, err = cli("--site", site_path, "run", rb, "--json", "--drill")
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
@@ -67,8 +71,10 @@ def test_run_json_events_and_runs_listing(cli, site_path: Path, write_runbook) -
 
 
 def test_failed_step_is_exit_1(cli, site_path: Path, write_runbook) -> None:
-    rb = write_runbook('[runbook]\nid = "f"\ntitle = "F"\nrto = "1m"\n\n[[steps]]\nid = "x"\naction = "shell"\n'
-                       'command = "echo boom >&2; exit 4"\n')
+    rb = write_runbook(
+        '[runbook]\nid = "f"\ntitle = "F"\nrto = "1m"\n\n[[steps]]\nid = "x"\naction = "shell"\n'
+        'command = "echo boom >&2; exit 4"\n'
+    )
     code, out, _ = cli("--site", site_path, "run", rb)
     assert code == 1
     assert "exit code 4, expected 0: boom" in out
@@ -79,8 +85,10 @@ def test_auditor_cannot_run(cli, tmp_path: Path, site_path: Path, write_runbook)
 
     site = tmp_path / "audited.toml"
     site.write_text(site_path.read_text() + f'\n[access]\nauditor = ["{current_user()}"]\n')
-    rb = write_runbook('[runbook]\nid = "f"\ntitle = "F"\nrto = "1m"\n\n[[steps]]\nid = "x"\naction = "shell"\n'
-                       'command = "true"\n')
+    rb = write_runbook(
+        '[runbook]\nid = "f"\ntitle = "F"\nrto = "1m"\n\n[[steps]]\nid = "x"\naction = "shell"\n'
+        'command = "true"\n'
+    )
     code, _, err = cli("--site", site, "run", rb, "--yes")
     assert code == 2
     assert "is an auditor" in err

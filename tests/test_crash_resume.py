@@ -12,8 +12,14 @@ from pathlib import Path
 
 
 def kconsole(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kconsole", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "kconsole", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,
+    )
 
 
 def test_sigkill_mid_run_then_resume(tmp_path: Path, site_path: Path) -> None:
@@ -43,9 +49,23 @@ needs = ["two"]
 gate = "confirm"
 command = "echo done >> {work}/three.log"
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "kconsole", "--site", str(site_path), "run", str(rb),
-                             "--yes", "--json"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kconsole",
+            "--site",
+            str(site_path),
+            "run",
+            str(rb),
+            "--yes",
+            "--json",
+        ],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not (work / "two.log").exists():
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -61,12 +81,24 @@ command = "echo done >> {work}/three.log"
     run = json.loads(runs.stdout.splitlines()[0])
     assert run["status"] == "interrupted"
 
-    resumed = kconsole("--site", str(site_path), "run", "crash", "--resume", run["id"], "--yes", "--json",
-                       cwd=work, env={**os.environ, "KCONSOLE_SITE": ""})
+    resumed = kconsole(
+        "--site",
+        str(site_path),
+        "run",
+        "crash",
+        "--resume",
+        run["id"],
+        "--yes",
+        "--json",
+        cwd=work,
+        env={**os.environ, "KCONSOLE_SITE": ""},
+    )
     # "crash" is not a shipped runbook id: the resume must accept the id of the run's own runbook.
     assert resumed.returncode == 0, resumed.stderr
     events = [json.loads(line) for line in resumed.stdout.splitlines()]
-    assert ("two", "confirmed") in [(e["step"], e["event"]) for e in events]  # asked before re-running
+    assert ("two", "confirmed") in [
+        (e["step"], e["event"]) for e in events
+    ]  # asked before re-running
     assert not any(e["step"] == "one" for e in events)
     assert (work / "one.log").read_text().splitlines() == ["once"]
     assert (work / "two.log").read_text().splitlines() == ["run", "run"]
@@ -89,8 +121,13 @@ id = "wait"
 action = "shell"
 command = "touch {tmp_path}/started; sleep 60"
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "kconsole", "--site", str(site_path), "run", str(rb)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kconsole", "--site", str(site_path), "run", str(rb)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists():
         assert time.monotonic() < deadline

@@ -42,8 +42,12 @@ class Probe(Action):
 
     name = "test.probe"
     fields: ClassVar[dict[str, Field]] = {
-        "fail_times": Field("int"), "hang": Field("bool"), "fail_on": Field("str"), "label": Field("text"),
-        "exit": Field("int"), "out": Field("text"),
+        "fail_times": Field("int"),
+        "hang": Field("bool"),
+        "fail_on": Field("str"),
+        "label": Field("text"),
+        "exit": Field("int"),
+        "out": Field("text"),
     }
     active = 0
     peak = 0
@@ -67,7 +71,9 @@ class Probe(Action):
                 raise OperationFailed(f"probe failed on {ctx.node.name}")
             if ctx.values.get("label"):
                 await ctx.emit("stdout", ctx.values["label"])
-            return ActionResult(exit_code=int(ctx.values.get("exit") or 0), stdout=ctx.values.get("out") or "")
+            return ActionResult(
+                exit_code=int(ctx.values.get("exit") or 0), stdout=ctx.values.get("out") or ""
+            )
         finally:
             cls.active -= 1
 
@@ -95,9 +101,15 @@ class Answers:
         return answer
 
 
-async def execute(site_path: Path, text: str, params: dict[str, Any] | None = None,
-                  confirm: Any = None, clock: FakeClock | None = None, run_id: str | None = None,
-                  prior: Any = None):
+async def execute(
+    site_path: Path,
+    text: str,
+    params: dict[str, Any] | None = None,
+    confirm: Any = None,
+    clock: FakeClock | None = None,
+    run_id: str | None = None,
+    prior: Any = None,
+):
     site = load_site(site_path)
     rb_path = site_path.parent / "rb.toml"
     rb_path.write_text(textwrap.dedent(text).lstrip())
@@ -110,9 +122,18 @@ async def execute(site_path: Path, text: str, params: dict[str, Any] | None = No
         journal = RunJournal(site.state_dir, run_id)
         journal.open()
     events: list[dict[str, Any]] = []
-    ex = Executor(rb, site, resolved, journal=journal, confirm=confirm or Answers(),
-                  services=Services(clock=clock or FakeClock()), user="tester",
-                  on_event=events.append, prior=prior, raw_params=params or {})
+    ex = Executor(
+        rb,
+        site,
+        resolved,
+        journal=journal,
+        confirm=confirm or Answers(),
+        services=Services(clock=clock or FakeClock()),
+        user="tester",
+        on_event=events.append,
+        prior=prior,
+        raw_params=params or {},
+    )
     try:
         outcome = await ex.run(resumed=prior is not None)
     finally:
@@ -121,7 +142,9 @@ async def execute(site_path: Path, text: str, params: dict[str, Any] | None = No
 
 
 def step_events(events: list[dict[str, Any]], event: str) -> list[tuple[str, str | None]]:
-    return [(e["step"], e["node"]) for e in events if e.get("type") == "step" and e["event"] == event]
+    return [
+        (e["step"], e["node"]) for e in events if e.get("type") == "step" and e["event"] == event
+    ]
 
 
 HEAD = """
@@ -133,20 +156,27 @@ rto = "1h"
 
 
 async def test_concurrency_limit_and_fan_out(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
         [[steps]]
         id = "fan"
         action = "test.probe"
         for_each = ["bootstrap1", "validator1", "validator2", "validator3"]
         concurrency = 2
-    """.replace("        ", ""))
+    """.replace("        ", ""),
+    )
     assert outcome.status == "succeeded"
     assert Probe.peak == 2
     assert len(step_events(events, "finished")) == 4
 
 
 async def test_independent_steps_run_concurrently(site_path: Path) -> None:
-    outcome, _, _ = await execute(site_path, HEAD + """
+    outcome, _, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "a"
 action = "test.probe"
@@ -159,20 +189,25 @@ action = "test.probe"
 id = "c"
 action = "test.probe"
 needs = ["a", "b"]
-""")
+""",
+    )
     assert outcome.status == "succeeded"
     assert Probe.peak == 2
     assert Probe.calls[-1][0] == "c"
 
 
 async def test_timeout_fails_the_step(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "slow"
 action = "test.probe"
 hang = true
 timeout = "50ms"
-""")
+""",
+    )
     assert outcome.status == "failed"
     failed = [e for e in events if e.get("event") == "failed"]
     assert "timed out after" in failed[0]["reason"]
@@ -180,14 +215,19 @@ timeout = "50ms"
 
 async def test_retries_with_exponential_backoff(site_path: Path) -> None:
     clock = FakeClock()
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "flaky"
 action = "test.probe"
 fail_times = 3
 retries = 3
 backoff = "2s"
-""", clock=clock)
+""",
+        clock=clock,
+    )
     assert outcome.status == "succeeded"
     assert clock.slept == [2.0, 4.0, 8.0]
     assert len(step_events(events, "retrying")) == 3
@@ -195,19 +235,26 @@ backoff = "2s"
 
 
 async def test_retries_exhausted(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "flaky"
 action = "test.probe"
 fail_times = 5
 retries = 1
-""")
+""",
+    )
     assert outcome.status == "failed"
     assert step_events(events, "failed") == [("flaky", None)]
 
 
 async def test_rollback_runs_on_the_failed_node_then_aborts(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "restore"
 action = "test.probe"
@@ -224,7 +271,8 @@ needs = ["restore"]
 id = "undo"
 action = "test.probe"
 label = "undo {node}"
-""")
+""",
+    )
     assert outcome.status == "failed"
     assert ("undo", "validator2") in step_events(events, "finished")
     assert ("after", None) in step_events(events, "skipped")
@@ -232,7 +280,10 @@ label = "undo {node}"
 
 
 async def test_continue_lets_dependents_run(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "notify"
 action = "test.probe"
@@ -243,26 +294,33 @@ on_failure = "continue"
 id = "after"
 action = "test.probe"
 needs = ["notify"]
-""")
+""",
+    )
     assert outcome.status == "succeeded"
     assert ("after", None) in step_events(events, "finished")
     assert ("notify", None) in step_events(events, "failed")
 
 
 async def test_expect_exit_and_stdout(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "a"
 action = "test.probe"
 exit = 1
 expect = { exit = [0, 1], stdout = "^active$" }
 out = "inactive"
-""")
+""",
+    )
     assert outcome.status == "failed"
     assert "does not match" in [e for e in events if e.get("event") == "failed"][0]["reason"]
 
 
-GATED = HEAD + """
+GATED = (
+    HEAD
+    + """
 [params.node]
 type = "node"
 default = "validator1"
@@ -280,6 +338,7 @@ for_each = "node"
 needs = ["stop"]
 gate = "confirm"
 """
+)
 
 
 async def test_gate_confirmed(site_path: Path) -> None:
@@ -305,14 +364,21 @@ async def test_gate_without_terminal_stops_resumable(site_path: Path) -> None:
     summary = summarise(site.state_dir / "runs" / outcome.run_id)
     assert summary.status == "waiting"
     # Resume answers the gate and finishes.
-    outcome2, _, _ = await execute(site_path, GATED, confirm=Answers(True, True), run_id=outcome.run_id,
-                                   prior=summary.instances)
+    outcome2, _, _ = await execute(
+        site_path,
+        GATED,
+        confirm=Answers(True, True),
+        run_id=outcome.run_id,
+        prior=summary.instances,
+    )
     assert outcome2.status == "succeeded"
     assert [c[0] for c in Probe.calls] == ["stop", "start"]
 
 
 async def test_resume_never_reruns_finished_and_asks_for_in_flight(site_path: Path) -> None:
-    text = HEAD + """
+    text = (
+        HEAD
+        + """
 [[steps]]
 id = "one"
 action = "test.probe"
@@ -322,18 +388,26 @@ id = "two"
 action = "test.probe"
 needs = ["one"]
 """
+    )
     outcome, _, site = await execute(site_path, text)
     run = site.state_dir / "runs" / outcome.run_id
     # Forge a crash in step two: drop its finish and the run's end from the journal.
     journal = run / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
-    kept = [ln for ln in lines if '"step":"two","node":null,"event":"finished"' not in ln and '"type":"run","event":"finished"' not in ln]
+    kept = [
+        ln
+        for ln in lines
+        if '"step":"two","node":null,"event":"finished"' not in ln
+        and '"type":"run","event":"finished"' not in ln
+    ]
     journal.write_text("".join(kept) + '{"torn":')
     summary = summarise(run)
     assert summary.status == "interrupted"
     Probe.calls = []
     answers = Answers(True)
-    outcome2, _, _ = await execute(site_path, text, confirm=answers, run_id=outcome.run_id, prior=summary.instances)
+    outcome2, _, _ = await execute(
+        site_path, text, confirm=answers, run_id=outcome.run_id, prior=summary.instances
+    )
     assert outcome2.status == "succeeded"
     assert Probe.calls == [("two", None)]
     assert answers.asked[0].kind == "rerun"
@@ -343,7 +417,9 @@ needs = ["one"]
 
 async def test_shell_values_are_quoted(site_path: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    text = HEAD + """
+    text = (
+        HEAD
+        + """
 [params.label]
 type = "string"
 
@@ -352,6 +428,7 @@ id = "echo"
 action = "shell"
 command = "echo {label}"
 """
+    )
     evil = f"x; touch {marker}; echo $(id) `id` && true"
     outcome, events, _ = await execute(site_path, text, params={"label": evil})
     assert outcome.status == "succeeded"
@@ -367,12 +444,16 @@ async def test_unknown_node_param_is_usage_error(site_path: Path) -> None:
 
 
 async def test_notify_without_webhook_is_reported_not_fatal(site_path: Path) -> None:
-    outcome, events, _ = await execute(site_path, HEAD + """
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
 [[steps]]
 id = "tell"
 action = "notify"
 text = "recovery started"
-""")
+""",
+    )
     assert outcome.status == "succeeded"
     assert any("KCONSOLE_TEST_WEBHOOK is not set" in e.get("text", "") for e in events)
 
@@ -380,7 +461,10 @@ text = "recovery started"
 async def test_wait_until_advancing(site_path: Path, tmp_path: Path) -> None:
     counter = tmp_path / "height"
     counter.write_text("0")
-    outcome, events, _ = await execute(site_path, HEAD + f"""
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + f"""
 [[steps]]
 id = "height"
 action = "wait.until"
@@ -388,11 +472,15 @@ command = "n=$(cat {counter}); echo $((n+1)) > {counter}; echo $n"
 advancing = true
 interval = "1s"
 within = "1m"
-""")
+""",
+    )
     assert outcome.status == "succeeded", events
     stuck = tmp_path / "stuck"
     stuck.write_text("7")
-    outcome, events, _ = await execute(site_path, HEAD + f"""
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + f"""
 [[steps]]
 id = "height"
 action = "wait.until"
@@ -400,6 +488,7 @@ command = "cat {stuck}"
 advancing = true
 interval = "10s"
 within = "1m"
-""")
+""",
+    )
     assert outcome.status == "failed"
     assert "has not advanced" in [e for e in events if e.get("event") == "failed"][0]["reason"]

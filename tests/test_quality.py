@@ -19,11 +19,18 @@ def _tool(name: str) -> str:
 
 
 def test_ruff() -> None:
-    proc = subprocess.run([_tool("ruff"), "check", "kconsole", "screens", "tests", "bench"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [_tool("ruff"), "check", "kconsole", "screens", "tests", "bench"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_mypy_engine() -> None:
-    proc = subprocess.run([_tool("mypy"), "kconsole"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [_tool("mypy"), "kconsole"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,8 +14,31 @@ from kconsole.config import Problem
 from kconsole.runbook import validate_paths
 from tests.test_validate import GOOD
 
-TOKENS = ["[", "]", "{", "}", '"', "'", "=", "\n", ".", ":", ",", "#", "a", "1", "{node", "}}", "[[steps]]",
-          "needs = [", "type:", '"""', "\\", "\x00", "é"]
+TOKENS = [
+    "[",
+    "]",
+    "{",
+    "}",
+    '"',
+    "'",
+    "=",
+    "\n",
+    ".",
+    ":",
+    ",",
+    "#",
+    "a",
+    "1",
+    "{node",
+    "}}",
+    "[[steps]]",
+    "needs = [",
+    "type:",
+    '"""',
+    "\\",
+    "\x00",
+    "é",
+]
 
 
 def check(text: str | bytes) -> list[Problem]:
@@ -41,7 +64,7 @@ def text_mutations(draw: st.DrawFn) -> str:
             lines[i] = line[:pos] + draw(st.sampled_from(TOKENS)) + line[pos:]
         elif op == "delete" and lines[i]:
             pos = draw(st.integers(0, max(0, len(lines[i]) - 1)))
-            lines[i] = lines[i][:pos] + lines[i][pos + 1:]
+            lines[i] = lines[i][:pos] + lines[i][pos + 1 :]
         elif op == "dup":
             lines.insert(i, lines[i])
         elif op == "drop" and len(lines) > 1:
@@ -52,8 +75,14 @@ def text_mutations(draw: st.DrawFn) -> str:
     return "".join(lines)
 
 
-SCALARS = st.one_of(st.integers(-3, 3), st.booleans(), st.text(max_size=8), st.floats(allow_nan=False),
-                    st.lists(st.text(max_size=4), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+SCALARS = st.one_of(
+    st.integers(-3, 3),
+    st.booleans(),
+    st.text(max_size=8),
+    st.floats(allow_nan=False),
+    st.lists(st.text(max_size=4), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 @st.composite
@@ -71,8 +100,24 @@ def data_mutations(draw: st.DrawFn) -> str:
         if isinstance(data.get("steps"), list):
             candidates.extend(s for s in data["steps"] if isinstance(s, dict))
         table = draw(st.sampled_from(candidates))
-        key = draw(st.sampled_from([*table.keys(), "needs", "expect", "retries", "for_each", "on_failure",
-                                    "concurrency", "timeout", "gate", "params", "type", "default"]))
+        key = draw(
+            st.sampled_from(
+                [
+                    *table.keys(),
+                    "needs",
+                    "expect",
+                    "retries",
+                    "for_each",
+                    "on_failure",
+                    "concurrency",
+                    "timeout",
+                    "gate",
+                    "params",
+                    "type",
+                    "default",
+                ]
+            )
+        )
         table[key] = draw(SCALARS)
     return tomli_w.dumps(data)
 

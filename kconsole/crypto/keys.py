@@ -128,9 +128,9 @@ def read_key_file(path: str | os.PathLike[str]) -> Key:
         raise UsageError(f"key file {key_path} does not exist") from None
     except OSError as exc:
         raise UsageError(f"key file {key_path} cannot be opened: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
+    try:
         # Check the opened file, not the path, so a swap between check and read is harmless.
-        st = os.fstat(fh.fileno())
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"key file {key_path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
@@ -139,7 +139,11 @@ def read_key_file(path: str | os.PathLike[str]) -> Key:
             raise UsageError(
                 f"key file {key_path} is {how} by others (mode {mode:04o}); run chmod 600 {key_path}"
             )
-        data = fh.read(_MAX_KEY_FILE + 1)
+        data = b""
+        while len(data) <= _MAX_KEY_FILE and (more := os.read(fd, _MAX_KEY_FILE + 1)):
+            data += more
+    finally:
+        os.close(fd)
     if len(data) > _MAX_KEY_FILE:
         raise UsageError(f"key file {key_path} is larger than 64 KiB, so it is not a key file")
     return Key.from_bytes(data, key_path, st.st_mtime)

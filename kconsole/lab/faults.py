@@ -148,7 +148,7 @@ def parse_fault(item: str, *, pattern: bool = False) -> Fault:
         first, _, filt = sel.partition(":")
         if first != "latest":
             raise _bad(item, "corrupt takes latest[:NODE[:KIND]][@LOCATION]")
-        node, _, bkind = filt.partition(":")
+        node = filt.partition(":")[0]
         if node and not _NAME.match(node):
             raise _bad(item, f'"{node}" is not a node name')
         return Fault("corrupt", filt, location)

@@ -87,7 +87,7 @@ class HttpServer:
                 f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n".encode() + payload
             )
             await writer.drain()
-        except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()

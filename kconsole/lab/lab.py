@@ -34,10 +34,19 @@ from pathlib import Path
 import asyncssh
 
 from kconsole.config.problems import did_you_mean
+from kconsole.crypto.keys import keygen
 from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write
 from kconsole.lab import corrupt, labtool, sitefile, toolbox
-from kconsole.lab.faults import Fault, FaultSpecError, parse_fault, parse_faults, read_fault_file, split_spec, write_fault_file
+from kconsole.lab.faults import (
+    Fault,
+    FaultSpecError,
+    parse_fault,
+    parse_faults,
+    read_fault_file,
+    split_spec,
+    write_fault_file,
+)
 from kconsole.lab.host import LabContext, LabHost
 from kconsole.lab.httpd import HttpServer, Request, Response
 from kconsole.lab.s3 import BUCKET, S3Endpoint
@@ -205,7 +214,7 @@ class Lab:
             (d / sub).mkdir(exist_ok=True)
             os.chmod(d / sub, mode)
         client_key = self._client_key()
-        current_key = self._backup_key()
+        self._backup_key()
         access_key, secret_key = self._credentials()
         self.s3 = S3Endpoint(access_key, secret_key)
         s3_started = asyncio.create_task(self.s3.start())
@@ -277,12 +286,7 @@ class Lab:
         if existing:
             return existing[-1].name
         name = f"backup_{time.strftime('%Y%m%d', time.gmtime())}.key"
-        try:  # the console's own key generator, when it exists
-            from kconsole.crypto import keys as crypto_keys  # type: ignore[import-not-found, attr-defined]
-
-            crypto_keys.generate_key_file(keys / name)
-        except (ImportError, AttributeError):
-            atomic_write(keys / name, (secrets.token_hex(32) + "\n").encode(), mode=0o600)
+        keygen(keys / name)  # `openssl rand -hex 32` semantics, 0600, never overwrites
         return name
 
     def _credentials(self) -> tuple[str, str]:

@@ -13,6 +13,7 @@ by the lab itself to lay out a new sandbox.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -40,7 +41,7 @@ INITIAL_BLOCKS = 240
 SNAPSHOT_BYTES = 256 * 1024
 
 STATE_DIR = "var/lib/kaldrix/state"
-STAGING_DIR = "var/lib/kaldrix/.staging"
+STAGING_DIR = "run/kaldrix-node"
 KEYS_FILE = "etc/kaldrix/validator_keys.json"
 TLS_DIR = "etc/kaldrix/tls"
 TX_DIR = "var/log/kaldrix/transactions"
@@ -61,7 +62,7 @@ class StateError(Exception):
 def now_iso(ts: float | None = None) -> str:
     """UTC ISO-8601 with milliseconds, the format of every lab log line."""
     t = time.time() if ts is None else ts
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds")
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat(timespec="milliseconds")
 
 
 def parse_iso(text: str) -> float:
@@ -95,7 +96,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, staging: Path | Non
 
 def disk_full() -> bool:
     """True while the lab's `diskfull` fault is set on this node."""
-    lab = os.environ.get("KALDRIX_LAB_DIR")
+    lab = os.environ.get("KALDRIX_LAB_DIR", "")
     return bool(lab) and os.path.exists(os.path.join(lab, "diskfull"))
 
 
@@ -274,9 +275,9 @@ def tx_lines(node: str, height: int, ts: float, count: int, rng: random.Random) 
     """Synthetic transaction log records for one block."""
     out = []
     for _ in range(count):
-        txid = "%064x" % rng.getrandbits(256)
-        src = "kdx1%038x" % rng.getrandbits(152)
-        dst = "kdx1%038x" % rng.getrandbits(152)
+        txid = f"{rng.getrandbits(256):064x}"
+        src = f"kdx1{rng.getrandbits(152):038x}"
+        dst = f"kdx1{rng.getrandbits(152):038x}"
         amount = rng.randint(1, 500_000) / 100
         out.append(f"{now_iso(ts)} height={height} tx={txid} from={src} to={dst} "
                    f"amount={amount:.2f} fee=0.0010 status=confirmed via={node}\n")
@@ -434,10 +435,8 @@ def node_run(root: Path, name: str) -> int:
     _flush_tx(root, pending_tx)
     if rc == 0:
         log(f"shutting down at height {index['height']}")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             pid_path.unlink()
-        except FileNotFoundError:
-            pass
     return rc
 
 
@@ -564,7 +563,7 @@ def _synthetic_system_log(name: str, since: float, until: float) -> Iterator[tup
         for _ in range(rng.randint(1, 3)):
             ident, text = rng.choice(_SYSTEM_EVENTS)
             msg = text.format(a=rng.randint(2, 250), b=rng.randint(2, 250), p=rng.randint(30000, 65000),
-                              fp="%043x" % rng.getrandbits(172), n=rng.randint(100, 9999))
+                              fp=f"{rng.getrandbits(172):043x}", n=rng.randint(100, 9999))
             yield t + rng.random() * 60, ident, rng.randint(300, 60000), msg
         t += slot
 
@@ -574,20 +573,19 @@ _LOG_LINE = re.compile(r"^(\S+) ([^\[\s]+)\[(\d+)\]: (.*)$")
 
 def _file_log(path: Path, since: float, until: float) -> Iterator[tuple[float, str, int, str]]:
     try:
-        fh = open(path, encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return
-    with fh:
-        for line in fh:
-            m = _LOG_LINE.match(line.rstrip("\n"))
-            if not m:
-                continue
-            try:
-                ts = parse_iso(m.group(1))
-            except ValueError:
-                continue
-            if since <= ts <= until:
-                yield ts, m.group(2), int(m.group(3)), m.group(4)
+    for line in text.splitlines():
+        m = _LOG_LINE.match(line.rstrip("\n"))
+        if not m:
+            continue
+        try:
+            ts = parse_iso(m.group(1))
+        except ValueError:
+            continue
+        if since <= ts <= until:
+            yield ts, m.group(2), int(m.group(3)), m.group(4)
 
 
 def parse_since(text: str, now: float) -> float:
@@ -599,7 +597,7 @@ def parse_since(text: str, now: float) -> float:
     if t == "now":
         return now
     if t in ("today", "yesterday", "tomorrow"):
-        midnight = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        midnight = _dt.datetime.fromtimestamp(now, _dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         return midnight.timestamp() + {"today": 0, "yesterday": -86400, "tomorrow": 86400}[t]
     if t.startswith("@"):
         return float(t[1:])
@@ -608,7 +606,7 @@ def parse_since(text: str, now: float) -> float:
         return now - float(m.group(1)) * units[m.group(2)]
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
         try:
-            return _dt.datetime.strptime(text.strip(), fmt).replace(tzinfo=_dt.timezone.utc).timestamp()
+            return _dt.datetime.strptime(text.strip(), fmt).replace(tzinfo=_dt.UTC).timestamp()
         except ValueError:
             pass
     raise ValueError(f'Failed to parse timestamp: {text}')
@@ -695,7 +693,8 @@ def cmd_ufw(argv: list[str]) -> int:
     """A firewall whose rules live in /etc/ufw/ufw.json; a denied outgoing policy stalls the node."""
     root = node_root()
     path = root / UFW_STATE
-    state = {"enabled": True, "incoming": "allow", "outgoing": "allow", "routed": "disabled", "rules": []}
+    state: dict[str, Any] = {"enabled": True, "incoming": "allow", "outgoing": "allow", "routed": "disabled",
+                             "rules": []}
     state.update(_ufw_state(root))
     args = [a for a in argv[1:] if a not in ("--force", "-f")]
     if not args or args[0] in ("-h", "--help"):
@@ -783,7 +782,7 @@ def _cert_days_left(cert: Path) -> float | None:
         return None
     end = out.strip().split("=", 1)[-1]
     try:
-        t = _dt.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=_dt.timezone.utc)
+        t = _dt.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=_dt.UTC)
     except ValueError:
         return None
     return (t.timestamp() - time.time()) / 86400

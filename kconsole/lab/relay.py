@@ -165,7 +165,7 @@ async def _answer_503(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             + _S3_ERROR_BODY
         )
         await writer.drain()
-    except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+    except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         pass
     finally:
         writer.close()

@@ -108,7 +108,7 @@ class Service:
             assert proc.stdout is not None
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 line = b""
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
@@ -149,7 +149,7 @@ class Service:
                 proc.terminate()
             try:
                 await asyncio.wait_for(asyncio.shield(watch), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await watch
@@ -209,9 +209,9 @@ class Service:
                 f"             └─{pid} /usr/bin/kaldrix-node run",
             ]
         elif self.state == "failed":
-            code = "killed" if (self.exit_status or 0) < 0 else "exited"
-            status = (f"{-self.exit_status}/{signal.Signals(-self.exit_status).name[3:]}"
-                      if (self.exit_status or 0) < 0 else f"{self.exit_status}/FAILURE")
+            rc = self.exit_status or 0
+            code = "killed" if rc < 0 else "exited"
+            status = f"{-rc}/{signal.Signals(-rc).name[3:]}" if rc < 0 else f"{rc}/FAILURE"
             lines += [
                 f"     Active: failed (Result: {self.result}) since {since}; {ago} ago",
                 f"    Process: {self.last_pid} ExecStart=/usr/bin/kaldrix-node run (code={code}, status={status})",
@@ -262,8 +262,8 @@ async def systemctl(service: Service | None, argv: list[str]) -> Reply:
     if not words:
         state = service.state if service else "inactive"
         sub = "running" if state == "active" else "dead"
-        text = (f"  UNIT                 LOAD   ACTIVE SUB     DESCRIPTION\n"
-                f"  sshd.service         loaded active running OpenBSD Secure Shell server\n")
+        text = ("  UNIT                 LOAD   ACTIVE SUB     DESCRIPTION\n"
+                "  sshd.service         loaded active running OpenBSD Secure Shell server\n")
         if service:
             text += f"  kaldrix-node.service loaded {state:<6} {sub:<7} {DESCRIPTION}\n"
         return Reply(0, text)
@@ -370,7 +370,7 @@ class Init:
                          else Reply(1, "", "Failed to connect to bus: No such host\n"))
             writer.write(json.dumps({"rc": reply.rc, "stdout": reply.stdout, "stderr": reply.stderr}).encode() + b"\n")
             await writer.drain()
-        except (OSError, ValueError, asyncio.TimeoutError, AttributeError):
+        except (OSError, ValueError, TimeoutError, AttributeError):
             pass
         finally:
             writer.close()

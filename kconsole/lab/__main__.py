@@ -1,0 +1,73 @@
+"""`python -m kconsole.lab serve --dir DIR [--nodes N] [--faults SPEC]` and
+`python -m kconsole.lab fault --dir DIR (set SPEC | clear [SPEC] | list)`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kconsole.errors import KconsoleError
+from kconsole.lab.faults import (
+    FAULT_KINDS,
+    parse_fault,
+    parse_faults,
+    read_fault_file,
+    split_spec,
+    write_fault_file,
+)
+from kconsole.lab.serve import serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kconsole.lab", description="The kconsole lab fleet.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the lab until SIGINT/SIGTERM")
+    s.add_argument("--dir", required=True, type=Path, help="lab directory (site.toml is written here)")
+    s.add_argument("--nodes", type=int, default=9, help="fleet size (default 9: the plan's nodes)")
+    s.add_argument("--faults", default="", help="faults to start with, e.g. down=validator2,slow=api1:0.5")
+    f = sub.add_parser("fault", help="change the faults of a running lab (edits DIR/faults.toml)",
+                       epilog="kinds:\n" + "\n".join(f"  {t}" for t in FAULT_KINDS.values()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--dir", required=True, type=Path)
+    f.add_argument("action", choices=("set", "clear", "list"))
+    f.add_argument("spec", nargs="?", default=None)
+    return p
+
+
+def _fault(dir: Path, action: str, spec: str | None) -> int:
+    path = dir / "faults.toml"
+    current = read_fault_file(path)
+    if action == "set":
+        if not spec:
+            raise KconsoleError("fault set needs a SPEC such as down=validator2.")
+        new = parse_faults(spec)
+        ids = {f.identity for f in new}
+        current = [f for f in current if f.identity not in ids] + new
+    elif action == "clear":
+        if spec:
+            patterns = [parse_fault(p, pattern=True) for p in split_spec(spec)]
+            current = [f for f in current if not any(p.covers(f) for p in patterns)]
+        else:
+            current = []
+    if action != "list":
+        write_fault_file(path, current)
+    for f in current:
+        print(f)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; KconsoleError becomes one line on stderr and its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args.dir, args.nodes, args.faults)
+        return _fault(args.dir, args.action, args.spec)
+    except KconsoleError as exc:
+        print(f"kconsole lab: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
