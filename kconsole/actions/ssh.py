@@ -102,7 +102,8 @@ class SshStream(Action):
             _file_chunks(source), on_output=emitter,
         )
         await emitter.flush()
-        return ActionResult(exit_code=result.exit_status, stderr=result.stderr.decode("utf-8", "replace"),
+        return ActionResult(exit_code=result.exit_status, stdout=result.stdout.decode("utf-8", "replace"),
+                            stderr=result.stderr.decode("utf-8", "replace"),
                             summary=f"sent {source.stat().st_size} bytes")
 
 

@@ -560,11 +560,13 @@ def _synthetic_system_log(name: str, since: float, until: float) -> Iterator[tup
     t = (int(since) // slot + 1) * slot
     while t <= until:
         rng = random.Random(f"{name}:{t}")
+        batch = []
         for _ in range(rng.randint(1, 3)):
             ident, text = rng.choice(_SYSTEM_EVENTS)
             msg = text.format(a=rng.randint(2, 250), b=rng.randint(2, 250), p=rng.randint(30000, 65000),
                               fp=f"{rng.getrandbits(172):043x}", n=rng.randint(100, 9999))
-            yield t + rng.random() * 60, ident, rng.randint(300, 60000), msg
+            batch.append((t + rng.random() * 60, ident, rng.randint(300, 60000), msg))
+        yield from (r for r in sorted(batch) if since <= r[0] <= until)
         t += slot
 
 

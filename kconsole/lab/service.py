@@ -220,7 +220,7 @@ class Service:
         else:
             lines.append(f"     Active: {self.state} (dead) since {since}; {ago} ago" if self.state == "inactive"
                          else f"     Active: {self.state}")
-        tail = _tail(self.root / labtool.NODE_LOG, 10)
+        tail = _tail(self.root / labtool.NODE_LOG, 10, self.node)
         if tail:
             lines.append("")
             lines += tail
@@ -236,7 +236,7 @@ def _ago(seconds: float) -> str:
     return f"{s // 3600}h {s % 3600 // 60}min"
 
 
-def _tail(path: Path, n: int) -> list[str]:
+def _tail(path: Path, n: int, host: str) -> list[str]:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -251,7 +251,7 @@ def _tail(path: Path, n: int) -> list[str]:
             t = time.strftime("%b %d %H:%M:%S", time.gmtime(labtool.parse_iso(stamp)))
         except ValueError:
             t = stamp
-        out.append(f"{t} {rest}")
+        out.append(f"{t} {host} {rest}")
     return out
 
 

@@ -1,0 +1,112 @@
+"""A run the console drives: the same engine calls `kconsole run` makes (and `--resume`),
+with the console supplying `confirm` and receiving every journal record.
+
+No Textual here. The app builds a session in a worker thread (journal I/O), then awaits
+`session.run()` in an async worker so gates can wait for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kconsole.actions.base import Confirm
+from kconsole.audit import AuditLog
+from kconsole.errors import KconsoleError, UsageError
+from kconsole.executor import Executor, RunOutcome
+from kconsole.journal import RunJournal, iso, run_dir, summarise
+from kconsole.runbook import load_runbook
+from kconsole.runbook.model import Runbook
+from kconsole.runbook.params import resolve_params
+from kconsole.services import Services
+from kconsole.site import Site
+
+from screens.run_model import RunModel
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunSession:
+    """One run (new or re-attached): executor, journal and the live model the screens show."""
+
+    site: Site
+    runbook: Runbook
+    executor: Executor
+    journal: RunJournal
+    model: RunModel
+    resumed: bool = False
+
+    @property
+    def run_id(self) -> str:
+        """The run's id in the journal."""
+        return self.journal.run_id
+
+    @classmethod
+    def start(cls, site: Site, runbook: Runbook, raw_params: Mapping[str, Any], *, run_id: str,
+              services: Services, user: str, drill: bool, confirm: Confirm, on_event: EventSink) -> RunSession:
+        """A new run: parameters resolved (UsageError before anything is written), journal created."""
+        site.access.require_operate(user, "run runbooks")
+        params = resolve_params(runbook, site, dict(raw_params))
+        journal = RunJournal.create(site.state_dir, run_id, runbook.text)
+        model = RunModel.planned(runbook, site, params, run_id)
+        executor = Executor(runbook, site, params, journal=journal, confirm=confirm, services=services,
+                            user=user, drill=drill, on_event=_feeding(model, on_event),
+                            raw_params=dict(raw_params))
+        return cls(site, runbook, executor, journal, model)
+
+    @classmethod
+    def reattach(cls, site: Site, run_id: str, *, services: Services, user: str, confirm: Confirm,
+                 on_event: EventSink) -> RunSession:
+        """An interrupted or waiting run picked up where its journal stops (`run --resume`)."""
+        site.access.require_operate(user, "resume runs")
+        rdir = run_dir(site.state_dir, run_id)
+        summary = summarise(rdir)
+        if summary.status == "running":
+            raise UsageError(f"run {run_id} is still running in another kconsole process.")
+        if summary.status == "succeeded":
+            raise UsageError(f"run {run_id} already succeeded; there is nothing to resume.")
+        runbook = load_runbook(rdir / "runbook.toml", shown_as=f"{run_id}/runbook.toml")
+        params = resolve_params(runbook, site, summary.params)
+        journal = RunJournal(site.state_dir, run_id)
+        journal.open()
+        model = RunModel.from_records(runbook, site, params, run_id, summary.records)
+        executor = Executor(runbook, site, params, journal=journal, confirm=confirm, services=services,
+                            user=user, drill=summary.drill, on_event=_feeding(model, on_event),
+                            prior=summary.instances, raw_params=summary.params)
+        return cls(site, runbook, executor, journal, model, resumed=True)
+
+    async def run(self) -> RunOutcome:
+        """Run to the end, a stop at a gate, or cancellation; the journal is closed after."""
+        try:
+            return await self.executor.run(resumed=self.resumed)
+        except KconsoleError as exc:
+            # A refused run-wide gate surfaces as an exception from the executor: show it as
+            # the failure it is rather than as a crashed console.
+            self.model.status = "failed"
+            self.model.reason = str(exc).rstrip(".")
+            return RunOutcome(self.run_id, "failed", self.model.reason, elapsed=self.executor.elapsed())
+        finally:
+            await asyncio.to_thread(self.journal.close)
+
+    def note(self, user: str, text: str) -> dict[str, Any]:
+        """An operator note: journaled with the run and audited (blocking I/O)."""
+        self.site.access.require_operate(user, "add notes to runs")
+        record = {"type": "note", "run": self.run_id, "user": user, "text": text,
+                  "time": iso(self.executor.services.clock.now())}
+        self.journal.write(record)
+        AuditLog(self.site.state_dir).append(user, "run.note", self.run_id, chars=len(text))
+        self.model.apply(record)
+        return record
+
+
+def _feeding(model: RunModel, on_event: EventSink) -> EventSink:
+    """The executor's event sink: fold into the model first, then tell the console."""
+
+    def sink(record: dict[str, Any]) -> None:
+        model.apply(record)
+        on_event(record)
+
+    return sink
