@@ -337,12 +337,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         async def emit(stream: str, text: str) -> None:
             (_out if stream == "stdout" else _err)(text)
 
-        return [await verify_backup(site, b, stores, keyring, emit) for b in targets]
+        return [await verify_backup(site, b, stores, keyring, emit, unreachable=catalog.errors) for b in targets]
 
     outcomes = _with_backups(site, run)
     bad = [o.id for o in outcomes if not o.ok]
-    if bad:
-        _err(f"kconsole: {len(bad)} of {len(outcomes)} backups failed verification: {', '.join(bad)}.")
+    incomplete = [o.id for o in outcomes if o.ok and not o.complete]
+    if bad or incomplete:
+        parts = []
+        if bad:
+            parts.append(f"{len(bad)} of {len(outcomes)} backups failed verification: {', '.join(bad)}")
+        if incomplete:
+            parts.append(f"{len(incomplete)} of {len(outcomes)} backups are missing a replica or could not be "
+                         f"checked everywhere: {', '.join(incomplete)}")
+        _err(f"kconsole: {'; '.join(parts)}.")
         return EXIT_FAILED
     _out(f"{len(outcomes)} backups verified.")
     return EXIT_OK

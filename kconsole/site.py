@@ -101,6 +101,12 @@ class Tier:
     retention: float = 0.0
     schedule: str = ""
     title: str = ""
+    retention_by_kind: tuple[tuple[str, float], ...] = ()
+    """Per-kind retention, when `retention` is a table (`{ validator-keys = "90d", ... }`)."""
+
+    def retention_for(self, kind: str) -> float | None:
+        """The retention set for `kind` in its own entry of a retention table, or None."""
+        return next((secs for k, secs in self.retention_by_kind if k == kind), None)
 
 
 @dataclass(frozen=True)
@@ -400,12 +406,27 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         for kind in t.get("kinds", []):
             if kind not in BACKUP_KINDS:
                 problems.append(src.problem((*kp, "kinds"), f'unknown backup kind "{kind}"{did_you_mean(kind, BACKUP_KINDS)}'))
+        # retention is one duration for the tier, or a table of durations per kind (the plan
+        # keeps tier 1's chain state 24 h but its validator keys 90 d).
+        by_kind: list[tuple[str, float]] = []
+        retention_t = t.get("retention")
+        if isinstance(retention_t, dict):
+            for kind in retention_t:
+                if kind not in t.get("kinds", []):
+                    problems.append(src.problem((*kp, "retention", kind),
+                                                f'retention names kind "{kind}", which [tiers.{name}] does not hold'))
+                    continue
+                secs = expect_duration(src, retention_t, (*kp, "retention"), kind, problems)
+                if secs is not None:
+                    by_kind.append((kind, secs))
         tiers[name] = Tier(
             name=name,
             rpo=expect_duration(src, t, kp, "rpo", problems) or 0.0,
             rto=expect_duration(src, t, kp, "rto", problems) or 0.0,
             kinds=tuple(t.get("kinds", [])),
-            retention=expect_duration(src, t, kp, "retention", problems) or 0.0,
+            retention=0.0 if isinstance(retention_t, dict)
+            else expect_duration(src, t, kp, "retention", problems) or 0.0,
+            retention_by_kind=tuple(by_kind),
             schedule=str(t.get("schedule", "")),
             title=str(t.get("title", name)),
         )

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from kconsole.runbook.model import Runbook, Step
 from kconsole.runbook.params import step_nodes
-from kconsole.runbook.template import render
+from kconsole.runbook.template import NodeRef, render
 from kconsole.site import Site
 
 StepState = Literal["waiting", "running", "gated", "done", "failed", "skipped"]
@@ -55,6 +55,8 @@ class StepRun:
 
     step: Step
     node: str | None
+    title: str = ""
+    """The step's title with its parameters filled in."""
     state: StepState = "waiting"
     attempt: int = 0
     question: str = ""
@@ -124,6 +126,20 @@ class RunModel:
         self.steps: dict[tuple[str, str | None], StepRun] = {}
         self.notes: list[str] = []
         self.version = 0
+        self.params: dict[str, Any] = {}
+        self.site: Site | None = None
+
+    def title_of(self, step: Step, node: str | None) -> str:
+        """`step`'s title rendered as the executor renders it for `node`."""
+        if not step.title:
+            return step.action
+        context = dict(self.params)
+        if node is not None and self.site is not None and node in self.site.nodes:
+            context["node"] = NodeRef(self.site.nodes[node])
+        try:
+            return render(step.title, context)
+        except Exception:  # noqa: BLE001 - a title that cannot be filled in is shown as written
+            return step.title
 
     # -- building ---------------------------------------------------------------------
 
@@ -131,9 +147,11 @@ class RunModel:
     def planned(cls, runbook: Runbook, site: Site, params: Mapping[str, Any], run_id: str = "") -> RunModel:
         """Every main step on the nodes it will run on, all waiting: the plan of a run."""
         model = cls(runbook, run_id)
+        model.params = dict(params)
+        model.site = site
         for step in runbook.main_steps():
             for node in planned_nodes(step, site, params):
-                model.steps[(step.id, node)] = StepRun(step, node)
+                model.steps[(step.id, node)] = StepRun(step, node, model.title_of(step, node))
         return model
 
     @classmethod
@@ -198,7 +216,7 @@ class RunModel:
         if step is None:
             return []
         # A rollback step, or a node the plan could not foresee: shown from now on.
-        inst = StepRun(step, node)
+        inst = StepRun(step, node, self.title_of(step, node))
         self.steps[key] = inst
         return [inst]
 

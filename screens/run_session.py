@@ -22,7 +22,6 @@ from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
 from kconsole.services import Services
 from kconsole.site import Site
-
 from screens.run_model import RunModel
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -110,3 +109,17 @@ def _feeding(model: RunModel, on_event: EventSink) -> EventSink:
         on_event(record)
 
     return sink
+
+
+def load_run_model(site: Site, run_id: str) -> RunModel:
+    """A past run read back from its journal, for viewing (blocking I/O)."""
+    rdir = run_dir(site.state_dir, run_id)
+    summary = summarise(rdir)
+    runbook = load_runbook(rdir / "runbook.toml", shown_as=f"{run_id}/runbook.toml")
+    try:
+        params = resolve_params(runbook, site, summary.params)
+    except KconsoleError:
+        params = {}  # the site changed since; steps still show, on the nodes the journal names
+    model = RunModel.from_records(runbook, site, params, run_id, summary.records)
+    model.status = summary.status
+    return model

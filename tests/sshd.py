@@ -105,6 +105,10 @@ class ServerBase:
     """A command that sends about 1 MiB of stdout, then the server drops the connection."""
     kind: str = ""
 
+    async def running(self, marker: str) -> bool:
+        """Whether a command whose command line contains `marker` still runs on the server."""
+        raise NotImplementedError
+
     def node(self, name: str = "node1", *, port: int | None = None) -> Node:
         """A Node pointing at this server (or at another `port` on loopback)."""
         return Node(name=name, host=self.host, port=self.port if port is None else port)

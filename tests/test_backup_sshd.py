@@ -22,7 +22,7 @@ from kconsole.backups.stores import open_stores
 from kconsole.backups.verify import verify_backup
 from kconsole.crypto import Encryptor, Keyring, keygen
 from kconsole.errors import OperationFailed
-from kconsole.site import Location, Node, Site
+from kconsole.site import Location, Site
 from kconsole.transport.ssh import SshTransport
 from tests.sshd import Sshd, sshd_server  # noqa: F401 - fixture
 
@@ -67,7 +67,7 @@ async def make_backup(site: Site, transport: SshTransport) -> Manifest:
 
 
 async def test_create_verify_restore_byte_for_byte(lab_site: Site) -> None:
-    transport = SshTransport(lab_site)
+    transport = SshTransport(lab_site, use_ssh_config=False)
     try:
         root = Path(lab_site.nodes["node1"].root)
         before = tree(root / STATE)
@@ -97,7 +97,7 @@ async def test_create_verify_restore_byte_for_byte(lab_site: Site) -> None:
 
 
 async def test_corrupted_object_is_caught(lab_site: Site) -> None:
-    transport = SshTransport(lab_site)
+    transport = SshTransport(lab_site, use_ssh_config=False)
     try:
         manifest = await make_backup(lab_site, transport)
         stores = open_stores(lab_site, transport)
@@ -120,7 +120,7 @@ async def test_corrupted_object_is_caught(lab_site: Site) -> None:
 
 async def test_hostile_archive_never_reaches_the_node(lab_site: Site, tmp_path: Path) -> None:
     """A backup whose tar escapes its paths is refused before anything is extracted."""
-    transport = SshTransport(lab_site)
+    transport = SshTransport(lab_site, use_ssh_config=False)
     try:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:

@@ -177,7 +177,7 @@ def flip(data: bytes, offset: int) -> bytes:
 
 def expect(decrypt: Decrypt, blob: bytes, error: type[Exception], match: str = "") -> str:
     """Decrypting `blob` raises exactly `error`; return its message."""
-    with pytest.raises(DecryptionFailed, match=match) as err:
+    with pytest.raises(DecryptionFailed, match=match or None) as err:
         decrypt(KEY, blob)
     assert type(err.value) is error, f"{type(err.value).__name__}: {err.value}"
     assert isinstance(err.value, OperationFailed) and err.value.exit_code == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
@@ -75,12 +75,14 @@ def with_ssh(site: Site, **changes: object) -> Site:
     return dataclasses.replace(site, ssh=dataclasses.replace(site.ssh, **changes))  # type: ignore[arg-type]
 
 
-async def until(predicate: object, *, limit: float = 10.0) -> bool:
-    """Poll an async predicate until it is true or `limit` seconds pass."""
+async def until(
+    predicate: Callable[[], Awaitable[bool]], *, expect: bool = True, limit: float = 10.0
+) -> bool:
+    """Poll `predicate` until it returns `expect`, for at most `limit` seconds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + limit
     while loop.time() < end:
-        if await predicate():  # type: ignore[operator]
+        if await predicate() == expect:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -175,7 +177,15 @@ async def test_probe_returns_latency_and_reuses_the_connection(transport: SshTra
     first = await transport.probe(node_of(transport))
     second = await transport.probe(node_of(transport))
     assert first >= 0 and second >= 0
-    assert transport.connections_opened == 1
+    assert transport.connections_opened == 1 and transport.open_connections() == 1
+
+
+async def test_idle_connections_are_closed_and_remade_on_demand(transport: SshTransport) -> None:
+    assert (await transport.run(node_of(transport), Commands.TRUE)).ok
+    assert await transport.close_idle(0) == 1
+    assert transport.open_connections() == 0
+    assert (await transport.run(node_of(transport), Commands.TRUE)).ok
+    assert transport.connections_opened == 2
 
 
 # -- host keys -----------------------------------------------------------------------
@@ -266,14 +276,10 @@ async def test_timeout_terminates_the_remote_command(
     with pytest.raises(CommandTimeout) as caught:
         await task
     assert "1.5 s" in str(caught.value) and "terminated" in str(caught.value)
-    assert await until(lambda: _not(server.running(marker))), (
+    assert await until(lambda: server.running(marker), expect=False), (
         "the remote sleep outlived its timeout"
     )
     assert (await transport.run(node, Commands.TRUE)).ok
-
-
-async def _not(awaitable: object) -> bool:
-    return not await awaitable  # type: ignore[misc]
 
 
 async def test_connection_dropped_mid_stream_is_connection_lost(
@@ -368,6 +374,7 @@ async def test_sftp_put_get_verified_and_renamed(transport: SshTransport, tmp_pa
     )
     assert (sent.size, sent.sha256) == (len(data), sha256(data))
     assert (remote_dir / "backup.enc").read_bytes() == data
+    assert (remote_dir / "backup.enc").stat().st_mode & 0o777 == 0o600
     assert not (remote_dir / "backup.enc.partial").exists()
     assert seen and seen[-1] == (2 * len(data), 2 * len(data))
 
@@ -410,7 +417,7 @@ async def test_sftp_open_write_streams_and_cleans_up_on_failure(
         for start in range(0, len(data), 100_000):
             await writer.write(data[start : start + 100_000])
     assert writer.result is not None and writer.result.sha256 == sha256(data)
-    assert target.read_bytes() == data
+    assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o600
 
     class Interrupted(Exception):
         pass

@@ -127,17 +127,35 @@ class BackupVerify(Action):
             targets = [catalog.find(wanted)]
         stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
         keyring = session.keyring()
-        bad = []
+        bad: list[str] = []
+        incomplete: list[str] = []
         for backup in targets:
-            outcome = await verify_backup(ctx.site, backup, stores, keyring, ctx.emit)
+            outcome = await verify_backup(ctx.site, backup, stores, keyring, ctx.emit,
+                                          unreachable={n: e for n, e in catalog.errors.items() if n in stores})
             if not outcome.ok:
                 bad.append(backup.id)
+            elif not outcome.complete:
+                incomplete.append(backup.id)
         session.invalidate()
-        if bad:
-            raise OperationFailed(f"{len(bad)} of {len(targets)} backups failed verification: {', '.join(bad[:5])}"
-                                  + (" ..." if len(bad) > 5 else ""))
+        if bad or incomplete:
+            raise OperationFailed(verify_failure(bad, incomplete, len(targets)))
         return ActionResult(exit_code=0, summary=f"{len(targets)} backups verified",
                             data={"verified": len(targets)})
+
+
+def verify_failure(bad: list[str], incomplete: list[str], total: int) -> str:
+    """One sentence naming the backups that failed verification or miss a replica."""
+
+    def names(ids: list[str]) -> str:
+        return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+
+    parts = []
+    if bad:
+        parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
+    if incomplete:
+        parts.append(f"{len(incomplete)} of {total} backups are missing a replica or could not be checked "
+                     f"everywhere: {names(incomplete)}")
+    return "; ".join(parts)
 
 
 class BackupPrune(Action):

@@ -99,7 +99,7 @@ class SshStream(Action):
         emitter = _LineEmitter(ctx)
         result = await transport_of(ctx).stream_in(
             ctx.require_node(), with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
-            _file_chunks(source), on_output=emitter,
+            _file_chunks(source), timeout=0, on_output=emitter,
         )
         await emitter.flush()
         return ActionResult(exit_code=result.exit_status, stdout=result.stdout.decode("utf-8", "replace"),
@@ -136,7 +136,7 @@ class SshCapture(Action):
         try:
             result = await transport_of(ctx).capture(
                 ctx.require_node(), with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
-                sink, on_output=emitter,
+                sink, timeout=0, on_output=emitter,
             )
             fh.flush()
             os.fsync(fh.fileno())

@@ -5,6 +5,12 @@ Built from the manifests `backup.create` writes, plus the plan's own files recog
 by name (legacy openssl format). Locations are listed concurrently; manifests already
 seen are cached in the state directory by (location, key, size, mtime), so a refresh
 only reads what is new. A location that cannot be listed is reported, never guessed.
+Every catalog carries `as_of`, the moment its listings were taken, and every output
+made from it says so.
+
+Per tier, kind and node, `freshness()` gives the newest good backup, its age against
+the RPO and the data a failure now would lose: the time since that backup, and the
+blocks the live node has made since (its height from the health URL, when it answers).
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ import asyncio
 import contextlib
 import json
 import posixpath
+import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from kconsole.backups.manifest import (
     MANIFEST_SUFFIX,
@@ -27,11 +37,12 @@ from kconsole.backups.manifest import (
 )
 from kconsole.backups.stores import ObjectInfo, Store
 from kconsole.config.problems import did_you_mean
-from kconsole.errors import OperationFailed, UsageError
+from kconsole.errors import UsageError
 from kconsole.fsutil import atomic_write
 from kconsole.site import Site
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -60,6 +71,10 @@ class Backup:
     reason: str = ""
     rpo_s: float = 0.0
     newest: bool = False
+    manifests: dict[str, str] = field(default_factory=dict)
+    """Location -> key of the manifest there (what prune removes after the object)."""
+    missing: list[str] = field(default_factory=list)
+    """Listed locations that hold no copy of it (unlistable ones are in Catalog.errors)."""
 
     @property
     def key_id(self) -> str:
@@ -81,7 +96,11 @@ class Backup:
     @property
     def object_key(self) -> str:
         """Key of the encrypted object inside a location."""
-        return next(iter(self.replicas.values())).key
+        if self.replicas:
+            return next(iter(self.replicas.values())).key
+        if self.manifest is not None:
+            return self.manifest.object_key()
+        return self.id
 
     def age(self, now: datetime) -> float:
         """Seconds since it was made."""
@@ -95,63 +114,205 @@ class Backup:
 
 @dataclass
 class Catalog:
-    """Backups across all locations, as of one listing."""
+    """Backups across all locations, as of one listing.
+
+    `backups` is newest first. An index by id and by (kind, node) is built on first use,
+    so lookups and filters stay fast over a hundred thousand backups; a Catalog is not
+    meant to be changed after it is built.
+    """
 
     backups: list[Backup]
     as_of: datetime
     errors: dict[str, str] = field(default_factory=dict)
     locations: list[str] = field(default_factory=list)
+    _by_id: dict[str, Backup] | None = field(default=None, init=False, repr=False, compare=False)
+    _by_group: dict[tuple[str, str], list[Backup]] | None = field(default=None, init=False, repr=False,
+                                                                 compare=False)
+
+    def _index(self) -> tuple[dict[str, Backup], dict[tuple[str, str], list[Backup]]]:
+        if self._by_id is None or self._by_group is None:
+            ordered = sorted(self.backups, key=lambda b: b.created, reverse=True)
+            by_id: dict[str, Backup] = {}
+            by_group: dict[tuple[str, str], list[Backup]] = {}
+            for b in ordered:
+                by_id.setdefault(b.id, b)
+                by_group.setdefault((b.kind, b.node), []).append(b)
+            self._by_id, self._by_group = by_id, by_group
+        return self._by_id, self._by_group
 
     def find(self, bid: str) -> Backup:
         """The backup with id `bid`; UsageError with a suggestion if none."""
-        for b in self.backups:
-            if b.id == bid:
-                return b
+        found = self._index()[0].get(bid)
+        if found is not None:
+            return found
         raise UsageError(f'no backup "{bid}" in the catalog{did_you_mean(bid, [b.id for b in self.backups])}; '
                          "`kconsole catalog` lists them.")
 
+    def groups(self) -> list[tuple[str, str]]:
+        """Every (kind, node) that has backups."""
+        return sorted(self._index()[1])
+
     def latest_good(self, kind: str, node: str) -> Backup | None:
         """The newest restorable backup of `kind` from `node`."""
-        for b in sorted(self.backups, key=lambda x: x.created, reverse=True):
-            if b.kind == kind and b.node == node and b.good and b.replicas:
+        for b in self._index()[1].get((kind, node), []):
+            if b.good and b.replicas:
                 return b
         return None
 
-    def select(self, kind: str | None = None, node: str | None = None) -> list[Backup]:
+    def select(self, kind: str | None = None, node: str | None = None, status: str | None = None,
+               location: str | None = None) -> list[Backup]:
         """Backups matching the filters, newest first."""
-        out = [b for b in self.backups if (not kind or b.kind == kind) and (not node or b.node == node)]
-        return sorted(out, key=lambda b: b.created, reverse=True)
+        _, by_group = self._index()
+        if kind and node:
+            out: Iterable[Backup] = by_group.get((kind, node), [])
+        elif kind or node:
+            groups = [g for (k, n), g in by_group.items() if (not kind or k == kind) and (not node or n == node)]
+            out = sorted((b for g in groups for b in g), key=lambda b: b.created, reverse=True)
+        else:
+            out = sorted(self.backups, key=lambda b: b.created, reverse=True)
+        if status or location:
+            out = [b for b in out if (not status or b.status == status) and (not location or location in b.replicas)]
+        return list(out)
 
     def rows(self, kind: str | None = None, node: str | None = None,
-             location: str | None = None) -> list[dict[str, Any]]:
+             location: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """One row per (backup, location): the `catalog --json` lines."""
         out = []
-        for b in self.select(kind, node):
+        as_of = iso(self.as_of)
+        for b in self.select(kind, node, status, location):
+            created = iso(b.created)
+            age = round(b.age(self.as_of))
             for loc, r in b.replicas.items():
                 if location and loc != location:
                     continue
                 out.append({
-                    "id": b.id, "kind": b.kind, "node": b.node, "location": loc, "path": r.path,
-                    "size": r.size, "created": iso(b.created), "age_s": round(b.age(self.as_of)),
-                    "rpo_s": b.rpo_s, "status": b.status, "key_id": b.key_id,
-                    "chain_height": b.chain_height, "legacy": b.legacy, "reason": b.reason,
+                    "type": "backup", "id": b.id, "kind": b.kind, "node": b.node, "location": loc,
+                    "path": r.path, "size": r.size, "created": created, "age_s": age, "rpo_s": b.rpo_s,
+                    "status": b.status, "key_id": b.key_id, "chain_height": b.chain_height,
+                    "legacy": b.legacy, "reason": b.reason, "as_of": as_of,
                 })
         return out
 
-    def freshness(self, site: Site) -> list[dict[str, Any]]:
-        """Per tier, kind and node: the newest good backup's age against the RPO."""
+    def freshness(self, site: Site, live: dict[str, int | None] | None = None,
+                  expected: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """Per tier, kind and node: the newest good backup's age against the RPO, and the data
+        a failure now would lose (`loss_s`, and `block_lag` against the live height in `live`).
+
+        Nodes are those the site's backup runbooks back up (`expected`, default
+        `expected_nodes(site)`) plus any node that has backups of the kind, so a node that has
+        never been backed up shows as `none` rather than not at all.
+        """
+        expected = expected_nodes(site) if expected is None else expected
+        live = live or {}
+        _, by_group = self._index()
+        as_of = iso(self.as_of)
         out = []
         for tier in site.tiers.values():
             for kind in tier.kinds:
-                nodes = sorted({b.node for b in self.backups if b.kind == kind})
+                seen = {n for (k, n) in by_group if k == kind}
+                nodes = sorted(set(expected.get(kind, [])) | seen, key=_node_order(site))
                 for node in nodes:
                     best = self.latest_good(kind, node)
                     age = best.age(self.as_of) if best else None
-                    out.append({"tier": tier.name, "kind": kind, "node": node, "rpo_s": tier.rpo,
-                                "newest": best.id if best else None, "age_s": round(age) if age is not None else None,
-                                "breached": age is None or (tier.rpo > 0 and age > tier.rpo),
-                                "chain_height": best.chain_height if best else None})
+                    breached = age is None or (tier.rpo > 0 and age > tier.rpo)
+                    height = best.chain_height if best else None
+                    now_height = live.get(node)
+                    out.append({
+                        "type": "freshness", "as_of": as_of, "tier": tier.name, "kind": kind, "node": node,
+                        "rpo_s": tier.rpo, "newest": best.id if best else None,
+                        "created": iso(best.created) if best else None,
+                        "age_s": round(age) if age is not None else None,
+                        "status": "none" if best is None else ("stale" if breached else "ok"),
+                        "breached": breached, "chain_height": height, "live_height": now_height,
+                        "loss_s": round(max(0.0, age)) if age is not None else None,
+                        "block_lag": now_height - height if now_height is not None and height is not None else None,
+                    })
         return out
+
+
+def tier_summary(freshness: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per tier from `Catalog.freshness()` rows: its worst state and largest loss."""
+    rank = {"ok": 0, "stale": 1, "none": 2}
+    tiers: dict[str, dict[str, Any]] = {}
+    for row in freshness:
+        t = tiers.setdefault(row["tier"], {"type": "tier", "as_of": row["as_of"], "tier": row["tier"],
+                                           "rpo_s": row["rpo_s"], "status": "ok", "nodes": 0, "breached": 0,
+                                           "max_loss_s": None, "max_block_lag": None})
+        t["nodes"] += 1
+        t["breached"] += int(row["breached"])
+        if rank[row["status"]] > rank[t["status"]]:
+            t["status"] = row["status"]
+        for src, dst in (("loss_s", "max_loss_s"), ("block_lag", "max_block_lag")):
+            if row[src] is not None and (t[dst] is None or row[src] > t[dst]):
+                t[dst] = row[src]
+    return list(tiers.values())
+
+
+def _node_order(site: Site) -> Any:
+    order = {name: i for i, name in enumerate(site.nodes)}
+    return lambda n: (order.get(n, len(order)), n)
+
+
+def expected_nodes(site: Site) -> dict[str, list[str]]:
+    """Kind -> the site's nodes that some backup runbook (shipped or the site's own) backs up.
+
+    Read from each runbook's `backup.create` steps (`for_each` groups or node lists); a
+    runbook that cannot be read is skipped, since this only widens what freshness shows.
+    """
+    from kconsole.runbook.load import shipped_runbooks_dir
+
+    groups = site.groups()
+    out: dict[str, set[str]] = {}
+    files: dict[str, Path] = {}
+    for d in (shipped_runbooks_dir(), site.base_dir / "runbooks"):
+        if d.is_dir():
+            for f in d.glob("*.toml"):
+                files[f.stem] = f  # the site's runbook replaces a shipped one of the same id
+    for f in files.values():
+        try:
+            data = tomllib.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        head = data.get("runbook") if isinstance(data.get("runbook"), dict) else {}
+        for step in data.get("steps") or []:
+            if not isinstance(step, dict) or step.get("action") != "backup.create":
+                continue
+            kind = step.get("kind") or head.get("kind")
+            target = step.get("for_each") if step.get("for_each") is not None else step.get("node")
+            if not isinstance(kind, str):
+                continue
+            names: list[str] = []
+            if isinstance(target, str) and target.startswith("group:"):
+                names = groups.get(target[6:], [])
+            elif isinstance(target, list):
+                names = [str(n) for n in target]
+            elif isinstance(target, str) and "{" not in target:
+                names = [target]
+            out.setdefault(kind, set()).update(n for n in names if n in site.nodes)
+    return {k: sorted(v, key=_node_order(site)) for k, v in out.items()}
+
+
+async def live_heights(site: Site, nodes: Iterable[str] | None = None,
+                       timeout: float = 3.0) -> dict[str, int | None]:
+    """Each node's chain height from its health URL, all at once; None when it does not answer."""
+    wanted = [site.nodes[n] for n in (nodes if nodes is not None else site.nodes) if n in site.nodes]
+
+    async def one(client: httpx.AsyncClient, url: str) -> int | None:
+        try:
+            body = (await client.get(url)).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        height = body.get("height") if isinstance(body, dict) else None
+        return height if isinstance(height, int) and not isinstance(height, bool) else None
+
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        heights = await asyncio.gather(*(one(client, n.health_url) if n.health_url else _none()
+                                         for n in wanted))
+    return {n.name: h for n, h in zip(wanted, heights, strict=True)}
+
+
+async def _none() -> None:
+    return None
 
 
 def _cache_path(site: Site) -> Path:
@@ -177,87 +338,122 @@ def record_verification(site: Site, bid: str, ok: bool, reason: str = "") -> Non
     atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
 
 
+def forget_verifications(site: Site, ids: Iterable[str]) -> None:
+    """Drop the verification results of backups that no longer exist (after a prune)."""
+    state = load_verify_state(site)
+    gone = [i for i in ids if i in state]
+    if gone:
+        for i in gone:
+            del state[i]
+        atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
+
+
+def _load_cache(site: Site) -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_path(site).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    manifests = data.get("manifests")
+    return manifests if isinstance(manifests, dict) else {}
+
+
 async def _list_location(name: str, store: Store) -> tuple[str, list[ObjectInfo] | str]:
     try:
         return name, await store.list()
-    except (OperationFailed, OSError) as exc:
-        return name, str(exc).rstrip(".")
+    except Exception as exc:  # noqa: BLE001 - any failure to list is reported per location, never fatal
+        return name, str(exc).rstrip(".") or exc.__class__.__name__
 
 
 async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | None = None) -> Catalog:
     """List every location at once and join what they hold."""
     now = now or datetime.now(UTC)
     listings = await asyncio.gather(*(_list_location(n, s) for n, s in stores.items()))
-    try:
-        cache: dict[str, Any] = json.loads(_cache_path(site).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        cache = {}
+    cache = _load_cache(site)
     new_cache: dict[str, Any] = {}
+    changed = False
     errors: dict[str, str] = {}
     by_id: dict[str, Backup] = {}
-    sem = asyncio.Semaphore(16)
-
-    async def manifest_of(loc: str, store: Store, info: ObjectInfo) -> Manifest | None:
-        ck = f"{loc}|{info.key}|{info.size}|{int(info.mtime)}"
-        if ck in cache:
-            new_cache[ck] = cache[ck]
-            try:
-                return Manifest.from_json(json.dumps(cache[ck]).encode())
-            except ValueError:
-                pass
-        async with sem:
-            try:
-                raw = await store.read_bytes(info.key)
-                m = Manifest.from_json(raw)
-            except (OperationFailed, ValueError):
-                return None
-        new_cache[ck] = json.loads(m.to_json())
-        return m
 
     for loc, listing in listings:
         if isinstance(listing, str):
             errors[loc] = listing
             continue
         store = stores[loc]
-        objects = {o.key: o for o in listing}
-        manifests = [o for o in listing if o.key.endswith(MANIFEST_SUFFIX)]
-        results = await asyncio.gather(*(manifest_of(loc, store, o) for o in manifests))
-        for info, m in zip(manifests, results, strict=True):
-            obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
-            if m is None:
+        objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
+        found: list[tuple[ObjectInfo, Manifest]] = []
+        misses: list[tuple[ObjectInfo, str]] = []
+        for info in listing:
+            if not info.key.endswith(MANIFEST_SUFFIX):
                 continue
-            b = by_id.setdefault(m.id, Backup(m.id, m.kind, m.node, m.created_at, m))
+            ck = f"{loc}|{info.key}|{info.size}|{int(info.mtime)}"
+            hit = cache.get(ck)
+            if hit is not None:
+                try:
+                    found.append((info, Manifest.from_dict(hit)))
+                    new_cache[ck] = hit
+                    continue
+                except ValueError:
+                    pass
+            misses.append((info, ck))
+        if misses:
+            changed = True
+            raw = await store.read_many([info.key for info, _ in misses])
+            for info, ck in misses:
+                data = raw.get(info.key)
+                if data is None:
+                    continue
+                try:
+                    m = Manifest.from_json(data)
+                except ValueError:
+                    continue
+                new_cache[ck] = m.to_dict()
+                found.append((info, m))
+        for info, m in found:
+            obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
+            b = by_id.get(m.id)
+            if b is None:
+                b = by_id[m.id] = Backup(m.id, m.kind, m.node, m.created_at, m)
+            b.manifests[loc] = info.key
             obj = objects.get(obj_key)
             if obj is not None:
                 b.replicas[loc] = Replica(loc, obj_key, obj.size, obj.mtime, store.describe(obj_key))
             elif not b.reason:
                 b.reason = f"manifest without object in {loc}"
         for o in listing:
+            if not o.key.endswith(".enc"):
+                continue
             parsed = parse_legacy_name(posixpath.basename(o.key))
             if parsed is None:
                 continue
             node, kind, created = parsed
             bid = posixpath.basename(o.key)
-            b = by_id.setdefault(bid, Backup(bid, kind, node, created, None, legacy=True))
+            b = by_id.get(bid)
+            if b is None:
+                b = by_id[bid] = Backup(bid, kind, node, created, None, legacy=True)
             b.replicas[loc] = Replica(loc, o.key, o.size, o.mtime, store.describe(o.key))
-    if new_cache != cache:
+    if changed or len(new_cache) != len(cache):
         # A cache that cannot be written only costs speed.
         with contextlib.suppress(OSError):
-            atomic_write(_cache_path(site), json.dumps(new_cache).encode(), 0o600)
+            atomic_write(_cache_path(site), json.dumps(
+                {"version": CACHE_VERSION, "as_of": iso(now), "manifests": new_cache},
+                separators=(",", ":")).encode(), 0o600)
     verified = load_verify_state(site)
     backups = list(by_id.values())
     reachable = [n for n in stores if n not in errors]
     newest: dict[tuple[str, str], Backup] = {}
+    rpo = {kind: tier.rpo for tier in site.tiers.values() for kind in tier.kinds}
     for b in backups:
-        tier = site.tier_for_kind(b.kind)
-        b.rpo_s = tier.rpo if tier else 0.0
+        b.rpo_s = rpo.get(b.kind, 0.0)
         v = verified.get(b.id)
+        if not b.legacy:
+            b.missing = [n for n in reachable if n not in b.replicas]
         if v is not None and not v.get("ok"):
             b.status, b.reason = "failed-verify", str(v.get("reason", ""))
-        elif not b.legacy and any(n not in b.replicas for n in reachable):
-            missing = [n for n in reachable if n not in b.replicas]
-            b.status, b.reason = "missing-replica", b.reason or f"no copy in {', '.join(missing)}"
-        if b.good:
+        elif b.missing:
+            b.status, b.reason = "missing-replica", b.reason or f"no copy in {', '.join(b.missing)}"
+        if b.good and b.replicas:
             k = (b.kind, b.node)
             if k not in newest or b.created > newest[k].created:
                 newest[k] = b
@@ -267,3 +463,17 @@ async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | No
             b.status, b.reason = "stale", "newest backup is older than the RPO"
     backups.sort(key=lambda b: b.created, reverse=True)
     return Catalog(backups, now, errors, list(stores))
+
+
+def list_backups(site: Site) -> list[dict[str, Any]]:
+    """Every copy of every backup as `catalog --json` rows (blocking; for the console's worker)."""
+    from kconsole.services import Services
+
+    async def main() -> list[dict[str, Any]]:
+        services = Services.for_site(site)
+        try:
+            return (await services.backups(site).catalog()).rows()
+        finally:
+            await services.close()
+
+    return asyncio.run(main())

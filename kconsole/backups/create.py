@@ -121,7 +121,9 @@ async def create_backup(site: Site, req: CreateRequest, *, transport: Any, store
         if req.consistent:
             await _service(transport, req, "stop", emit)
         try:
-            result = await transport.capture(req.node, command, sink)
+            # No transport limit: a big capture runs as long as it needs; the step's own
+            # timeout (cancellation) still stops it and the remote command with it.
+            result = await transport.capture(req.node, command, sink, timeout=0)
         finally:
             if req.consistent:
                 await _service(transport, req, "start", emit)

@@ -120,6 +120,10 @@ class Manifest:
         data = {"format": FORMAT, **asdict(self)}
         return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as the JSON object it is stored as (with its `format`)."""
+        return {"format": FORMAT, **asdict(self)}
+
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
         """Parse; ValueError with a reason when it is not a kconsole manifest."""
@@ -127,11 +131,17 @@ class Manifest:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Build from a parsed manifest object; ValueError when it is not a kconsole manifest."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("not a kconsole backup manifest")
-        data.pop("format")
-        known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**{k: v for k, v in data.items() if k in _FIELDS})
         except TypeError as exc:
             raise ValueError(f"incomplete manifest ({exc})") from None
+
+
+_FIELDS = frozenset(Manifest.__dataclass_fields__)

@@ -127,6 +127,7 @@ async def restore_backup(site: Site, node: Node, backup: Backup, *, transport: A
         result = await transport.stream_in(
             node, extract,
             threaded_chunks(lambda: plaintext_chunks(local, keys_for_stream, backup.legacy, where)),
+            timeout=0,
         )
         if result.exit_status != 0:
             await transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=120)

@@ -73,6 +73,19 @@ class Store:
         """A small object (a manifest) whole."""
         raise NotImplementedError
 
+    async def read_many(self, keys: list[str], limit: int = 16) -> dict[str, bytes | None]:
+        """Many small objects (manifests): key -> bytes, or None for one that cannot be read."""
+        sem = asyncio.Semaphore(limit)
+
+        async def one(key: str) -> tuple[str, bytes | None]:
+            async with sem:
+                try:
+                    return key, await self.read_bytes(key)
+                except (OperationFailed, OSError):
+                    return key, None
+
+        return dict(await asyncio.gather(*(one(k) for k in keys)))
+
     async def write_bytes(self, key: str, data: bytes) -> None:
         """A small object, atomically."""
         raise NotImplementedError
@@ -133,6 +146,22 @@ class LocalStore(Store):
             return await asyncio.to_thread(self.path(key).read_bytes)
         except OSError as exc:
             raise OperationFailed(f"cannot read {self.describe(key)}: {exc.strerror}.") from None
+
+    async def read_many(self, keys: list[str], limit: int = 4) -> dict[str, bytes | None]:
+        # One thread hop per file costs more than reading a manifest; read in a few batches.
+        def read(batch: list[str]) -> list[tuple[str, bytes | None]]:
+            out: list[tuple[str, bytes | None]] = []
+            for key in batch:
+                try:
+                    out.append((key, self.path(key).read_bytes()))
+                except (OSError, UsageError):
+                    out.append((key, None))
+            return out
+
+        size = max(1, -(-len(keys) // max(1, limit)))
+        batches = [keys[i:i + size] for i in range(0, len(keys), size)]
+        results = await asyncio.gather(*(asyncio.to_thread(read, b) for b in batches))
+        return {k: v for batch in results for k, v in batch}
 
     async def write_bytes(self, key: str, data: bytes) -> None:
         try:
@@ -240,16 +269,19 @@ class SftpLocationStore(Store):
                     entries = await sftp.readdir(path)
                 except asyncssh.SFTPNoSuchFile:
                     return
+                subdirs = []
                 for e in entries:
                     name = str(e.filename)
                     if name in (".", "..") or name.endswith(".partial"):
                         continue
                     full = posixpath.join(path, name)
                     if e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-                        await walk(full)
+                        subdirs.append(full)
                     else:
                         out.append(ObjectInfo(posixpath.relpath(full, self.root), e.attrs.size or 0,
                                               float(e.attrs.mtime or 0)))
+                # Sibling directories (kind/node) are listed concurrently on the one SFTP session.
+                await asyncio.gather(*(walk(d) for d in subdirs))
 
             await walk(base)
         return out
@@ -257,11 +289,34 @@ class SftpLocationStore(Store):
     async def read_bytes(self, key: str) -> bytes:
         async with self.sftp.session(self.target) as sftp:
             try:
+                size = (await sftp.stat(self._path(key))).size or 0
                 async with sftp.open(self._path(key), "rb") as fh:
                     data = await fh.read()
             except Exception as exc:  # noqa: BLE001 - asyncssh error classes vary
                 raise OperationFailed(f"cannot read {self.describe(key)}: {exc}.") from None
-        return data if isinstance(data, bytes) else data.encode()
+        data = data if isinstance(data, bytes) else data.encode()
+        # asyncssh reads have come up short on some servers (ronf/asyncssh#814): measure.
+        if len(data) != size:
+            raise OperationFailed(f"reading {self.describe(key)} came up short ({len(data)} of {size} bytes).")
+        return data
+
+    async def read_many(self, keys: list[str], limit: int = 16) -> dict[str, bytes | None]:
+        # One SFTP session for all of them: requests are pipelined on its channel.
+        if not keys:
+            return {}
+        sem = asyncio.Semaphore(limit)
+        async with self.sftp.session(self.target) as sftp:
+
+            async def one(key: str) -> tuple[str, bytes | None]:
+                async with sem:
+                    try:
+                        async with sftp.open(self._path(key), "rb") as fh:
+                            data = await fh.read()
+                    except Exception:  # noqa: BLE001 - asyncssh error classes vary; the key is unreadable
+                        return key, None
+                return key, data if isinstance(data, bytes) else data.encode()
+
+            return dict(await asyncio.gather(*(one(k) for k in keys)))
 
     async def write_bytes(self, key: str, data: bytes) -> None:
         await self._mkdirs(posixpath.dirname(self._path(key)))
@@ -413,6 +468,19 @@ class S3Store(Store):
         """The object's metadata (lock mode, retention, version)."""
         return dict(await self._call(f"checking {key}", self.client().head_object,
                                      Bucket=self.location.bucket, Key=self._key(key)))
+
+    async def versioning(self) -> str:
+        """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""
+        resp = await self._call("reading the bucket's versioning", self.client().get_bucket_versioning,
+                                Bucket=self.location.bucket)
+        return str(resp.get("Status", ""))
+
+    async def delete_current(self, key: str) -> dict[str, Any]:
+        """Delete `key` without naming a version (never a locked version by id): on a versioned
+        bucket S3 adds a delete marker and keeps the data; returns S3's answer."""
+        resp = await self._call(f"deleting {key}", self.client().delete_object, Bucket=self.location.bucket,
+                                Key=self._key(key))
+        return {k: v for k, v in dict(resp).items() if k != "ResponseMetadata"}
 
 
 def read_credentials(path: Path, profile: str = "") -> dict[str, str]:

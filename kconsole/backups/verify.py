@@ -33,6 +33,15 @@ class VerifyOutcome:
     checked: list[str] = field(default_factory=list)
     members: int = 0
     legacy: bool = False
+    missing: list[str] = field(default_factory=list)
+    """Listed locations that hold no copy (the content may still be fine)."""
+    unchecked: list[str] = field(default_factory=list)
+    """Locations that could not be listed, so their copy was not checked."""
+
+    @property
+    def complete(self) -> bool:
+        """Content verified and every location holds a checked copy."""
+        return self.ok and not self.missing and not self.unchecked
 
 
 def _verify_stream_file(path: Path, keyring: Keyring, where: str) -> int:
@@ -50,8 +59,14 @@ def _verify_stream_file(path: Path, keyring: Keyring, where: str) -> int:
 
 
 async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], keyring: Keyring,
-                        emit: Emit, record: bool = True) -> VerifyOutcome:
-    """Check every replica's ciphertext, then the content once; remember the verdict."""
+                        emit: Emit, record: bool = True,
+                        unreachable: dict[str, str] | None = None) -> VerifyOutcome:
+    """Check every replica's ciphertext, then the content once; remember the verdict.
+
+    A location in `stores` that holds no copy is reported as a missing replica, and one in
+    `unreachable` (the catalog's listing errors) as not checked; neither makes the content
+    bad (the catalog keeps the backup restorable), but neither is a complete verification.
+    """
     outcome = VerifyOutcome(backup.id, True, legacy=backup.legacy)
     expected = backup.manifest.ciphertext_sha256 if backup.manifest else None
     good_copy: Path | None = None
@@ -96,14 +111,30 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
             except OperationFailed as exc:
                 outcome.ok = False
                 outcome.problems.append(str(exc).rstrip("."))
-        for name in (n for n in stores if n not in backup.replicas and not backup.legacy):
-            outcome.problems.append(f"{name}: replica missing")
+        content_problems = list(outcome.problems)
+        unreachable = unreachable or {}
+        for name in stores:
+            if name in backup.replicas:
+                continue
+            if name in unreachable:
+                outcome.unchecked.append(name)
+                outcome.problems.append(f"{name}: not checked, the location could not be listed "
+                                        f"({unreachable[name]})")
+            elif not backup.legacy:
+                outcome.missing.append(name)
+                outcome.problems.append(f"{name}: replica missing")
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
     if record:
-        record_verification(site, backup.id, outcome.ok, "; ".join(outcome.problems))
-    verdict = "ok" if outcome.ok else "FAILED: " + "; ".join(outcome.problems)
+        record_verification(site, backup.id, outcome.ok, "; ".join(content_problems if not outcome.ok
+                                                                   else outcome.problems))
+    if outcome.complete:
+        verdict = "ok"
+    elif outcome.ok:
+        verdict = "content ok, INCOMPLETE: " + "; ".join(outcome.problems)
+    else:
+        verdict = "FAILED: " + "; ".join(outcome.problems)
     label = " (legacy, unauthenticated)" if backup.legacy else ""
-    await emit("stdout" if outcome.ok else "stderr", f"{backup.id}{label}: {verdict}")
+    await emit("stdout" if outcome.complete else "stderr", f"{backup.id}{label}: {verdict}")
     return outcome

@@ -83,10 +83,14 @@ def cmd_decrypt(
     `pbkdf2`, `kdf` ("sha256", "md5", "pbkdf2") and `iterations` only matter for legacy
     files, and only when the plaintext is not gzip (otherwise the KDF is detected).
     """
-    if (key_path is None) == (keyring_dir is None):
-        raise UsageError("give exactly one of --key KEYFILE or --keyring DIR")
     legacy_kdf = _legacy_kdf(pbkdf2, kdf, iterations)
-    keys: Key | Keyring = read_key_file(key_path) if key_path else Keyring(keyring_dir or "")
+    keys: Key | Keyring
+    if key_path is not None and keyring_dir is None:
+        keys = read_key_file(key_path)
+    elif keyring_dir is not None and key_path is None:
+        keys = Keyring(keyring_dir)
+    else:
+        raise UsageError("give exactly one of --key KEYFILE or --keyring DIR")
     fmt = detect_format(in_path)
     if fmt == "kdxenc":
         result = decrypt_file(keys, in_path, out_path)

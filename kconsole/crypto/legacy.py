@@ -166,6 +166,8 @@ def detect_params(
                 if _first_block(aes_key, iv, block).startswith(GZIP_MAGIC):
                     return LegacyParams(key, password, note, cand_kdf, rounds, salt_len, True)
     tried = ", ".join(dict.fromkeys(c[0].value for c in candidates))
+    ring = f"any key in {keys.name}" if isinstance(keys, Keyring) else "any key given"
+    who = key_list[0].name if len(key_list) == 1 else ring
     if kdf is not None or iterations is not None:
         if len(key_list) == 1:
             # Not gzip inside: trust the operator's KDF and openssl's exact password; only
@@ -174,10 +176,9 @@ def detect_params(
             cand_kdf, rounds, salt_len = candidates[0]
             return LegacyParams(only, only.openssl_password, "", cand_kdf, rounds, salt_len, False)
         raise UsageError(
-            f"{name} does not decrypt to gzip with any key in the keyring, and legacy files "
-            "name no key, so give the key itself with --key"
+            f"{name} does not decrypt to gzip with {who}, and legacy files name no key, so "
+            "give the key itself with --key"
         )
-    who = key_list[0].name if len(key_list) == 1 else "any key in the keyring"
     raise WrongKeyError(
         f"wrong key: {name} does not decrypt to gzip with {who} under any KDF tried ({tried}); "
         "if it is not a gzip backup, name its KDF (e.g. --pbkdf2)"

@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--dir", required=True, type=Path)
     f.add_argument("action", choices=("set", "clear", "list"))
     f.add_argument("spec", nargs="?", default=None)
+    h = sub.add_parser("history", help="write days of backups at the plan's cadence into a lab's locations")
+    h.add_argument("--dir", required=True, type=Path)
+    h.add_argument("--days", type=float, default=3)
+    h.add_argument("--locations", default="primary,dr", help="comma-separated: primary, dr, cloud")
     return p
 
 
@@ -57,12 +61,26 @@ def _fault(dir: Path, action: str, spec: str | None) -> int:
     return 0
 
 
+def _history(dir: Path, days: float, locations: str) -> int:
+    from kconsole.lab.history import write_history
+    from kconsole.site import load_site
+
+    summary = write_history(load_site(dir / "site.toml"), days=days,
+                            locations=[x.strip() for x in locations.split(",") if x.strip()])
+    for kind, n in summary.counts.items():
+        print(f"{kind:<18} {n:>6}")
+    print(f"{summary.total} backups written to {', '.join(summary.locations)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; KconsoleError becomes one line on stderr and its exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return serve(args.dir, args.nodes, args.faults)
+        if args.command == "history":
+            return _history(args.dir, args.days, args.locations)
         return _fault(args.dir, args.action, args.spec)
     except KconsoleError as exc:
         print(f"kconsole lab: {exc}", file=sys.stderr)

@@ -89,6 +89,8 @@ class HttpServer:
             await writer.drain()
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            writer.transport.abort()  # shutting down mid-request (a slow fault's delay)
         finally:
             writer.close()
             with contextlib.suppress(OSError):

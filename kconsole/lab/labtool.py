@@ -959,6 +959,8 @@ def cmd_diskfull(argv: list[str]) -> int:
         writes = any(a.startswith("of=") for a in args)
     elif cmd == "tee":
         writes = bool(files)
+    elif cmd == "mkdir":
+        writes = not all(os.path.isdir(f) for f in files)
     else:
         writes = True
     if not writes:
@@ -978,7 +980,15 @@ def cmd_diskfull(argv: list[str]) -> int:
         print("tar: var/lib/kaldrix/state: Cannot write: No space left on device", file=sys.stderr)
         print("tar: Exiting with failure status due to previous errors", file=sys.stderr)
         return 2
-    print(f"{cmd}: error writing '{target}': No space left on device", file=sys.stderr)
+    if cmd in ("mkdir", "install") and ("-d" in args or cmd == "mkdir"):
+        message = f"cannot create directory '{target}'"
+    elif cmd in ("cp", "mv", "ln", "install"):
+        message = f"cannot create regular file '{target}'"
+    elif cmd == "touch":
+        message = f"cannot touch '{target}'"
+    else:
+        message = f"error writing '{target}'"
+    print(f"{cmd}: {message}: No space left on device", file=sys.stderr)
     return 1
 
 

@@ -83,6 +83,8 @@ class Relay:
             self._tasks.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            _abort(writer)  # the relay is closing; end this connection quietly
         finally:
             if task is not None:
                 self._tasks.discard(task)

@@ -194,8 +194,8 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
     steps: list[Step] = []
     seen: set[str] = set()
     # A rollback step runs on the node whose step failed, so {node} is defined in it.
-    node_rollbacks = {r.get("on_failure") for r in table
-                      if isinstance(r, dict) and ("for_each" in r or "node" in r)}
+    node_rollbacks = {r["on_failure"] for r in table if isinstance(r, dict) and isinstance(r.get("on_failure"), str)
+                      and ("for_each" in r or "node" in r)}
     for i, raw in enumerate(table):
         kp: KeyPath = ("steps", i)
         if not isinstance(raw, dict):

@@ -210,8 +210,12 @@ class SftpStore:
         *,
         progress: Progress | None = None,
         verify: Verify = "readback",
+        mode: int | None = 0o600,
     ) -> Transferred:
-        """Upload `local_path` to `remote_path`, verified, then renamed into place."""
+        """Upload `local_path` to `remote_path`, verified, then renamed into place.
+
+        The remote file gets `mode` (None leaves the server's default) before it is renamed.
+        """
         node = self.target(node_or_host)
         local = Path(local_path)
         try:
@@ -231,6 +235,7 @@ class SftpStore:
                 try:
                     with _failure(node, f"uploading {local} to {partial}"):
                         await sftp.put(str(local), partial, progress_handler=on_progress)
+                    await _set_mode(sftp, partial, mode)
                     sent_size, expected = await local_digest
                     if sent_size != size:
                         raise OperationFailed(f"{local} changed size while it was being uploaded.")
@@ -255,7 +260,7 @@ class SftpStore:
         finally:
             if not local_digest.done():
                 local_digest.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await local_digest
         return Transferred(remote_path, size, expected)
 
@@ -320,18 +325,24 @@ class SftpStore:
 
     @contextlib.asynccontextmanager
     async def open_write(
-        self, node_or_host: Node | str, remote_path: str, *, verify: Verify = "readback"
+        self,
+        node_or_host: Node | str,
+        remote_path: str,
+        *,
+        verify: Verify = "readback",
+        mode: int | None = 0o600,
     ) -> AsyncIterator[RemoteWriter]:
         """Stream into `remote_path`: write to the yielded writer inside the block.
 
         When the block ends normally the file is measured (and read back), then renamed
         into place and `writer.result` is set; if it raises, the partial file is removed.
+        The file is created with `mode` (None leaves the server's default).
         """
         node = self.target(node_or_host)
         partial = remote_path + PARTIAL
         async with self.session(node) as sftp:
             with _failure(node, f"creating {partial}"):
-                handle = await sftp.open(partial, "wb")
+                handle = await sftp.open(partial, "wb", attrs=asyncssh.SFTPAttrs(permissions=mode))
             writer = RemoteWriter(handle)
             try:
                 try:
@@ -395,6 +406,13 @@ async def _read_hash(
             with contextlib.suppress(asyncssh.SFTPOpUnsupported):
                 await fh.fsync()
     return size, digest.hexdigest()
+
+
+async def _set_mode(sftp: asyncssh.SFTPClient, path: str, mode: int | None) -> None:
+    # Some SFTP servers (object-store gateways) have no modes; the data is encrypted anyway.
+    if mode is not None:
+        with contextlib.suppress(asyncssh.SFTPOpUnsupported, asyncssh.SFTPPermissionDenied):
+            await sftp.chmod(path, mode)
 
 
 async def _rename_into_place(

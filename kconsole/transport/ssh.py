@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncssh
 
@@ -42,8 +42,6 @@ from kconsole.transport.base import (
 )
 
 __all__ = ["SshTransport", "node_from_spec", "quote_argv", "bounded_command"]
-
-T = TypeVar("T")
 
 READ_BLOCK = 256 * 1024
 """How much is read from a channel at a time."""
@@ -96,6 +94,7 @@ class _HostKeyWitness(asyncssh.SSHClient):
     """
 
     def __init__(self, known_hosts: asyncssh.SSHKnownHosts) -> None:
+        super().__init__()
         self._known_hosts = known_hosts
         self.offered: asyncssh.SSHKey | None = None
         self.recorded = False
@@ -189,7 +188,15 @@ class SshTransport:
         stdin: bytes | None = None,
         on_output: OutputCallback | None = None,
     ) -> CommandResult:
-        """Run `command` on `node`; a non-zero exit is a result, not an error."""
+        """Run `command` on `node`; a non-zero exit is a result, not an error.
+
+        `timeout` in seconds: None takes [ssh] command_timeout, 0 means no limit. When it
+        runs out the remote command is terminated and CommandTimeout is raised. If the
+        pooled connection turns out dead before the command starts, it reconnects once;
+        a connection lost while the command runs raises ConnectionLost and is never
+        retried here (the command may have done part of its work: the runbook's
+        `retries` decide, and the journal shows it).
+        """
 
         async def feed(writer: asyncssh.SSHWriter[bytes]) -> None:
             if stdin:
@@ -270,16 +277,22 @@ class SshTransport:
         Raises NodeUnreachable (also when the node answers too slowly) or HostKeyRejected.
         """
         limit = self.settings.connect_timeout
-        await self._connection(node, retry=True)
-        started = time.monotonic()
-        try:
-            await self.run(node, "true", timeout=limit)
-        except CommandTimeout:
-            raise NodeUnreachable(
-                node.name, f"it took longer than {format_seconds(limit)} to run `true`"
-            ) from None
-        except ConnectionLost as exc:
-            raise NodeUnreachable(node.name, exc.reason) from None
+        for attempt in range(2):
+            await self._connection(node, retry=True)
+            started = time.monotonic()
+            try:
+                await self.run(node, "true", timeout=limit)
+            except CommandTimeout:
+                raise NodeUnreachable(
+                    node.name, f"it took longer than {format_seconds(limit)} to run `true`"
+                ) from None
+            except ConnectionLost as exc:
+                # `true` is harmless to run again: one reconnect, as for a stale connection.
+                if attempt:
+                    raise NodeUnreachable(node.name, exc.reason) from None
+                await asyncio.sleep(random.uniform(*RETRY_JITTER))
+                continue
+            break
         return (time.monotonic() - started) * 1000.0
 
     async def close(self) -> None:
@@ -562,7 +575,9 @@ class SshTransport:
                 reconnects += 1
             else:
                 try:
-                    return conn, await conn.create_process(command, encoding=None, env={RUN_TAG: tag})
+                    return conn, await conn.create_process(
+                        command, encoding=None, env={RUN_TAG: tag}
+                    )
                 except (asyncssh.Error, OSError) as exc:
                     reason, handshake = _reason(exc), False
                     if conn.is_closed() or isinstance(exc, _LOST_TYPES):
@@ -583,8 +598,12 @@ class SshTransport:
                 break
             await asyncio.sleep(random.uniform(*RETRY_JITTER))
         if handshake:
-            raise NodeUnreachable(node.name, f"the connection was closed during the handshake ({reason})")
-        raise ConnectionLost(node.name, f"it dropped twice before the command could start ({reason})")
+            raise NodeUnreachable(
+                node.name, f"the connection was closed during the handshake ({reason})"
+            )
+        raise ConnectionLost(
+            node.name, f"it dropped twice before the command could start ({reason})"
+        )
 
     async def _drive(
         self,

@@ -1,0 +1,615 @@
+"""The console app: one factory (`build_app`) for the CLI and the tests, one mode per screen.
+
+The app holds what several screens show — the last fleet poll, the runbooks, the active
+run — and does every engine call in a worker: the fleet poll and the run in async workers
+(so a gate can wait for the operator with `push_screen_wait`), file reads in threads.
+Nothing here decides anything the CLI could not: starting, resuming, pausing and aborting
+are the executor's own controls, and the engine refuses an auditor as the console does.
+
+    python -m screens.app --site SITE          the console (until `kconsole` opens it)
+    python -m screens.app --site SITE --web    served to a browser on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.signal import Signal
+from textual.worker import Worker, WorkerState
+
+from kconsole.audit import AuditLog
+from kconsole.errors import EXIT_INTERRUPTED, EXIT_OK, AccessDenied, KconsoleError, UsageError
+from kconsole.fleet import NodeStatus, poll_fleet
+from kconsole.gates import GateRequest
+from kconsole.journal import new_run_id
+from kconsole.runbook.load import shipped_runbooks_dir
+from kconsole.runbook.model import Runbook
+from kconsole.services import Clock, Services
+from kconsole.site import Site, current_user, load_site
+from screens.audit import AuditScreen
+from screens.base import ConsoleScreen
+from screens.catalog import CatalogScreen
+from screens.catalog_source import CatalogRow, CatalogSource, engine_catalog
+from screens.commands import ConsoleCommands
+from screens.contacts import ContactsScreen
+from screens.dashboard import DashboardScreen
+from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
+from screens.keys import check_keymap, default_keymap_path, load_keymap
+from screens.report_source import engine_reports
+from screens.run import RunScreen
+from screens.run_model import RunModel
+from screens.run_session import RunSession, load_run_model
+from screens.runbook_library import RunbookEntry, find_runbooks
+from screens.runbooks import ParamsScreen, PlanScreen, RunbooksScreen
+from screens.runs import ReportScreen, RunsScreen
+from screens.suggest import down_nodes
+
+DEFAULT_POLL_INTERVAL = 15.0
+"""Seconds between fleet polls."""
+
+SCREENS: dict[str, type[ConsoleScreen]] = {
+    "dashboard": DashboardScreen,
+    "runbooks": RunbooksScreen,
+    "run": RunScreen,
+    "contacts": ContactsScreen,
+    "runs": RunsScreen,
+    "audit": AuditScreen,
+    "catalog": CatalogScreen,
+}
+"""The console's top-level screens by mode name; `show-<mode>` is each one's binding id."""
+
+
+class KconsoleApp(App[int]):
+    """The kconsole TUI. Build it with `build_app`.
+
+    | Key | Action |
+    | :- | :- |
+    | `d` `r` `a` `c` `h` `u` `b` | Dashboard, Runbooks, Run, Contacts, Runs (history), Audit, Backups catalog |
+    | `ctrl+p` | command palette: every screen by name, and what this screen can do |
+    | `f1` | keys of the focused widget and screen |
+    | `ctrl+q` | quit (asks first while a run is active or a gate is open) |
+    """
+
+    CSS_PATH = "app.tcss"
+    TITLE = "kconsole"
+    DEFAULT_MODE = "dashboard"
+    MODES: ClassVar[dict[str, Any]] = dict(SCREENS)
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d", "show('dashboard')", "Dashboard", id="show-dashboard", tooltip="Fleet, RPO, RTO clock, on call."),
+        Binding("r", "show('runbooks')", "Runbooks", id="show-runbooks", tooltip="Choose and start a runbook."),
+        Binding("a", "show('run')", "Run", id="show-run", tooltip="The active run."),
+        Binding("c", "show('contacts')", "Contacts", id="show-contacts", tooltip="Who to call, escalation."),
+        Binding("h", "show('runs')", "Runs", id="show-runs", tooltip="Past runs; re-attach to one."),
+        # Audit, Catalog and Keys stay off the footer (it must fit 80 columns); the palette lists them.
+        Binding("u", "show('audit')", "Audit", id="show-audit", show=False,
+                tooltip="The audit log and its verification."),
+        Binding("b", "show('catalog')", "Catalog", id="show-catalog", show=False,
+                tooltip="Backups in every location."),
+        Binding("f1", "toggle_keys", "Keys", id="show-keys", show=False, tooltip="Show or hide the keys panel."),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True,
+                tooltip="Quit; asks first while a run is active or a gate is open."),
+    ]
+
+    @dataclass
+    class FleetPolled(Message):
+        """A fleet poll came back."""
+
+        statuses: list[NodeStatus]
+        when: datetime
+
+    @dataclass
+    class RunbooksLoaded(Message):
+        """The runbook directories were read."""
+
+        entries: list[RunbookEntry]
+
+    @dataclass
+    class CatalogRead(Message):
+        """The backup catalog was read."""
+
+        rows: list[CatalogRow]
+
+    @dataclass
+    class RunChanged(Message):
+        """A run record arrived; a burst of them merges into one redraw."""
+
+        run_id: str = ""
+
+        def can_replace(self, message: Message) -> bool:
+            """Any pending change notice is superseded: screens redraw from the model."""
+            return isinstance(message, KconsoleApp.RunChanged)
+
+    def __init__(self, site: Site, *, services: Services, clock: Clock, user: str,
+                 keymap: dict[str, str], catalog: CatalogSource | None, runbook_dirs: Sequence[Path],
+                 poll_interval: float) -> None:
+        super().__init__()
+        self.site = site
+        """The site file's model."""
+        self.services = services
+        """Transport and clock every engine call uses."""
+        self.clock = clock
+        """The clock shown everywhere (injected in tests)."""
+        self.user = user
+        """Who is at the keyboard, as journaled and audited."""
+        self.role = site.access.role_of(user)
+        """admin, operator, auditor or None."""
+        self.keymap_overrides = keymap
+        """Binding id -> keys, applied on mount."""
+        self.catalog = catalog
+        """The backup catalog, or None while the engine has none."""
+        self.catalog_rows: list[CatalogRow] | None = None
+        """The catalog's last reading (None: not read, or no catalog)."""
+        self.runbook_dirs = list(runbook_dirs)
+        """Where runbooks are looked for, first match of an id wins."""
+        self.poll_interval = poll_interval
+        """Seconds between fleet polls (0: only the first)."""
+        self.fleet: dict[str, NodeStatus] = {}
+        """The last poll, by node."""
+        self.fleet_polled_at: datetime | None = None
+        """When the last poll came back."""
+        self.runbooks: list[RunbookEntry] = []
+        """Runbooks found, valid or not."""
+        self.runbooks_loaded = False
+        """Whether the runbook directories have been read."""
+        self.session: RunSession | None = None
+        """This console's run (active or last)."""
+        self.shown_run: RunModel | None = None
+        """The run the Run screen shows: the session's, or a past one opened from Runs."""
+        self.requested_node: str | None = None
+        """A node the operator asked to recover from the dashboard."""
+        self.gate_open = False
+        """Whether a gate dialog is waiting for the operator."""
+        self.interrupted_run = False
+        """Whether quitting interrupted a run (the exit code says so)."""
+        self.make_run_id: Callable[[], str] = lambda: new_run_id(self.clock.now())
+        """New run ids (tests pin them)."""
+        self._polling = False
+        self._run_worker: Worker[Any] | None = None
+        self._gate_lock = asyncio.Lock()
+        self.fleet_signal: Signal[None] = Signal(self, "fleet")
+        self.run_signal: Signal[None] = Signal(self, "run")
+        self.runbooks_signal: Signal[None] = Signal(self, "runbooks")
+        self.catalog_signal: Signal[None] = Signal(self, "catalog")
+        self.title = f"kconsole · {site.name}"
+
+    # -- who may do what -----------------------------------------------------------------
+
+    @property
+    def read_only(self) -> bool:
+        """An auditor (or someone the site grants nothing) looks but does not change."""
+        return self.role not in ("admin", "operator")
+
+    @property
+    def identity(self) -> str:
+        """`user (role)` for the header."""
+        role = self.role or "no role"
+        return f"{self.user} ({role}{', read-only' if self.read_only else ''})"
+
+    def may_operate(self, what: str) -> bool:
+        """The engine's access check; a refusal is shown, not raised."""
+        try:
+            self.site.access.require_operate(self.user, what)
+        except AccessDenied as exc:
+            self.notify(str(exc), title="Not allowed", severity="error")
+            return False
+        return True
+
+    # -- screens -------------------------------------------------------------------------
+
+    @staticmethod
+    def screen_classes() -> dict[str, type[ConsoleScreen]]:
+        """Top-level screens by mode."""
+        return SCREENS
+
+    @classmethod
+    def binding_owners(cls) -> list[Any]:
+        """Every class whose BINDINGS the keymap may remap."""
+        return [cls, *SCREENS.values(), ParamsScreen, PlanScreen, ReportScreen, GateScreen, ConfirmScreen,
+                NoteScreen]
+
+    def key_for(self, binding_id: str) -> str:
+        """The key a binding id is on now (after the keymap)."""
+        if binding_id in self.keymap_overrides:
+            return self.keymap_overrides[binding_id]
+        for owner in self.binding_owners():
+            for binding in owner.BINDINGS:
+                if isinstance(binding, Binding) and binding.id == binding_id:
+                    return binding.key
+        return ""
+
+    def show(self, mode: str) -> None:
+        """Switch to a top-level screen."""
+        if mode in SCREENS and mode != self.current_mode:
+            self.switch_mode(mode)
+
+    def action_show(self, mode: str) -> None:
+        """Switch to a top-level screen (the navigation keys)."""
+        self.requested_node = None
+        self.show(mode)
+
+    def action_toggle_keys(self) -> None:
+        """Show or hide the keys panel."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide the key of the screen already shown; no palette over a gate."""
+        if action == "show" and parameters and parameters[0] == self.current_mode:
+            return False
+        return not (action == "command_palette" and isinstance(self.screen, GateScreen))
+
+    def open_runbooks(self, node: str | None = None) -> None:
+        """The runbook list, with `node` as the one to recover."""
+        self.requested_node = node
+        self.show("runbooks")
+
+    def down_for_recovery(self) -> list[str]:
+        """The node asked for from the dashboard, else every down node (validators first)."""
+        if self.requested_node:
+            return [self.requested_node]
+        return down_nodes(self.site, self.fleet.values())
+
+    def close_run_preparation(self) -> None:
+        """Leave the parameter and plan screens once a run has started."""
+        self.requested_node = None
+        while isinstance(self.screen, ParamsScreen | PlanScreen):
+            self.pop_screen()
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        """Keymap; runbooks, catalog and the first poll in workers; polls every interval."""
+        if self.keymap_overrides:
+            self.set_keymap(self.keymap_overrides)
+        self._load_runbooks()
+        if self.catalog is not None:
+            self._read_catalog()
+        self.poll_fleet()
+        if self.poll_interval:
+            self.set_interval(self.poll_interval, self.poll_fleet)
+
+    async def on_unmount(self) -> None:
+        """Close pooled connections."""
+        with contextlib.suppress(Exception):
+            await self.services.close()
+
+    @work(thread=True, group="runbooks", exit_on_error=False, description="read the runbook directories")
+    def _load_runbooks(self) -> None:
+        self.post_message(self.RunbooksLoaded(find_runbooks(self.runbook_dirs)))
+
+    def on_kconsole_app_runbooks_loaded(self, message: RunbooksLoaded) -> None:
+        """Keep the runbooks; tell the screens."""
+        self.runbooks = message.entries
+        self.runbooks_loaded = True
+        self.runbooks_signal.publish(None)
+
+    @work(thread=True, group="catalog", exit_on_error=False, description="read the backup catalog")
+    def _read_catalog(self) -> None:
+        assert self.catalog is not None
+        self.post_message(self.CatalogRead(self.catalog.rows()))
+
+    def on_kconsole_app_catalog_read(self, message: CatalogRead) -> None:
+        """Keep the catalog; tell the screens."""
+        self.catalog_rows = message.rows
+        self.catalog_signal.publish(None)
+
+    # -- the fleet -----------------------------------------------------------------------
+
+    def poll_fleet(self) -> None:
+        """Poll every node in the background, unless a poll is still out."""
+        if self._polling:
+            return
+        self._polling = True
+        self._poll_fleet()
+
+    @work(group="fleet", exit_on_error=False, description="poll every node")
+    async def _poll_fleet(self) -> None:
+        try:
+            statuses = await poll_fleet(self.site, self.services)
+        finally:
+            self._polling = False
+        self.post_message(self.FleetPolled(statuses, self.clock.now()))
+
+    def on_kconsole_app_fleet_polled(self, message: FleetPolled) -> None:
+        """Keep the poll; tell the screens."""
+        self.fleet = {s.name: s for s in message.statuses}
+        self.fleet_polled_at = message.when
+        self.fleet_signal.publish(None)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    @property
+    def run_active(self) -> bool:
+        """Whether this console is driving a run right now."""
+        return self._run_worker is not None and self._run_worker.is_running
+
+    def is_live(self, model: RunModel) -> bool:
+        """Whether `model` is this console's own run (not one read back from the journal)."""
+        return self.session is not None and self.session.model is model
+
+    def run_paused(self, model: RunModel | None) -> bool:
+        """Whether the live run is holding new steps."""
+        return model is not None and self.is_live(model) and self.session is not None \
+            and self.session.executor.paused
+
+    def start_run(self, runbook: Runbook, raw_params: dict[str, Any], drill: bool = False) -> bool:
+        """Start a run of `runbook`; False (with a notification) if it may not start."""
+        if not self.may_operate("run runbooks") or not self._may_start():
+            return False
+        self._run_worker = self._drive_run(partial(
+            RunSession.start, self.site, runbook, raw_params, run_id=self.make_run_id(), services=self.services,
+            user=self.user, drill=drill, confirm=self.confirm_gate, on_event=self._on_run_event))
+        return True
+
+    def reattach_run(self, run_id: str) -> bool:
+        """Carry on an interrupted or waiting run (`kconsole run --resume`)."""
+        if not self.may_operate("resume runs") or not self._may_start():
+            return False
+        self._run_worker = self._drive_run(partial(
+            RunSession.reattach, self.site, run_id, services=self.services, user=self.user,
+            confirm=self.confirm_gate, on_event=self._on_run_event))
+        return True
+
+    def _may_start(self) -> bool:
+        if self.run_active and self.session is not None:
+            self.notify(f"run {self.session.run_id} is still active; one run at a time per console.",
+                        title="Run already active", severity="warning")
+            return False
+        return True
+
+    @work(group="run", exit_on_error=False, description="drive a run")
+    async def _drive_run(self, open_session: Callable[[], RunSession]) -> str | None:
+        try:
+            session = await asyncio.to_thread(open_session)
+        except KconsoleError as exc:
+            self.notify(str(exc), title="Run not started", severity="error")
+            return None
+        self.session = session
+        self.shown_run = session.model
+        self.post_message(self.RunChanged(session.run_id))
+        await self.switch_mode("run")
+        outcome = await session.run()
+        self.post_message(self.RunChanged(session.run_id))
+        reason = f": {outcome.reason}" if outcome.reason else ""
+        severity = {"succeeded": "information", "waiting": "warning"}.get(outcome.status, "error")
+        self.notify(f"run {outcome.run_id} {outcome.status}{reason}", title="Run over", severity=severity,  # type: ignore[arg-type]
+                    timeout=10)
+        return outcome.status
+
+    def _on_run_event(self, record: dict[str, Any]) -> None:
+        """The executor's event sink (the model is already updated): schedule a redraw."""
+        self.post_message(self.RunChanged(str(record.get("run", ""))))
+
+    def on_kconsole_app_run_changed(self, message: RunChanged) -> None:
+        """Tell the screens the run moved."""
+        self.run_signal.publish(None)
+
+    async def confirm_gate(self, request: GateRequest) -> bool | None:
+        """The executor's `confirm`: a gate dialog, one at a time, over the Run screen."""
+        async with self._gate_lock:
+            if self.read_only:
+                self.notify("An auditor cannot answer gates; the run stops here.", severity="error")
+                return None
+            if self.current_mode != "run":
+                await self.switch_mode("run")
+            self.bell()
+            self.gate_open = True
+            try:
+                return await self.push_screen_wait(GateScreen(request))
+            finally:
+                self.gate_open = False
+
+    def pause_run(self, pause: bool) -> None:
+        """Hold (or release) new steps of the live run."""
+        if self.session is None or not self.may_operate("pause runs"):
+            return
+        if pause:
+            self.session.executor.pause()
+        else:
+            self.session.executor.unpause()
+        self.notify("paused: running steps finish, no new one starts" if pause else "resumed")
+
+    def abort_run(self) -> None:
+        """Abort the live run, after asking."""
+        session = self.session
+        if session is None or not self.may_operate("abort runs"):
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                session.executor.abort(f"aborted by {self.user}")
+                self.notify(f"aborting run {session.run_id}: running steps finish, nothing new starts")
+
+        self.push_screen(ConfirmScreen(
+            f"Abort run {session.run_id}?",
+            "No new step starts; steps already running finish; the run ends aborted.\n"
+            "Finished steps are not undone.", "Abort run"), answered)
+
+    def add_note(self) -> None:
+        """An operator note for the live run's journal."""
+        session = self.session
+        if session is None or not self.may_operate("add notes to runs"):
+            return
+
+        def answered(text: str | None) -> None:
+            if text:
+                try:
+                    session.note(self.user, text)
+                except KconsoleError as exc:
+                    self.notify(str(exc), severity="error")
+                    return
+                self.post_message(self.RunChanged(session.run_id))
+                self.notify("note added to the journal")
+
+        self.push_screen(NoteScreen(), answered)
+
+    def open_run(self, run_id: str) -> None:
+        """Show a run in the Run screen: live if it is this console's, else from its journal."""
+        if self.session is not None and self.session.run_id == run_id:
+            self.shown_run = self.session.model
+            self.post_message(self.RunChanged(run_id))
+            self.show("run")
+            return
+        self._open_past_run(run_id)
+
+    @work(group="open-run", exclusive=True, exit_on_error=False, description="read a run's journal")
+    async def _open_past_run(self, run_id: str) -> None:
+        try:
+            model = await asyncio.to_thread(load_run_model, self.site, run_id)
+        except KconsoleError as exc:
+            self.notify(str(exc), title="Cannot open run", severity="error")
+            return
+        self.shown_run = model
+        self.post_message(self.RunChanged(run_id))
+        self.show("run")
+
+    def open_report(self, run_id: str) -> None:
+        """The run's report, once the engine can write reports."""
+        renderer = engine_reports()
+        if renderer is None:
+            self.notify("Reports are not available in this kconsole yet (no kconsole.reports).",
+                        title="No report", severity="warning")
+            return
+        self._open_report(run_id, renderer)
+
+    @work(group="report", exclusive=True, exit_on_error=False, description="write a run's report")
+    async def _open_report(self, run_id: str, renderer: Callable[[Site, str], str]) -> None:
+        try:
+            text = await asyncio.to_thread(renderer, self.site, run_id)
+        except KconsoleError as exc:
+            self.notify(str(exc), title="No report", severity="error")
+            return
+        await self.push_screen(ReportScreen(run_id, text))
+
+    # -- failures and quitting -----------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Every worker failure is shown and audited, never silent and never a crash."""
+        worker = event.worker
+        if event.state != WorkerState.ERROR:
+            return
+        what = worker.description or worker.name
+        error = worker.error
+        self.log.error(f"worker {what!r} failed", error)
+        self.notify(f"{what} failed: {error.__class__.__name__}: {error}", title="Console error",
+                    severity="error", timeout=15)
+        if worker.group != "audit":
+            self._audit_failure(what, f"{error.__class__.__name__}: {error}")
+
+    @work(thread=True, group="audit", exit_on_error=False, description="audit a console failure")
+    def _audit_failure(self, what: str, error: str) -> None:
+        AuditLog(self.site.state_dir).append(self.user, "console.error", what, result="error", error=error[:300])
+
+    async def action_quit(self) -> None:
+        """Quit; while a run is active or a gate is open, ask first."""
+        if not (self.run_active or self.gate_open):
+            self.exit(EXIT_OK)
+            return
+        run_id = self.session.run_id if self.session else "?"
+        self.push_screen(ConfirmScreen(
+            "Quit while a run is active?",
+            f"Run {run_id} stops here as interrupted: nothing is lost, and Runs (h) → e re-attaches "
+            "to it, or `kconsole run … --resume` from a shell.", "Quit"), self._quit_answered)
+
+    def _quit_answered(self, yes: bool | None) -> None:
+        if yes:
+            self._stop_and_exit()
+
+    @work(group="quit", exit_on_error=False, description="stop the run and quit")
+    async def _stop_and_exit(self) -> None:
+        worker = self._run_worker
+        if worker is not None and worker.is_running:
+            worker.cancel()
+            with contextlib.suppress(Exception):
+                await worker.wait()
+            self.interrupted_run = True
+        self.exit(EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK)
+
+
+def build_app(site: Site, services: Services | None = None, clock: Clock | None = None, *,
+              keymap: dict[str, str] | None = None, catalog: CatalogSource | None = None,
+              runbook_dirs: Sequence[Path] | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
+              user: str | None = None) -> KconsoleApp:
+    """The console for `site`: the one factory the CLI and the tests use.
+
+    `services` defaults to the real SSH transport; `clock` (also given to the services)
+    makes RTO clocks deterministic; `keymap` is a `[keys]` table (binding id -> keys);
+    `catalog` defaults to the engine's catalog when it has one; `runbook_dirs` defaults
+    to the site's `runbooks/` then the shipped runbooks.
+    """
+    services = services or Services.for_site(site)
+    if clock is not None:
+        services.clock = clock
+    dirs = list(runbook_dirs) if runbook_dirs is not None else [site.base_dir / "runbooks", shipped_runbooks_dir()]
+    return KconsoleApp(
+        site, services=services, clock=services.clock, user=user or current_user(),
+        keymap=check_keymap(keymap or {}), catalog=catalog if catalog is not None else engine_catalog(site),
+        runbook_dirs=dirs, poll_interval=poll_interval,
+    )
+
+
+def run_console(site_path: str | Path, keymap_path: str | Path | None = None) -> int:
+    """Open the console on a site file; the exit code (3 if quitting interrupted a run).
+
+    The keymap is `keymap_path`, else `$KCONSOLE_KEYMAP`, else `~/.config/kconsole/keys.toml`
+    if it exists. Raises UsageError (exit 2) for a bad site or keymap file.
+    """
+    site = load_site(site_path)
+    keymap = load_keymap(Path(keymap_path), required=True) if keymap_path else load_keymap(default_keymap_path())
+    app = build_app(site, keymap=keymap)
+    return app.run() or EXIT_OK
+
+
+def serve_web(site_path: str | Path, port: int = 8000) -> int:
+    """Serve the console to a browser on 127.0.0.1:`port` only (textual-serve has no login)."""
+    site = load_site(site_path)
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        raise UsageError("kconsole web needs textual-serve: pip install 'kconsole[web]'.") from None
+    command = f"{shlex.quote(sys.executable)} -m screens.app --site {shlex.quote(str(site.path))}"
+    Server(command, host="127.0.0.1", port=port, title=f"kconsole · {site.name}").serve()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m screens.app [--site] SITE [--web [--port N]]`: errors as one sentence, exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m screens.app", description="The kconsole TUI.")
+    parser.add_argument("site_pos", nargs="?", metavar="SITE", help="site file")
+    parser.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
+    parser.add_argument("--keymap", metavar="FILE", help="keymap file with a [keys] table")
+    parser.add_argument("--web", action="store_true", help="serve to a browser on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    from kconsole.site import find_site_path
+
+    site_path = find_site_path(args.site or args.site_pos)
+    try:
+        if args.web:
+            return serve_web(site_path, args.port)
+        return run_console(site_path, args.keymap)
+    except KconsoleError as exc:
+        for line in str(exc).splitlines():
+            print(f"kconsole: {line}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

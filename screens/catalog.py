@@ -1,0 +1,105 @@
+"""Catalog: every backup in every location, filtered as you type; the table holds at most
+WINDOW rows so it stays responsive whatever the catalog's size."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import ClassVar
+
+from textual import on, work
+from textual.binding import Binding, BindingType
+from textual.widget import Widget
+from textual.widgets import DataTable, Input, Static
+
+from kconsole.config import format_duration
+from screens.base import ConsoleScreen
+from screens.catalog_source import WINDOW, CatalogRow, filter_rows
+from screens.widgets import state_label
+
+UNAVAILABLE = ("catalog not available: this kconsole has no backup catalog yet "
+               "(the engine's kconsole.catalog); the RPO strip says so too.")
+
+
+def _size(value: object) -> str:
+    if not isinstance(value, int | float):
+        return ""
+    size = float(value)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return ""
+
+
+class CatalogScreen(ConsoleScreen):
+    """Backups with their age against the tier's RPO.
+
+    | Key | Action |
+    | :- | :- |
+    | `/` | type a filter: words, or field:value (`kind:validator-keys status:stale`) |
+    | `escape` | from the filter back to the table |
+    """
+
+    NAME = "Catalog"
+    HELP = "Backups across all locations, filter as you type"
+    CSS_PATH = "catalog.tcss"
+    AUTO_FOCUS = "#filter"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "focus_filter", "Filter", id="catalog-filter", tooltip="Type to filter the backups."),
+        Binding("escape", "focus_table", "Table", id="catalog-table", tooltip="Move from the filter to the table."),
+    ]
+
+    def compose_body(self) -> Iterable[Widget]:
+        """Filter input, status line, the window of backups."""
+        yield Input(placeholder="filter: words or field:value — kind:validator-keys node:validator2 status:stale",
+                    id="filter")
+        yield Static("", id="catalog-status")
+        table: DataTable[object] = DataTable(id="backups", cursor_type="row")
+        yield table
+
+    def on_mount(self) -> None:
+        """Columns; rows once the catalog is read."""
+        table = self.query_one("#backups", DataTable)
+        for label, key, width in (("Created", "created", 16), ("Kind", "kind", 16), ("Node", "node", 11),
+                                  ("Location", "location", 8), ("Age", "age", 7), ("Status", "status", 15),
+                                  ("Size", "size", 7), ("Id", "id", 34)):
+            table.add_column(label, key=key, width=width)
+        self.console.catalog_signal.subscribe(self, lambda _data: self._apply_filter())
+        self._apply_filter()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        rows = self.console.catalog_rows
+        status = self.query_one("#catalog-status", Static)
+        if rows is None:
+            status.update(UNAVAILABLE if self.console.catalog is None else "reading the catalog…")
+            return
+        self._filter(rows, self.query_one("#filter", Input).value)
+
+    @work(group="catalog-filter", exclusive=True, exit_on_error=False, description="filter the catalog")
+    async def _filter(self, rows: list[CatalogRow], query: str) -> None:
+        window, total = await asyncio.to_thread(filter_rows, rows, query, WINDOW)
+        table = self.query_one("#backups", DataTable)
+        table.clear()
+        table.add_rows(
+            (str(r.get("created", ""))[:16].replace("T", " "), r.get("kind", ""), r.get("node", ""),
+             r.get("location", ""), format_duration(float(r["age_s"])) if isinstance(r.get("age_s"), int | float)
+             else "", state_label(self.app, str(r.get("status", ""))), _size(r.get("size")), r.get("id", ""))
+            for r in window
+        )
+        shown = f"showing {len(window):,} of {total:,}" if total > len(window) else f"{total:,}"
+        what = f" matching “{query}”" if query.strip() else ""
+        more = " — refine the filter to see the rest" if total > len(window) else ""
+        self.query_one("#catalog-status", Static).update(f"{shown} backups{what} (of {len(rows):,}){more}")
+
+    def action_focus_filter(self) -> None:
+        """Type a filter."""
+        self.query_one("#filter", Input).focus()
+
+    def action_focus_table(self) -> None:
+        """Back to the table."""
+        self.query_one("#backups", DataTable).focus()

@@ -1,0 +1,75 @@
+"""Contacts: who to call now, every contact with whether they answer at this hour, and the
+escalation matrices with the level an active incident has reached."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.containers import Horizontal
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+
+from kconsole.config import format_duration
+from screens.base import ConsoleScreen
+from screens.oncall import CallNow, call_now, is_on_call
+from screens.widgets import toned
+
+
+class ContactsScreen(ConsoleScreen):
+    """Read-only: the site's `[[contacts]]` and `[escalation.*]` against the clock."""
+
+    NAME = "Contacts"
+    HELP = "Who to call now, contacts and the escalation matrices"
+    CSS_PATH = "contacts.tcss"
+
+    def compose_body(self) -> Iterable[Widget]:
+        """Call-now line, contacts table, one panel per matrix."""
+        yield Static("", id="call-now")
+        table: DataTable[object] = DataTable(id="contacts", cursor_type="row")
+        yield table
+        with Horizontal(id="matrices"):
+            for matrix in self.console.site.escalation.values():
+                yield Static("", id=f"matrix-{matrix.name}", classes="matrix")
+            if not self.console.site.escalation:
+                yield Static("no [escalation.*] tables in the site file", classes="matrix")
+
+    def on_mount(self) -> None:
+        """Columns, then everything drawn from the site and the clock."""
+        table = self.query_one("#contacts", DataTable)
+        for label, key, width in (("Name", "name", 16), ("Role", "role", 20), ("Phone", "phone", 13),
+                                  ("Hours", "hours", 14), ("Now", "now", 7), ("Email", "email", 28)):
+            table.add_column(label, key=key, width=width)
+        self.console.run_signal.subscribe(self, self._redraw)
+        self._redraw(None)
+
+    def on_screen_resume(self) -> None:
+        """The hour or the incident may have moved on."""
+        if self.is_mounted:
+            self._redraw(None)
+
+    def _call(self) -> CallNow:
+        app = self.console
+        now = app.clock.now()
+        model = app.session.model if app.session else None
+        if model is not None and model.active and model.created_at is not None:
+            return call_now(app.site, now, model.runbook.scenario, (now - model.created_at).total_seconds())
+        return call_now(app.site, now)
+
+    def _redraw(self, _data: object) -> None:
+        app = self.console
+        now = app.clock.now()
+        who = self._call()
+        self.query_one("#call-now", Static).update(f"Call now: {who.line()}")
+        table = self.query_one("#contacts", DataTable)
+        table.clear()
+        for i, c in enumerate(app.site.contacts):
+            answers = is_on_call(c, now)
+            now_cell = toned(app, "yes" if answers else "off", "success" if answers else "muted")
+            table.add_row(c.name, c.role, c.phone, c.on_call, now_cell, c.email, key=str(i))
+        for matrix in app.site.escalation.values():
+            lines = [matrix.title]
+            for level in matrix.levels:
+                here = who.matrix is matrix and who.level is level
+                wait = f" +{format_duration(level.wait)}" if level.wait else ""
+                lines.append(f"{'▶' if here else ' '}L{level.level} {level.role}{wait}")
+            self.query_one(f"#matrix-{matrix.name}", Static).update("\n".join(lines))

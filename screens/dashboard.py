@@ -1,0 +1,139 @@
+"""Dashboard: the fleet, each tier's RPO, the active run's RTO clock and who to call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+
+from kconsole.config import format_duration
+from screens.base import ConsoleScreen
+from screens.catalog_source import tier_freshness
+from screens.oncall import call_now
+from screens.run_model import RunModel
+from screens.widgets import FleetTable, RtoClock
+
+
+class DashboardScreen(ConsoleScreen):
+    """Home. The fleet is re-polled in the background; keys never wait for it.
+
+    | Key | Action |
+    | :- | :- |
+    | `enter` | recover the highlighted node (opens its runbook, node pre-filled) |
+    | `p` | poll the fleet now |
+    """
+
+    NAME = "Dashboard"
+    HELP = "Fleet state, RPO per tier, the active run's RTO clock, who to call"
+    CSS_PATH = "dashboard.tcss"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        # priority: the fleet table would otherwise take Enter for itself and hide this key
+        Binding("enter", "recover", "Recover node", id="dashboard-recover", priority=True,
+                tooltip="Open the recovery runbook with the highlighted node pre-filled."),
+        Binding("p", "poll", "Poll now", id="dashboard-poll", tooltip="Poll every node again now."),
+    ]
+
+    def compose_body(self) -> Iterable[Widget]:
+        """Run strip, on-call line, RPO strip, fleet, fleet summary."""
+        yield Static("", id="run-title")
+        yield RtoClock(id="rto")
+        yield Static("", id="oncall")
+        yield Horizontal(id="rpo-strip")
+        yield FleetTable(self.console.site, id="fleet")
+        yield Static("", id="fleet-summary")
+
+    def on_mount(self) -> None:
+        """Draw from what the app knows and follow its changes."""
+        strip = self.query_one("#rpo-strip", Horizontal)
+        for tier in self.console.site.tiers.values():
+            strip.mount(Static("", id=f"tier-{tier.name}", classes="tier"))
+        if not self.console.site.tiers:
+            strip.mount(Static("no tiers in the site file", classes="tier"))
+        self.console.fleet_signal.subscribe(self, self._fleet_changed)
+        self.console.run_signal.subscribe(self, self._run_changed)
+        self.console.catalog_signal.subscribe(self, self._catalog_changed)
+        self.call_after_refresh(self._redraw)
+
+    def on_screen_resume(self) -> None:
+        """Catch up with anything that changed while another screen was shown."""
+        if self.is_mounted:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        self._fleet_changed(None)
+        self._run_changed(None)
+        self._catalog_changed(None)
+
+    def _fleet_changed(self, _data: object) -> None:
+        app = self.console
+        table = self.query_one(FleetTable)
+        table.show_statuses(app.fleet.values())
+        summary = self.query_one("#fleet-summary", Static)
+        if not app.fleet:
+            summary.update(f"polling {len(app.site.nodes)} nodes…")
+            return
+        up = sum(1 for s in app.fleet.values() if s.state == "active")
+        down = [s.name for s in app.fleet.values() if s.state != "active"]
+        when = app.fleet_polled_at.strftime("%H:%M:%S") if app.fleet_polled_at else "?"
+        text = f"{up}/{len(app.fleet)} active · polled {when} UTC"
+        if down:
+            text += f" · DOWN: {', '.join(down)} — Enter on a node to recover it"
+        summary.update(text)
+        summary.set_class(bool(down), "-down")
+
+    def _run_changed(self, _data: object) -> None:
+        app = self.console
+        model: RunModel | None = app.session.model if app.session else None
+        title = self.query_one("#run-title", Static)
+        if model is None:
+            title.update("No run active · r runbooks · h past runs")
+        else:
+            gated = len(model.gated())
+            extra = f" · {gated} GATE(S) WAITING — a to answer" if gated else ""
+            drill = " (drill)" if model.drill else ""
+            title.update(f"Run {model.run_id}: {model.runbook.title}{drill} · {model.status}{extra}")
+        self.query_one(RtoClock).show(model)
+        now = app.clock.now()
+        if model is not None and model.active and model.created_at is not None:
+            who = call_now(app.site, now, model.runbook.scenario, (now - model.created_at).total_seconds())
+        else:
+            who = call_now(app.site, now)
+        self.query_one("#oncall", Static).update(f"Call: {who.line()}")
+
+    def _catalog_changed(self, _data: object) -> None:
+        app = self.console
+        rows = app.catalog_rows
+        freshness = {t.tier: t for t in tier_freshness(app.site, rows or [], app.clock.now())}
+        for tier in app.site.tiers.values():
+            cell = self.query_one(f"#tier-{tier.name}", Static)
+            head = f"{tier.name} RPO {format_duration(tier.rpo)} RTO {format_duration(tier.rto)}"
+            if rows is None:
+                cell.update(f"{head}\nno catalog")
+                cell.set_classes("tier -unknown")
+                continue
+            fresh = freshness[tier.name]
+            if fresh.newest_age is None:
+                state = "no ok backup"
+            else:
+                state = f"newest {format_duration(fresh.newest_age)} ago"
+            cell.update(f"{head}\n{'✔' if fresh.state == 'ok' else '!'} {state}")
+            cell.set_classes(f"tier -{fresh.state}")
+
+    def action_recover(self) -> None:
+        """The recovery runbook for the highlighted node."""
+        node = self.query_one(FleetTable).selected_node
+        if node is not None:
+            self.console.open_runbooks(node=node)
+
+    def action_poll(self) -> None:
+        """Poll the fleet now."""
+        self.console.poll_fleet()
+        self.notify("polling the fleet…", timeout=2)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """A click on the highlighted node row."""
+        self.action_recover()

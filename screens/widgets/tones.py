@@ -1,0 +1,58 @@
+"""State labels that read without colour (NO_COLOR, a monochrome SSH terminal) and take
+their colour from the theme when there is one.
+
+DataTable cells are Rich text, which cannot name theme variables, so the colour is looked
+up from the running app's theme each time a label is made.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rich.text import Text
+from textual.app import App
+
+Tone = Literal["success", "warning", "error", "accent", "muted", "plain"]
+
+_LABELS: dict[str, tuple[str, Tone]] = {
+    # fleet
+    "active": ("● active", "success"),
+    "inactive": ("○ inactive", "error"),
+    "unreachable": ("✖ unreachable", "error"),
+    "polling": ("… polling", "muted"),
+    # steps
+    "waiting": ("· waiting", "muted"),
+    "running": ("▶ running", "accent"),
+    "gated": ("? GATE", "warning"),
+    "done": ("✔ done", "success"),
+    "failed": ("✖ FAILED", "error"),
+    "skipped": ("– skipped", "muted"),
+    # runs
+    "planned": ("· planned", "muted"),
+    "succeeded": ("✔ succeeded", "success"),
+    "aborted": ("✖ aborted", "error"),
+    "interrupted": ("⏸ interrupted", "warning"),
+    "stopped": ("⏸ stopped", "warning"),
+    # backups
+    "ok": ("✔ ok", "success"),
+    "stale": ("! stale", "warning"),
+    "failed-verify": ("✖ failed-verify", "error"),
+    "none": ("– none", "warning"),
+}
+
+
+def toned(app: App[object], text: str, tone: Tone) -> Text:
+    """`text` coloured with the theme's text colour for `tone`."""
+    if tone == "plain":
+        return Text(text)
+    if tone == "muted":
+        return Text(text, style="dim")
+    variables = app.get_css_variables()
+    colour = variables.get(f"text-{tone}") or variables.get(tone) or ""
+    return Text(text, style=colour if colour.startswith("#") else "")
+
+
+def state_label(app: App[object], state: str) -> Text:
+    """The symbol-and-word label of a node, step, run or backup state."""
+    label, tone = _LABELS.get(state, (state, "plain"))
+    return toned(app, label, tone)
