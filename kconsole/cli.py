@@ -26,6 +26,7 @@ from kconsole.errors import (
     EXIT_OK,
     EXIT_USAGE,
     KconsoleError,
+    OperationFailed,
     UsageError,
 )
 
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("-o", dest="output", metavar="FILE")
 
     sc = sub.add_parser("schedule", parents=[common], help="the plan's schedules")
-    sc.add_argument("--crontab", action="store_true")
+    sc.add_argument("--crontab", action="store_true", help="print the crontab that runs them")
+    sc.add_argument("--json", action="store_true")
 
     web = sub.add_parser("web", parents=[common], help="serve the console to a browser on localhost")
     web.add_argument("--port", type=int, default=8000)
@@ -293,7 +295,9 @@ def _with_backups(site: Any, fn: Callable[[Any], Any]) -> Any:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    """`kconsole catalog`"""
+    """`kconsole catalog`: every copy of every backup, then per tier, kind and node the newest
+    good backup against the RPO and what a failure now would lose."""
+    from kconsole.backups.catalog import live_heights, tier_summary
     from kconsole.config import format_duration
     from kconsole.site import BACKUP_KINDS
 
@@ -304,13 +308,23 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         site.node(args.node)
     if args.location and args.location not in site.locations:
         raise UsageError(f"unknown location {args.location}; the site has {', '.join(site.locations)}.")
-    catalog = _with_backups(site, lambda s: s.catalog())
+
+    async def build(session: Any) -> tuple[Any, dict[str, int | None]]:
+        catalog, heights = await asyncio.gather(session.catalog(),
+                                                live_heights(site, [args.node] if args.node else None))
+        return catalog, heights
+
+    catalog, heights = _with_backups(site, build)
     rows = catalog.rows(args.kind, args.node, args.location)
+    fresh = [f for f in catalog.freshness(site, heights)
+             if (not args.kind or f["kind"] == args.kind) and (not args.node or f["node"] == args.node)]
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
     if args.json:
         for row in rows:
             _out(json.dumps(row))
+        for f in fresh:
+            _out(json.dumps(f))
         return EXIT_OK
     _out(f"catalog of {site.name} as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC")
     _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
@@ -319,6 +333,79 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         _out(f"{r['id']:46} {r['location']:9} {r['size']:>10} {format_duration(r['age_s']):>8} "
              f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}")
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
+    if not fresh:
+        return EXIT_OK
+    _out("")
+    _out(f"newest good backup against the RPO, as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC "
+         "(LOSS: what a failure now would lose)")
+    _out(f"{'TIER':10} {'KIND':17} {'NODE':12} {'AGE':>8} {'RPO':>6} {'STATE':6} {'LOSS':>8} {'BLOCKS':>7}  NEWEST")
+    for f in fresh:
+        age = format_duration(f["age_s"]) if f["age_s"] is not None else "never"
+        loss = format_duration(f["loss_s"]) if f["loss_s"] is not None else "all"
+        blocks = str(f["block_lag"]) if f["block_lag"] is not None else "?"
+        _out(f"{f['tier']:10} {f['kind']:17} {f['node']:12} {age:>8} {format_duration(f['rpo_s']):>6} "
+             f"{f['status']:6} {loss:>8} {blocks:>7}  {f['newest'] or '-'}")
+    for t in tier_summary(fresh):
+        worst = format_duration(t["max_loss_s"]) if t["max_loss_s"] is not None else "everything"
+        _out(f"tier {t['tier']}: {t['status']}, {t['breached']} of {t['nodes']} past the "
+             f"{format_duration(t['rpo_s'])} RPO; a failure now loses up to {worst}"
+             + (f" and {t['max_block_lag']} blocks" if t["max_block_lag"] is not None else ""))
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """`kconsole metrics [-o FILE]`: the backup metrics, Prometheus text format; a file is
+    replaced atomically (node_exporter's textfile collector never sees half of it)."""
+    from kconsole.backups.attempts import backup_attempts
+    from kconsole.backups.metrics import collect, render, write_textfile
+
+    site = _site(args)
+    catalog = _with_backups(site, lambda s: s.catalog())
+    text = render(collect(site, catalog, backup_attempts(site.state_dir)))
+    for loc, err in catalog.errors.items():
+        _err(f"kconsole: location {loc} could not be listed: {err}.")
+    if not args.output:
+        _out(text.rstrip("\n"))
+        return EXIT_OK
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise UsageError(f"directory {out.parent} does not exist; create it or pick another -o FILE.")
+    try:
+        write_textfile(out, text)
+    except OSError as exc:
+        raise OperationFailed(f"cannot write {out}: {exc.strerror}.") from None
+    if out.suffix != ".prom":
+        _err(f"kconsole: note: node_exporter's textfile collector reads only *.prom files, not {out.name}.")
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """`kconsole schedule [--crontab]`: next due, last run and overdue per scheduled runbook;
+    or the crontab that runs them. Exit 0 whatever is overdue (it says so)."""
+    from kconsole.schedule import crontab, schedule_status
+
+    site = _site(args)
+    if args.crontab:
+        _out(crontab(site).rstrip("\n"))
+        return EXIT_OK
+    rows = schedule_status(site)
+    if args.json:
+        for row in rows:
+            _out(json.dumps(row.as_json()))
+        return EXIT_OK
+    if not rows:
+        return EXIT_OK
+    now = rows[0].as_of
+    _out(f"schedule of {site.name} as of {now:%Y-%m-%d %H:%M %Z} (cron's local time)")
+    _out(f"{'RUNBOOK':25} {'CRON':13} {'NEXT DUE':17} {'LAST RUN':28} STATE")
+    for r in rows:
+        last = f"{r.last.last_started[:16].replace('T', ' ')} {r.last.last_status}" if r.last.last_id else "never"
+        state = "OVERDUE" if r.overdue else ("no runbook" if not r.available else "ok")
+        if r.reason:
+            state += f" ({r.reason})"
+        _out(f"{r.entry.runbook:25} {r.entry.cron:13} {r.next_due:%Y-%m-%d %H:%M} {last:28} {state}")
+    overdue = [r.entry.runbook for r in rows if r.overdue]
+    _out(f"{len(overdue)} overdue: {', '.join(overdue)}" if overdue else "nothing overdue")
     return EXIT_OK
 
 
@@ -402,6 +489,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "catalog": cmd_catalog,
     "verify": cmd_verify,
+    "metrics": cmd_metrics,
+    "schedule": cmd_schedule,
     "crypto": cmd_crypto,
     "lab": cmd_lab,
     "console": cmd_console,

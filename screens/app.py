@@ -43,7 +43,7 @@ from kconsole.site import Site, current_user, load_site
 from screens.audit import AuditScreen
 from screens.base import ConsoleScreen
 from screens.catalog import CatalogScreen
-from screens.catalog_source import CatalogRow, CatalogSource, engine_catalog
+from screens.catalog_source import CatalogReading, CatalogSource, engine_catalog
 from screens.commands import ConsoleCommands
 from screens.contacts import ContactsScreen
 from screens.dashboard import DashboardScreen
@@ -120,9 +120,9 @@ class KconsoleApp(App[int]):
 
     @dataclass
     class CatalogRead(Message):
-        """The backup catalog was read."""
+        """The backup catalog was listed."""
 
-        rows: list[CatalogRow]
+        reading: CatalogReading
 
     @dataclass
     class RunChanged(Message):
@@ -152,8 +152,8 @@ class KconsoleApp(App[int]):
         """Binding id -> keys, applied on mount."""
         self.catalog = catalog
         """The backup catalog, or None while the engine has none."""
-        self.catalog_rows: list[CatalogRow] | None = None
-        """The catalog's last reading (None: not read, or no catalog)."""
+        self.catalog_reading: CatalogReading | None = None
+        """The catalog's last listing (None: not read yet, or no catalog)."""
         self.runbook_dirs = list(runbook_dirs)
         """Where runbooks are looked for, first match of an id wins."""
         self.poll_interval = poll_interval
@@ -279,8 +279,7 @@ class KconsoleApp(App[int]):
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
         self._load_runbooks()
-        if self.catalog is not None:
-            self._read_catalog()
+        self.read_catalog()
         self.poll_fleet()
         if self.poll_interval:
             self.set_interval(self.poll_interval, self.poll_fleet)
@@ -300,14 +299,19 @@ class KconsoleApp(App[int]):
         self.runbooks_loaded = True
         self.runbooks_signal.publish(None)
 
-    @work(thread=True, group="catalog", exit_on_error=False, description="read the backup catalog")
-    def _read_catalog(self) -> None:
-        assert self.catalog is not None
-        self.post_message(self.CatalogRead(self.catalog.rows()))
+    def read_catalog(self) -> None:
+        """List every backup location in the background (nothing to do without a catalog)."""
+        if self.catalog is not None:
+            self._read_catalog(self.catalog)
+
+    @work(group="catalog", exclusive=True, exit_on_error=False, description="list the backup catalog")
+    async def _read_catalog(self, catalog: CatalogSource) -> None:
+        live = {name: status.height for name, status in self.fleet.items()}
+        self.post_message(self.CatalogRead(await catalog.read(live)))
 
     def on_kconsole_app_catalog_read(self, message: CatalogRead) -> None:
-        """Keep the catalog; tell the screens."""
-        self.catalog_rows = message.rows
+        """Keep the listing; tell the screens."""
+        self.catalog_reading = message.reading
         self.catalog_signal.publish(None)
 
     # -- the fleet -----------------------------------------------------------------------
@@ -387,6 +391,7 @@ class KconsoleApp(App[int]):
         await self.switch_mode("run")
         outcome = await session.run()
         self.post_message(self.RunChanged(session.run_id))
+        self.read_catalog()  # the run may have made, verified or pruned backups
         reason = f": {outcome.reason}" if outcome.reason else ""
         severity = {"succeeded": "information", "waiting": "warning"}.get(outcome.status, "error")
         self.notify(f"run {outcome.run_id} {outcome.status}{reason}", title="Run over", severity=severity,  # type: ignore[arg-type]
@@ -543,15 +548,19 @@ class KconsoleApp(App[int]):
         self.exit(EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK)
 
 
+ENGINE_CATALOG: Any = object()
+"""`build_app(catalog=...)` default: the engine's own catalog (None: no catalog at all)."""
+
+
 def build_app(site: Site, services: Services | None = None, clock: Clock | None = None, *,
-              keymap: dict[str, str] | None = None, catalog: CatalogSource | None = None,
+              keymap: dict[str, str] | None = None, catalog: CatalogSource | None = ENGINE_CATALOG,
               runbook_dirs: Sequence[Path] | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
               user: str | None = None) -> KconsoleApp:
     """The console for `site`: the one factory the CLI and the tests use.
 
     `services` defaults to the real SSH transport; `clock` (also given to the services)
     makes RTO clocks deterministic; `keymap` is a `[keys]` table (binding id -> keys);
-    `catalog` defaults to the engine's catalog when it has one; `runbook_dirs` defaults
+    `catalog` defaults to the engine's catalog (None: none); `runbook_dirs` defaults
     to the site's `runbooks/` then the shipped runbooks.
     """
     services = services or Services.for_site(site)
@@ -560,7 +569,8 @@ def build_app(site: Site, services: Services | None = None, clock: Clock | None 
     dirs = list(runbook_dirs) if runbook_dirs is not None else [site.base_dir / "runbooks", shipped_runbooks_dir()]
     return KconsoleApp(
         site, services=services, clock=services.clock, user=user or current_user(),
-        keymap=check_keymap(keymap or {}), catalog=catalog if catalog is not None else engine_catalog(site),
+        keymap=check_keymap(keymap or {}),
+        catalog=engine_catalog(site, services) if catalog is ENGINE_CATALOG else catalog,
         runbook_dirs=dirs, poll_interval=poll_interval,
     )
 

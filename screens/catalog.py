@@ -14,11 +14,10 @@ from textual.widgets import DataTable, Input, Static
 
 from kconsole.config import format_duration
 from screens.base import ConsoleScreen
-from screens.catalog_source import WINDOW, CatalogRow, filter_rows
+from screens.catalog_source import WINDOW, CatalogReading, filter_rows
 from screens.widgets import state_label
 
-UNAVAILABLE = ("catalog not available: this kconsole has no backup catalog yet "
-               "(the engine's kconsole.catalog); the RPO strip says so too.")
+UNAVAILABLE = "catalog not available: this kconsole's engine has no backup catalog (kconsole.backups)."
 
 
 def _size(value: object) -> str:
@@ -39,6 +38,7 @@ class CatalogScreen(ConsoleScreen):
     | :- | :- |
     | `/` | type a filter: words, or field:value (`kind:validator-keys status:stale`) |
     | `escape` | from the filter back to the table |
+    | `f5` | list every location again |
     """
 
     NAME = "Catalog"
@@ -48,6 +48,7 @@ class CatalogScreen(ConsoleScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "focus_filter", "Filter", id="catalog-filter", tooltip="Type to filter the backups."),
         Binding("escape", "focus_table", "Table", id="catalog-table", tooltip="Move from the filter to the table."),
+        Binding("f5", "reload", "Reload", id="catalog-reload", tooltip="List every backup location again."),
     ]
 
     def compose_body(self) -> Iterable[Widget]:
@@ -73,15 +74,16 @@ class CatalogScreen(ConsoleScreen):
         self._apply_filter()
 
     def _apply_filter(self) -> None:
-        rows = self.console.catalog_rows
+        reading = self.console.catalog_reading
         status = self.query_one("#catalog-status", Static)
-        if rows is None:
-            status.update(UNAVAILABLE if self.console.catalog is None else "reading the catalog…")
+        if reading is None:
+            status.update(UNAVAILABLE if self.console.catalog is None else "listing every backup location…")
             return
-        self._filter(rows, self.query_one("#filter", Input).value)
+        self._filter(reading, self.query_one("#filter", Input).value)
 
     @work(group="catalog-filter", exclusive=True, exit_on_error=False, description="filter the catalog")
-    async def _filter(self, rows: list[CatalogRow], query: str) -> None:
+    async def _filter(self, reading: CatalogReading, query: str) -> None:
+        rows = reading.rows
         window, total = await asyncio.to_thread(filter_rows, rows, query, WINDOW)
         table = self.query_one("#backups", DataTable)
         table.clear()
@@ -94,7 +96,14 @@ class CatalogScreen(ConsoleScreen):
         shown = f"showing {len(window):,} of {total:,}" if total > len(window) else f"{total:,}"
         what = f" matching “{query}”" if query.strip() else ""
         more = " — refine the filter to see the rest" if total > len(window) else ""
-        self.query_one("#catalog-status", Static).update(f"{shown} backups{what} (of {len(rows):,}){more}")
+        errors = "".join(f" · {loc} NOT LISTED: {why}" for loc, why in reading.errors.items())
+        status = self.query_one("#catalog-status", Static)
+        status.update(f"{shown} backups{what} (of {len(rows):,}){more}{errors}")
+        status.set_class(bool(reading.errors), "-errors")
+
+    def action_reload(self) -> None:
+        """List every location again."""
+        self.console.read_catalog()
 
     def action_focus_filter(self) -> None:
         """Type a filter."""

@@ -1,74 +1,91 @@
 """The backup catalog as the console reads it, behind a small seam.
 
-The engine's catalog (`kconsole.catalog`) is imported lazily: while it does not exist the
-Catalog screen and the dashboard's RPO strip say "catalog not available" instead of
-failing. Rows are the `kconsole catalog --json` lines (DESIGN.md): `id`, `kind`, `node`,
-`location`, `path`, `size`, `created`, `age_s`, `rpo_s`, `status`, `key_id`.
+The engine's catalog (`kconsole.backups`: `services.backups(site).catalog()`, its rows and
+`tier_summary(catalog.freshness(...))`) is imported lazily: an engine without it leaves the
+Catalog screen and the dashboard's RPO strip saying "catalog not available". Tests and
+snapshots use `StaticCatalog`. Rows are the `kconsole catalog --json` lines (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from kconsole.services import Services
 from kconsole.site import Site
 
 CatalogRow = Mapping[str, Any]
 WINDOW = 2000
 """Most rows the table holds at once: the stock DataTable stays responsive up to about here."""
 
-ENGINE_MODULES = ("kconsole.catalog", "kconsole.backups")
-"""Where the engine's catalog may live; the first that imports and has `list_backups` wins."""
+
+@dataclass
+class CatalogReading:
+    """One listing of every location."""
+
+    rows: list[CatalogRow]
+    """One per (backup, location): the `catalog --json` lines."""
+    tiers: list[Mapping[str, Any]] = field(default_factory=list)
+    """The engine's `tier_summary` lines: tier, rpo_s, status (ok|stale|none), nodes, breached, max_loss_s."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Locations that could not be listed, and why."""
+    as_of: datetime | None = None
+    """When the listing was taken."""
+
+    def tier(self, name: str) -> Mapping[str, Any] | None:
+        """The summary line of one tier."""
+        return next((t for t in self.tiers if t.get("tier") == name), None)
 
 
 class CatalogSource(Protocol):
-    """Anything that lists backups as catalog rows (blocking; the UI calls it in a worker)."""
+    """Anything that lists the backups; awaited in an async worker."""
 
-    def rows(self) -> list[CatalogRow]:
-        """Every backup in every location."""
+    async def read(self, live: dict[str, int | None]) -> CatalogReading:
+        """List every location; `live` is each node's current chain height, for data-loss figures."""
         ...
 
 
 @dataclass
 class StaticCatalog:
-    """A fixed list of rows: tests, snapshots, demos."""
+    """Fixed rows and tier lines: tests, snapshots, demos."""
 
-    data: Sequence[CatalogRow]
+    rows: Sequence[CatalogRow]
+    tiers: Sequence[Mapping[str, Any]] = ()
 
-    def rows(self) -> list[CatalogRow]:
+    async def read(self, live: dict[str, int | None]) -> CatalogReading:
         """The rows as given."""
-        return list(self.data)
+        return CatalogReading(list(self.rows), list(self.tiers))
 
 
 @dataclass
 class EngineCatalog:
-    """The engine's `list_backups(site)`, its results turned into catalog rows."""
+    """The engine's catalog through the console's own services (one connection pool)."""
 
     site: Site
-    list_backups: Callable[[Site], Iterable[Any]]
+    services: Services
+    tier_summary: Any
+    """`kconsole.backups.catalog.tier_summary`."""
 
-    def rows(self) -> list[CatalogRow]:
-        """Every backup, as the `catalog --json` line of each."""
-        out: list[CatalogRow] = []
-        for backup in self.list_backups(self.site):
-            out.append(backup.as_json() if hasattr(backup, "as_json") else dict(backup))
-        return out
+    async def read(self, live: dict[str, int | None]) -> CatalogReading:
+        """A fresh listing, its rows and per-tier freshness."""
+        catalog = await self.services.backups(self.site).catalog(refresh=True)
+        return CatalogReading(catalog.rows(), self.tier_summary(catalog.freshness(self.site, live)),
+                              dict(catalog.errors), catalog.as_of)
 
 
-def engine_catalog(site: Site) -> CatalogSource | None:
+def engine_catalog(site: Site, services: Services) -> CatalogSource | None:
     """The engine's catalog for `site`, or None while the engine has none."""
-    for name in ENGINE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        list_backups = getattr(module, "list_backups", None)
-        if callable(list_backups):
-            return EngineCatalog(site, list_backups)
-    return None
+    try:
+        module = importlib.import_module("kconsole.backups.catalog")
+    except ImportError:
+        return None
+    tier_summary = getattr(module, "tier_summary", None)
+    if not callable(tier_summary) or not hasattr(services, "backups"):
+        return None
+    return EngineCatalog(site, services, tier_summary)
 
 
 def _text(row: CatalogRow) -> str:
@@ -95,8 +112,7 @@ def filter_rows(rows: Sequence[CatalogRow], query: str, limit: int = WINDOW) -> 
     window: list[CatalogRow] = []
     total = 0
     for row in rows:
-        text = _text(row)
-        if not all(w in text for w in plain):
+        if plain and not all(w in _text(row) for w in plain):
             continue
         if not all(v in str(row.get(k, "")).lower() for k, v in fielded):
             continue
@@ -104,42 +120,3 @@ def filter_rows(rows: Sequence[CatalogRow], query: str, limit: int = WINDOW) -> 
         if len(window) < limit:
             window.append(row)
     return window, total
-
-
-@dataclass(frozen=True)
-class TierFreshness:
-    """A tier's newest good backup against its RPO."""
-
-    tier: str
-    rpo: float
-    rto: float
-    newest_age: float | None
-    """Seconds since the newest backup that verified ok, or None if there is none."""
-
-    @property
-    def state(self) -> str:
-        """ok, stale, or none."""
-        if self.newest_age is None:
-            return "none"
-        return "ok" if self.newest_age <= self.rpo else "stale"
-
-
-def tier_freshness(site: Site, rows: Sequence[CatalogRow], now: datetime) -> list[TierFreshness]:
-    """For each tier, the age of its newest ok backup of any of its kinds."""
-    out = []
-    for tier in site.tiers.values():
-        ages = [_age(r, now) for r in rows if r.get("kind") in tier.kinds and r.get("status", "ok") == "ok"]
-        known = [a for a in ages if a is not None]
-        out.append(TierFreshness(tier.name, tier.rpo, tier.rto, min(known) if known else None))
-    return out
-
-
-def _age(row: CatalogRow, now: datetime) -> float | None:
-    created = row.get("created")
-    if isinstance(created, str) and created:
-        try:
-            return max(0.0, (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
-        except ValueError:
-            pass
-    age = row.get("age_s")
-    return float(age) if isinstance(age, int | float) else None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -12,10 +12,23 @@ from textual.widgets import DataTable, Static
 
 from kconsole.config import format_duration
 from screens.base import ConsoleScreen
-from screens.catalog_source import tier_freshness
 from screens.oncall import call_now
 from screens.run_model import RunModel
 from screens.widgets import FleetTable, RtoClock
+
+
+def tier_line(summary: Mapping[str, Any] | None, missing: str) -> tuple[str, str]:
+    """A tier's freshness in a few words, and its state (ok, stale, none, unknown)."""
+    if summary is None:
+        return missing, "unknown"
+    status = str(summary.get("status", "none"))
+    loss = summary.get("max_loss_s")
+    worst = f" · worst {format_duration(loss)}" if isinstance(loss, int | float) else ""
+    if status == "ok":
+        return f"✔ ok{worst}", "ok"
+    if status == "stale":
+        return f"! STALE {summary.get('breached', 0)}/{summary.get('nodes', 0)}{worst}", "stale"
+    return "– no backups", "none"
 
 
 class DashboardScreen(ConsoleScreen):
@@ -106,22 +119,14 @@ class DashboardScreen(ConsoleScreen):
 
     def _catalog_changed(self, _data: object) -> None:
         app = self.console
-        rows = app.catalog_rows
-        freshness = {t.tier: t for t in tier_freshness(app.site, rows or [], app.clock.now())}
+        reading = app.catalog_reading
         for tier in app.site.tiers.values():
             cell = self.query_one(f"#tier-{tier.name}", Static)
             head = f"{tier.name} RPO {format_duration(tier.rpo)} RTO {format_duration(tier.rto)}"
-            if rows is None:
-                cell.update(f"{head}\nno catalog")
-                cell.set_classes("tier -unknown")
-                continue
-            fresh = freshness[tier.name]
-            if fresh.newest_age is None:
-                state = "no ok backup"
-            else:
-                state = f"newest {format_duration(fresh.newest_age)} ago"
-            cell.update(f"{head}\n{'✔' if fresh.state == 'ok' else '!'} {state}")
-            cell.set_classes(f"tier -{fresh.state}")
+            line, state = tier_line(reading.tier(tier.name) if reading else None,
+                                    "no catalog" if app.catalog is None else "reading catalog…")
+            cell.update(f"{head}\n{line}")
+            cell.set_classes(f"tier -{state}")
 
     def action_recover(self) -> None:
         """The recovery runbook for the highlighted node."""

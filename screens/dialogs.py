@@ -60,7 +60,7 @@ class GateScreen(ModalScreen[bool | None]):
                 with VerticalScroll(id="gate-guide"):
                     yield Markdown(request.guide)
             if request.kind == "type":
-                yield Input(placeholder=f"type {request.expected} to confirm", id="typed")
+                yield Input(placeholder=f"type {request.expected} to confirm", id="typed", select_on_focus=False)
             if request.kind == "checklist":
                 for i, item in enumerate(request.checklist):
                     yield Checkbox(item, id=f"check-{i}")
@@ -129,7 +129,7 @@ class GateScreen(ModalScreen[bool | None]):
 
     def _say(self, text: str) -> None:
         self.query_one("#gate-error", Static).update(text)
-        self.bell()
+        self.app.bell()
 
 
 class ConfirmScreen(ModalScreen[bool]):

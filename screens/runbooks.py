@@ -228,7 +228,7 @@ class ParamsScreen(ConsoleScreen):
             resolved = resolve_params(self.runbook, self.console.site, raw)
         except KconsoleError as exc:
             self.query_one("#params-error", Static).update(str(exc))
-            self.bell()
+            self.app.bell()
             return
         drill = self.query_one("#drill", Checkbox).value
         plan = RunModel.planned(self.runbook, self.console.site, resolved)

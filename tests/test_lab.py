@@ -456,6 +456,17 @@ async def test_node_tools(lab: Lab) -> None:
     await run_on(lab, "api2", "sudo -n ufw default allow outgoing")
     res = await run_on(lab, "api3", "sudo -n certbot renew --force-renewal")
     assert res.exit_status == 0 and "all renewals succeeded" in res.stdout
+    res = await run_on(lab, "api3", "journalctl -xeu kaldrix-node.service -n 5")
+    assert res.exit_status == 0 and "kaldrix-node[" in res.stdout
+
+
+async def test_webhook_sink_records_posts(lab: Lab) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        resp = await client.post(lab.webhook_url, json={"text": "drill started"})
+    assert (resp.status_code, resp.text) == (200, "ok")
+    record = json.loads(lab.notifications_path.read_text().splitlines()[-1])
+    assert record["body"] == {"text": "drill started"}
+    assert lab.environ()["KCONSOLE_SLACK_WEBHOOK"] == lab.webhook_url
 
 
 async def test_history_writes_backups_the_console_can_verify(lab: Lab) -> None:
@@ -493,6 +504,12 @@ async def test_api_stop_leaves_no_processes(tmp_path: Path) -> None:
         assert load_site(small.site_path).nodes.keys() == {"bootstrap1", "validator1", "api1", "backup-dr"}
     assert not any(pid_alive(p) for p in pids if p)
     assert not (tmp_path / "small" / "lab" / "lab.pid").exists()
+    keys_before = {ln.split()[-1]: ln.split()[2] for ln in small.known_hosts_path.read_text().splitlines()[1:]}
+    height_before = json.loads((small.host("validator1").root / "var/lib/kaldrix/state/index.json").read_text())["height"]
+    async with running_lab(tmp_path / "small", nodes=3) as again:
+        keys_after = {ln.split()[-1]: ln.split()[2] for ln in again.known_hosts_path.read_text().splitlines()[1:]}
+        assert keys_after == keys_before, "a restarted lab keeps its host keys"
+        assert (await health(again, "validator1"))[1]["height"] >= height_before, "and its chains"
 
 
 async def test_a_second_lab_in_the_same_dir_is_refused(lab: Lab) -> None:

@@ -320,6 +320,16 @@ def catalog_rows(count: int = 40) -> list[dict[str, Any]]:
     return rows
 
 
+def catalog_tiers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tier summary lines as the engine's `tier_summary` gives them, for the RPO strip."""
+    if not rows:
+        return []
+    return [{"tier": "critical", "rpo_s": 900, "status": "ok", "nodes": 4, "breached": 0, "max_loss_s": 600},
+            {"tier": "important", "rpo_s": 3600, "status": "stale", "nodes": 1, "breached": 1,
+             "max_loss_s": 12600},
+            {"tier": "standard", "rpo_s": 86400, "status": "none", "nodes": 5, "breached": 5, "max_loss_s": None}]
+
+
 @dataclass
 class Console:
     """An app with its fleet and clock, for driving in a test."""
@@ -340,7 +350,7 @@ def make_console(root: Path, *, down: Iterable[str] = (), unreachable: Iterable[
     transport = fleet(down, unreachable)
     clock = FixedClock()
     app = build_app(site, Services(transport=transport), clock, keymap=keymap, user=user,
-                    catalog=StaticCatalog(catalog) if catalog is not None else None,
+                    catalog=StaticCatalog(catalog, catalog_tiers(catalog)) if catalog is not None else None,
                     runbook_dirs=[root / "runbooks"], poll_interval=0)
     counter = iter(range(1, 1000))
     app.make_run_id = lambda: f"20261126-031400-{next(counter):04d}"
@@ -367,3 +377,21 @@ async def settle(pilot: Pilot[Any]) -> None:
                    "background workers")
     await pilot.pause()
     await pilot.wait_for_scheduled_animations()
+
+
+def journal(console: Console, run_id: str = "20261126-031400-0001") -> list[dict[str, Any]]:
+    """Every record of a run's journal."""
+    from kconsole.journal import read_records
+
+    return read_records(console.app.site.state_dir / "runs" / run_id / "journal.jsonl")[0]
+
+
+def step_events(console: Console, run_id: str = "20261126-031400-0001") -> list[tuple[str, str]]:
+    """(step, event) for every step record but output, in order."""
+    return [(r["step"], r["event"]) for r in journal(console, run_id)
+            if r.get("type") == "step" and r["event"] != "output"]
+
+
+async def type_text(pilot: Pilot[Any], text: str) -> None:
+    """Type `text` one key at a time, as an operator would."""
+    await pilot.press(*text)

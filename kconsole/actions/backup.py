@@ -9,10 +9,6 @@ from kconsole.errors import OperationFailed
 from kconsole.site import BACKUP_KINDS
 
 
-def _unavailable(name: str) -> OperationFailed:
-    return OperationFailed(f"{name} is not available in this build of kconsole.")
-
-
 def _transport(ctx: StepContext) -> object:
     if ctx.services.transport is None:
         raise OperationFailed("no SSH transport is configured for this run.")
@@ -172,5 +168,40 @@ class BackupPrune(Action):
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
-        """Prune."""
-        raise _unavailable(self.name)
+        """Plan, show the plan, then (unless a dry run) delete what it lists, auditing each deletion."""
+        from kconsole.backups.prune import apply_prune, plan_prune
+        from kconsole.config import parse_duration
+        from kconsole.site import current_user
+
+        raw = ctx.values.get("retention")
+        try:
+            retention = parse_duration(raw) if raw not in (None, "") else None
+        except ValueError as exc:
+            raise OperationFailed(f"bad retention for {ctx.step.id}: {exc}.") from None
+        dry_run = bool(ctx.values.get("dry_run", True))
+        user = ctx.user or current_user()
+        if not dry_run:
+            ctx.site.access.require_admin(user, "delete backups")
+        session = ctx.services.backups(ctx.site)
+        location = ctx.values.get("location") or None
+        stores = session.stores([location] if location else None)
+        catalog = await session.catalog(refresh=True)
+        plan = await plan_prune(ctx.site, catalog, stores, kind=ctx.values.get("kind") or None,
+                                node=ctx.node.name if ctx.node else None, location=location, retention=retention)
+        for stream, line in plan.lines(dry_run):
+            await ctx.emit(stream, line)
+        data = {"dry_run": dry_run, **plan.as_data()}
+        problems = []
+        if not dry_run and plan.deletions:
+            result = await apply_prune(ctx.site, plan, stores, actor=user, emit=ctx.emit, catalog=catalog)
+            session.invalidate()
+            data.update(deleted=result.deleted, delete_markers=result.markers, failed=result.failed,
+                        deletions=[d.as_json() for d in plan.deletions])
+            if result.failed:
+                problems.append(f"{len(result.failed)} copies could not be deleted: {', '.join(result.failed[:5])}")
+        if plan.lock_findings:
+            problems.append(f"{len(plan.lock_findings)} objects lack the Object Lock this site requires "
+                            f"(first: {plan.lock_findings[0].path} {plan.lock_findings[0].problem})")
+        if problems:
+            raise OperationFailed("; ".join(problems))
+        return ActionResult(exit_code=0, summary=plan.summary(dry_run), data=data)

@@ -37,7 +37,7 @@ from kconsole.backups.manifest import (
 )
 from kconsole.backups.stores import ObjectInfo, Store
 from kconsole.config.problems import did_you_mean
-from kconsole.errors import UsageError
+from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write
 from kconsole.site import Site
 
@@ -273,7 +273,8 @@ def expected_nodes(site: Site) -> dict[str, list[str]]:
             data = tomllib.loads(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             continue
-        head = data.get("runbook") if isinstance(data.get("runbook"), dict) else {}
+        head = data.get("runbook")
+        head = head if isinstance(head, dict) else {}
         for step in data.get("steps") or []:
             if not isinstance(step, dict) or step.get("action") != "backup.create":
                 continue
@@ -402,6 +403,13 @@ async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | No
             raw = await store.read_many([info.key for info, _ in misses])
             for info, ck in misses:
                 data = raw.get(info.key)
+                if data is not None and len(data) != info.size:
+                    # Short reads happen on some SFTP servers (ronf/asyncssh#814), and a file may
+                    # have changed since the listing: read it once more, measured.
+                    try:
+                        data = await store.read_bytes(info.key)
+                    except (OperationFailed, OSError):
+                        data = None
                 if data is None:
                     continue
                 try:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import posixpath
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,7 +73,7 @@ class Store:
         """A small object (a manifest) whole."""
         raise NotImplementedError
 
-    async def read_many(self, keys: list[str], limit: int = 16) -> dict[str, bytes | None]:
+    async def read_many(self, keys: Sequence[str], limit: int = 16) -> dict[str, bytes | None]:
         """Many small objects (manifests): key -> bytes, or None for one that cannot be read."""
         sem = asyncio.Semaphore(limit)
 
@@ -147,9 +147,9 @@ class LocalStore(Store):
         except OSError as exc:
             raise OperationFailed(f"cannot read {self.describe(key)}: {exc.strerror}.") from None
 
-    async def read_many(self, keys: list[str], limit: int = 4) -> dict[str, bytes | None]:
+    async def read_many(self, keys: Sequence[str], limit: int = 4) -> dict[str, bytes | None]:
         # One thread hop per file costs more than reading a manifest; read in a few batches.
-        def read(batch: list[str]) -> list[tuple[str, bytes | None]]:
+        def read(batch: Sequence[str]) -> list[tuple[str, bytes | None]]:
             out: list[tuple[str, bytes | None]] = []
             for key in batch:
                 try:
@@ -291,16 +291,16 @@ class SftpLocationStore(Store):
             try:
                 size = (await sftp.stat(self._path(key))).size or 0
                 async with sftp.open(self._path(key), "rb") as fh:
-                    data = await fh.read()
+                    got: bytes | str = await fh.read()
             except Exception as exc:  # noqa: BLE001 - asyncssh error classes vary
                 raise OperationFailed(f"cannot read {self.describe(key)}: {exc}.") from None
-        data = data if isinstance(data, bytes) else data.encode()
+        data = got if isinstance(got, bytes) else got.encode()
         # asyncssh reads have come up short on some servers (ronf/asyncssh#814): measure.
         if len(data) != size:
             raise OperationFailed(f"reading {self.describe(key)} came up short ({len(data)} of {size} bytes).")
         return data
 
-    async def read_many(self, keys: list[str], limit: int = 16) -> dict[str, bytes | None]:
+    async def read_many(self, keys: Sequence[str], limit: int = 16) -> dict[str, bytes | None]:
         # One SFTP session for all of them: requests are pipelined on its channel.
         if not keys:
             return {}
@@ -311,7 +311,7 @@ class SftpLocationStore(Store):
                 async with sem:
                     try:
                         async with sftp.open(self._path(key), "rb") as fh:
-                            data = await fh.read()
+                            data: bytes | str = await fh.read()
                     except Exception:  # noqa: BLE001 - asyncssh error classes vary; the key is unreadable
                         return key, None
                 return key, data if isinstance(data, bytes) else data.encode()

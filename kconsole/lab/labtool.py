@@ -550,8 +550,8 @@ _SYSTEM_EVENTS = (
     ("kernel", "[UFW BLOCK] IN=eth0 OUT= SRC=198.51.100.{a} DST=10.20.1.{b} PROTO=TCP DPT=22"),
     ("systemd", "Starting logrotate.service - Rotate log files..."),
     ("systemd", "logrotate.service: Deactivated successfully."),
-    ("kaldrix-node", "peer 10.20.1.{b}:30303 connected (8 peers)"),
-    ("kaldrix-node", "gossip: {n} transactions relayed in the last 5m"),
+    ("node_exporter", "level=info msg=\"textfile collector: read {n} bytes\""),
+    ("rsyslogd", "action 'action-1-builtin:omfwd' resumed (module 'builtin:omfwd') [v8.2302.0]"),
 )
 
 
@@ -622,40 +622,57 @@ def cmd_journalctl(argv: list[str]) -> int:
     unit = ""
     lines: int | None = None
     output = "short"
+    long_opts = {"--since": "S", "--until": "U", "--unit": "u", "--lines": "n", "--output": "o"}
+    flags = {"--no-pager", "--quiet", "--all", "--boot", "--utc", "--catalog", "--pager-end", "--no-hostname"}
     args = argv[1:]
     i = 0
     try:
         while i < len(args):
             a = args[i]
-            val = None
-            if "=" in a and a.startswith("--"):
-                a, val = a.split("=", 1)
-            if a in ("-S", "--since", "-U", "--until", "-u", "--unit", "-n", "--lines", "-o", "--output"):
-                if val is None:
-                    i += 1
+            i += 1
+            opts: list[tuple[str, str | None]] = []
+            if a.startswith("--"):
+                long_name, eq, inline = a.partition("=")
+                if long_name in flags:
+                    if long_name == "--pager-end" and lines is None:
+                        lines = 1000
+                    continue
+                if long_name == "--follow":
+                    raise ValueError("--follow is not available in the kconsole lab")
+                if long_name not in long_opts:
+                    raise ValueError(f"unrecognized option '{a}'")
+                opts.append((long_opts[long_name], inline if eq else None))
+            elif a.startswith("-") and len(a) > 1:
+                letters = a[1:]
+                for j, ch in enumerate(letters):
+                    if ch in "SUuno":
+                        opts.append((ch, letters[j + 1:] or None))
+                        break
+                    if ch == "f":
+                        raise ValueError("--follow is not available in the kconsole lab")
+                    if ch == "e" and lines is None:
+                        lines = 1000
+                    elif ch not in "xeqabr":
+                        raise ValueError(f"invalid option -- '{ch}'")
+            else:
+                raise ValueError(f"unsupported argument {a!r} (match filters are not available in the lab)")
+            for opt, given in opts:
+                if given is None:
                     if i >= len(args):
-                        raise ValueError(f"option '{a}' requires an argument")
-                    val = args[i]
-                if a in ("-S", "--since"):
+                        raise ValueError(f"option requires an argument -- '{opt}'")
+                    given = args[i]
+                    i += 1
+                val: str = given
+                if opt == "S":
                     since = parse_since(val, now)
-                elif a in ("-U", "--until"):
+                elif opt == "U":
                     until = parse_since(val, now)
-                elif a in ("-u", "--unit"):
+                elif opt == "u":
                     unit = val.removesuffix(".service")
-                elif a in ("-n", "--lines"):
+                elif opt == "n":
                     lines = int(val)
                 else:
                     output = val
-            elif a in ("-f", "--follow"):
-                raise ValueError("--follow is not available in the kconsole lab")
-            elif a.startswith("-n") and a[2:].isdigit():
-                lines = int(a[2:])
-            elif a.startswith("-") and set(a[1:]) <= set("xeqab") or a in ("--no-pager", "--quiet", "--all", "--boot", "--utc"):
-                if "e" in a[1:] and lines is None and not a.startswith("--"):
-                    lines = 1000
-            else:
-                raise ValueError(f"unsupported argument {a!r}")
-            i += 1
     except ValueError as exc:
         print(f"journalctl: {exc}", file=sys.stderr)
         return 1

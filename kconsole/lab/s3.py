@@ -13,6 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
+from kconsole.errors import OperationFailed
 from kconsole.lab.relay import Link, Relay
 
 BUCKET = "kaldrix-backups"
@@ -46,7 +47,11 @@ class S3Endpoint:
     def _start_moto(self) -> None:
         # werkzeug logs every request to stderr unless told otherwise.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError:
+            raise OperationFailed("the lab's S3 endpoint needs moto; install kconsole[lab] "
+                                  "(pip install 'kconsole[lab]').") from None
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()

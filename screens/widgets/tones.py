@@ -47,9 +47,21 @@ def toned(app: App[object], text: str, tone: Tone) -> Text:
         return Text(text)
     if tone == "muted":
         return Text(text, style="dim")
-    variables = app.get_css_variables()
-    colour = variables.get(f"text-{tone}") or variables.get(tone) or ""
-    return Text(text, style=colour if colour.startswith("#") else "")
+    return Text(text, style=_colours(app, app.theme).get(tone, ""))
+
+
+_CACHE: dict[tuple[int, str], dict[str, str]] = {}
+
+
+def _colours(app: App[object], theme: str) -> dict[str, str]:
+    """Tone -> colour for a theme (computing the theme's variables is too slow per cell)."""
+    key = (id(app), theme)
+    if key not in _CACHE:
+        variables = app.get_css_variables()
+        found = {tone: variables.get(f"text-{tone}") or variables.get(tone) or ""
+                 for tone in ("success", "warning", "error", "accent")}
+        _CACHE[key] = {tone: colour for tone, colour in found.items() if colour.startswith("#")}
+    return _CACHE[key]
 
 
 def state_label(app: App[object], state: str) -> Text:

@@ -1,0 +1,184 @@
+"""The plan's backup metrics in the Prometheus text format, for node_exporter's textfile
+collector (`kconsole metrics -o /var/lib/node_exporter/textfile/kconsole.prom` from cron).
+
+The plan's four metrics keep its names and its units (the success rate is a percentage,
+as its `< 95` alert expects), each with `kind`, `node` and `location` labels:
+
+- `backup_success_rate`: `source="runs"` is the share of the last `WINDOW` backup.create
+  attempts per kind and node in the run journal that finished; `source="catalog"` is,
+  per location, the share of the catalog's backups of that kind and node that are there
+  and not failed verification (replication and integrity, whoever made the backups).
+- `backup_size_bytes`, `backup_duration_seconds`, `backup_timestamp_seconds`: of the
+  newest good backup in each location (duration from its manifest).
+
+Added so the plan's alerts can be right: `backup_rpo_seconds` per kind (BackupAgeHigh
+compares each backup's age with its own tier's RPO, not 24 h for everything),
+`backup_timestamp_seconds` of 0 for a node the runbooks back up that has no good backup
+(so "never backed up" alerts too), `backup_location_up`, `backup_catalog_backups` by
+status, `backup_chain_height`, and the time these metrics were made
+(`backup_metrics_generated_timestamp_seconds`), since a textfile outlives its writer.
+No sample carries a timestamp: the textfile collector refuses them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kconsole.backups.attempts import Attempt
+from kconsole.backups.catalog import Backup, Catalog, expected_nodes
+from kconsole.fsutil import atomic_write
+from kconsole.site import Site
+
+WINDOW = 20
+"""backup.create attempts per kind and node that `source="runs"` success rates look back over."""
+
+METRICS: dict[str, tuple[str, str]] = {
+    "backup_success_rate": (
+        "gauge", "Percent of backups that succeeded: source=runs over the last 20 backup.create attempts "
+                 "per kind and node in the run journal; source=catalog over the catalog's backups of the kind "
+                 "and node that should be in the location and are there, not failed verification."),
+    "backup_size_bytes": ("gauge", "Encrypted size of the newest good backup in the location."),
+    "backup_duration_seconds": ("gauge", "Seconds the newest good backup in the location took to make "
+                                         "(capture, encrypt, store; from its manifest)."),
+    "backup_timestamp_seconds": ("gauge", "Unix time the newest good backup in the location was made; 0 for "
+                                          "a node the backup runbooks cover that has no good backup anywhere."),
+    "backup_rpo_seconds": ("gauge", "Recovery point objective of the tier that holds the kind."),
+    "backup_chain_height": ("gauge", "Chain height recorded in the newest good backup in the location."),
+    "backup_catalog_backups": ("gauge", "Backups in the catalog by kind, node and status."),
+    "backup_location_up": ("gauge", "1 if the backup location could be listed, 0 if not."),
+    "backup_metrics_generated_timestamp_seconds": ("gauge", "Unix time of the catalog listing these metrics "
+                                                            "were made from."),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of the exposition: a metric, its labels, its value."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+def _sample(name: str, value: float, **labels: str) -> Sample:
+    return Sample(name, tuple(sorted(labels.items())), value)
+
+
+def runs_success(attempts: Iterable[Attempt], window: int = WINDOW) -> dict[tuple[str, str], tuple[int, int]]:
+    """(kind, node) -> (finished, attempts) over the newest `window` attempts of each."""
+    seen: dict[tuple[str, str], list[bool]] = {}
+    for a in sorted(attempts, key=lambda a: a.finished, reverse=True):
+        got = seen.setdefault((a.kind, a.node), [])
+        if len(got) < window:
+            got.append(a.ok)
+    return {k: (sum(v), len(v)) for k, v in seen.items()}
+
+
+def collect(site: Site, catalog: Catalog, attempts: Iterable[Attempt],
+            expected: dict[str, list[str]] | None = None) -> list[Sample]:
+    """Every sample, from the catalog (as of its listing) and the journal's attempts."""
+    expected = expected_nodes(site) if expected is None else expected
+    s = site.name
+    out: list[Sample] = [_sample("backup_metrics_generated_timestamp_seconds", catalog.as_of.timestamp(), site=s)]
+    for loc in catalog.locations:
+        out.append(_sample("backup_location_up", 0.0 if loc in catalog.errors else 1.0, site=s, location=loc))
+    for tier in site.tiers.values():
+        for kind in tier.kinds:
+            if tier.rpo:
+                out.append(_sample("backup_rpo_seconds", tier.rpo, site=s, kind=kind, tier=tier.name))
+    for (kind, node), (ok, total) in sorted(runs_success(attempts).items()):
+        out.append(_sample("backup_success_rate", round(100.0 * ok / total, 3), site=s, kind=kind, node=node,
+                           source="runs"))
+    reachable = [n for n in catalog.locations if n not in catalog.errors]
+    groups = set(catalog.groups())
+    for kind, node in sorted(groups):
+        backups = catalog.select(kind, node)
+        statuses = Counter(b.status for b in backups)
+        for status, n in sorted(statuses.items()):
+            out.append(_sample("backup_catalog_backups", n, site=s, kind=kind, node=node, status=status))
+        for loc in reachable:
+            should = [b for b in backups if not b.legacy or loc in b.replicas]
+            if not should:
+                continue
+            there = sum(1 for b in should if loc in b.replicas and b.good)
+            out.append(_sample("backup_success_rate", round(100.0 * there / len(should), 3), site=s, kind=kind,
+                               node=node, location=loc, source="catalog"))
+            newest = _newest_good_in(backups, loc)
+            if newest is None:
+                continue
+            labels = {"site": s, "kind": kind, "node": node, "location": loc}
+            out.append(_sample("backup_timestamp_seconds", newest.created.timestamp(), **labels))
+            out.append(_sample("backup_size_bytes", newest.replicas[loc].size, **labels))
+            if newest.manifest is not None:
+                out.append(_sample("backup_duration_seconds", newest.manifest.duration_s, **labels))
+                if newest.chain_height is not None:
+                    out.append(_sample("backup_chain_height", newest.chain_height, **labels))
+    for kind, nodes in sorted(expected.items()):
+        if site.tier_for_kind(kind) is None:
+            continue
+        for node in nodes:
+            if catalog.latest_good(kind, node) is None:
+                # No good backup anywhere: a timestamp of 0 makes the age alert fire ("never").
+                out.append(_sample("backup_timestamp_seconds", 0.0, site=s, kind=kind, node=node, location=""))
+    return out
+
+
+def _newest_good_in(backups: list[Backup], loc: str) -> Backup | None:
+    for b in backups:  # newest first
+        if b.good and loc in b.replicas:
+            return b
+    return None
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _value(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if float(v).is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return repr(float(v))
+
+
+def render(samples: Iterable[Sample]) -> str:
+    """The Prometheus text exposition format (0.0.4): HELP and TYPE once per metric, then its
+    samples; labels with an empty value are left out, as Prometheus treats them."""
+    by_name: dict[str, list[Sample]] = {}
+    for smp in samples:
+        if smp.name not in METRICS:
+            raise ValueError(f"unknown metric {smp.name}")
+        by_name.setdefault(smp.name, []).append(smp)
+    lines: list[str] = []
+    for name, (mtype, help_text) in METRICS.items():
+        found = by_name.get(name)
+        if not found:
+            continue
+        lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        lines.append(f"# TYPE {name} {mtype}")
+        seen: set[tuple[tuple[str, str], ...]] = set()
+        for smp in sorted(found, key=lambda x: x.labels):
+            labels = tuple((k, v) for k, v in smp.labels if v != "")
+            if labels in seen:  # one series once; the first (sorted) wins
+                continue
+            seen.add(labels)
+            text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+            lines.append(f"{name}{{{text}}} {_value(smp.value)}" if text else f"{name} {_value(smp.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Write atomically (temp file in the same directory, then rename), world-readable for
+    node_exporter: the collector never reads a half-written file."""
+    atomic_write(path, text.encode("utf-8"), 0o644)

@@ -1,0 +1,245 @@
+"""Each screen of the console: the dashboard and its background poll, the palette, the
+keymap, contacts, runs, audit, catalog, and the layout at 80x24 and 200x60."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.command import CommandList, CommandPalette
+from textual.widgets import DataTable, Input, Log, Select
+
+from kconsole.errors import UsageError
+from screens.app import SCREENS, KconsoleApp
+from screens.audit import AuditScreen
+from screens.catalog import CatalogScreen
+from screens.catalog_source import WINDOW
+from screens.contacts import ContactsScreen
+from screens.dashboard import DashboardScreen
+from screens.keys import binding_ids, check_keymap, load_keymap
+from screens.run import RunScreen
+from screens.runbooks import ParamsScreen, RunbooksScreen
+from screens.runs import RunsScreen
+from tests.tui_support import catalog_rows, make_console, settle, type_text, wait_for
+
+
+def _text(app: KconsoleApp, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+def _hits(app: KconsoleApp) -> list[str]:
+    commands = app.screen.query_one(CommandList)
+    return [str(commands.get_option_at_index(i).prompt) for i in range(commands.option_count)]
+
+
+def _cells(table: DataTable[object], column: int) -> list[str]:
+    return [str(table.get_row_at(i)[column]) for i in range(table.row_count)]
+
+
+async def test_dashboard_shows_fleet_tiers_on_call_and_down_nodes(tmp_path: Path) -> None:
+    console = make_console(tmp_path, down=["validator2"], unreachable=["api1"])
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, DashboardScreen)
+        table = app.screen.query_one("#fleet", DataTable)
+        assert _cells(table, 1) == ["bootstrap1", "validator1", "validator2", "validator3", "api1"]
+        assert _cells(table, 0) == ["bootstrap", "validator", "", "", "api"]
+        assert _cells(table, 2) == ["● active", "● active", "○ inactive", "● active", "✖ unreachable"]
+        assert "DOWN: validator2, api1" in _text(app, "#fleet-summary")
+        assert "Jane Doe +1-555-0102" in _text(app, "#oncall")
+        assert "critical RPO 15m00s RTO 1h00m" in _text(app, "#tier-critical")
+        assert "no catalog" in _text(app, "#tier-critical")
+        await pilot.press("down", "down", "down", "enter")  # validator3: recover it
+        await wait_for(pilot, lambda: isinstance(app.screen, RunbooksScreen), "the runbooks")
+        await pilot.press("enter")
+        assert isinstance(app.screen, ParamsScreen)
+        assert app.screen.query_one("#param-node", Select).value == "validator3"
+
+
+async def test_a_hung_poll_never_blocks_the_keys(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    hang = console.transport.hold(r"^probe:validator3$")
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause()
+        assert app._polling
+        await pilot.press("c")
+        assert isinstance(app.screen, ContactsScreen)
+        await pilot.press("r")
+        assert isinstance(app.screen, RunbooksScreen)
+        assert app._polling and not app.fleet
+        hang.set()
+        await wait_for(pilot, lambda: app.fleet, "the poll to come back")
+
+
+async def test_palette_reaches_every_screen_by_name_and_lists_screen_actions(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        for mode, screen_cls in SCREENS.items():
+            if mode == "dashboard":
+                continue
+            await pilot.press("ctrl+p")
+            assert isinstance(app.screen, CommandPalette)
+            await type_text(pilot, screen_cls.NAME)
+            await wait_for(pilot, lambda name=screen_cls.NAME: _hits(app)[:1] and _hits(app)[0].startswith(name),
+                           "the screen as the first hit")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda cls=screen_cls: isinstance(app.screen, cls), f"the {mode} screen")
+        await pilot.press("escape", "u", "ctrl+p")
+        await type_text(pilot, "Verify")
+        await wait_for(pilot, lambda: _hits(app)[:1] and _hits(app)[0].startswith("Audit: Verify"),
+                       "the screen's own action")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, AuditScreen)
+
+
+async def test_every_screen_is_one_key_away(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        for key, cls in (("r", RunbooksScreen), ("a", RunScreen), ("c", ContactsScreen), ("h", RunsScreen),
+                         ("u", AuditScreen), ("b", CatalogScreen)):
+            await pilot.press(key)
+            assert isinstance(app.screen, cls), key
+            if cls is CatalogScreen:
+                await pilot.press("escape")  # the filter has focus; escape returns to the table
+            await pilot.press("d")
+            assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_keymap_remaps_by_binding_id(tmp_path: Path) -> None:
+    console = make_console(tmp_path, keymap={"show-runbooks": "f2", "run-abort": "ctrl+x"})
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("r")
+        assert isinstance(app.screen, DashboardScreen)
+        await pilot.press("f2")
+        assert isinstance(app.screen, RunbooksScreen)
+    assert app.key_for("run-abort") == "ctrl+x"
+
+
+def test_binding_ids_are_stable_kebab_case_and_checked(tmp_path: Path) -> None:
+    ids = binding_ids()
+    assert {"show-dashboard", "show-runbooks", "quit", "run-abort", "run-pause", "gate-confirm",
+            "gate-cancel", "runs-reattach", "catalog-filter"} <= set(ids)
+    assert all(i == i.lower() and " " not in i and "_" not in i for i in ids)
+    with pytest.raises(UsageError, match='unknown binding id "run-abrot" \\(did you mean "run-abort"'):
+        check_keymap({"run-abrot": "x"})
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[keys]\nshow-runbooks = "f2"\n\nrun-abrot = "x"\n')
+    with pytest.raises(UsageError, match=f"{keys}:4:1: unknown binding id"):
+        load_keymap(keys)
+    keys.write_text('[keys]\nshow-runbooks = "f2"\n')
+    assert load_keymap(keys) == {"show-runbooks": "f2"}
+    assert load_keymap(tmp_path / "absent.toml") == {}
+
+
+async def test_contacts_say_who_to_call_and_who_is_off_duty(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await pilot.pause()
+        assert "L1 Backup Engineer: Jane Doe +1-555-0102 · Recovery Issues" in _text(app, "#call-now")
+        table = app.screen.query_one("#contacts", DataTable)
+        now = dict(zip(_cells(table, 0), _cells(table, 4), strict=True))
+        assert now["Mike Johnson"] == "off" and now["Jane Doe"] == "yes"  # 03:14: out of business hours
+        assert "▶L1 Backup Engineer +5m00s" in _text(app, "#matrix-recovery")
+
+
+async def test_runs_list_timelines_open_read_only_and_report_is_not_there_yet(tmp_path: Path) -> None:
+    console = make_console(tmp_path, down=["validator2"])
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("r", "enter", "enter", "enter")
+        await wait_for(pilot, lambda: app.gate_open, "the first gate")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.run_active, "the run to end")
+        await pilot.press("h")
+        await settle(pilot)
+        table = app.screen.query_one("#runs", DataTable)
+        assert _cells(table, 0) == ["20261126-031400-0001"]
+        lines = app.screen.query_one("#timeline", Log).lines
+        assert any("isolate" in line and "refused" in line for line in lines)
+        await pilot.press("p")
+        await pilot.pause()
+        assert any("Reports are not available" in n.message for n in app._notifications)
+        app.session = None  # as if another console had run it: opened from its journal
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
+        await pilot.pause()
+        assert "(journal)" in _text(app, "#run-head")
+
+
+async def test_audit_shows_entries_and_a_broken_chain(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    app = console.app
+    from kconsole.audit import AuditLog
+
+    log = AuditLog(app.site.state_dir)
+    for i in range(3):
+        log.append("alice", "run.start", f"run-{i}", runbook="recover-single-node")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("u")
+        await settle(pilot)
+        assert "✔ chain intact: 3 entries intact" in _text(app, "#verify-state")
+        assert _cells(app.screen.query_one("#entries", DataTable), 4) == ["run-2", "run-1", "run-0"]
+        text = log.path.read_text().replace("run-1", "run-X")
+        log.path.write_text(text)
+        await pilot.press("v")
+        await settle(pilot)
+        assert "✖ TAMPERED: entry 2 (line 2)" in _text(app, "#verify-state")
+
+
+async def test_catalog_filters_as_you_type_within_a_window(tmp_path: Path) -> None:
+    console = make_console(tmp_path, catalog=catalog_rows(5000))
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await settle(pilot)
+        table = app.screen.query_one("#backups", DataTable)
+        assert table.row_count == WINDOW
+        assert "showing 2,000 of 5,000" in _text(app, "#catalog-status")
+        assert isinstance(app.focused, Input)
+        await type_text(pilot, "kind:validator-keys node:validator2")
+        await settle(pilot)
+        assert set(_cells(table, 1)) == {"validator-keys"} and set(_cells(table, 2)) == {"validator2"}
+        assert "matching “kind:validator-keys node:validator2”" in _text(app, "#catalog-status")
+
+
+async def test_catalog_without_the_engine_catalog_says_so(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await pilot.pause()
+        assert "catalog not available" in _text(app, "#catalog-status")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 60)])
+async def test_every_screen_lays_out_at_small_and_large_sizes(tmp_path: Path, size: tuple[int, int]) -> None:
+    console = make_console(tmp_path, down=["validator2"], catalog=catalog_rows(30))
+    app = console.app
+    width, height = size
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        for key in ("d", "r", "a", "c", "h", "u", "b"):
+            await pilot.press(key)
+            await settle(pilot)
+            if isinstance(app.screen, CatalogScreen):
+                await pilot.press("escape")
+            for widget in app.screen.query("DataTable, Footer, Header"):
+                region = widget.region
+                assert region.width > 0 and region.height > 0, (key, widget)
+                assert region.right <= width and region.bottom <= height, (key, widget)
