@@ -307,9 +307,9 @@ def schedule_status(site: Site, now: datetime | None = None, tz: tzinfo | None =
                     entries: list[ScheduleEntry] | None = None) -> list[ScheduleStatus]:
     """Next due, previous due, last run and overdue-ness of every scheduled runbook.
 
-    A runbook is overdue when its latest due time passed more than a grace period ago
-    (half its interval, at most 5 minutes) and no run of it has started since (a run that
-    started up to a minute early still counts, as a run started by hand just before).
+    A runbook is overdue when a due time passed more than a grace period ago (half its
+    interval, at most 5 minutes) with no run of it started since; a run started up to a
+    minute early (by hand, just before) counts for that due time. `missed` counts them.
     """
     tz = tz or local_tz()
     now = (now or datetime.now(tz)).astimezone(tz)
@@ -325,14 +325,13 @@ def schedule_status(site: Site, now: datetime | None = None, tz: tzinfo | None =
         last = runs[e.runbook]
         started = _parse_time(last.last_started)
         available = runbook_available(site, e.runbook)
-        late = (now - prev).total_seconds() > grace
         if started is None:
             overdue, missed = available, None
             reason = "never run" if available else "runbook not found; nothing runs"
         else:
             missed = cron.firings(started.astimezone(tz) + slack, now - timedelta(seconds=grace))
-            overdue = started < prev - slack and late
-            reason = (f"due {_iso(prev)}, no run since {_iso(started)}" if overdue else
+            overdue = missed > 0
+            reason = (f"{missed} due time(s) since its last run at {_iso(started)} went by" if overdue else
                       f"last run {last.last_status}" if last.last_status in ("failed", "aborted", "interrupted")
                       else "")
         out.append(ScheduleStatus(e, available, now, nxt, prev, last, overdue, missed, reason))
@@ -370,7 +369,7 @@ def crontab(site: Site, entries: list[ScheduleEntry] | None = None, python: str 
         log = shlex.quote(str(cron_dir / f"{e.runbook}.log"))
         command = (f"mkdir -p {shlex.quote(str(cron_dir))} && flock -n {lock} {kconsole} run {shlex.quote(e.runbook)}"
                    f" --yes --json >> {log} 2>&1")
-        lines.append(f"# {e.runbook} ({e.source})")
+        lines.append(f"# {e.runbook}: {e.source}")
         # `%` ends a cron command line (the rest becomes stdin) unless escaped.
         lines.append(f"{e.cron} {command.replace('%', chr(92) + '%')}")
     lines += ["", "# Backup metrics for node_exporter's textfile collector (set the directory it reads):",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import work
@@ -14,6 +15,7 @@ from textual.widgets import DataTable, Static
 from kconsole.audit import AuditLog, VerifyResult
 from kconsole.errors import KconsoleError
 from screens.base import ConsoleScreen
+from screens.widgets import plain
 
 
 def _read_and_verify(log: AuditLog) -> tuple[list[dict[str, Any]], VerifyResult]:
@@ -24,6 +26,14 @@ def _read_and_verify(log: AuditLog) -> tuple[list[dict[str, Any]], VerifyResult]
     except KconsoleError as exc:
         result = VerifyResult(False, 0, str(exc).rstrip("."))
     return entries, result
+
+
+def _shown_path(path: Path, base: Path) -> str:
+    """`path` relative to the site file's directory when it is under it."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
 
 
 def _detail(entry: dict[str, Any]) -> str:
@@ -72,16 +82,17 @@ class AuditScreen(ConsoleScreen):
         log = AuditLog(self.console.site.state_dir)
         entries, result = await asyncio.to_thread(_read_and_verify, log)
         state = self.query_one("#verify-state", Static)
+        where = _shown_path(log.path, self.console.site.base_dir)
         if result.ok:
             torn = " (last line torn by a crash: never committed)" if result.torn else ""
-            state.update(f"✔ chain intact: {result.message}{torn} · {log.path}")
+            state.update(f"✔ chain intact: {result.message}{torn} · {where}")
         else:
-            state.update(f"✖ TAMPERED: {result.message} · {log.path}")
+            state.update(f"✖ TAMPERED: {result.message} · {where}")
         state.set_class(not result.ok, "-tampered")
         table = self.query_one("#entries", DataTable)
         table.clear()
         table.add_rows(
-            (e.get("seq", ""), str(e.get("ts", ""))[:19].replace("T", " "), e.get("actor", ""),
-             e.get("action", ""), e.get("target", ""), e.get("result", ""), _detail(e))
+            [plain(v) for v in (e.get("seq", ""), str(e.get("ts", ""))[:19].replace("T", " "), e.get("actor", ""),
+                                e.get("action", ""), e.get("target", ""), e.get("result", ""), _detail(e))]
             for e in reversed(entries)
         )

@@ -15,9 +15,16 @@ from textual.widgets import DataTable, Input, Static
 from kconsole.config import format_duration
 from screens.base import ConsoleScreen
 from screens.catalog_source import WINDOW, CatalogReading, filter_rows
-from screens.widgets import state_label
+from screens.widgets import plain, state_label
+
+TYPING_PAUSE = 0.15
+"""Seconds of no typing before the filter runs (refilling 2,000 rows takes about 0.3 s)."""
 
 UNAVAILABLE = "catalog not available: this kconsole's engine has no backup catalog (kconsole.backups)."
+
+
+def _age(value: object) -> str:
+    return format_duration(float(value)) if isinstance(value, int | float) else ""
 
 
 def _size(value: object) -> str:
@@ -83,14 +90,17 @@ class CatalogScreen(ConsoleScreen):
 
     @work(group="catalog-filter", exclusive=True, exit_on_error=False, description="filter the catalog")
     async def _filter(self, reading: CatalogReading, query: str) -> None:
+        # A burst of keystrokes refills the table once: each new key cancels this worker
+        # while it waits (the group is exclusive).
+        await asyncio.sleep(TYPING_PAUSE)
         rows = reading.rows
         window, total = await asyncio.to_thread(filter_rows, rows, query, WINDOW)
         table = self.query_one("#backups", DataTable)
         table.clear()
         table.add_rows(
-            (str(r.get("created", ""))[:16].replace("T", " "), r.get("kind", ""), r.get("node", ""),
-             r.get("location", ""), format_duration(float(r["age_s"])) if isinstance(r.get("age_s"), int | float)
-             else "", state_label(self.app, str(r.get("status", ""))), _size(r.get("size")), r.get("id", ""))
+            (plain(str(r.get("created", ""))[:16].replace("T", " ")), plain(r.get("kind")), plain(r.get("node")),
+             plain(r.get("location")), plain(_age(r.get("age_s"))), state_label(self.app, str(r.get("status", ""))),
+             plain(_size(r.get("size"))), plain(r.get("id")))
             for r in window
         )
         shown = f"showing {len(window):,} of {total:,}" if total > len(window) else f"{total:,}"

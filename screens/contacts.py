@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from textual.containers import Horizontal
+from rich.text import Text
+from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from kconsole.config import format_duration
 from screens.base import ConsoleScreen
 from screens.oncall import CallNow, call_now, is_on_call
-from screens.widgets import toned
+from screens.widgets import plain, short_duration, toned
 
 
 class ContactsScreen(ConsoleScreen):
@@ -27,7 +27,7 @@ class ContactsScreen(ConsoleScreen):
         yield Static("", id="call-now")
         table: DataTable[object] = DataTable(id="contacts", cursor_type="row")
         yield table
-        with Horizontal(id="matrices"):
+        with Vertical(id="matrices"):
             for matrix in self.console.site.escalation.values():
                 yield Static("", id=f"matrix-{matrix.name}", classes="matrix")
             if not self.console.site.escalation:
@@ -65,11 +65,17 @@ class ContactsScreen(ConsoleScreen):
         for i, c in enumerate(app.site.contacts):
             answers = is_on_call(c, now)
             now_cell = toned(app, "yes" if answers else "off", "success" if answers else "muted")
-            table.add_row(c.name, c.role, c.phone, c.on_call, now_cell, c.email, key=str(i))
+            table.add_row(plain(c.name), plain(c.role), plain(c.phone), plain(c.on_call), now_cell, plain(c.email),
+                          key=str(i))
         for matrix in app.site.escalation.values():
-            lines = [matrix.title]
+            line = Text(f"{matrix.title}: ", style="bold")
             for level in matrix.levels:
                 here = who.matrix is matrix and who.level is level
-                wait = f" +{format_duration(level.wait)}" if level.wait else ""
-                lines.append(f"{'▶' if here else ' '}L{level.level} {level.role}{wait}")
-            self.query_one(f"#matrix-{matrix.name}", Static).update("\n".join(lines))
+                step = Text(f"{'▶ ' if here else ''}L{level.level} {level.role}")
+                if here:
+                    step = toned(app, step.plain, "accent")
+                    step.stylize("bold reverse")
+                line.append_text(step)
+                if level.wait:
+                    line.append(f" —{short_duration(level.wait)}→ ", style="dim")
+            self.query_one(f"#matrix-{matrix.name}", Static).update(line)

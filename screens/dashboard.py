@@ -10,11 +10,10 @@ from textual.containers import Horizontal
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from kconsole.config import format_duration
 from screens.base import ConsoleScreen
 from screens.oncall import call_now
 from screens.run_model import RunModel
-from screens.widgets import FleetTable, RtoClock
+from screens.widgets import FleetTable, RtoClock, short_duration
 
 
 def tier_line(summary: Mapping[str, Any] | None, missing: str) -> tuple[str, str]:
@@ -23,7 +22,7 @@ def tier_line(summary: Mapping[str, Any] | None, missing: str) -> tuple[str, str
         return missing, "unknown"
     status = str(summary.get("status", "none"))
     loss = summary.get("max_loss_s")
-    worst = f" · worst {format_duration(loss)}" if isinstance(loss, int | float) else ""
+    worst = f" · worst {short_duration(loss)}" if isinstance(loss, int | float) else ""
     if status == "ok":
         return f"✔ ok{worst}", "ok"
     if status == "stale":
@@ -122,7 +121,7 @@ class DashboardScreen(ConsoleScreen):
         reading = app.catalog_reading
         for tier in app.site.tiers.values():
             cell = self.query_one(f"#tier-{tier.name}", Static)
-            head = f"{tier.name} RPO {format_duration(tier.rpo)} RTO {format_duration(tier.rto)}"
+            head = f"{tier.name} · RPO {short_duration(tier.rpo)} · RTO {short_duration(tier.rto)}"
             line, state = tier_line(reading.tier(tier.name) if reading else None,
                                     "no catalog" if app.catalog is None else "reading catalog…")
             cell.update(f"{head}\n{line}")

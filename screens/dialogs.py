@@ -18,7 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Markdown, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Markdown, Static
 
 from kconsole.gates import GateRequest
 
@@ -70,6 +70,7 @@ class GateScreen(ModalScreen[bool | None]):
                 yield Button("Cancel", id="cancel")
                 yield Button("Later", id="later")
                 yield Button("Confirm", id="confirm", variant="error" if request.destructive else "primary")
+        yield Footer(compact=True)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Letter keys are off for a typed gate: every letter goes into the typed value."""
@@ -165,6 +166,7 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button(self.confirm_label, id="confirm", variant="error")
+        yield Footer(compact=True)
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
@@ -198,6 +200,7 @@ class NoteScreen(ModalScreen[str | None]):
         with Vertical(id="dialog"):
             yield Static("Note for the run's journal (Enter saves, Escape cancels)", id="gate-title")
             yield Input(placeholder="what you did, saw or decided", id="note")
+        yield Footer(compact=True)
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Log, Markdown, Static
 
 from screens.base import ConsoleScreen
 from screens.run_model import RunModel, StepRun
-from screens.widgets import RtoClock, state_label
+from screens.widgets import RtoClock, plain, state_label
 
 _MOVE_KEYS = {"up", "down", "pageup", "pagedown", "home", "end"}
 
@@ -110,7 +110,8 @@ class RunScreen(ConsoleScreen):
             key = row_key(inst)
             seen = self._versions.get(key)
             if seen is None:
-                table.add_row(state_label(self.app, inst.state), inst.step.id, inst.node or "local", key=key)
+                table.add_row(state_label(self.app, inst.state), plain(inst.step.id), plain(inst.node or "local"),
+                              key=key)
             elif seen != inst.version:
                 table.update_cell(key, "state", state_label(self.app, inst.state))
             self._versions[key] = inst.version

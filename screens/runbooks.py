@@ -17,7 +17,6 @@ from textual.events import Key
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, Static
 
-from kconsole.config import format_duration
 from kconsole.errors import KconsoleError
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
@@ -25,10 +24,7 @@ from screens.base import ConsoleScreen
 from screens.run_model import RunModel
 from screens.runbook_library import RunbookEntry
 from screens.suggest import default_params, scenario_for, suggest_runbook
-
-
-def _dur(seconds: float | None) -> str:
-    return format_duration(seconds) if seconds else "-"
+from screens.widgets import plain, short_duration
 
 
 class RunbooksScreen(ConsoleScreen):
@@ -86,10 +82,10 @@ class RunbooksScreen(ConsoleScreen):
         for entry in self.console.runbooks:
             rb = entry.runbook
             if rb is None:
-                table.add_row(entry.id, "✖ invalid", "", "", "", entry.problem, key=entry.id)
+                table.add_row(plain(entry.id), "✖ invalid", "", "", "", plain(entry.problem), key=entry.id)
             else:
-                table.add_row(rb.id, rb.scenario or "-", _dur(rb.rto), _dur(rb.rpo), _dur(rb.total_estimate()),
-                              rb.title, key=rb.id)
+                table.add_row(plain(rb.id), plain(rb.scenario or "-"), short_duration(rb.rto), short_duration(rb.rpo),
+                              short_duration(rb.total_estimate()), plain(rb.title), key=rb.id)
         if not self.console.runbooks_loaded:
             self.query_one("#suggestion", Static).update("loading runbooks…")
         elif not self.console.runbooks:
@@ -179,7 +175,7 @@ class ParamsScreen(ConsoleScreen):
         """One field per parameter, the drill switch, Back and Review plan."""
         rb = self.runbook
         app = self.console
-        yield Static(f"{rb.title} · RTO {_dur(rb.rto)} · RPO {_dur(rb.rpo)}", id="rb-head")
+        yield Static(f"{rb.title} · RTO {short_duration(rb.rto)} · RPO {short_duration(rb.rpo)}", id="rb-head")
         with VerticalScroll(id="form"):
             for name, param in rb.params.items():
                 hint = f" — {param.help}" if param.help else ""
@@ -274,7 +270,7 @@ class PlanScreen(ConsoleScreen):
         fits = "" if not rb.rto else (" — fits the RTO" if estimate <= rb.rto else " — EXCEEDS THE RTO")
         params = " ".join(f"{k}={v}" for k, v in self.raw.items()) or "defaults"
         drill = " · DRILL" if self.drill else ""
-        yield Static(f"{rb.title}{drill} · {params}\nestimate {_dur(estimate)} of RTO {_dur(rb.rto)}{fits}",
+        yield Static(f"{rb.title}{drill} · {params}\nestimate {short_duration(estimate)} of RTO {short_duration(rb.rto)}{fits}",
                      id="plan-head")
         table: DataTable[str] = DataTable(id="plan", cursor_type="row")
         yield table
@@ -301,8 +297,8 @@ class PlanScreen(ConsoleScreen):
         for step in self.runbook.main_steps():
             gate = "typed" if (step.gate or "").startswith("type:") else (
                 "confirm" if step.gate else ("checklist" if step.action == "gate" else ""))
-            table.add_row(step.id, ",".join(by_step.get(step.id, [])), gate, _dur(step.estimate),
-                          titles.get(step.id, step.title), key=step.id)
+            table.add_row(plain(step.id), plain(",".join(by_step.get(step.id, []))), gate, short_duration(step.estimate),
+                          plain(titles.get(step.id, step.title)), key=step.id)
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Log, Markdown, Static
 from kconsole.headless import human_line
 from kconsole.journal import RunSummary, list_runs
 from screens.base import ConsoleScreen
-from screens.widgets import state_label
+from screens.widgets import plain, state_label
 
 RESUMABLE = ("interrupted", "waiting")
 """Run statuses the console can re-attach to."""
@@ -49,7 +49,7 @@ class RunsScreen(ConsoleScreen):
         Binding("e", "reattach", "Re-attach", id="runs-reattach",
                 tooltip="Carry on an interrupted or waiting run from where its journal stops."),
         Binding("p", "report", "Report", id="runs-report", tooltip="The run's incident or drill report."),
-        Binding("g", "reload", "Reload", id="runs-reload", tooltip="Read the journal again."),
+        Binding("g", "reload", "Reload", id="runs-reload", show=False, tooltip="Read the journal again."),
     ]
 
     def __init__(self) -> None:
@@ -87,8 +87,8 @@ class RunsScreen(ConsoleScreen):
         keep = self.highlighted()
         table.clear()
         for r in runs:
-            table.add_row(r.id, r.runbook, state_label(self.app, r.status), r.started[:19].replace("T", " "),
-                          "yes" if r.drill else "", r.user, key=r.id)
+            table.add_row(plain(r.id), plain(r.runbook), state_label(self.app, r.status),
+                          plain(r.started[:19].replace("T", " ")), "yes" if r.drill else "", plain(r.user), key=r.id)
         if keep is not None and any(r.id == keep.id for r in runs):
             table.move_cursor(row=table.get_row_index(keep.id))
         self._show_highlighted()

@@ -240,6 +240,10 @@ class TestTampering:
     ) -> None:
         expect(decrypt, blob + os.urandom(extra), TrailingDataError, "appended")
 
+    def test_appended_with_default_chunks(self, decrypt: Decrypt) -> None:
+        whole = encrypt(os.urandom(CHUNK + 5000))
+        expect(decrypt, whole + os.urandom(CHUNK), TrailingDataError, "appended")
+
     def test_appended_after_a_full_final_chunk(self, decrypt: Decrypt) -> None:
         whole = encrypt(os.urandom(3 * SMALL), chunk_log2=SMALL_LOG2)
         expect(decrypt, whole + b"\0" * 10, TrailingDataError, "final chunk 2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import Button, Input
 
 from kconsole.audit import AuditLog
@@ -13,10 +14,20 @@ from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
 from screens.run import RunScreen
 from screens.runbooks import PlanScreen
 from screens.widgets import RtoClock
-from tests.tui_support import journal, make_console, settle, step_events, type_text, wait_for
+from tests.tui_support import (
+    journal,
+    make_console,
+    settle,
+    step_events,
+    type_text,
+    utc_local_time,  # noqa: F401 - the fixture below
+    wait_for,
+)
 
 SCENARIO_1 = ["r", "enter", "enter", "enter", "y"]
 """From launch to the first confirmed step of recover-single-node, with a validator down."""
+
+pytestmark = pytest.mark.usefixtures("utc_local_time")
 
 
 def _gate(app: object) -> GateScreen | None:

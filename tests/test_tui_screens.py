@@ -20,7 +20,16 @@ from screens.keys import binding_ids, check_keymap, load_keymap
 from screens.run import RunScreen
 from screens.runbooks import ParamsScreen, RunbooksScreen
 from screens.runs import RunsScreen
-from tests.tui_support import catalog_rows, make_console, settle, type_text, wait_for
+from tests.tui_support import (
+    catalog_rows,
+    make_console,
+    settle,
+    type_text,
+    utc_local_time,  # noqa: F401 - the fixture below
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("utc_local_time")
 
 
 def _text(app: KconsoleApp, selector: str) -> str:

@@ -4,15 +4,16 @@ in-memory fleet, and `make_app` to build the console on them with nothing left t
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import textwrap
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from kconsole.services import Clock, Services
@@ -344,7 +345,6 @@ def make_console(root: Path, *, down: Iterable[str] = (), unreachable: Iterable[
                  catalog: list[dict[str, Any]] | None = None, keymap: dict[str, str] | None = None,
                  site_extra: str = "") -> Console:
     """The console on a fresh site under `root`, every source of chance pinned."""
-    os.environ["TZ"] = "UTC"
     site_path = write_site(root, site_extra)
     site = load_site(site_path)
     transport = fleet(down, unreachable)
@@ -354,7 +354,18 @@ def make_console(root: Path, *, down: Iterable[str] = (), unreachable: Iterable[
                     runbook_dirs=[root / "runbooks"], poll_interval=0)
     counter = iter(range(1, 1000))
     app.make_run_id = lambda: f"20261126-031400-{next(counter):04d}"
+    app.animation_level = "none"
     return Console(app, transport, clock, site_path)
+
+
+@pytest.fixture
+def utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is UTC, so "business hours" read the same on every machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 async def wait_for(pilot: Pilot[Any], condition: Callable[[], object], what: str = "condition",

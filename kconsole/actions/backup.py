@@ -36,7 +36,7 @@ class BackupCreate(Action):
     needs_node = True
     fields: ClassVar[dict[str, Field]] = {
         "kind": Field("str", required=True, choices=BACKUP_KINDS),
-        "paths": Field("list", required=True, help="absolute paths on the node, e.g. /var/lib/kaldrix/state"),
+        "paths": Field("list", help="absolute paths on the node, e.g. /var/lib/kaldrix/state (or give command)"),
         "command": Field("command", help="instead of tar: a command whose stdout is the backup"),
         "locations": Field("list", help="location names; default every location"),
         "sudo": Field("bool", default=True, help="run the capture under sudo -n"),
@@ -49,6 +49,8 @@ class BackupCreate(Action):
 
         node = ctx.require_node()
         session = ctx.services.backups(ctx.site)
+        if not ctx.values.get("paths") and not ctx.values.get("command"):
+            raise OperationFailed(f"step {ctx.step.id}: backup.create needs paths or command.")
         req = CreateRequest(node=node, kind=ctx.values["kind"], paths=list(ctx.values.get("paths") or []),
                             command=ctx.values.get("command") or "", sudo=bool(ctx.values.get("sudo", True)),
                             run_id=ctx.run_id, consistent=bool(ctx.values.get("consistent")))

@@ -67,7 +67,8 @@ class CryptoDecrypt(Action):
 
 
 class CryptoKeygen(Action):
-    """Generate a new backup key in the site keyring (0600); it becomes the current key."""
+    """Generate a new backup key in the site keyring (0600); it becomes the current key
+    (the keyring's CURRENT marker), so later backups and `crypto.rekey` use it."""
 
     name = "crypto.keygen"
     help = "Generate a new backup key in the site's key directory (mode 0600)."
@@ -85,6 +86,9 @@ class CryptoKeygen(Action):
         if "/" in name or not name.endswith(".key"):
             raise OperationFailed(f"key name {name!r} must be a plain file name ending in .key.")
         key = await asyncio.to_thread(keygen, Path(ctx.site.keys_dir) / name)
+        from kconsole.backups.session import make_current
+
+        make_current(ctx.site, name)
         AuditLog(ctx.site.state_dir).append(ctx.user, "key.generate", name, key_id=key.key_id, run=ctx.run_id)
         await ctx.emit("stdout", f"new key {name}, key id {key.key_id}")
         return ActionResult(exit_code=0, summary=f"key {key.key_id[:8]} in {name}", data={"key_id": key.key_id})

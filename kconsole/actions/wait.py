@@ -56,7 +56,7 @@ class WaitUntil(Action):
                 elif last_value is None or number <= last_value:
                     ok = False
                     if last_value is not None:
-                        last = f"{number:g} has not advanced from {last_value:g}"
+                        last = f"{_num(number)} has not advanced from {_num(last_value)}"
                     last_value = number if last_value is None else max(last_value, number)
             if ok:
                 await ctx.emit("stdout", f"condition met after {polls} poll(s): {last}")
@@ -105,3 +105,8 @@ class WaitUntil(Action):
         except ValueError:
             number = None
         return ok, shown, number
+
+
+def _num(value: float) -> str:
+    """A number as an operator reads it: 1250270, not 1.25027e+06."""
+    return str(int(value)) if value == int(value) else f"{value:.3f}"

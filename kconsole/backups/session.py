@@ -4,12 +4,14 @@ of a run so the locations are listed once, not once per node."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from kconsole.backups.catalog import Catalog, build_catalog
 from kconsole.backups.stores import Store, open_stores
 from kconsole.crypto import Key, Keyring, read_key_file
 from kconsole.errors import OperationFailed, UsageError
+from kconsole.fsutil import atomic_write
 from kconsole.site import Site
 
 
@@ -44,7 +46,12 @@ class BackupSession:
             raise UsageError(f"key directory {self.site.keys_dir} does not exist.") from None
 
     def current_key(self) -> Key:
-        """The key new backups are encrypted with."""
+        """The key new backups are encrypted with: the keyring's CURRENT marker (written
+        when a key is generated or rotated), else the site's `[keys] current`, else the
+        newest key file."""
+        marker = current_marker(self.site)
+        if marker is not None:
+            return read_key_file(marker)
         if self.site.current_key and self.site.keys_dir is not None:
             return read_key_file(self.site.keys_dir / self.site.current_key)
         ring = self.keyring()
@@ -67,3 +74,26 @@ class BackupSession:
         """Close the stores."""
         for store in (self._stores or {}).values():
             await store.close()
+
+
+CURRENT_MARKER = "CURRENT"
+
+
+def current_marker(site: Site) -> Path | None:
+    """The key file named by the keyring's CURRENT marker, if there is one."""
+    if site.keys_dir is None:
+        return None
+    marker = site.keys_dir / CURRENT_MARKER
+    try:
+        name = marker.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name or "/" in name:
+        raise UsageError(f"{marker} must hold the file name of a key in {site.keys_dir}.")
+    return site.keys_dir / name
+
+
+def make_current(site: Site, name: str) -> None:
+    """Mark key file `name` as the one new backups use (atomic)."""
+    assert site.keys_dir is not None
+    atomic_write(site.keys_dir / CURRENT_MARKER, (name + "\n").encode(), 0o600)

@@ -346,6 +346,9 @@ class SftpLocationStore(Store):
 class S3Store(Store):
     """A bucket and prefix on an S3-compatible endpoint (the plan's tertiary location)."""
 
+    page_size = 1000
+    """Keys per ListObjectsV2 page (S3's maximum); the listing follows continuation tokens."""
+
     def __init__(self, location: Location) -> None:
         self.location = location
         self.prefix = location.prefix.strip("/")
@@ -393,7 +396,7 @@ class S3Store(Store):
             full = self._key(prefix) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
             out = []
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full,
-                                           PaginationConfig={"PageSize": 1000}):
+                                           PaginationConfig={"PageSize": self.page_size}):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
                     out.append(ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp()))

@@ -9,7 +9,7 @@ from textual.widgets import DataTable
 
 from kconsole.fleet import NodeStatus
 from kconsole.site import Node, Site
-from screens.widgets.tones import state_label
+from screens.widgets.labels import plain, state_label
 
 GROUP_ORDER = ("bootstrap", "validator", "api", "dr")
 """The order groups are shown in; any other group follows, then nodes in no group."""
@@ -49,17 +49,12 @@ class FleetTable(DataTable[Text | str]):
         """Columns with explicit widths, then one row per node in a single add."""
         for label, key, width in COLUMNS:
             self.add_column(label, key=key, width=width)
-        rows = []
-        keys = []
         last_group = None
         for node in fleet_order(self.site):
             group = primary_group(node)
-            rows.append((group if group != last_group else "", node.name, state_label(self.app, "polling"),
-                         "", "", f"{node.host}:{node.port}"))
-            keys.append(node.name)
+            self.add_row(plain(group if group != last_group else ""), plain(node.name),
+                         state_label(self.app, "polling"), "", "", plain(f"{node.host}:{node.port}"), key=node.name)
             last_group = group
-        for row, key in zip(rows, keys, strict=True):
-            self.add_row(*row, key=key)
 
     def show_statuses(self, statuses: Iterable[NodeStatus]) -> None:
         """Update each polled node's cells in place."""
@@ -71,7 +66,7 @@ class FleetTable(DataTable[Text | str]):
             self.update_cell(status.name, "state", state_label(self.app, status.state))
             self.update_cell(status.name, "latency", latency)
             self.update_cell(status.name, "height", height)
-            self.update_cell(status.name, "detail", status.detail)
+            self.update_cell(status.name, "detail", plain(status.detail))
 
     @property
     def selected_node(self) -> str | None:

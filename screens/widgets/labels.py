@@ -1,4 +1,4 @@
-"""State labels that read without colour (NO_COLOR, a monochrome SSH terminal) and take
+"""How values read on screen. State labels read without colour (NO_COLOR, a monochrome SSH terminal) and take
 their colour from the theme when there is one.
 
 DataTable cells are Rich text, which cannot name theme variables, so the colour is looked
@@ -11,6 +11,8 @@ from typing import Literal
 
 from rich.text import Text
 from textual.app import App
+
+from kconsole.config import format_duration
 
 Tone = Literal["success", "warning", "error", "accent", "muted", "plain"]
 
@@ -62,6 +64,22 @@ def _colours(app: App[object], theme: str) -> dict[str, str]:
                  for tone in ("success", "warning", "error", "accent")}
         _CACHE[key] = {tone: colour for tone, colour in found.items() if colour.startswith("#")}
     return _CACHE[key]
+
+
+def short_duration(seconds: float | None) -> str:
+    """`15m`, `1h`, `1h30m`, `1d`, `45s`: a duration without its zero tail; `-` for none."""
+    if not seconds:
+        return "-"
+    text = format_duration(seconds)
+    for zero in ("00s", "00m", "00h"):
+        if text.endswith(zero) and len(text) > len(zero):
+            text = text[: -len(zero)]
+    return text
+
+
+def plain(value: object) -> Text:
+    """A table cell that shows `value` as it is: data is never read as markup."""
+    return Text("" if value is None else str(value), no_wrap=True)
 
 
 def state_label(app: App[object], state: str) -> Text:

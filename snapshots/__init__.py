@@ -1,0 +1,1 @@
+"""SVG snapshot tests of the console's screens (pytest-textual-snapshot)."""
