@@ -220,7 +220,7 @@ class Executor:
     def _context(self, node: NodeRef | None) -> dict[str, Any]:
         ctx: dict[str, Any] = dict(self.params)
         ctx["run"] = RunRef(self.run_id, self.drill, self.runbook.id, self.user)
-        ctx["site"] = SiteRef(self.site.name)
+        ctx["site"] = SiteRef(self.site.name, self.site.health_url)
         ctx["now"] = self.services.clock.now()
         if node is not None:
             ctx["node"] = node

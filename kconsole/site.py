@@ -209,6 +209,8 @@ class Site:
     notify: dict[str, NotifyTarget] = field(default_factory=dict)
     access: Access = field(default_factory=Access)
     raw: dict[str, Any] = field(default_factory=dict)
+    health_url: str = ""
+    """The network's public health URL (the API behind its load balancer), for end checks."""
 
     @property
     def base_dir(self) -> Path:
@@ -274,7 +276,7 @@ def validate_site(src: SourceFile) -> list[Problem]:
 
 
 _TOP = ("site", "ssh", "nodes", "locations", "keys", "tiers", "contacts", "escalation", "notify", "access")
-_SITE_KEYS = ("name", "state_dir", "description")
+_SITE_KEYS = ("name", "state_dir", "description", "health_url")
 _SSH_KEYS = (
     "user", "identity", "known_hosts", "connect_timeout", "keepalive", "command_timeout",
     "jump_host", "config", "max_channels",
@@ -488,6 +490,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         notify=notify,
         access=access,
         raw=data,
+        health_url=str(site_t.get("health_url", "")),
     )
 
 

@@ -121,7 +121,7 @@ class DashboardScreen(ConsoleScreen):
         reading = app.catalog_reading
         for tier in app.site.tiers.values():
             cell = self.query_one(f"#tier-{tier.name}", Static)
-            head = f"{tier.name} · RPO {short_duration(tier.rpo)} · RTO {short_duration(tier.rto)}"
+            head = f"{tier.name} RPO {short_duration(tier.rpo)} RTO {short_duration(tier.rto)}"
             line, state = tier_line(reading.tier(tier.name) if reading else None,
                                     "no catalog" if app.catalog is None else "reading catalog…")
             cell.update(f"{head}\n{line}")

@@ -21,6 +21,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Footer, Input, Markdown, Static
 
 from kconsole.gates import GateRequest
+from screens.widgets import TickBox
 
 
 class GateScreen(ModalScreen[bool | None]):
@@ -63,7 +64,7 @@ class GateScreen(ModalScreen[bool | None]):
                 yield Input(placeholder=f"type {request.expected} to confirm", id="typed", select_on_focus=False)
             if request.kind == "checklist":
                 for i, item in enumerate(request.checklist):
-                    yield Checkbox(item, id=f"check-{i}")
+                    yield TickBox(item, id=f"check-{i}")
                 yield Input(placeholder="note for the journal (optional)", id="note")
             yield Static("", id="gate-error")
             with Horizontal(id="buttons"):

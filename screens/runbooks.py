@@ -24,7 +24,7 @@ from screens.base import ConsoleScreen
 from screens.run_model import RunModel
 from screens.runbook_library import RunbookEntry
 from screens.suggest import default_params, scenario_for, suggest_runbook
-from screens.widgets import plain, short_duration
+from screens.widgets import TickBox, plain, short_duration
 
 
 class RunbooksScreen(ConsoleScreen):
@@ -159,7 +159,7 @@ class ParamsScreen(ConsoleScreen):
 
     NAME = "Parameters"
     CSS_PATH = "runbooks.tcss"
-    AUTO_FOCUS = "#plan"
+    AUTO_FOCUS = "#review"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", id="params-back", tooltip="Back to the runbook list."),
     ]
@@ -194,12 +194,12 @@ class ParamsScreen(ConsoleScreen):
                                  id=f"param-{name}", compact=True)
                 else:
                     yield Input(value=value, placeholder=param.help or name, id=f"param-{name}", compact=True)
-            yield Checkbox("Drill: mark this run as a drill (journal, report, notifications)", id="drill",
+            yield TickBox("Drill: mark this run as a drill (journal, report, notifications)", id="drill",
                            compact=True)
         yield Static("", id="params-error")
         with Horizontal(classes="buttons"):
             yield Button("Back", id="back", compact=True)
-            yield Button("Review plan ▶", id="plan", variant="primary", compact=True)
+            yield Button("Review plan ▶", id="review", variant="primary", compact=True)
 
     def raw_values(self) -> dict[str, Any]:
         """What the operator set, as `--param` values; empty fields fall back to defaults."""
@@ -215,7 +215,7 @@ class ParamsScreen(ConsoleScreen):
                 out[name] = value
         return out
 
-    @on(Button.Pressed, "#plan")
+    @on(Button.Pressed, "#review")
     @on(Input.Submitted)
     def action_plan(self) -> None:
         """Check the parameters as the engine will; show the plan if they resolve."""

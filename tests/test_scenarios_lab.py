@@ -137,13 +137,20 @@ def test_scenario_3_complete_network(cli, lab: LiveLab) -> None:
     assert all(s["state"] == "active" for n, s in status(cli, lab).items() if n != "backup-dr")
 
 
+def key_ids(cli, lab: LiveLab) -> set[str]:
+    code, out, err = cli("--site", lab.site, "catalog", "--json")
+    assert code == 0, err
+    return {r["key_id"] for r in map(json.loads, out.splitlines()) if "location" in r}
+
+
 def test_scenario_4_security_incident(cli, lab: LiveLab) -> None:
-    lab.fault("set", "compromise=api2")
-    code, out, err = run(cli, lab, "recover-security-incident", "--yes")
+    before = key_ids(cli, lab)
+    code, out, err = run(cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes")
     assert code == 0, out + err
-    code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "validator-keys")
-    keys = {r["key_id"] for r in map(json.loads, out.splitlines()) if "key_id" in r}
-    assert len(keys) >= 1
+    after = key_ids(cli, lab)
+    # A new key was generated, made current, and every backup re-encrypted to it.
+    assert len(after) == 1 and not (after & before)
+    assert (lab.dir / "keys" / "CURRENT").exists()
     assert all(s["state"] == "active" for n, s in status(cli, lab).items() if n != "backup-dr")
 
 
@@ -152,3 +159,12 @@ def test_verify_backups_and_audit(cli, lab: LiveLab) -> None:
     assert code == 0, out + err
     code, out, err = cli("--site", lab.site, "audit", "verify")
     assert code == 0, err
+
+
+def test_scenario_4_stops_before_reconnecting_a_compromised_fleet(cli, lab: LiveLab) -> None:
+    """An implant outside the restored state is found by the scan, and the fleet stays isolated."""
+    lab.fault("set", "compromise=api2")
+    code, out, err = run(cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes")
+    assert code == 1
+    assert "scan-api [api2] failed" in out
+    assert "reconnect-api [api2] skipped" in out

@@ -36,7 +36,9 @@ class HttpCheck(Action):
 
     async def run(self, ctx: StepContext) -> ActionResult:
         """Fetch the URL and compare."""
-        url = ctx.values["url"]
+        url = ctx.values["url"].strip()
+        if not url:
+            raise OperationFailed(f"step {ctx.step.id} has an empty URL (is [site] health_url or the node's health_url set?).")
         want = int(ctx.values.get("status") or 200)
         resp = await http_get(url, ctx.services.http_timeout, bool(ctx.values.get("verify_tls", True)))
         body = resp.text

@@ -365,7 +365,8 @@ class S3Store(Store):
                 kwargs["endpoint_url"] = self.location.endpoint_url
             if self.location.credentials_file:
                 kwargs.update(read_credentials(Path(self.location.credentials_file), self.location.profile))
-            cfg = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+            cfg = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                         max_pool_connections=32)
             session = boto3.session.Session(profile_name=self.location.profile or None) \
                 if self.location.profile and not self.location.credentials_file else boto3.session.Session()
             self._client = session.client("s3", config=cfg, **kwargs)

@@ -18,7 +18,7 @@ from kconsole.site import Node
 NODE_ATTRS = ("name", "host", "port", "root", "groups", "health_url", "service")
 BACKUP_ATTRS = ("id", "path", "kind", "node", "key_id", "created", "location", "size")
 RUN_ATTRS = ("id", "drill", "runbook", "user")
-SITE_ATTRS = ("name",)
+SITE_ATTRS = ("name", "health_url")
 BUILTINS: dict[str, tuple[str, ...] | None] = {
     "run": RUN_ATTRS,
     "site": SITE_ATTRS,
@@ -85,6 +85,7 @@ class SiteRef:
     """The site."""
 
     name: str
+    health_url: str = ""
 
     def __format__(self, spec: str) -> str:
         return format(self.name, spec)
