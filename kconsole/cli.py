@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--key", metavar="KEYFILE")
     group.add_argument("--keyring", metavar="DIR")
     dec.add_argument("--pbkdf2", action="store_true", help="legacy file made with openssl -pbkdf2")
+    dec.add_argument("--iter", type=int, metavar="N", help="legacy file made with openssl -iter N (implies PBKDF2)")
     dec.add_argument("input", metavar="IN")
     dec.add_argument("-o", dest="output", required=True, metavar="OUT")
 
@@ -453,7 +454,7 @@ def cmd_crypto(args: argparse.Namespace) -> int:
     return crypto_cli.cmd_decrypt(Path(args.input), Path(args.output),
                                   key_path=Path(args.key) if args.key else None,
                                   keyring_dir=Path(args.keyring) if args.keyring else None,
-                                  pbkdf2=args.pbkdf2)
+                                  pbkdf2=args.pbkdf2 or args.iter is not None, iterations=args.iter)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

@@ -103,3 +103,27 @@ def test_contacts(cli, site_path: Path) -> None:
     assert "Jane Doe" in out and "L2 Operations Lead" in out
     code, out, _ = cli("--site", site_path, "contacts", "--json")
     assert json.loads(out.splitlines()[0])["name"] == "Jane Doe"
+
+
+def test_crypto_decrypt_legacy_with_iter(cli, tmp_path: Path) -> None:
+    """`--iter N` decrypts files made with `openssl enc -pbkdf2 -iter N`."""
+    import os
+    import shutil
+
+    if shutil.which("openssl") is None:
+        import pytest
+
+        pytest.skip("openssl is not installed")
+    key = tmp_path / "k.key"
+    code, _, err = cli("crypto", "keygen", "-o", key)
+    assert code == 0, err
+    plain = tmp_path / "p.bin"
+    plain.write_bytes(b"\x1f\x8b\x08" + os.urandom(5000))
+    enc = tmp_path / "p.enc"
+    subprocess.run(["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "20000", "-in", str(plain),
+                    "-out", str(enc), "-pass", f"file:{key}"], check=True, capture_output=True)
+    out = tmp_path / "p.out"
+    code, _, err = cli("crypto", "decrypt", "--key", key, "--iter", "20000", enc, "-o", out)
+    assert code == 0, err
+    assert out.read_bytes() == plain.read_bytes()
+    assert "legacy, unauthenticated" in err

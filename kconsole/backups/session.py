@@ -40,10 +40,7 @@ class BackupSession:
         """The site's key directory."""
         if self.site.keys_dir is None:
             raise UsageError("the site has no [keys] dir; backups cannot be encrypted or read without keys.")
-        try:
-            return Keyring(self.site.keys_dir)
-        except FileNotFoundError:
-            raise UsageError(f"key directory {self.site.keys_dir} does not exist.") from None
+        return Keyring(self.site.keys_dir)  # refuses a missing, empty or non-private keyring
 
     def current_key(self) -> Key:
         """The key new backups are encrypted with: the keyring's CURRENT marker (written
@@ -54,10 +51,7 @@ class BackupSession:
             return read_key_file(marker)
         if self.site.current_key and self.site.keys_dir is not None:
             return read_key_file(self.site.keys_dir / self.site.current_key)
-        ring = self.keyring()
-        if not len(ring):
-            raise UsageError(f"no key in {self.site.keys_dir}; make one with `kconsole crypto keygen`.")
-        return ring.current()
+        return self.keyring().current()
 
     async def catalog(self, refresh: bool = False) -> Catalog:
         """The catalog, listed once per session unless refreshed."""

@@ -108,6 +108,7 @@ class Lab:
         """The faults in force, in the order they were set."""
         self.damage: dict[tuple[str, ...], corrupt.Damage] = {}
         """Backups corrupted by `corrupt` faults, by fault identity."""
+        self._corrupting: set[tuple[str, ...]] = set()
         self._init: Init | None = None
         self._webhook: HttpServer | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -486,13 +487,18 @@ class Lab:
                 self._event(f"{'mended' if mended else 'could not mend'} {damage.describe()}")
 
     async def _try_corrupt(self, f: Fault) -> None:
-        if f.identity in self.damage:
+        # The fault watcher retries pending corruptions while set_fault() may still be applying
+        # this one in its thread: a second flip of the same byte would silently undo the first.
+        if f.identity in self.damage or f.identity in self._corrupting:
             return
+        self._corrupting.add(f.identity)
         try:
             damage = await asyncio.to_thread(self._corrupt_now, f)
         except Exception as exc:  # noqa: BLE001 - a lab fault must never take the lab down
             log.warning("fault %s: %s", f, exc)
             return
+        finally:
+            self._corrupting.discard(f.identity)
         if damage is not None:
             self.damage[f.identity] = damage
             self._event(f"fault {f}: {damage.describe()}")
