@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kconsole", description="Backup and disaster recovery console.")
     p.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
     p.add_argument("--version", action="version", version=f"kconsole {__version__}")
+    p.add_argument("--keymap", metavar="FILE", help="key remapping file for the console ([keys] table)")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     lab = sub.add_parser("lab", parents=[common], help="start the embedded lab and open the console on it")
@@ -358,11 +359,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """`kconsole metrics [-o FILE]`: the backup metrics, Prometheus text format; a file is
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
-    from kconsole.backups.metrics import collect, render, write_textfile
+    from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
 
     site = _site(args)
     catalog = _with_backups(site, lambda s: s.catalog())
-    text = render(collect(site, catalog, backup_attempts(site.state_dir)))
+    text = render(collect(site, catalog, backup_attempts(site.state_dir, runs_per_runbook=WINDOW)))
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
     if not args.output:
@@ -458,15 +459,22 @@ def cmd_crypto(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    """`kconsole lab [serve]`"""
-    from kconsole.lab.serve import serve
-
+    """`kconsole lab serve` headless; `kconsole lab` serves it in a child process and
+    opens the console on it, stopping the lab when the console closes."""
     directory = Path(args.dir) if args.dir else _default_lab_dir()
     if args.mode == "serve":
+        from kconsole.lab.serve import serve
+
         if not args.dir:
             raise UsageError("kconsole lab serve needs --dir DIR.")
         return serve(directory, args.nodes, args.faults)
-    return serve(directory, args.nodes, args.faults)
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        raise UsageError("kconsole lab opens the console and needs a terminal; "
+                         "for a headless lab use `kconsole lab serve --dir DIR`.")
+    from kconsole.lablauncher import lab_in_background
+
+    with lab_in_background(directory, args.nodes, args.faults) as site_path:
+        return _open_console(site_path, getattr(args, "keymap", None))
 
 
 def _default_lab_dir() -> Path:
@@ -474,11 +482,33 @@ def _default_lab_dir() -> Path:
     return Path(base) / "kconsole" / "lab"
 
 
+def _open_console(site_path: Path, keymap: str | None) -> int:
+    from screens.app import run_console  # the TUI is imported only to open it
+
+    return int(run_console(site_path, keymap))
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     """`kconsole` with no command: the console on the site."""
-    _site(args)
-    raise UsageError("the console screens are not available in this version; use the headless commands "
-                     "(kconsole --help).")
+    from kconsole.site import find_site_path, load_site
+
+    path = find_site_path(args.site)
+    load_site(path)  # a bad site file is one sentence here, before the screen takes over
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        raise UsageError("the console needs a terminal; the headless commands are listed by `kconsole --help`.")
+    return _open_console(path, args.keymap)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """`kconsole web`: the console served to a browser on 127.0.0.1 only."""
+    from kconsole.site import find_site_path, load_site
+
+    path = find_site_path(args.site)
+    load_site(path)
+    from screens.app import serve_web
+
+    _out(f"serving the console on http://127.0.0.1:{args.port}/ (localhost only; Ctrl+C stops)")
+    return int(serve_web(path, args.port))
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -495,6 +525,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "crypto": cmd_crypto,
     "lab": cmd_lab,
     "console": cmd_console,
+    "web": cmd_web,
 }
 
 

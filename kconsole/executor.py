@@ -243,7 +243,12 @@ class Executor:
             self._step_event(step, None, "failed", reason=str(exc))
             return await self._on_failure(step, None, str(exc))
         if step.gate and "{node" not in step.gate:
-            await self._gate(step, None, nodes)
+            try:
+                await self._gate(step, None, nodes)
+            except GateRefused as exc:
+                for node in nodes:
+                    self._step_event(step, node.name if node else None, "skipped", reason=str(exc).rstrip("."))
+                return "failed"
         limit = asyncio.Semaphore(step.concurrency or len(nodes) or 1)
         instances = [_Instance(step, n) for n in nodes]
 

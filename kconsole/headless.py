@@ -27,6 +27,10 @@ EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_
 def human_line(record: dict[str, Any]) -> str | None:
     """One readable line for a journal record, or None to say nothing."""
     t = str(record.get("time", ""))[11:19]
+    if record.get("type") == "note":
+        return f"{t} note by {record.get('user', '?')}: {record.get('text', '')}"
+    if record.get("type") != "step" and record.get("type") != "run":
+        return None
     if record.get("type") == "run":
         ev = record.get("event")
         if ev == "created":

@@ -128,8 +128,6 @@ class KconsoleApp(App[int]):
     class RunChanged(Message):
         """A run record arrived; a burst of them merges into one redraw."""
 
-        run_id: str = ""
-
         def can_replace(self, message: Message) -> bool:
             """Any pending change notice is superseded: screens redraw from the model."""
             return isinstance(message, KconsoleApp.RunChanged)
@@ -350,32 +348,29 @@ class KconsoleApp(App[int]):
 
     def run_paused(self, model: RunModel | None) -> bool:
         """Whether the live run is holding new steps."""
-        return model is not None and self.is_live(model) and self.session is not None \
-            and self.session.executor.paused
+        session = self.session
+        return session is not None and model is session.model and session.executor.paused
 
     def start_run(self, runbook: Runbook, raw_params: dict[str, Any], drill: bool = False) -> bool:
         """Start a run of `runbook`; False (with a notification) if it may not start."""
-        if not self.may_operate("run runbooks") or not self._may_start():
-            return False
-        self._run_worker = self._drive_run(partial(
-            RunSession.start, self.site, runbook, raw_params, run_id=self.make_run_id(), services=self.services,
-            user=self.user, drill=drill, confirm=self.confirm_gate, on_event=self._on_run_event))
-        return True
+        return self._launch("run runbooks", partial(
+            RunSession.start, self.site, runbook, raw_params, run_id=self.make_run_id(), drill=drill,
+            services=self.services, user=self.user, confirm=self.confirm_gate, on_event=self._on_run_event))
 
     def reattach_run(self, run_id: str) -> bool:
         """Carry on an interrupted or waiting run (`kconsole run --resume`)."""
-        if not self.may_operate("resume runs") or not self._may_start():
-            return False
-        self._run_worker = self._drive_run(partial(
-            RunSession.reattach, self.site, run_id, services=self.services, user=self.user,
-            confirm=self.confirm_gate, on_event=self._on_run_event))
-        return True
+        return self._launch("resume runs", partial(
+            RunSession.reattach, self.site, run_id,
+            services=self.services, user=self.user, confirm=self.confirm_gate, on_event=self._on_run_event))
 
-    def _may_start(self) -> bool:
+    def _launch(self, what: str, open_session: Callable[[], RunSession]) -> bool:
+        if not self.may_operate(what):
+            return False
         if self.run_active and self.session is not None:
             self.notify(f"run {self.session.run_id} is still active; one run at a time per console.",
                         title="Run already active", severity="warning")
             return False
+        self._run_worker = self._drive_run(open_session)
         return True
 
     @work(group="run", exit_on_error=False, description="drive a run")
@@ -387,10 +382,10 @@ class KconsoleApp(App[int]):
             return None
         self.session = session
         self.shown_run = session.model
-        self.post_message(self.RunChanged(session.run_id))
+        self.post_message(self.RunChanged())
         await self.switch_mode("run")
         outcome = await session.run()
-        self.post_message(self.RunChanged(session.run_id))
+        self.post_message(self.RunChanged())
         self.read_catalog()  # the run may have made, verified or pruned backups
         reason = f": {outcome.reason}" if outcome.reason else ""
         severity = {"succeeded": "information", "waiting": "warning"}.get(outcome.status, "error")
@@ -398,9 +393,9 @@ class KconsoleApp(App[int]):
                     timeout=10)
         return outcome.status
 
-    def _on_run_event(self, record: dict[str, Any]) -> None:
+    def _on_run_event(self, _record: dict[str, Any]) -> None:
         """The executor's event sink (the model is already updated): schedule a redraw."""
-        self.post_message(self.RunChanged(str(record.get("run", ""))))
+        self.post_message(self.RunChanged())
 
     def on_kconsole_app_run_changed(self, message: RunChanged) -> None:
         """Tell the screens the run moved."""
@@ -460,7 +455,7 @@ class KconsoleApp(App[int]):
                 except KconsoleError as exc:
                     self.notify(str(exc), severity="error")
                     return
-                self.post_message(self.RunChanged(session.run_id))
+                self.post_message(self.RunChanged())
                 self.notify("note added to the journal")
 
         self.push_screen(NoteScreen(), answered)
@@ -469,7 +464,7 @@ class KconsoleApp(App[int]):
         """Show a run in the Run screen: live if it is this console's, else from its journal."""
         if self.session is not None and self.session.run_id == run_id:
             self.shown_run = self.session.model
-            self.post_message(self.RunChanged(run_id))
+            self.post_message(self.RunChanged())
             self.show("run")
             return
         self._open_past_run(run_id)
@@ -482,7 +477,7 @@ class KconsoleApp(App[int]):
             self.notify(str(exc), title="Cannot open run", severity="error")
             return
         self.shown_run = model
-        self.post_message(self.RunChanged(run_id))
+        self.post_message(self.RunChanged())
         self.show("run")
 
     def open_report(self, run_id: str) -> None:
@@ -506,10 +501,12 @@ class KconsoleApp(App[int]):
     # -- failures and quitting -----------------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The app's own workers: a failure is reported (screens forward theirs here too)."""
+        if event.state == WorkerState.ERROR:
+            self.report_failure(event.worker)
+
+    def report_failure(self, worker: Worker[Any]) -> None:
         """Every worker failure is shown and audited, never silent and never a crash."""
-        worker = event.worker
-        if event.state != WorkerState.ERROR:
-            return
         what = worker.description or worker.name
         error = worker.error
         self.log.error(f"worker {what!r} failed", error)

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header
+from textual.worker import Worker, WorkerState
 
 if TYPE_CHECKING:
     from screens.app import KconsoleApp
@@ -40,3 +41,8 @@ class ConsoleScreen(Screen[None]):
     def on_mount(self) -> None:
         """Name the screen in the header."""
         self.sub_title = f"{self.NAME} · {self.console.identity}"
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A failed worker of this screen is reported like the app's own (the event does not bubble)."""
+        if event.state == WorkerState.ERROR:
+            self.console.report_failure(event.worker)

@@ -107,8 +107,9 @@ class CatalogScreen(ConsoleScreen):
         what = f" matching “{query}”" if query.strip() else ""
         more = " — refine the filter to see the rest" if total > len(window) else ""
         errors = "".join(f" · {loc} NOT LISTED: {why}" for loc, why in reading.errors.items())
+        as_of = f" as of {reading.as_of:%H:%M:%S} UTC" if reading.as_of else ""
         status = self.query_one("#catalog-status", Static)
-        status.update(f"{shown} backups{what} (of {len(rows):,}){more}{errors}")
+        status.update(f"{shown} backups{what} (of {len(rows):,}{as_of}){more}{errors}")
         status.set_class(bool(reading.errors), "-errors")
 
     def action_reload(self) -> None:

@@ -22,15 +22,21 @@ class ContactsScreen(ConsoleScreen):
     HELP = "Who to call now, contacts and the escalation matrices"
     CSS_PATH = "contacts.tcss"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.matrix_lines: dict[str, Static] = {}
+        """Each escalation matrix's line, by matrix name."""
+
     def compose_body(self) -> Iterable[Widget]:
         """Call-now line, contacts table, one panel per matrix."""
         yield Static("", id="call-now")
         table: DataTable[object] = DataTable(id="contacts", cursor_type="row")
         yield table
+        self.matrix_lines = {name: Static("", id=f"matrix-{i}", classes="matrix")
+                             for i, name in enumerate(self.console.site.escalation)}
         with Vertical(id="matrices"):
-            for matrix in self.console.site.escalation.values():
-                yield Static("", id=f"matrix-{matrix.name}", classes="matrix")
-            if not self.console.site.escalation:
+            yield from self.matrix_lines.values()
+            if not self.matrix_lines:
                 yield Static("no [escalation.*] tables in the site file", classes="matrix")
 
     def on_mount(self) -> None:
@@ -78,4 +84,4 @@ class ContactsScreen(ConsoleScreen):
                 line.append_text(step)
                 if level.wait:
                     line.append(f" —{short_duration(level.wait)}→ ", style="dim")
-            self.query_one(f"#matrix-{matrix.name}", Static).update(line)
+            self.matrix_lines[matrix.name].update(line)

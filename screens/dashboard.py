@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
+from textual.containers import Container
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
@@ -15,11 +15,14 @@ from screens.oncall import call_now
 from screens.run_model import RunModel
 from screens.widgets import FleetTable, RtoClock, short_duration
 
+TIER_WIDTH = 26
+"""Columns one tier cell needs: `important RPO 1h RTO 4h` and a gutter."""
 
-def tier_line(summary: Mapping[str, Any] | None, missing: str) -> tuple[str, str]:
-    """A tier's freshness in a few words, and its state (ok, stale, none, unknown)."""
+
+def tier_line(summary: Mapping[str, Any] | None) -> tuple[str, str]:
+    """A tier's freshness (the engine's `tier_summary` line) in a few words, and its state."""
     if summary is None:
-        return missing, "unknown"
+        return "– no backups", "none"
     status = str(summary.get("status", "none"))
     loss = summary.get("max_loss_s")
     worst = f" · worst {short_duration(loss)}" if isinstance(loss, int | float) else ""
@@ -49,26 +52,37 @@ class DashboardScreen(ConsoleScreen):
         Binding("p", "poll", "Poll now", id="dashboard-poll", tooltip="Poll every node again now."),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.tier_cells: dict[str, Static] = {}
+        """Each tier's cell of the RPO strip, by tier name."""
+
     def compose_body(self) -> Iterable[Widget]:
         """Run strip, on-call line, RPO strip, fleet, fleet summary."""
         yield Static("", id="run-title")
         yield RtoClock(id="rto")
         yield Static("", id="oncall")
-        yield Horizontal(id="rpo-strip")
+        # ids are by position: tier names come from the site file and need not be valid ids
+        self.tier_cells = {tier: Static("", id=f"tier-{i}", classes="tier")
+                           for i, tier in enumerate(self.console.site.tiers)}
+        with Container(id="rpo-strip"):
+            yield from self.tier_cells.values()
+            if not self.tier_cells:
+                yield Static("no tiers in the site file", classes="tier")
         yield FleetTable(self.console.site, id="fleet")
         yield Static("", id="fleet-summary")
 
     def on_mount(self) -> None:
         """Draw from what the app knows and follow its changes."""
-        strip = self.query_one("#rpo-strip", Horizontal)
-        for tier in self.console.site.tiers.values():
-            strip.mount(Static("", id=f"tier-{tier.name}", classes="tier"))
-        if not self.console.site.tiers:
-            strip.mount(Static("no tiers in the site file", classes="tier"))
         self.console.fleet_signal.subscribe(self, self._fleet_changed)
         self.console.run_signal.subscribe(self, self._run_changed)
         self.console.catalog_signal.subscribe(self, self._catalog_changed)
         self.call_after_refresh(self._redraw)
+
+    def on_resize(self) -> None:
+        """As many tier cells per row as fit in the width."""
+        tiers = max(1, len(self.console.site.tiers))
+        self.query_one("#rpo-strip").styles.grid_size_columns = max(1, min(tiers, self.size.width // TIER_WIDTH))
 
     def on_screen_resume(self) -> None:
         """Catch up with anything that changed while another screen was shown."""
@@ -120,10 +134,12 @@ class DashboardScreen(ConsoleScreen):
         app = self.console
         reading = app.catalog_reading
         for tier in app.site.tiers.values():
-            cell = self.query_one(f"#tier-{tier.name}", Static)
+            cell = self.tier_cells[tier.name]
             head = f"{tier.name} RPO {short_duration(tier.rpo)} RTO {short_duration(tier.rto)}"
-            line, state = tier_line(reading.tier(tier.name) if reading else None,
-                                    "no catalog" if app.catalog is None else "reading catalog…")
+            if reading is None:
+                line, state = ("no catalog" if app.catalog is None else "reading catalog…"), "unknown"
+            else:
+                line, state = tier_line(reading.tier(tier.name))
             cell.update(f"{head}\n{line}")
             cell.set_classes(f"tier -{state}")
 

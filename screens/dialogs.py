@@ -79,12 +79,12 @@ class GateScreen(ModalScreen[bool | None]):
 
     def on_key(self, event: Key) -> None:
         """In a typed gate, typing anywhere types into the value (focus stays safe on Cancel)."""
-        if self.request.kind != "type" or not event.is_printable or event.character is None:
-            return
+        if self.request.kind != "type" or not event.is_printable or not (event.character or "").strip():
+            return  # space still presses the focused button
         typed = self.query_one("#typed", Input)
         if self.focused is not typed:
             typed.focus()
-            typed.insert_text_at_cursor(event.character)
+            typed.insert_text_at_cursor(event.character or "")
             event.stop()
             event.prevent_default()
 

@@ -40,6 +40,7 @@ class RunScreen(ConsoleScreen):
     NAME = "Run"
     HELP = "The run: step states, output, guide, RTO clock; pause, abort, notes"
     CSS_PATH = "run.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (160, "-wide")]
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "pause", "Pause", id="run-pause", tooltip="Hold new steps; running ones carry on."),
         Binding("p", "unpause", "Resume", id="run-resume", tooltip="Let new steps start again."),
@@ -76,7 +77,8 @@ class RunScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns; follow the app's run."""
         table = self.query_one("#steps", DataTable)
-        for label, key, width in (("State", "state", 11), ("Step", "step", 14), ("Node", "node", 12)):
+        for label, key, width in (("State", "state", 11), ("Step", "step", 14), ("Node", "node", 12),
+                                  ("Title", "title", 48)):
             table.add_column(label, key=key, width=width)
         self.console.run_signal.subscribe(self, self._run_changed)
         self._run_changed(None)
@@ -111,7 +113,7 @@ class RunScreen(ConsoleScreen):
             seen = self._versions.get(key)
             if seen is None:
                 table.add_row(state_label(self.app, inst.state), plain(inst.step.id), plain(inst.node or "local"),
-                              key=key)
+                              plain(inst.title), key=key)
             elif seen != inst.version:
                 table.update_cell(key, "state", state_label(self.app, inst.state))
             self._versions[key] = inst.version
@@ -134,9 +136,10 @@ class RunScreen(ConsoleScreen):
         paused = " · PAUSED" if self.console.run_paused(model) else ""
         drill = " · DRILL" if model.drill else ""
         live = "" if self.console.is_live(model) else " · (journal)"
+        notes = f" · ✎ {len(model.notes)} note(s), last: {model.notes[-1]}" if model.notes else ""
         reason = f" — {model.reason}" if model.reason else ""
         head.update(f"{model.runbook.title}{drill} · run {model.run_id or '-'} · {model.status}{paused}{live}"
-                    f" · {done}/{len(model.steps)} done{reason}")
+                    f" · {done}/{len(model.steps)} done{reason}{notes}")
         head.set_class(model.status in ("failed", "aborted") or bool(model.gated()), "-alert")
 
     def selected(self) -> StepRun | None:
@@ -188,16 +191,16 @@ class RunScreen(ConsoleScreen):
     # -- actions ----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Pause or Resume, whichever applies; run controls only on the live run."""
+        """Pause or Resume, whichever applies; run controls only while this console's run is going."""
         model = self.model
         live = model is not None and self.console.is_live(model) and model.active
         paused = model is not None and self.console.run_paused(model)
         if action == "pause":
-            return (not paused) if live else None
+            return live and not paused
         if action == "unpause":
             return live and paused
         if action in ("abort", "note"):
-            return True if live else None
+            return live
         return True
 
     def action_pause(self) -> None:

@@ -72,11 +72,6 @@ class StepRun:
     """Bumped on every change, so a screen redraws only the rows that moved."""
 
     @property
-    def key(self) -> tuple[str, str | None]:
-        """(step id, node name): the journal's key for an instance."""
-        return (self.step.id, self.node)
-
-    @property
     def over(self) -> bool:
         """Done, failed or skipped."""
         return self.state in ("done", "failed", "skipped")

@@ -58,7 +58,7 @@ class RunbooksScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns, then rows as soon as the runbooks are loaded."""
         table = self.query_one("#runbooks", DataTable)
-        for label, key, width in (("Runbook", "id", 26), ("Scenario", "scenario", 16), ("RTO", "rto", 6),
+        for label, key, width in (("Runbook", "id", 26), ("Scenario", "scenario", 17), ("RTO", "rto", 6),
                                   ("RPO", "rpo", 6), ("Est.", "estimate", 6), ("Title", "title", 40)):
             table.add_column(label, key=key, width=width)
         self.console.runbooks_signal.subscribe(self, self._refill)
@@ -170,6 +170,8 @@ class ParamsScreen(ConsoleScreen):
         """The runbook being prepared."""
         self.values = values
         """Pre-filled values, by parameter name."""
+        self.fields: dict[str, Select[str] | Input] = {}
+        """Each parameter's field, by parameter name."""
 
     def compose_body(self) -> Iterable[Widget]:
         """One field per parameter, the drill switch, Back and Review plan."""
@@ -177,7 +179,7 @@ class ParamsScreen(ConsoleScreen):
         app = self.console
         yield Static(f"{rb.title} · RTO {short_duration(rb.rto)} · RPO {short_duration(rb.rpo)}", id="rb-head")
         with VerticalScroll(id="form"):
-            for name, param in rb.params.items():
+            for i, (name, param) in enumerate(rb.params.items()):
                 hint = f" — {param.help}" if param.help else ""
                 yield Label(f"{name} ({param.type}){hint}", classes="param-label")
                 value = self.values.get(name, "")
@@ -190,10 +192,12 @@ class ParamsScreen(ConsoleScreen):
                     options = [(c, c) for c in param.choices]
                 if options:
                     known = {v for _, v in options}
-                    yield Select(options, value=value if value in known else Select.NULL, prompt=f"choose {name}",
-                                 id=f"param-{name}", compact=True)
+                    field: Select[str] | Input = Select(options, value=value if value in known else Select.NULL,
+                                                        prompt=f"choose {name}", id=f"param-{i}", compact=True)
                 else:
-                    yield Input(value=value, placeholder=param.help or name, id=f"param-{name}", compact=True)
+                    field = Input(value=value, placeholder=param.help or name, id=f"param-{i}", compact=True)
+                self.fields[name] = field  # ids by position: parameter names need not be valid ids
+                yield field
             yield TickBox("Drill: mark this run as a drill (journal, report, notifications)", id="drill",
                            compact=True)
         yield Static("", id="params-error")
@@ -204,8 +208,7 @@ class ParamsScreen(ConsoleScreen):
     def raw_values(self) -> dict[str, Any]:
         """What the operator set, as `--param` values; empty fields fall back to defaults."""
         out: dict[str, Any] = {}
-        for name in self.runbook.params:
-            widget = self.query_one(f"#param-{name}")
+        for name, widget in self.fields.items():
             if isinstance(widget, Select):
                 value = "" if widget.is_blank() else str(widget.value)
             else:

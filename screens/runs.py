@@ -56,6 +56,7 @@ class RunsScreen(ConsoleScreen):
         super().__init__()
         self.runs: list[RunSummary] = []
         """What the journal holds, newest first."""
+        self._seen_status: tuple[str, str] | None = None
 
     def compose_body(self) -> Iterable[Widget]:
         """Run table, the highlighted run's line and timeline."""
@@ -70,8 +71,16 @@ class RunsScreen(ConsoleScreen):
         for label, key, width in (("Run", "id", 20), ("Runbook", "runbook", 22), ("Status", "status", 14),
                                   ("Started", "started", 19), ("Drill", "drill", 5), ("User", "user", 10)):
             table.add_column(label, key=key, width=width)
-        self.console.run_signal.subscribe(self, lambda _data: self.action_reload())
+        self.console.run_signal.subscribe(self, self._run_changed)
         self.action_reload()
+
+    def _run_changed(self, _data: object) -> None:
+        """Re-read the journal when this console's run changes status, not on every line of output."""
+        session = self.console.session
+        status = (session.run_id, session.model.status) if session else None
+        if status != self._seen_status:
+            self._seen_status = status
+            self.action_reload()
 
     def on_screen_resume(self) -> None:
         """Statuses move on while the screen is away."""

@@ -79,8 +79,9 @@ def _typed_gate(console: Console) -> Script:
                        "the typed gate")
         await wait_for(pilot, lambda: console.app.gate_open, "the gate dialog")
         console.clock.advance(12 * 60)
-        for clock in console.app.query(RtoClock):
-            clock.post_message(RtoClock.Ticked())
+        for screen in console.app.screen_stack:  # the clock is on the Run screen, under the gate
+            for clock in screen.query(RtoClock):
+                clock.post_message(RtoClock.Ticked())
         await type_text(pilot, "valid")
 
     return run
@@ -169,14 +170,9 @@ class TestContacts:
     """Who to call at 03:14 on a Thursday, and the escalation matrices."""
 
     def test_small(self, snap_compare: Any, tmp_path: Path) -> None:
-        """80x24."""
+        """80x24: the matrices wrap, nothing is cut."""
         console = make_console(tmp_path)
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("c")))
-
-    def test_large(self, snap_compare: Any, tmp_path: Path) -> None:
-        """120x40."""
-        console = make_console(tmp_path)
-        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_keys("c")))
 
 
 class TestRunsAndAudit:
@@ -187,17 +183,7 @@ class TestRunsAndAudit:
         console = make_console(tmp_path, down=["validator2"])
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_waiting_run, _keys("h")))
 
-    def test_runs_large(self, snap_compare: Any, tmp_path: Path) -> None:
-        """The same at 120x40."""
-        console = make_console(tmp_path, down=["validator2"])
-        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _keys("h")))
-
-    def test_audit_small(self, snap_compare: Any, tmp_path: Path) -> None:
-        """The audit entries the run wrote; chain intact."""
-        console = make_console(tmp_path, down=["validator2"])
-        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_waiting_run, _keys("u")))
-
     def test_audit_large(self, snap_compare: Any, tmp_path: Path) -> None:
-        """The same at 120x40."""
+        """The audit entries the run wrote; chain intact."""
         console = make_console(tmp_path, down=["validator2"])
         assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _keys("u")))

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kconsole.lablauncher import read_env_file
+
 
 class LiveLab:
     """A running lab subprocess and helpers to poke it."""
@@ -23,13 +25,7 @@ class LiveLab:
 
     def env(self) -> dict[str, str]:
         """The variables of DIR/lab.env (webhook sink, AWS files)."""
-        out = {}
-        for line in (self.dir / "lab.env").read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.removeprefix("export ").partition("=")
-                out[key.strip()] = value.strip().strip("'\"")
-        return out
+        return read_env_file(self.dir / "lab.env")
 
     def fault(self, action: str, spec: str | None = None) -> None:
         """Change the running lab's faults (it re-reads faults.toml every 0.5 s)."""

@@ -108,7 +108,7 @@ async def test_manifest_cache_makes_a_rebuild_read_nothing_new(site: Site, monke
     reads: list[int] = []
     original = LocalStore.read_many
 
-    async def counting(self: LocalStore, keys: list[str], limit: int = 4) -> dict[str, bytes | None]:
+    async def counting(self: LocalStore, keys: list[str], limit: int = 1) -> dict[str, bytes | None]:
         reads.append(len(keys))
         return await original(self, keys, limit)
 
@@ -119,7 +119,7 @@ async def test_manifest_cache_makes_a_rebuild_read_nothing_new(site: Site, monke
     assert reads == [1, 1]  # warm: every manifest came from the cache
     assert second.find(m.id).manifest == first.find(m.id).manifest
     cache = json.loads((site.state_dir / "catalog-cache.json").read_text())
-    assert cache["version"] == 2 and cache["as_of"] == "2026-11-26T10:00:00Z" and len(cache["manifests"]) == 2
+    assert cache["version"] == 3 and cache["as_of"] == "2026-11-26T10:00:00Z" and len(cache["manifests"]) == 2
     # A changed manifest (new size/mtime) is read again.
     p = stores["dr"].path(m.manifest_key())  # type: ignore[attr-defined]
     p.write_bytes(p.read_bytes() + b"\n")
@@ -245,8 +245,19 @@ async def test_verify_reports_missing_replica_and_corruption(site: Site) -> None
     data[len(data) // 2] ^= 0x40
     obj.write_bytes(bytes(data))
     bad = await verify_backup(site, catalog.find(whole.id), stores, ring, quiet)
-    assert not bad.ok and bad.checked == ["primary"] and "dr:" in bad.problems[0]
-    assert (await build_catalog(site, stores, now=NOW)).find(whole.id).status == "failed-verify"
+    assert not bad.ok and bad.checked == ["primary"] and "dr:" in bad.problems[0] and list(bad.damaged) == ["dr"]
+    # Still restorable from primary: the catalog shows the damaged copy, not a failed backup.
+    after = await build_catalog(site, stores, now=NOW)
+    assert after.find(whole.id).status == "missing-replica" and "damaged copy in dr" in after.find(whole.id).reason
+    assert after.latest_good("blockchain-state", "validator1") is not None
+    # With the primary copy damaged too, nothing good is left: failed-verify.
+    obj = stores["primary"].path(whole.object_key())  # type: ignore[attr-defined]
+    obj.write_bytes(obj.read_bytes()[:-1] + b"!")
+    worse = await verify_backup(site, after.find(whole.id), stores, ring, quiet)
+    assert not worse.ok and worse.checked == [] and set(worse.damaged) == {"primary", "dr"}
+    final = await build_catalog(site, stores, now=NOW)
+    assert final.find(whole.id).status == "failed-verify"
+    assert final.latest_good("blockchain-state", "validator1") is None
 
 
 def test_cli_catalog_json_and_text(site: Site, cli) -> None:

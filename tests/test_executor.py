@@ -492,3 +492,29 @@ within = "1m"
     )
     assert outcome.status == "failed"
     assert "has not advanced" in [e for e in events if e.get("event") == "failed"][0]["reason"]
+
+
+async def test_refused_step_gate_ends_the_run_aborted(site_path: Path) -> None:
+    """A refused run-wide gate ends the run as aborted, journaled, not as a crash."""
+    text = HEAD + """
+[[steps]]
+id = "first"
+action = "test.probe"
+
+[[steps]]
+id = "danger"
+action = "test.probe"
+needs = ["first"]
+for_each = "group:validator"
+gate = "confirm"
+
+[[steps]]
+id = "after"
+action = "test.probe"
+needs = ["danger"]
+"""
+    outcome, events, site = await execute(site_path, text, confirm=Answers(False))
+    assert outcome.status == "aborted"
+    assert [c[0] for c in Probe.calls] == ["first"]
+    assert summarise(site.state_dir / "runs" / outcome.run_id).status == "aborted"
+    assert ("danger", "validator1") in step_events(events, "skipped")

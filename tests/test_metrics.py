@@ -94,9 +94,11 @@ def test_attempts_and_success_rate_from_the_journal(site: Site) -> None:
         write_run(site.state_dir, f"20261126-09{i:02d}00-aaaa", "backup-blockchain-state",
                   {("capture", "validator1"): outcome, ("capture", "validator2"): "finished"}, kinds)
     write_run(site.state_dir, "20261126-095900-bbbb", "some-other", {("x", "validator1"): "failed"}, {})
-    attempts = backup_attempts(site.state_dir)
-    assert len(attempts) == 50 and {a.kind for a in attempts} == {"blockchain-state"}
-    assert attempts[0].run == "20261126-092400-aaaa"  # newest first
+    everything = backup_attempts(site.state_dir, runs_per_runbook=None)
+    assert len(everything) == 50 and {a.kind for a in everything} == {"blockchain-state"}
+    attempts = backup_attempts(site.state_dir)  # the newest 20 runs of each runbook: a full window
+    assert len(attempts) == 40 and attempts[0].run == "20261126-092400-aaaa"  # newest first
+    assert runs_success(everything) == runs_success(attempts)
     rates = runs_success(attempts)
     # The window is the newest 20 attempts: runs 05..24, of which run 24 failed (run 3 is older).
     assert rates[("blockchain-state", "validator1")] == (19, 20)

@@ -12,7 +12,7 @@ from kconsole.audit import AuditLog
 from kconsole.journal import summarise
 from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
 from screens.run import RunScreen
-from screens.runbooks import PlanScreen
+from screens.runbooks import PlanScreen, RunbooksScreen
 from screens.widgets import RtoClock
 from tests.tui_support import (
     journal,
@@ -67,6 +67,8 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
         await pilot.press("enter")  # a reflexive Enter cancels, it never confirms
         await wait_for(pilot, lambda: not console.app.run_active, "the run to end")
         assert gate is not console.app.screen
+        await pilot.press("r")  # the parameter and plan screens were left behind when the run started
+        assert isinstance(console.app.screen, RunbooksScreen)
     events = step_events(console)
     assert ("isolate", "refused") in events and ("isolate", "confirmed") not in events
     assert "systemctl stop kaldrix-node" not in console.transport.commands("validator2")
@@ -81,10 +83,10 @@ async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tm
         await pilot.press("y")
         await wait_for(pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate")
         assert app.focused is not None and app.focused.id == "cancel"
-        await type_text(pilot, "validator1")  # typing from Cancel types into the value
+        await type_text(pilot, "v1")  # typing from Cancel types into the value
         await pilot.press("enter")
         gate = _gate(app)
-        assert gate is not None and gate.query_one("#typed", Input).value == "validator1"
+        assert gate is not None and gate.query_one("#typed", Input).value == "v1"
         assert "does not match" in str(gate.query_one("#gate-error").render())
         gate.query_one("#typed", Input).value = ""
         await type_text(pilot, "validator2")
@@ -95,7 +97,7 @@ async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tm
         gate = _gate(app)
         assert gate is not None and "not ticked" in str(gate.query_one("#gate-error").render())
         await pilot.press("shift+tab", "shift+tab", "space", "shift+tab", "space", "tab", "tab")
-        await type_text(pilot, "height ok")
+        await type_text(pilot, "ok")
         await pilot.press("enter")
         await wait_for(pilot, lambda: not app.run_active, "the run to finish")
     events = step_events(console)
@@ -104,7 +106,7 @@ async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tm
         ("start", "finished"), ("verify", "finished")]
     assert summarise(app.site.state_dir / "runs" / "20261126-031400-0001").status == "succeeded"
     verify = next(r for r in journal(console) if r.get("step") == "verify" and r.get("event") == "finished")
-    assert verify["data"]["note"] == "height ok"
+    assert verify["data"]["note"] == "ok"
 
 
 async def test_pause_abort_and_note_on_a_running_step(tmp_path: Path) -> None:
@@ -125,8 +127,9 @@ async def test_pause_abort_and_note_on_a_running_step(tmp_path: Path) -> None:
         assert "PAUSED" in str(app.screen.query_one("#run-head").render())
         await pilot.press("n")
         assert isinstance(app.screen, NoteScreen)
-        await type_text(pilot, "called Jane")
+        await type_text(pilot, "Jane")
         await pilot.press("enter")
+        assert "✎ 1 note(s), last: 03:14:00 alice: Jane" in str(app.screen.query_one("#run-head").render())
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmScreen) and app.focused is not None and app.focused.id == "cancel"
         await pilot.press("y")
@@ -137,7 +140,7 @@ async def test_pause_abort_and_note_on_a_running_step(tmp_path: Path) -> None:
     assert ("start", "started") not in events  # nothing new starts after abort
     assert summarise(app.site.state_dir / "runs" / "20261126-031400-0001").status == "aborted"
     notes = [r for r in journal(console) if r.get("type") == "note"]
-    assert [n["text"] for n in notes] == ["called Jane"]
+    assert [n["text"] for n in notes] == ["Jane"]
     assert "run.note" in [e["action"] for e in AuditLog(app.site.state_dir).read()]
 
 

@@ -369,7 +369,7 @@ def utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def wait_for(pilot: Pilot[Any], condition: Callable[[], object], what: str = "condition",
-                   limit: float = 5.0) -> None:
+                   limit: float = 10.0) -> None:
     """Let the app run until `condition()` holds (a generous limit; never a fixed sleep)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit

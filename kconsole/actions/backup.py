@@ -123,6 +123,10 @@ class BackupVerify(Action):
                                    {(b.kind, b.node) for b in catalog.select(kind, node)}) if b]
         else:
             targets = [catalog.find(wanted)]
+        if not targets:
+            what = " ".join(x for x in (kind, "backup of" if node else "backups", node) if x)
+            where = f" (unreachable: {', '.join(catalog.errors)})" if catalog.errors else ""
+            raise OperationFailed(f"there is no {what} to verify in any location{where}.")
         stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
         keyring = session.keyring()
         bad: list[str] = []

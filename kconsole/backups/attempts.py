@@ -10,6 +10,7 @@ schedule check never needs the executor.
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,29 @@ def run_dirs(state_dir: Path, limit: int | None = None) -> list[Path]:
     return dirs[:limit] if limit else dirs
 
 
-def backup_attempts(state_dir: Path, max_runs: int = 5000) -> list[Attempt]:
-    """Every ended `backup.create` instance in the newest `max_runs` runs, newest run first."""
+def _runbook_of(journal: Path) -> str:
+    """The runbook id from a journal's first record (`created`), or ""."""
+    try:
+        with journal.open("rb") as fh:
+            head = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return ""
+    return str(head.get("runbook", "")) if isinstance(head, dict) else ""
+
+
+def backup_attempts(state_dir: Path, runs_per_runbook: int | None = 20,
+                    max_runs: int | None = None) -> list[Attempt]:
+    """Every ended `backup.create` instance, newest run first, from at most the newest
+    `runs_per_runbook` runs of each runbook (a run makes one attempt per node, so 20 runs
+    fill a 20-attempt window; the journals of older runs are not read at all)."""
     parsed: dict[str, dict[str, str]] = {}
+    taken: dict[str, int] = {}
     out: list[Attempt] = []
     for d in run_dirs(state_dir, max_runs):
+        if runs_per_runbook:
+            rb = _runbook_of(d / "journal.jsonl")
+            if taken.get(rb, 0) >= runs_per_runbook:
+                continue
         try:
             text = (d / "runbook.toml").read_bytes()
         except OSError:
@@ -75,6 +94,7 @@ def backup_attempts(state_dir: Path, max_runs: int = 5000) -> list[Attempt]:
         if not steps:
             continue
         summary = summarise(d)
+        taken[summary.runbook] = taken.get(summary.runbook, 0) + 1
         ended: list[Any] = sorted(
             (i for i in summary.instances.values() if i.step in steps and i.node and i.last in ("finished", "failed")),
             key=lambda i: i.finished, reverse=True)

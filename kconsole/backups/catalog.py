@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import posixpath
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,9 @@ from kconsole.fsutil import atomic_write
 from kconsole.site import Site
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+_FIELDS = list(Manifest.__dataclass_fields__)
+"""The order manifest values are cached in (one list per manifest: a third of the JSON of dicts)."""
 
 
 @dataclass
@@ -121,13 +124,14 @@ class Catalog:
     meant to be changed after it is built.
     """
 
-    backups: list[Backup]
+    backups: list[Backup] = field(repr=False)
     as_of: datetime
     errors: dict[str, str] = field(default_factory=dict)
     locations: list[str] = field(default_factory=list)
     _by_id: dict[str, Backup] | None = field(default=None, init=False, repr=False, compare=False)
     _by_group: dict[tuple[str, str], list[Backup]] | None = field(default=None, init=False, repr=False,
                                                                  compare=False)
+    _ordered: list[Backup] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def _index(self) -> tuple[dict[str, Backup], dict[tuple[str, str], list[Backup]]]:
         if self._by_id is None or self._by_group is None:
@@ -137,7 +141,7 @@ class Catalog:
             for b in ordered:
                 by_id.setdefault(b.id, b)
                 by_group.setdefault((b.kind, b.node), []).append(b)
-            self._by_id, self._by_group = by_id, by_group
+            self._by_id, self._by_group, self._ordered = by_id, by_group, ordered
         return self._by_id, self._by_group
 
     def find(self, bid: str) -> Backup:
@@ -169,7 +173,7 @@ class Catalog:
             groups = [g for (k, n), g in by_group.items() if (not kind or k == kind) and (not node or n == node)]
             out = sorted((b for g in groups for b in g), key=lambda b: b.created, reverse=True)
         else:
-            out = sorted(self.backups, key=lambda b: b.created, reverse=True)
+            out = self._ordered
         if status or location:
             out = [b for b in out if (not status or b.status == status) and (not location or location in b.replicas)]
         return list(out)
@@ -332,10 +336,14 @@ def load_verify_state(site: Site) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def record_verification(site: Site, bid: str, ok: bool, reason: str = "") -> None:
-    """Remember a verification result (the catalog shows failed ones as failed-verify)."""
+def record_verification(site: Site, bid: str, ok: bool, reason: str = "",
+                        damaged: dict[str, str] | None = None) -> None:
+    """Remember a verification result: not `ok` (no good copy) shows as failed-verify; a
+    restorable backup with `damaged` copies (location -> why) shows as missing those replicas."""
     state = load_verify_state(site)
     state[bid] = {"ok": ok, "reason": reason, "time": iso(datetime.now(UTC))}
+    if damaged:
+        state[bid]["damaged"] = dict(damaged)
     atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
 
 
@@ -350,14 +358,23 @@ def forget_verifications(site: Site, ids: Iterable[str]) -> None:
 
 
 def _load_cache(site: Site) -> dict[str, Any]:
+    """Cache key -> the manifest's values in `_FIELDS` order; {} if absent or of another format."""
     try:
         data = json.loads(_cache_path(site).read_bytes())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("fields") != _FIELDS:
         return {}
     manifests = data.get("manifests")
     return manifests if isinstance(manifests, dict) else {}
+
+
+def _from_cache(values: Any) -> Manifest | None:
+    try:
+        m = Manifest(*values)
+    except TypeError:
+        return None
+    return m if isinstance(m.id, str) and isinstance(m.created, str) else None
 
 
 async def _list_location(name: str, store: Store) -> tuple[str, list[ObjectInfo] | str]:
@@ -367,47 +384,56 @@ async def _list_location(name: str, store: Store) -> tuple[str, list[ObjectInfo]
         return name, str(exc).rstrip(".") or exc.__class__.__name__
 
 
+@contextlib.contextmanager
+def _bulk() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many small, acyclic objects are made: at
+    100,000 backups its passes cost more than the work (measured: bench/bench_catalog.py)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | None = None) -> Catalog:
     """List every location at once and join what they hold."""
     now = now or datetime.now(UTC)
-    listings = await asyncio.gather(*(_list_location(n, s) for n, s in stores.items()))
-    cache = _load_cache(site)
+    with _bulk():  # listing threads build an ObjectInfo per file
+        listings = await asyncio.gather(*(_list_location(n, s) for n, s in stores.items()))
+    errors: dict[str, str] = {loc: listing for loc, listing in listings if isinstance(listing, str)}
+    listed = [(loc, listing) for loc, listing in listings if not isinstance(listing, str)]
     new_cache: dict[str, Any] = {}
-    changed = False
-    errors: dict[str, str] = {}
-    by_id: dict[str, Backup] = {}
-
-    for loc, listing in listings:
-        if isinstance(listing, str):
-            errors[loc] = listing
-            continue
-        store = stores[loc]
-        objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
-        found: list[tuple[ObjectInfo, Manifest]] = []
-        misses: list[tuple[ObjectInfo, str]] = []
-        for info in listing:
-            if not info.key.endswith(MANIFEST_SUFFIX):
-                continue
-            ck = f"{loc}|{info.key}|{info.size}|{int(info.mtime)}"
-            hit = cache.get(ck)
-            if hit is not None:
-                try:
-                    found.append((info, Manifest.from_dict(hit)))
-                    new_cache[ck] = hit
+    found: dict[str, list[tuple[ObjectInfo, Manifest]]] = {loc: [] for loc, _ in listed}
+    misses: dict[str, list[tuple[ObjectInfo, str]]] = {}
+    with _bulk():
+        cache = _load_cache(site)
+        for loc, listing in listed:
+            for info in listing:
+                if not info.key.endswith(MANIFEST_SUFFIX):
                     continue
-                except ValueError:
-                    pass
-            misses.append((info, ck))
-        if misses:
-            changed = True
-            raw = await store.read_many([info.key for info, _ in misses])
-            for info, ck in misses:
+                ck = f"{loc}|{info.key}|{info.size}|{int(info.mtime)}"
+                hit = cache.get(ck)
+                if hit is not None:
+                    cached = _from_cache(hit)
+                    if cached is not None:
+                        found[loc].append((info, cached))
+                        new_cache[ck] = hit
+                        continue
+                misses.setdefault(loc, []).append((info, ck))
+    # Manifests not in the cache are read from every location at once.
+    raws = await asyncio.gather(*(stores[loc].read_many([info.key for info, _ in todo])
+                                  for loc, todo in misses.items()))
+    with _bulk():
+        for (loc, todo), raw in zip(misses.items(), raws, strict=True):
+            for info, ck in todo:
                 data = raw.get(info.key)
                 if data is not None and len(data) != info.size:
                     # Short reads happen on some SFTP servers (ronf/asyncssh#814), and a file may
                     # have changed since the listing: read it once more, measured.
                     try:
-                        data = await store.read_bytes(info.key)
+                        data = await stores[loc].read_bytes(info.key)
                     except (OperationFailed, OSError):
                         data = None
                 if data is None:
@@ -416,9 +442,26 @@ async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | No
                     m = Manifest.from_json(data)
                 except ValueError:
                     continue
-                new_cache[ck] = m.to_dict()
-                found.append((info, m))
-        for info, m in found:
+                new_cache[ck] = [getattr(m, f) for f in _FIELDS]
+                found[loc].append((info, m))
+    if misses or len(new_cache) != len(cache):
+        # A cache that cannot be written only costs speed.
+        body = {"version": CACHE_VERSION, "as_of": iso(now), "fields": _FIELDS, "manifests": new_cache}
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(lambda: atomic_write(
+                _cache_path(site), json.dumps(body, separators=(",", ":")).encode(), 0o600))
+    with _bulk():
+        return _join(site, stores, listed, found, errors, now)
+
+
+def _join(site: Site, stores: dict[str, Store], listed: list[tuple[str, list[ObjectInfo]]],
+          found: dict[str, list[tuple[ObjectInfo, Manifest]]], errors: dict[str, str], now: datetime) -> Catalog:
+    """Backups by id from each location's manifests, objects and legacy files; then statuses."""
+    by_id: dict[str, Backup] = {}
+    for loc, listing in listed:
+        store = stores[loc]
+        objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
+        for info, m in found[loc]:
             obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
             b = by_id.get(m.id)
             if b is None:
@@ -441,12 +484,6 @@ async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | No
             if b is None:
                 b = by_id[bid] = Backup(bid, kind, node, created, None, legacy=True)
             b.replicas[loc] = Replica(loc, o.key, o.size, o.mtime, store.describe(o.key))
-    if changed or len(new_cache) != len(cache):
-        # A cache that cannot be written only costs speed.
-        with contextlib.suppress(OSError):
-            atomic_write(_cache_path(site), json.dumps(
-                {"version": CACHE_VERSION, "as_of": iso(now), "manifests": new_cache},
-                separators=(",", ":")).encode(), 0o600)
     verified = load_verify_state(site)
     backups = list(by_id.values())
     reachable = [n for n in stores if n not in errors]
@@ -457,10 +494,14 @@ async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | No
         v = verified.get(b.id)
         if not b.legacy:
             b.missing = [n for n in reachable if n not in b.replicas]
+        damaged = v.get("damaged") if v is not None else None
         if v is not None and not v.get("ok"):
             b.status, b.reason = "failed-verify", str(v.get("reason", ""))
         elif b.missing:
             b.status, b.reason = "missing-replica", b.reason or f"no copy in {', '.join(b.missing)}"
+        elif isinstance(damaged, dict) and any(loc in b.replicas for loc in damaged):
+            bad = [f"{loc} ({why})" for loc, why in damaged.items() if loc in b.replicas]
+            b.status, b.reason = "missing-replica", f"damaged copy in {'; '.join(bad)}"
         if b.good and b.replicas:
             k = (b.kind, b.node)
             if k not in newest or b.created > newest[k].created:

@@ -37,6 +37,8 @@ class VerifyOutcome:
     """Listed locations that hold no copy (the content may still be fine)."""
     unchecked: list[str] = field(default_factory=list)
     """Locations that could not be listed, so their copy was not checked."""
+    damaged: dict[str, str] = field(default_factory=dict)
+    """Location -> why its copy is bad (checksum, unreadable)."""
 
     @property
     def complete(self) -> bool:
@@ -93,7 +95,9 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
                     good_copy = path
             except (OperationFailed, OSError) as exc:
                 outcome.ok = False
-                outcome.problems.append(f"{name}: {str(exc).rstrip('.')}")
+                outcome.damaged[name] = str(exc).rstrip(".")
+                outcome.problems.append(f"{name}: {outcome.damaged[name]}")
+        restorable = good_copy is not None
         if good_copy is None:
             outcome.ok = False
             if not outcome.problems:
@@ -110,6 +114,7 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
                         raise OperationFailed("the plaintext SHA-256 does not match the manifest")
             except OperationFailed as exc:
                 outcome.ok = False
+                restorable = False
                 outcome.problems.append(str(exc).rstrip("."))
         content_problems = list(outcome.problems)
         unreachable = unreachable or {}
@@ -127,8 +132,11 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
         for t in temps:
             t.unlink(missing_ok=True)
     if record:
-        record_verification(site, backup.id, outcome.ok, "; ".join(content_problems if not outcome.ok
-                                                                   else outcome.problems))
+        # A damaged copy beside a good one leaves the backup restorable (restore skips the bad
+        # copy); the catalog shows it as missing that replica, not as failed.
+        record_verification(site, backup.id, restorable, "; ".join(content_problems if not outcome.ok
+                                                                   else outcome.problems),
+                            damaged=outcome.damaged if restorable else None)
     if outcome.complete:
         verdict = "ok"
     elif outcome.ok:

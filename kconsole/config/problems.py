@@ -18,6 +18,11 @@ class Problem:
     col: int
     message: str
 
+    def __post_init__(self) -> None:
+        # A value quoted from the file may hold a newline; a problem is always one line.
+        clean = self.message.replace("\r", "\\r").replace("\n", "\\n")
+        object.__setattr__(self, "message", clean)
+
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.message}"
 

@@ -229,8 +229,12 @@ class _Sink:
 
 def write_history(site: Site, days: float = 3, locations: Iterable[str] = ("primary", "dr"),
                   kinds: Iterable[str] | None = None, now: datetime | None = None,
-                  seed: int = 0) -> HistorySummary:
+                  seed: int = 0, max_per_series: int | None = None,
+                  stale: dict[str, float] | None = None) -> HistorySummary:
     """Write `days` of backups per kind at the plan's cadence into `locations` of the lab site.
+
+    `max_per_series` keeps only the newest N runs of each (kind, node); `stale` maps a kind
+    to seconds by which its newest backup is pushed back, so that tier is past its RPO.
 
     Blocking (file and S3 I/O): call it in a thread from async code. Re-running writes the
     same ids again (same times), replacing them.
@@ -249,7 +253,10 @@ def write_history(site: Site, days: float = 3, locations: Iterable[str] = ("prim
         span = days * 86400
         if tier is not None and tier.retention:
             span = min(span, tier.retention)
-        times = run_times(c, now, span)
+        lag = timedelta(seconds=(stale or {}).get(c.kind, 0.0))
+        times = run_times(c, now - lag, span)
+        if max_per_series is not None:
+            times = sorted(times, reverse=True)[:max_per_series]
         nodes = [n for g in c.groups for n in groups.get(g, [])]
         for node_name in nodes:
             node = site.nodes[node_name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -11,16 +12,34 @@ from pathlib import Path
 from kconsole.lab.lab import Lab
 
 
-def serve(dir: Path, nodes: int = 9, faults: str = "") -> int:
+def serve(dir: Path, nodes: int = 9, faults: str = "", history: bool = True) -> int:
     """Start the lab in `dir`, print `ready DIR/site.toml`, serve until SIGINT/SIGTERM, stop, return 0.
 
     Errors the operator can act on (bad fault spec, a lab already running in DIR) are raised
     as KconsoleError for the CLI to report.
     """
-    return asyncio.run(_serve(Path(dir), nodes, faults))
+    return asyncio.run(_serve(Path(dir), nodes, faults, history))
 
 
-async def _serve(dir: Path, nodes: int, faults: str) -> int:
+STALE_KIND = "transaction-logs"
+"""The kind whose history is left past its tier's RPO, so the dashboard has a true warning."""
+
+
+def _has_backups(site_dir: Path) -> bool:
+    primary = site_dir / "backups"
+    return primary.is_dir() and any(primary.rglob("*.kdx"))
+
+
+async def _write_history(lab: Lab, locations: tuple[str, ...]) -> None:
+    from kconsole.lab.history import write_history
+    from kconsole.site import load_site
+
+    site = load_site(lab.site_path)
+    await asyncio.to_thread(write_history, site, days=2, locations=locations, max_per_series=6,
+                            stale={STALE_KIND: 3 * 3600.0})
+
+
+async def _serve(dir: Path, nodes: int, faults: str, history: bool = True) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("kconsole lab: %(message)s"))
     logger = logging.getLogger("kconsole.lab")
@@ -32,10 +51,20 @@ async def _serve(dir: Path, nodes: int, faults: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         lab = await Lab.start(dir, nodes=nodes, faults=faults)
+        background: asyncio.Task[None] | None = None
         try:
+            if history and not _has_backups(dir):
+                # A few backups of every kind, one tier stale; the cloud copy follows in
+                # the background because the loopback S3 server takes one request at a time.
+                await _write_history(lab, ("primary", "dr"))
+                background = asyncio.create_task(_write_history(lab, ("cloud",)))
             print(f"ready {dir / 'site.toml'}", flush=True)
             await stop.wait()
         finally:
+            if background is not None and not background.done():
+                background.cancel()
+                with contextlib.suppress(BaseException):
+                    await background
             await lab.stop()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,7 +7,7 @@ up from the running app's theme each time a label is made.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from rich.text import Text
 from textual.app import App
@@ -43,7 +43,7 @@ _LABELS: dict[str, tuple[str, Tone]] = {
 }
 
 
-def toned(app: App[object], text: str, tone: Tone) -> Text:
+def toned(app: App[Any], text: str, tone: Tone) -> Text:
     """`text` coloured with the theme's text colour for `tone`."""
     if tone == "plain":
         return Text(text)
@@ -55,7 +55,7 @@ def toned(app: App[object], text: str, tone: Tone) -> Text:
 _CACHE: dict[tuple[int, str], dict[str, str]] = {}
 
 
-def _colours(app: App[object], theme: str) -> dict[str, str]:
+def _colours(app: App[Any], theme: str) -> dict[str, str]:
     """Tone -> colour for a theme (computing the theme's variables is too slow per cell)."""
     key = (id(app), theme)
     if key not in _CACHE:
@@ -82,7 +82,7 @@ def plain(value: object) -> Text:
     return Text("" if value is None else str(value), no_wrap=True)
 
 
-def state_label(app: App[object], state: str) -> Text:
+def state_label(app: App[Any], state: str) -> Text:
     """The symbol-and-word label of a node, step, run or backup state."""
     label, tone = _LABELS.get(state, (state, "plain"))
     return toned(app, label, tone)
