@@ -190,6 +190,7 @@ class _Sink:
         self.s3: Any = None
         self.bucket = loc.bucket
         self.prefix = loc.prefix.strip("/")
+        self.lock_days = (loc.retention_days or 30) if loc.object_lock else 0
         if loc.type == "local":
             self.base = Path(loc.path)
         elif loc.type == "sftp":
@@ -224,7 +225,12 @@ class _Sink:
             os.replace(tmp, path)
         else:
             full = f"{self.prefix}/{key}" if self.prefix else key
-            self.s3.put_object(Bucket=self.bucket, Key=full, Body=data)
+            extra: dict[str, Any] = {}
+            if self.lock_days:
+                # As the console stores them: immutable where the site requires it.
+                extra = {"ObjectLockMode": "COMPLIANCE", "ChecksumAlgorithm": "SHA256",
+                         "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=self.lock_days)}
+            self.s3.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
 
 
 def write_history(site: Site, days: float = 3, locations: Iterable[str] = ("primary", "dr"),
@@ -292,3 +298,22 @@ def _height(root: str) -> int:
         return int(labtool.read_index(Path(root))["height"])
     except (labtool.StateError, ValueError, TypeError):
         return labtool.BASE_HEIGHT + labtool.INITIAL_BLOCKS
+
+
+def mirror_history(site: Site, source: str = "primary", dest: str = "cloud") -> int:
+    """Copy the history objects of a local location to another (the same bytes, so every
+    replica of a backup matches its manifest); returns how many files were copied."""
+    loc = site.locations.get(source)
+    if loc is None or loc.type != "local":
+        raise UsageError(f"location {source} is not a local location to mirror from.")
+    sink = _Sink(site, dest)
+    base = Path(loc.path)
+    copied = 0
+    for path in sorted(base.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if not path.name.endswith((".kdx", ".kdx.json")):
+            continue
+        sink.put(path.relative_to(base).as_posix(), path.read_bytes(), path.stat().st_mtime)
+        copied += 1
+    return copied

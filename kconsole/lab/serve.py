@@ -30,13 +30,20 @@ def _has_backups(site_dir: Path) -> bool:
     return primary.is_dir() and any(primary.rglob("*.kdx"))
 
 
-async def _write_history(lab: Lab, locations: tuple[str, ...]) -> None:
+async def _write_history(lab: Lab) -> None:
     from kconsole.lab.history import write_history
     from kconsole.site import load_site
 
     site = load_site(lab.site_path)
-    await asyncio.to_thread(write_history, site, days=2, locations=locations, max_per_series=6,
+    await asyncio.to_thread(write_history, site, days=2, locations=("primary", "dr"), max_per_series=6,
                             stale={STALE_KIND: 3 * 3600.0})
+
+
+async def _mirror_history(lab: Lab) -> None:
+    from kconsole.lab.history import mirror_history
+    from kconsole.site import load_site
+
+    await asyncio.to_thread(mirror_history, load_site(lab.site_path), "primary", "cloud")
 
 
 async def _serve(dir: Path, nodes: int, faults: str, history: bool = True) -> int:
@@ -56,8 +63,8 @@ async def _serve(dir: Path, nodes: int, faults: str, history: bool = True) -> in
             if history and not _has_backups(dir):
                 # A few backups of every kind, one tier stale; the cloud copy follows in
                 # the background because the loopback S3 server takes one request at a time.
-                await _write_history(lab, ("primary", "dr"))
-                background = asyncio.create_task(_write_history(lab, ("cloud",)))
+                await _write_history(lab)
+                background = asyncio.create_task(_mirror_history(lab))
             print(f"ready {dir / 'site.toml'}", flush=True)
             await stop.wait()
         finally:
