@@ -114,6 +114,16 @@ class Executor:
         """Let new steps start again."""
         self._resume.set()
 
+    def note(self, text: str, user: str | None = None) -> dict[str, Any]:
+        """An operator note on the run's timeline: journaled and audited (the text is
+        the operator's own; only its length goes to the audit log)."""
+        who = user or self.user
+        record = {"type": "note", "run": self.run_id, "user": who, "text": text,
+                  "time": iso(self.services.clock.now())}
+        self._emit(record)
+        self.audit.append(who, "run.note", self.run_id, chars=len(text))
+        return record
+
     @property
     def paused(self) -> bool:
         """Whether the run is holding new steps."""

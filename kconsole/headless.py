@@ -12,9 +12,10 @@ from kconsole.actions.base import Confirm
 from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from kconsole.executor import Executor, RunOutcome
 from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
-from kconsole.journal import RunJournal, new_run_id, run_dir, summarise
+from kconsole.journal import RunJournal, new_run_id
 from kconsole.runbook import load_runbook, resolve_runbook_path
 from kconsole.runbook.params import parse_param_args, resolve_params
+from kconsole.runs import open_resume
 from kconsole.services import Services
 from kconsole.site import Site, current_user
 
@@ -66,33 +67,28 @@ def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, dril
     site_runbooks = site.base_dir / "runbooks"
     prior = None
     if resume:
-        rdir = run_dir(site.state_dir, resume)
-        summary = summarise(rdir)
-        if summary.status == "running":
-            raise UsageError(f"run {resume} is still running in another kconsole process.")
-        if summary.status == "succeeded":
-            raise UsageError(f"run {resume} already succeeded; there is nothing to resume.")
-        rb = load_runbook(rdir / "runbook.toml", shown_as=f"{resume}/runbook.toml")
-        if runbook != rb.id and load_runbook(resolve_runbook_path(runbook, [site_runbooks])).id != rb.id:
-            raise UsageError(f"run {resume} ran runbook {rb.id}, not {runbook}.")
-        if params:
-            raise UsageError("--param cannot change a resumed run; it keeps the parameters it started with.")
-        raw_params: dict[str, Any] = summary.params
-        drill = summary.drill
-        prior = summary.instances
+        point = open_resume(site, resume, user)
+        rb = point.runbook
+        try:
+            if runbook != rb.id and load_runbook(resolve_runbook_path(runbook, [site_runbooks])).id != rb.id:
+                raise UsageError(f"run {resume} ran runbook {rb.id}, not {runbook}.")
+            if params:
+                raise UsageError("--param cannot change a resumed run; it keeps the parameters it started with.")
+        except BaseException:
+            point.journal.close()
+            raise
+        raw_params: dict[str, Any] = point.raw_params
+        resolved = point.params
+        drill = point.summary.drill
+        prior = point.summary.instances
         run_id = resume
-        journal = RunJournal(site.state_dir, run_id)
+        journal = point.journal
     else:
-        path = resolve_runbook_path(runbook, [site_runbooks])
-        rb = load_runbook(path)
+        rb = load_runbook(resolve_runbook_path(runbook, [site_runbooks]))
         raw_params = parse_param_args(params)
+        resolved = resolve_params(rb, site, raw_params)
         run_id = new_run_id()
-        journal = None  # type: ignore[assignment]
-    resolved = resolve_params(rb, site, raw_params)
-    if journal is None:
         journal = RunJournal.create(site.state_dir, run_id, rb.text)
-    else:
-        journal.open()
 
     confirm: Confirm
     if yes:

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kconsole.actions.base import Confirm
-from kconsole.audit import AuditLog
-from kconsole.errors import KconsoleError, UsageError
+from kconsole.errors import KconsoleError
 from kconsole.executor import Executor, RunOutcome
-from kconsole.journal import RunJournal, iso, run_dir, summarise
+from kconsole.journal import RunJournal, run_dir, summarise
 from kconsole.runbook import load_runbook
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
+from kconsole.runs import open_resume
 from kconsole.services import Services
 from kconsole.site import Site
 from screens.run_model import RunModel
@@ -60,17 +60,8 @@ class RunSession:
     def reattach(cls, site: Site, run_id: str, *, services: Services, user: str, confirm: Confirm,
                  on_event: EventSink) -> RunSession:
         """An interrupted or waiting run picked up where its journal stops (`run --resume`)."""
-        site.access.require_operate(user, "resume runs")
-        rdir = run_dir(site.state_dir, run_id)
-        summary = summarise(rdir)
-        if summary.status == "running":
-            raise UsageError(f"run {run_id} is still running in another kconsole process.")
-        if summary.status == "succeeded":
-            raise UsageError(f"run {run_id} already succeeded; there is nothing to resume.")
-        runbook = load_runbook(rdir / "runbook.toml", shown_as=f"{run_id}/runbook.toml")
-        params = resolve_params(runbook, site, summary.params)
-        journal = RunJournal(site.state_dir, run_id)
-        journal.open()
+        point = open_resume(site, run_id, user)
+        runbook, summary, params, journal = point.runbook, point.summary, point.params, point.journal
         model = RunModel.from_records(runbook, site, params, run_id, summary.records)
         executor = Executor(runbook, site, params, journal=journal, confirm=confirm, services=services,
                             user=user, drill=summary.drill, on_event=_feeding(model, on_event),
@@ -93,12 +84,7 @@ class RunSession:
     def note(self, user: str, text: str) -> dict[str, Any]:
         """An operator note: journaled with the run and audited (blocking I/O)."""
         self.site.access.require_operate(user, "add notes to runs")
-        record = {"type": "note", "run": self.run_id, "user": user, "text": text,
-                  "time": iso(self.executor.services.clock.now())}
-        self.journal.write(record)
-        AuditLog(self.site.state_dir).append(user, "run.note", self.run_id, chars=len(text))
-        self.model.apply(record)
-        return record
+        return self.executor.note(text, user)
 
 
 def _feeding(model: RunModel, on_event: EventSink) -> EventSink:

@@ -72,7 +72,7 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
     events = step_events(console)
     assert ("isolate", "refused") in events and ("isolate", "confirmed") not in events
     assert "systemctl stop kaldrix-node" not in console.transport.commands("validator2")
-    assert console.app.session is not None and console.app.session.model.status == "failed"
+    assert console.app.session is not None and console.app.session.model.status == "aborted"
 
 
 async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ logs); a kind with no retention anywhere is never pruned.
 
 S3 locations: where the site requires immutable storage (`object_lock = true`) every
 object in scope is checked with HEAD for an Object Lock mode and a retain-until date, and
-objects lacking them are reported (and fail the step). Deletion never names a version:
+objects lacking them are reported by name. Deletion never names a version:
 on a versioned bucket it adds a delete marker and S3 keeps the data (a locked version can
 then only expire, by lifecycle rule, once its retention is over), so a locked version is
 never deleted early. Every deletion is written to the audit log.

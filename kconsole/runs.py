@@ -1,0 +1,44 @@
+"""Picking a run back up: what the CLI's `--resume` and the console's re-attach share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kconsole.errors import UsageError
+from kconsole.journal import RunJournal, RunSummary, run_dir, summarise
+from kconsole.runbook import load_runbook
+from kconsole.runbook.model import Runbook
+from kconsole.runbook.params import resolve_params
+from kconsole.site import Site
+
+
+@dataclass
+class ResumePoint:
+    """A stopped run, ready to continue: its own runbook copy, parameters and journal."""
+
+    runbook: Runbook
+    summary: RunSummary
+    params: dict[str, Any]
+    journal: RunJournal
+
+    @property
+    def raw_params(self) -> dict[str, Any]:
+        """The parameters as the operator gave them when the run started."""
+        return self.summary.params
+
+
+def open_resume(site: Site, run_id: str, user: str) -> ResumePoint:
+    """Check the run may be resumed by `user`, and open its journal (taking its lock)."""
+    site.access.require_operate(user, "resume runs")
+    rdir = run_dir(site.state_dir, run_id)
+    summary = summarise(rdir)
+    if summary.status == "running":
+        raise UsageError(f"run {run_id} is still running in another kconsole process.")
+    if summary.status == "succeeded":
+        raise UsageError(f"run {run_id} already succeeded; there is nothing to resume.")
+    runbook = load_runbook(rdir / "runbook.toml", shown_as=f"{run_id}/runbook.toml")
+    params = resolve_params(runbook, site, summary.params)
+    journal = RunJournal(site.state_dir, run_id)
+    journal.open()
+    return ResumePoint(runbook, summary, params, journal)
