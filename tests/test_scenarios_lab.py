@@ -106,7 +106,7 @@ def test_backups_of_every_tier(cli, lab: LiveLab) -> None:
     for node in ("bootstrap1", "validator1", "api3"):
         for loc in ("primary", "dr", "cloud"):
             assert (node, loc) in locations
-    assert all(r["status"] in ("ok", "stale") for r in rows if r["node"] != "validator2") 
+    assert all(r["status"] in ("ok", "stale") for r in rows if r["node"] != "validator2")
 
 
 def test_scenario_1_single_node(cli, lab: LiveLab) -> None:
