@@ -33,7 +33,8 @@ class NodeEntry:
 
 TIERS: tuple[dict[str, object], ...] = (
     {"name": "critical", "title": "Critical Tier 1 (real-time): chain state and validator keys",
-     "kinds": ["blockchain-state", "validator-keys"], "rpo": "15m", "rto": "1h", "retention": "24h",
+     "kinds": ["blockchain-state", "validator-keys"], "rpo": "15m", "rto": "1h",
+     "retention": {"blockchain-state": "24h", "validator-keys": "90d"},
      "schedule": "*/5 * * * *"},
     {"name": "important", "title": "Important Tier 2 (hourly): transaction logs",
      "kinds": ["transaction-logs"], "rpo": "1h", "rto": "4h", "retention": "30d", "schedule": "0 * * * *"},
@@ -65,6 +66,13 @@ ESCALATION: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
      (("Security Engineer", "5m"), ("Security Lead", "10m"), ("CTO", "15m"), ("CEO", ""))),
 )
 """The plan's escalation matrices: role, and how long to wait for a response before the next."""
+
+
+def _retention(value: object) -> str:
+    """A tier's retention: one duration, or a table per kind (the plan keeps keys 90 days)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {q(str(v))}" for k, v in value.items()) + " }"
+    return q(str(value))
 
 
 def q(value: str) -> str:
@@ -156,7 +164,7 @@ def render_site(*, nodes: Iterable[NodeEntry], user: str, dr_node: str, dr_port:
             f"kinds = {qlist(kinds)}",
             f"rpo = {q(str(t['rpo']))}",
             f"rto = {q(str(t['rto']))}",
-            f"retention = {q(str(t['retention']))}",
+            f"retention = {_retention(t['retention'])}",
             f"schedule = {q(str(t['schedule']))}",
         ]
     for name, role, email, phone, on_call in CONTACTS:
