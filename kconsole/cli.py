@@ -432,13 +432,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = [o.id for o in outcomes if not o.ok]
     incomplete = [o.id for o in outcomes if o.ok and not o.complete]
     if bad or incomplete:
-        parts = []
-        if bad:
-            parts.append(f"{len(bad)} of {len(outcomes)} backups failed verification: {', '.join(bad)}")
-        if incomplete:
-            parts.append(f"{len(incomplete)} of {len(outcomes)} backups are missing a replica or could not be "
-                         f"checked everywhere: {', '.join(incomplete)}")
-        _err(f"kconsole: {'; '.join(parts)}.")
+        from kconsole.backups.verify import verify_failure
+
+        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), limit=None)}.")
         return EXIT_FAILED
     _out(f"{len(outcomes)} backups verified.")
     return EXIT_OK

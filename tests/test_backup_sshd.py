@@ -109,7 +109,7 @@ async def test_corrupted_object_is_caught(lab_site: Site) -> None:
         ring = Keyring(lab_site.keys_dir)  # type: ignore[arg-type]
         outcome = await verify_backup(lab_site, backup, stores, ring, noop_emit)
         assert not outcome.ok
-        assert "does not match the manifest" in outcome.problems[0]
+        assert "the copy is corrupt" in outcome.problems[0]
         assert (await build_catalog(lab_site, stores)).find(manifest.id).status == "failed-verify"
         with pytest.raises(OperationFailed, match="no good copy"):
             await restore_backup(lab_site, lab_site.nodes["node1"], backup, transport=transport, stores=stores,

@@ -231,8 +231,7 @@ async def test_prune_dry_run_then_prune(world: World, tmp_path: Path) -> None:
     events = [json.loads(x) for x in out.splitlines()]
     preview = [e["text"] for e in events if e["step"] == "preview" and e["event"] == "output"]
     apply = [e["text"] for e in events if e["step"] == "apply" and e["event"] == "output"]
-    assert "retention of validator-keys: 90d00h (from the plan)" in preview
-    assert any("shorter than the plan's 90d00h for validator-keys" in t for t in preview)
+    assert any(line.startswith("retention of validator-keys: 90d00h") for line in preview)
     for m in old:
         for loc in ("primary", "dr", "cloud"):
             assert any(t.startswith(f"would delete {m.id} from {loc}") for t in preview), (m.id, loc)

@@ -109,7 +109,7 @@ class BackupVerify(Action):
 
     async def run(self, ctx: StepContext) -> ActionResult:
         """Verify; any bad backup fails the step, naming each."""
-        from kconsole.backups.verify import verify_backup
+        from kconsole.backups.verify import verify_backup, verify_failure
 
         session = ctx.services.backups(ctx.site)
         catalog = await session.catalog(refresh=True)
@@ -143,21 +143,6 @@ class BackupVerify(Action):
             raise OperationFailed(verify_failure(bad, incomplete, len(targets)))
         return ActionResult(exit_code=0, summary=f"{len(targets)} backups verified",
                             data={"verified": len(targets)})
-
-
-def verify_failure(bad: list[str], incomplete: list[str], total: int) -> str:
-    """One sentence naming the backups that failed verification or miss a replica."""
-
-    def names(ids: list[str]) -> str:
-        return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
-
-    parts = []
-    if bad:
-        parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
-    if incomplete:
-        parts.append(f"{len(incomplete)} of {total} backups are missing a replica or could not be checked "
-                     f"everywhere: {names(incomplete)}")
-    return "; ".join(parts)
 
 
 class BackupPrune(Action):

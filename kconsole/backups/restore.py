@@ -56,33 +56,41 @@ def backup_paths(backup: Backup) -> list[str]:
     return LEGACY_PATHS.get(backup.kind, [])
 
 
+async def checked_copy(site: Site, backup: Backup, name: str, store: Store, purpose: str) -> tuple[Path, bool]:
+    """A local file holding the replica of `backup` in location `name`, its SHA-256 checked
+    against the manifest: (path, whether it is a temporary download to remove after)."""
+    replica = backup.replicas[name]
+    expected = backup.manifest.ciphertext_sha256 if backup.manifest else None
+    if isinstance(store, LocalStore):
+        path = store.path(replica.key)
+        if expected:
+            _, got = await asyncio.to_thread(hash_file, path)
+            if got != expected:
+                raise OperationFailed(f"{path} has SHA-256 {got[:12]}..., its manifest says "
+                                      f"{expected[:12]}...: the copy is corrupt")
+        return path, False
+    staging = site.state_dir / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    local = staging / f"{backup.id}.{name}.{purpose}"
+    await store.get_file(replica.key, local, expected)
+    return local, True
+
+
 async def fetch_verified(site: Site, backup: Backup, stores: dict[str, Store], emit: Emit) -> tuple[Path, str, bool]:
     """A local copy of the ciphertext that matches the manifest: (path, location, is_temporary).
 
     Replicas are tried fastest first; a corrupted or unreachable one is reported and the
     next is tried, so a damaged primary falls back to the DR copy.
     """
-    expected = backup.manifest.ciphertext_sha256 if backup.manifest else None
     problems: list[str] = []
-    staging = site.state_dir / "staging"
-    staging.mkdir(parents=True, exist_ok=True)
     for name, store in stores.items():
-        replica = backup.replicas.get(name)
-        if replica is None:
+        if name not in backup.replicas:
             continue
         try:
-            if isinstance(store, LocalStore):
-                path = store.path(replica.key)
-                if expected:
-                    _, got = await asyncio.to_thread(hash_file, path)
-                    if got != expected:
-                        raise OperationFailed(f"{path} has SHA-256 {got[:12]}..., its manifest says "
-                                              f"{expected[:12]}...: the copy is corrupt")
-                return path, name, False
-            local = staging / f"{backup.id}.{name}.fetch"
-            await emit("stdout", f"fetching {backup.id} from {name}")
-            await store.get_file(replica.key, local, expected)
-            return local, name, True
+            if not isinstance(store, LocalStore):
+                await emit("stdout", f"fetching {backup.id} from {name}")
+            path, temporary = await checked_copy(site, backup, name, store, "fetch")
+            return path, name, temporary
         except (OperationFailed, OSError) as exc:
             problems.append(f"{name}: {str(exc).rstrip('.')}")
             await emit("stderr", f"replica in {name} unusable: {str(exc).rstrip('.')}")

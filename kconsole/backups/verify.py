@@ -14,8 +14,8 @@ from typing import BinaryIO, cast
 
 from kconsole.backups.archive import decrypting_reader, verify_file
 from kconsole.backups.catalog import Backup, record_verification
-from kconsole.backups.restore import backup_paths
-from kconsole.backups.stores import LocalStore, Store, hash_file
+from kconsole.backups.restore import backup_paths, checked_copy
+from kconsole.backups.stores import Store
 from kconsole.crypto import Keyring
 from kconsole.errors import OperationFailed
 from kconsole.site import Site
@@ -70,26 +70,17 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
     bad (the catalog keeps the backup restorable), but neither is a complete verification.
     """
     outcome = VerifyOutcome(backup.id, True, legacy=backup.legacy)
-    expected = backup.manifest.ciphertext_sha256 if backup.manifest else None
     good_copy: Path | None = None
     temps: list[Path] = []
-    staging = site.state_dir / "staging"
     try:
         for name, store in stores.items():
             replica = backup.replicas.get(name)
             if replica is None:
                 continue
             try:
-                if isinstance(store, LocalStore):
-                    path = store.path(replica.key)
-                    _, got = await asyncio.to_thread(hash_file, path)
-                    if expected and got != expected:
-                        raise OperationFailed(f"SHA-256 {got[:12]}... does not match the manifest's {expected[:12]}...")
-                else:
-                    staging.mkdir(parents=True, exist_ok=True)
-                    path = staging / f"{backup.id}.{name}.verify"
+                path, temporary = await checked_copy(site, backup, name, store, "verify")
+                if temporary:
                     temps.append(path)
-                    await store.get_file(replica.key, path, expected)
                 outcome.checked.append(name)
                 if good_copy is None:
                     good_copy = path
@@ -146,3 +137,20 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
     label = " (legacy, unauthenticated)" if backup.legacy else ""
     await emit("stdout" if outcome.complete else "stderr", f"{backup.id}{label}: {verdict}")
     return outcome
+
+
+def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int | None = 5) -> str:
+    """One sentence naming the backups that failed verification or miss a replica
+    (the first `limit` of each; all with None)."""
+
+    def names(ids: list[str]) -> str:
+        shown = ids if limit is None else ids[:limit]
+        return ", ".join(shown) + (" ..." if len(shown) < len(ids) else "")
+
+    parts = []
+    if bad:
+        parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
+    if incomplete:
+        parts.append(f"{len(incomplete)} of {total} backups are missing a replica or could not be checked "
+                     f"everywhere: {names(incomplete)}")
+    return "; ".join(parts)
