@@ -440,6 +440,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """`kconsole report RUN_ID [--format md|json] [-o FILE]`"""
+    from kconsole.fsutil import atomic_write
+    from kconsole.reports import render_report
+
+    site = _site(args)
+    text = render_report(site, args.run_id, args.format)
+    if args.output:
+        atomic_write(args.output, text.encode("utf-8"), 0o644)
+        _out(f"wrote the report of run {args.run_id} to {args.output}")
+    else:
+        _out(text.rstrip("\n"))
+    return EXIT_OK
+
+
 def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
@@ -521,6 +536,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "crypto": cmd_crypto,
     "lab": cmd_lab,
     "console": cmd_console,
+    "report": cmd_report,
     "web": cmd_web,
 }
 

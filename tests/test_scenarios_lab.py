@@ -116,6 +116,12 @@ def test_scenario_1_single_node(cli, lab: LiveLab) -> None:
     assert code == 0, out + err
     s = status(cli, lab)["validator1"]
     assert s["state"] == "active" and s["height"] and s["height"] > 0
+    code, runs, _ = cli("--site", lab.site, "runs", "--json")
+    run_id = json.loads(runs.splitlines()[0])["id"]
+    code, md, err = cli("--site", lab.site, "report", run_id)
+    assert code == 0, err
+    assert "- **Recovery Success**: Pass" in md and "- **RPO Met**: Yes" in md
+    assert "| validator1 | validator1_blockchain-state_" in md
 
 
 def test_scenario_2_multiple_nodes(cli, lab: LiveLab) -> None:
