@@ -64,6 +64,10 @@ class AuditLog:
                              f"run chmod 600 {self.key_path}.")
         return bytes.fromhex(self.key_path.read_text().strip())
 
+    def key(self) -> bytes:
+        """The HMAC key (must exist and be private)."""
+        return self._key(create=False)
+
     def append(self, actor: str, action: str, target: str = "", result: str = "ok",
                **detail: Any) -> dict[str, Any]:
         """Append one entry under an exclusive lock; durable before returning."""

@@ -230,11 +230,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
                      f"{entry.get('target', '')} {entry.get('result', '')}")
         return EXIT_OK
     result = log.verify()
-    if result.ok:
-        _out(f"audit log {log.path}: {result.message}.")
-        return EXIT_OK
-    _err(f"kconsole: audit log {log.path} is tampered: {result.message}.")
-    return EXIT_FAILED
+    if not result.ok:
+        _err(f"kconsole: audit log {log.path} is tampered: {result.message}.")
+        return EXIT_FAILED
+    _out(f"audit log {log.path}: {result.message}.")
+    if result.position and any(loc.type != "local" for loc in site.locations.values()):
+        from kconsole.anchor import check
+
+        anchors = _with_backups(site, lambda session: check(log, session.stores()))
+        for a in anchors:
+            (_out if a.ok else _err)(f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}.")
+        if not all(a.ok for a in anchors):
+            return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:

@@ -169,6 +169,7 @@ class Executor:
             self._finish("interrupted", "interrupted; resume with --resume " + self.run_id, final=False)
             raise
         self._finish(status, reason, final=status not in ("waiting", "interrupted"))
+        await self._anchor_audit()
         return RunOutcome(self.run_id, status, reason, list(self._failed), self.elapsed())
 
     def _finish(self, status: str, reason: str, final: bool) -> None:
@@ -177,6 +178,22 @@ class Executor:
                     "elapsed_s": round(self.elapsed(), 3)})
         self.audit.append(self.user, "run.finish" if final else "run.stop", self.run_id, result=status,
                           reason=reason)
+
+    async def _anchor_audit(self) -> None:
+        """Copy the audit chain's head off-host (best effort; a failure is shown, not fatal)."""
+        if not any(loc.type != "local" for loc in self.site.locations.values()):
+            return
+        from kconsole.anchor import publish
+
+        try:
+            problems = await publish(self.audit, self.services.backups(self.site).stores())
+        except Exception as exc:  # noqa: BLE001 - anchoring must never turn a run's result
+            problems = [f"{exc.__class__.__name__}: {exc}"]
+        for problem in problems:
+            if self.on_event is not None:
+                self.on_event({"type": "run", "event": "warning", "run": self.run_id,
+                               "time": iso(self.services.clock.now()),
+                               "reason": f"audit checkpoint not stored off-host in {problem}"})
 
     async def _schedule(self) -> tuple[str, str]:
         rollback = self.runbook.rollback_steps

@@ -39,6 +39,8 @@ def human_line(record: dict[str, Any]) -> str | None:
             return f"{t} run {record['run']}: {record.get('title') or record.get('runbook')}{drill}"
         if ev == "resumed":
             return f"{t} run {record['run']} resumed"
+        if ev == "warning":
+            return f"{t} warning: {record.get('reason', '')}"
         reason = f": {record['reason']}" if record.get("reason") else ""
         return f"{t} run {record['run']} {record.get('status')}{reason}"
     ev = str(record.get("event"))

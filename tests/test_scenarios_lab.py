@@ -165,6 +165,7 @@ def test_verify_backups_and_audit(cli, lab: LiveLab) -> None:
     assert code == 0, out + err
     code, out, err = cli("--site", lab.site, "audit", "verify")
     assert code == 0, err
+    assert "off-host checkpoint in dr: matches" in out and "off-host checkpoint in cloud: matches" in out
 
 
 def test_scenario_4_stops_before_reconnecting_a_compromised_fleet(cli, lab: LiveLab) -> None:
@@ -174,3 +175,13 @@ def test_scenario_4_stops_before_reconnecting_a_compromised_fleet(cli, lab: Live
     assert code == 1
     assert "scan-api [api2] failed" in out
     assert "reconnect-api [api2] skipped" in out
+
+
+def test_audit_cut_off_locally_is_caught_by_the_off_host_checkpoint(cli, lab: LiveLab) -> None:
+    """Dropping the newest audit entries leaves a valid chain; the checkpoints say otherwise."""
+    log = lab.dir / "state" / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-3]))
+    code, out, err = cli("--site", lab.site, "audit", "verify")
+    assert code == 1
+    assert "entries were cut off or the log was replaced" in err
