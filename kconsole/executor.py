@@ -118,6 +118,7 @@ class Executor:
         """An operator note on the run's timeline: journaled and audited (the text is
         the operator's own; only its length goes to the audit log)."""
         who = user or self.user
+        self.site.access.require_operate(who, "add notes to runs")
         record = {"type": "note", "run": self.run_id, "user": who, "text": text,
                   "time": iso(self.services.clock.now())}
         self._emit(record)
@@ -152,6 +153,8 @@ class Executor:
 
     async def run(self, resumed: bool = False) -> RunOutcome:
         """Run to the end, a stop at a gate, or cancellation (re-raised after journaling)."""
+        # The role check lives here, not only in the CLI or the console: every way in meets it.
+        self.site.access.require_operate(self.user, "run runbooks")
         self._started_at = self.services.clock.monotonic()
         now = iso(self.services.clock.now())
         if resumed:

@@ -518,3 +518,13 @@ needs = ["danger"]
     assert [c[0] for c in Probe.calls] == ["first"]
     assert summarise(site.state_dir / "runs" / outcome.run_id).status == "aborted"
     assert ("danger", "validator1") in step_events(events, "skipped")
+
+
+async def test_auditor_is_refused_by_the_engine(site_path: Path) -> None:
+    """The executor itself refuses an auditor, whatever front end called it."""
+    from kconsole.errors import AccessDenied
+
+    site_path.write_text(site_path.read_text() + '\n[access]\nauditor = ["tester"]\n')
+    with pytest.raises(AccessDenied, match="tester is an auditor"):
+        await execute(site_path, HEAD + '\n[[steps]]\nid = "a"\naction = "test.probe"\n')
+    assert Probe.calls == []
