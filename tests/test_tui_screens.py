@@ -19,7 +19,7 @@ from screens.dashboard import DashboardScreen
 from screens.keys import binding_ids, check_keymap, load_keymap
 from screens.run import RunScreen
 from screens.runbooks import ParamsScreen, RunbooksScreen
-from screens.runs import RunsScreen
+from screens.runs import ReportScreen, RunsScreen
 from tests.tui_support import (
     catalog_rows,
     make_console,
@@ -163,7 +163,7 @@ async def test_contacts_say_who_to_call_and_who_is_off_duty(tmp_path: Path) -> N
         assert "Recovery Issues: ▶ L1 Backup Engineer —5m→ L2 Operations Lead" in recovery
 
 
-async def test_runs_list_timelines_open_read_only_and_report_is_not_there_yet(tmp_path: Path) -> None:
+async def test_runs_list_timelines_open_read_only_and_show_the_report(tmp_path: Path) -> None:
     console = make_console(tmp_path, down=["validator2"])
     app = console.app
     async with app.run_test(size=(100, 32)) as pilot:
@@ -179,8 +179,10 @@ async def test_runs_list_timelines_open_read_only_and_report_is_not_there_yet(tm
         lines = app.screen.query_one("#timeline", Log).lines
         assert any("isolate" in line and "refused" in line for line in lines)
         await pilot.press("p")
-        await pilot.pause()
-        assert any("Reports are not available" in n.message for n in app._notifications)
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen), "the report")
+        assert "Backup and Recovery" in app.screen.markdown and "refused" in app.screen.markdown
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ReportScreen), "back to the runs")
         app.session = None  # as if another console had run it: opened from its journal
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), "the run screen")
