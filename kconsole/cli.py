@@ -501,10 +501,15 @@ def _default_lab_dir() -> Path:
     return Path(base) / "kconsole" / "lab"
 
 
-def _open_console(site_path: Path, keymap: str | None) -> int:
-    from screens.app import run_console  # the TUI is imported only to open it
+def _screens_app() -> Any:
+    """The TUI package, imported only when the console is opened (the engine never needs it)."""
+    import importlib
 
-    return int(run_console(site_path, keymap))
+    return importlib.import_module("screens.app")
+
+
+def _open_console(site_path: Path, keymap: str | None) -> int:
+    return int(_screens_app().run_console(site_path, keymap))
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -524,10 +529,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     path = find_site_path(args.site)
     load_site(path)
-    from screens.app import serve_web
-
     _out(f"serving the console on http://127.0.0.1:{args.port}/ (localhost only; Ctrl+C stops)")
-    return int(serve_web(path, args.port))
+    return int(_screens_app().serve_web(path, args.port))
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
