@@ -61,9 +61,12 @@ async def _serve(dir: Path, nodes: int, faults: str, history: bool = True) -> in
         background: asyncio.Task[None] | None = None
         try:
             if history and not _has_backups(dir):
-                # A few backups of every kind, one tier stale; the cloud copy follows in
-                # the background because the loopback S3 server takes one request at a time.
+                # A few backups of every kind, one tier stale.
                 await _write_history(lab)
+            if history and _has_backups(dir):
+                # The S3 endpoint keeps objects in memory: refill it from the primary copy
+                # (same bytes, so replicas match), in the background because the loopback
+                # server takes one request at a time.
                 background = asyncio.create_task(_mirror_history(lab))
             print(f"ready {dir / 'site.toml'}", flush=True)
             await stop.wait()
