@@ -169,7 +169,8 @@ class Executor:
         try:
             status, reason = await self._schedule()
         except asyncio.CancelledError:
-            self._finish("interrupted", "interrupted; resume with --resume " + self.run_id, final=False)
+            self._finish("interrupted", f"stopped by a signal or a closed session; resume with --resume {self.run_id}",
+                         final=False)
             raise
         self._finish(status, reason, final=status not in ("waiting", "interrupted"))
         await self._anchor_audit()

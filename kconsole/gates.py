@@ -8,7 +8,9 @@ with no terminal the answer is None: the run stops there, resumable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,15 +69,34 @@ async def confirm_on_terminal(request: GateRequest) -> bool:
     for item in request.checklist:
         print(f"  [ ] {item}", file=sys.stderr)
     hint = "" if request.kind == "type" else " [y/N]"
-    answer = await asyncio.to_thread(_read_line, f"> {hint.strip()} " if hint else "> ")
+    answer = await _ask(f"> {hint.strip()} " if hint else "> ")
     if answer is None:
         return False
     ok = request.accepts(answer)
     if ok and request.kind == "checklist":
-        note = await asyncio.to_thread(_read_line, "note (optional)> ")
+        note = await _ask("note (optional)> ")
         request.note = (note or "").strip()
     request.answered_by = "terminal"
     return ok
+
+
+async def _ask(prompt: str) -> str | None:
+    """Read a line without blocking the loop. A daemon thread, not the default executor:
+    Ctrl+C at a prompt must stop the run at once, not wait for an Enter that never comes."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str | None] = loop.create_future()
+
+    def deliver(line: str | None) -> None:
+        if not answer.done():
+            answer.set_result(line)
+
+    def read() -> None:
+        line = _read_line(prompt)
+        with contextlib.suppress(RuntimeError):  # the run was stopped and its loop is gone
+            loop.call_soon_threadsafe(deliver, line)
+
+    threading.Thread(target=read, name="gate-prompt", daemon=True).start()
+    return await answer
 
 
 def _read_line(prompt: str) -> str | None:

@@ -112,8 +112,10 @@ def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, dril
     services = Services.for_site(site)
     executor = Executor(rb, site, resolved, journal=journal, confirm=confirm, services=services, user=user,
                         drill=drill, on_event=on_event, prior=prior, raw_params=raw_params)
-    outcome = _drive(executor, resumed=bool(resume), services=services)
-    journal.close()
+    try:
+        outcome = _drive(executor, resumed=bool(resume), services=services)
+    finally:
+        journal.close()
     if outcome is None:
         if not as_json:
             printer(f"run {run_id} interrupted; resume with: kconsole run {rb.id} --resume {run_id}")
