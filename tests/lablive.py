@@ -27,13 +27,32 @@ class LiveLab:
         """The variables of DIR/lab.env (webhook sink, AWS files)."""
         return read_env_file(self.dir / "lab.env")
 
-    def fault(self, action: str, spec: str | None = None) -> None:
-        """Change the running lab's faults (it re-reads faults.toml every 0.5 s)."""
+    def _fault_events(self) -> int:
+        try:
+            text = (self.dir / "lab" / "events.log").read_text()
+        except FileNotFoundError:
+            return 0
+        return sum(1 for line in text.splitlines() if " fault set: " in line or " fault cleared: " in line)
+
+    def _current_faults(self) -> int:
+        listed = subprocess.run([sys.executable, "-m", "kconsole.lab", "fault", "--dir", str(self.dir), "list"],
+                                check=True, capture_output=True, text=True, timeout=30)
+        return len([line for line in listed.stdout.splitlines() if line.strip()])
+
+    def fault(self, action: str, spec: str | None = None, timeout: float = 30) -> None:
+        """Change the running lab's faults and wait until the lab has applied them (it
+        re-reads faults.toml every 0.5 s; on a loaded machine that can take longer)."""
+        changes = len(spec.split(",")) if spec else (self._current_faults() if action == "clear" else 0)
+        before = self._fault_events()
         args = [sys.executable, "-m", "kconsole.lab", "fault", "--dir", str(self.dir), action]
         if spec:
             args.append(spec)
         subprocess.run(args, check=True, capture_output=True, timeout=30)
-        time.sleep(1.2)
+        deadline = time.monotonic() + timeout
+        while self._fault_events() < before + changes:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the lab did not apply `fault {action} {spec or ''}` within {timeout}s")
+            time.sleep(0.1)
 
     def root(self, node: str) -> Path:
         """A node's sandbox root."""
@@ -46,14 +65,15 @@ def live_lab(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[Live
     args = [sys.executable, "-m", "kconsole", "lab", "serve", "--dir", str(directory), "--nodes", str(nodes)]
     if faults:
         args += ["--faults", faults]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    # The lab logs to stderr; a pipe nobody reads would fill and stall it, so use a file.
+    log = (directory / "lab-serve.log").open("w")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("ready "):
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"lab did not start: {line!r} {err}")
+            proc.wait(timeout=10)
+            raise RuntimeError(f"lab did not start: {line!r} {(directory / 'lab-serve.log').read_text()}")
         yield LiveLab(directory, proc)
     finally:
         if proc.poll() is None:
@@ -63,3 +83,4 @@ def live_lab(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[Live
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        log.close()
