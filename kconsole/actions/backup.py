@@ -112,7 +112,8 @@ class BackupVerify(Action):
         from kconsole.backups.verify import verify_backup, verify_failure
 
         session = ctx.services.backups(ctx.site)
-        catalog = await session.catalog(refresh=True)
+        # The run's catalog is current: create, prune and rekey invalidate it when they change it.
+        catalog = await session.catalog()
         wanted = str(ctx.values.get("backup") or "all")
         kind = ctx.values.get("kind")
         node = ctx.node.name if ctx.node else None
@@ -138,7 +139,8 @@ class BackupVerify(Action):
                 bad.append(backup.id)
             elif not outcome.complete:
                 incomplete.append(backup.id)
-        session.invalidate()
+        if bad or incomplete:
+            session.invalidate()  # verdicts changed: the next look at the catalog relists
         if bad or incomplete:
             raise OperationFailed(verify_failure(bad, incomplete, len(targets)))
         return ActionResult(exit_code=0, summary=f"{len(targets)} backups verified",
