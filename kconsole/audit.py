@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from kconsole.errors import UsageError
-from kconsole.fsutil import atomic_write
 
 GENESIS = "0" * 64
 
@@ -190,11 +189,3 @@ class VerifyResult:
     position: int
     message: str
     torn: bool = False
-
-
-def write_checkpoint(log: AuditLog, out: Path) -> dict[str, Any]:
-    """Write the current head (seq, hash) to `out` for copying off-host."""
-    entries = log.read()
-    head = {"seq": entries[-1]["seq"], "head": entries[-1]["hash"]} if entries else {"seq": 0, "head": GENESIS}
-    atomic_write(out, canonical(head) + b"\n", 0o600)
-    return head

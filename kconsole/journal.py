@@ -12,12 +12,10 @@ appending, so a `kill -9` at any moment leaves a journal that resumes.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,12 +249,3 @@ def run_dir(state_dir: Path, run_id: str) -> Path:
     if not (d / "journal.jsonl").exists() or "/" in run_id or run_id.startswith("."):
         raise UsageError(f"no run {run_id} in {state_dir / 'runs'}; `kconsole runs` lists them.")
     return d
-
-
-@contextlib.contextmanager
-def opened(journal: RunJournal) -> Iterator[RunJournal]:
-    """Close the journal whatever happens."""
-    try:
-        yield journal
-    finally:
-        journal.close()

@@ -52,14 +52,9 @@ class Services:
     @classmethod
     def for_site(cls, site: Site) -> Services:
         """The real services for `site`: SSH to its nodes over a pooled transport."""
-        transport = None
-        try:
-            from kconsole.transport.ssh import SshTransport
-        except ImportError:  # pragma: no cover - transport ships with the package
-            SshTransport = None  # type: ignore[assignment,misc]  # noqa: N806
-        if SshTransport is not None:
-            transport = SshTransport(site)
-        return cls(transport=transport)
+        from kconsole.transport.ssh import SshTransport
+
+        return cls(transport=SshTransport(site))
 
     async def close(self) -> None:
         """Close pooled connections."""

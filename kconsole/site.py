@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kconsole.config import Problem, ProblemList, SourceFile, load_toml, parse_duration
+from kconsole.config import Problem, ProblemList, SourceFile, load_toml
 from kconsole.config.problems import did_you_mean
 from kconsole.config.schema import check_keys, expect_duration, expect_type
 from kconsole.config.source import TomlFileError
@@ -492,8 +492,3 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         raw=data,
         health_url=str(site_t.get("health_url", "")),
     )
-
-
-def seconds(value: Any) -> float:
-    """Duration helper re-exported for callers that hold raw site values."""
-    return parse_duration(value)

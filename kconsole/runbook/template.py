@@ -10,7 +10,6 @@ import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from kconsole.site import Node
@@ -136,8 +135,3 @@ def placeholders(template: str) -> list[tuple[str, str | None]]:
         if spec and "{" in spec:
             raise ValueError(f"nested placeholder in {{{field_name}:{spec}}} is not supported")
     return out
-
-
-def now_value(now: datetime) -> datetime:
-    """The `{now}` value (UTC)."""
-    return now
