@@ -25,32 +25,43 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def lab_in_background(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[Path]:
-    """Start `kconsole lab serve` in a child, wait for `ready`, export its lab.env into
-    this process (S3 credentials file, webhook sink), yield the site path, stop it."""
+def served_lab(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Run `kconsole lab serve` in a child process until the block ends: (process, site path).
+
+    Its log goes to DIR/lab.log: a pipe nobody reads would fill and stall the lab.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "kconsole", "lab", "serve", "--dir", str(directory), "--nodes", str(nodes)]
     if faults:
         args += ["--faults", faults]
-    log = (directory / "lab.log").open("a")
+    log_path = directory / "lab.log"
+    log = log_path.open("a")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         if not line.startswith("ready "):
             proc.wait(timeout=10)
-            tail = (directory / "lab.log").read_text().strip().splitlines()[-1:] or ["no output"]
+            tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
             raise OperationFailed(f"the lab did not start: {tail[0]}")
-        site = Path(line.removeprefix("ready "))
-        env_file = directory / "lab.env"
-        if env_file.exists():
-            os.environ.update(read_env_file(env_file))
-        yield site
+        yield proc, Path(line.removeprefix("ready "))
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
         log.close()
+
+
+@contextlib.contextmanager
+def lab_in_background(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[Path]:
+    """Serve the lab in a child process, export its lab.env into this process (S3
+    credentials file, webhook sink) and yield the site path; stop it afterwards."""
+    with served_lab(directory, nodes, faults) as (_, site):
+        env_file = directory / "lab.env"
+        if env_file.exists():
+            os.environ.update(read_env_file(env_file))
+        yield site

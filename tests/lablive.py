@@ -3,8 +3,6 @@ in-process against it (the CLI runs its own event loop, so the lab cannot share 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kconsole.lablauncher import read_env_file
+from kconsole.lablauncher import read_env_file, served_lab
 
 
 class LiveLab:
@@ -61,26 +59,6 @@ class LiveLab:
 
 @contextmanager
 def live_lab(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[LiveLab]:
-    """Start `kconsole lab serve` and wait for its ready line; SIGTERM it afterwards."""
-    args = [sys.executable, "-m", "kconsole", "lab", "serve", "--dir", str(directory), "--nodes", str(nodes)]
-    if faults:
-        args += ["--faults", faults]
-    # The lab logs to stderr; a pipe nobody reads would fill and stall it, so use a file.
-    log = (directory / "lab-serve.log").open("w")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("ready "):
-            proc.wait(timeout=10)
-            raise RuntimeError(f"lab did not start: {line!r} {(directory / 'lab-serve.log').read_text()}")
+    """`kconsole lab serve` in a child process, ready; stopped afterwards."""
+    with served_lab(directory, nodes, faults) as (proc, _):
         yield LiveLab(directory, proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
