@@ -292,16 +292,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _with_backups(site: Any, fn: Callable[[Any], Any]) -> Any:
     """Run `fn(session)` on a fresh event loop with the site's backup session."""
-    from kconsole.services import Services
+    from kconsole.services import run_once
 
-    async def main() -> Any:
-        services = Services.for_site(site)
-        try:
-            return await fn(services.backups(site))
-        finally:
-            await services.close()
-
-    return asyncio.run(main())
+    return run_once(site, lambda services: fn(services.backups(site)))
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from kconsole.errors import OperationFailed
-from kconsole.services import Services
+from kconsole.services import Services, run_once
 from kconsole.site import Node, Site
 
 
@@ -101,13 +101,6 @@ async def poll_fleet(site: Site, services: Services, timeout: float | None = Non
 def poll_once(site: Site) -> tuple[list[NodeStatus], float]:
     """Blocking single poll for the CLI: (statuses, seconds taken)."""
 
-    async def main() -> list[NodeStatus]:
-        services = Services.for_site(site)
-        try:
-            return await poll_fleet(site, services)
-        finally:
-            await services.close()
-
     t0 = time.monotonic()
-    statuses = asyncio.run(main())
+    statuses = run_once(site, lambda services: poll_fleet(site, services))
     return statuses, time.monotonic() - t0

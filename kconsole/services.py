@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from kconsole.site import Site
+
+T = TypeVar("T")
 
 
 class Clock:
@@ -62,3 +65,17 @@ class Services:
             await self._backups.close()
         if self.transport is not None and hasattr(self.transport, "close"):
             await self.transport.close()
+
+
+def run_once(site: Site, work: Callable[[Services], Awaitable[T]]) -> T:
+    """Blocking: run `work(services)` on a fresh event loop with the site's real services,
+    closing their connections afterwards (the CLI's one-shot commands)."""
+
+    async def main() -> T:
+        services = Services.for_site(site)
+        try:
+            return await work(services)
+        finally:
+            await services.close()
+
+    return asyncio.run(main())
