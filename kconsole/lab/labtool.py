@@ -214,6 +214,55 @@ def load_state(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return index, block
 
 
+def recover_state(root: Path) -> tuple[dict[str, Any], str]:
+    """Bring the index back in line with the block files, as a node does after an unclean copy.
+
+    A state copied while the node ran (a live `tar`, the plan's tier-1 backup) can hold an
+    index one block ahead of or behind its block files. The blocks are the record: keep the
+    longest run of blocks that links back to the snapshot, drop what follows it, and point
+    the index at its tip. A missing index or snapshot is not recoverable here.
+    """
+    state = root / STATE_DIR
+    index = read_index(root)
+    base_height = index.get("base_height")
+    base_hash = index.get("base_hash")
+    if not isinstance(base_height, int) or not isinstance(base_hash, str):
+        raise StateError("index.json has no snapshot base")
+    if not (state / "snapshot" / "meta.json").is_file():
+        raise StateError("the snapshot is missing")
+    prev, expect = base_hash, base_height + 1
+    segs = sorted((state / "blocks").glob("*.seg"))
+    cut: tuple[Path, list[str]] | None = None
+    for seg in segs:
+        if cut is not None:
+            seg.unlink()
+            continue
+        lines = seg.read_text().splitlines()
+        for n, line in enumerate(lines):
+            try:
+                b = json.loads(line)
+                ok = (b["h"] == expect and b["prev"] == prev
+                      and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"])
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                cut = (seg, lines[:n])
+                break
+            prev, expect = b["hash"], expect + 1
+    if cut is not None:
+        seg, kept = cut
+        if kept:
+            write_atomic(seg, "".join(f"{k}\n" for k in kept).encode(), staging=root / STAGING_DIR)
+        else:
+            seg.unlink()
+    height = expect - 1
+    said = index["height"]
+    index = {**index, "height": height, "tip": prev}
+    write_atomic(state / "index.json", (json.dumps(index, indent=2) + "\n").encode(),
+                 staging=root / STAGING_DIR)
+    return index, f"index said height {said}, the block files verify to {height}; index rewritten"
+
+
 def verify_state(root: Path) -> tuple[bool, list[str]]:
     """Check the whole chain: snapshot checksum, every block's hash and link, the index."""
     out: list[str] = []
@@ -345,7 +394,12 @@ def node_run(root: Path, name: str) -> int:
     try:
         index, _tip = load_state(root)
     except StateError as exc:
-        return fatal(f"chain state at /{STATE_DIR} is unusable: {exc}")
+        # Not stopped cleanly, or copied live: recover from the block files if they are there.
+        try:
+            index, how = recover_state(root)
+        except (StateError, OSError) as again:
+            return fatal(f"chain state at /{STATE_DIR} is unusable: {again if str(again) else exc}")
+        log(f"chain state was inconsistent ({exc}); recovered: {how}")
     try:
         keys = json.loads((root / KEYS_FILE).read_text())
         key_id = keys["keys"][0]["id"]
