@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,9 @@ class KconsoleApp(App[int]):
         """Whether a gate dialog is waiting for the operator."""
         self.interrupted_run = False
         """Whether quitting interrupted a run (the exit code says so)."""
+        self.stop_on_hangup = False
+        """Whether SIGHUP / SIGTERM stop the run as interrupted and exit (the real program)."""
+        self._hung_up = False
         self.make_run_id: Callable[[], str] = lambda: new_run_id(self.clock.now())
         """New run ids (tests pin them)."""
         self._polling = False
@@ -281,9 +285,32 @@ class KconsoleApp(App[int]):
         self.poll_fleet()
         if self.poll_interval:
             self.set_interval(self.poll_interval, self.poll_fleet)
+        if self.stop_on_hangup:
+            loop = asyncio.get_running_loop()
+            for sig in HANGUP_SIGNALS:
+                loop.add_signal_handler(sig, self.hang_up, sig)
+
+    def hang_up(self, sig: int = signal.SIGHUP) -> None:
+        """The terminal went away (the SSH session dropped) or the console was told to stop.
+
+        Nobody is there to ask: the run stops as it does on quit, journaled as interrupted
+        (its remote commands killed), and the console exits 3, to be re-attached later.
+        """
+        if self._hung_up:
+            return
+        self._hung_up = True
+        if self.run_active and self.session is not None:
+            with contextlib.suppress(Exception):
+                AuditLog(self.site.state_dir).append(self.user, "console.hangup", self.session.run_id,
+                                                     signal=signal.Signals(sig).name)
+        self._stop_and_exit()
 
     async def on_unmount(self) -> None:
         """Close pooled connections."""
+        if self.stop_on_hangup:
+            loop = asyncio.get_running_loop()
+            for sig in HANGUP_SIGNALS:
+                loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
             await self.services.close()
 
@@ -545,6 +572,9 @@ class KconsoleApp(App[int]):
         self.exit(EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK)
 
 
+HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+"""What a dropped SSH session or a service manager sends: stop the run resumable, then exit."""
+
 ENGINE_CATALOG: Any = object()
 """`build_app(catalog=...)` default: the engine's own catalog (None: no catalog at all)."""
 
@@ -581,6 +611,7 @@ def run_console(site_path: str | Path, keymap_path: str | Path | None = None) ->
     site = load_site(site_path)
     keymap = load_keymap(Path(keymap_path), required=True) if keymap_path else load_keymap(default_keymap_path())
     app = build_app(site, keymap=keymap)
+    app.stop_on_hangup = True
     return app.run() or EXIT_OK
 
 

@@ -4,6 +4,7 @@ closed loopback ports, and the test walks the command palette to every screen, t
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shlex
 import shutil
@@ -128,3 +129,70 @@ def test_palette_reaches_every_screen_and_ctrl_q_quits(tmp_path: Path, tmux: Tmu
     while not exit_file.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert exit_file.read_text().strip() == "0"
+
+
+HOLD_RUNBOOK = """
+[runbook]
+id = "hold"
+title = "Hold the line"
+rto = "10m"
+
+[[steps]]
+id = "hold"
+title = "Hold"
+action = "shell"
+gate = "confirm"
+command = "echo $$ > {pid}; exec sleep 60"
+"""
+
+
+def test_a_dropped_session_stops_the_run_resumable(tmp_path: Path, tmux: Tmux) -> None:
+    """The SSH session drops mid-step (tmux kills the pane: SIGHUP): the step's process is
+    killed, the journal says interrupted, and the run can be re-attached."""
+    site = tmp_path / "site.toml"
+    site.write_text(SITE)
+    (tmp_path / "known_hosts").write_text("")
+    pid_file = tmp_path / "step.pid"
+    rb = tmp_path / "hold.toml"
+    rb.write_text(HOLD_RUNBOOK.replace("{pid}", shlex.quote(str(pid_file))))
+    cli = [sys.executable, "-m", "kconsole", "--site", str(site)]
+    # No terminal: the run stops at its gate, waiting and resumable (exit 3).
+    first = subprocess.run([*cli, "run", str(rb)], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 3, first.stdout + first.stderr
+
+    env = f"-u COLUMNS -u LINES XDG_CONFIG_HOME={shlex.quote(str(tmp_path / 'config'))} TEXTUAL_ANIMATIONS=none"
+    started = tmux("new-session", "-d", "-s", "console", "-x", "120", "-y", "40",
+                   f"env {env} {console_command(site)}")
+    assert started.returncode == 0, started.stderr
+    tmux.wait_for("— Dashboard ·")
+    tmux("send-keys", "-t", "console", "h")
+    tmux.wait_for("Hold the line")
+    tmux("send-keys", "-t", "console", "e")
+    tmux.wait_for("Cancel")  # the gate, re-asked on re-attach
+    tmux("send-keys", "-t", "console", "y")
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    step_pid = int(pid_file.read_text())
+
+    tmux("kill-session", "-t", "console")  # the terminal goes away: SIGHUP
+
+    def run_record() -> dict:
+        out = subprocess.run([*cli, "runs", "--json"], capture_output=True, text=True, timeout=30).stdout
+        return json.loads(out.splitlines()[0])
+
+    deadline = time.monotonic() + 20
+    while run_record()["status"] != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = run_record()
+    assert record["status"] == "interrupted", record
+    journal = (tmp_path / "state" / "runs" / record["id"] / "journal.jsonl").read_text().splitlines()
+    last = json.loads(journal[-1])  # written by the console itself, not inferred from a free lock
+    assert (last["type"], last["event"], last["status"]) == ("run", "stopped", "interrupted"), last
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{step_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{step_pid}").exists(), "the step's process outlived the console"
+    audit = (tmp_path / "state" / "audit.jsonl").read_text()
+    assert "console.hangup" in audit and "SIGHUP" in audit
