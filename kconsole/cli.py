@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--crontab", action="store_true", help="print the crontab that runs them")
     sc.add_argument("--json", action="store_true")
 
+    si = sub.add_parser("site", parents=[common], help="site files")
+    sis = si.add_subparsers(dest="site_command", required=True, parser_class=_Parser)
+    imp = sis.add_parser("import", parents=[common], help="a site.toml from the plan's primary.conf")
+    imp.add_argument("config", metavar="PRIMARY_CONF", help="the plan's INI file (/etc/backup/primary.conf)")
+    imp.add_argument("-o", dest="output", metavar="FILE", help="write the site file here (default: stdout)")
+    imp.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
     web = sub.add_parser("web", parents=[common], help="serve the console to a browser on localhost")
     web.add_argument("--port", type=int, default=8000)
     return p
@@ -183,6 +190,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _err(f"{len(problems)} problem(s) in {files} of {count} file(s).")
         return EXIT_USAGE
     _out(f"{count} file(s) valid.")
+    return EXIT_OK
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """`kconsole site import PRIMARY_CONF [-o FILE] [--force]`: the notes go to stderr, the
+    site file to FILE (atomically, never over an existing one without --force) or stdout."""
+
+    from kconsole.fsutil import atomic_write
+    from kconsole.site import load_site
+    from kconsole.siteimport import import_plan_config
+
+    source = Path(args.config)
+    imported = import_plan_config(source)
+    text = imported.toml(source)
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        raise UsageError(f"{out} already exists; pass --force to replace it.")
+    if out is not None and not out.parent.is_dir():
+        raise UsageError(f"directory {out.parent} does not exist; create it or pick another -o FILE.")
+    with tempfile.TemporaryDirectory() as tmp:  # the result must load as a site, or nothing is written
+        check = Path(tmp) / "site.toml"
+        check.write_text(text)
+        load_site(check)
+    if out is None:
+        _out(text.rstrip("\n"))
+    else:
+        try:
+            atomic_write(out, text.encode(), mode=0o644)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write {out}: {exc.strerror}.") from None
+        _err(f"kconsole: wrote {out} from {source}.")
+    for note in imported.notes:
+        _err(f"kconsole: note: {note}")
     return EXIT_OK
 
 
@@ -385,7 +425,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     """`kconsole schedule [--crontab]`: next due, last run and overdue per scheduled runbook;
     or the crontab that runs them. Exit 0 whatever is overdue (it says so)."""
-    from kconsole.schedule import crontab, schedule_status
+    from kconsole.schedule import crontab, key_rotation, schedule_status
 
     site = _site(args)
     if args.crontab:
@@ -395,6 +435,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if args.json:
         for row in rows:
             _out(json.dumps(row.as_json()))
+        rotation = key_rotation(site)
+        if rotation is not None:
+            _out(json.dumps({"key_rotation": rotation.as_json()}))
         return EXIT_OK
     if not rows:
         return EXIT_OK
@@ -408,6 +451,14 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             state += f" ({r.reason})"
         _out(f"{r.entry.runbook:25} {r.entry.cron:13} {r.next_due:%Y-%m-%d %H:%M} {last:28} {state}")
     overdue = [r.entry.runbook for r in rows if r.overdue]
+    rotation = key_rotation(site, now)
+    if rotation is not None:
+        when = f"due {rotation.due:%Y-%m-%d}"
+        state = f"OVERDUE ({when})" if rotation.overdue else when
+        _out(f"key rotation: current key {rotation.key_id[:12]} is {rotation.age_s / 86400:.0f} days old, "
+             f"rotate every {rotation.rotate_after_s / 86400:.0f} days: {state}")
+        if rotation.overdue:
+            overdue.append("key rotation")
     _out(f"{len(overdue)} overdue: {', '.join(overdue)}" if overdue else "nothing overdue")
     return EXIT_OK
 
@@ -532,6 +583,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "audit": cmd_audit,
     "contacts": cmd_contacts,
+    "site": cmd_site,
     "status": cmd_status,
     "catalog": cmd_catalog,
     "verify": cmd_verify,

@@ -203,6 +203,8 @@ class Site:
     locations: dict[str, Location] = field(default_factory=dict)
     keys_dir: Path | None = None
     current_key: str = ""
+    key_rotate_after: float | None = None
+    """Seconds a key may be current before it is due for rotation (`[keys] rotate_after`)."""
     tiers: dict[str, Tier] = field(default_factory=dict)
     contacts: list[Contact] = field(default_factory=list)
     escalation: dict[str, EscalationMatrix] = field(default_factory=dict)
@@ -396,7 +398,8 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         )
 
     keys_t = data.get("keys", {})
-    check_keys(src, keys_t, ("keys",), ("dir", "current"), (), "[keys]", problems)
+    check_keys(src, keys_t, ("keys",), ("dir", "current", "rotate_after"), (), "[keys]", problems)
+    rotate_after = expect_duration(src, keys_t, ("keys",), "rotate_after", problems)
 
     tiers: dict[str, Tier] = {}
     for name, t in (data.get("tiers") or {}).items():
@@ -484,6 +487,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         locations=locations,
         keys_dir=rel(keys_t["dir"]) if isinstance(keys_t.get("dir"), str) else None,
         current_key=str(keys_t.get("current", "")),
+        key_rotate_after=rotate_after,
         tiers=tiers,
         contacts=contacts,
         escalation=escalation,
