@@ -401,10 +401,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
     from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
+    from kconsole.schedule import key_rotation
 
     site = _site(args)
     catalog = _with_backups(site, lambda s: s.catalog())
-    text = render(collect(site, catalog, backup_attempts(site.state_dir, runs_per_runbook=WINDOW)))
+    text = render(collect(site, catalog, backup_attempts(site.state_dir, runs_per_runbook=WINDOW),
+                          rotation=key_rotation(site)))
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
     if not args.output:

@@ -156,8 +156,10 @@ def test_render_escapes_and_formats() -> None:
     text = render([Sample("backup_size_bytes", (("kind", 'a"b'), ("node", "x\\y\nz"), ("location", "")), 1e12),
                    Sample("backup_duration_seconds", (("node", "n"),), 0.125),
                    Sample("backup_duration_seconds", (("node", "m"),), float("nan"))])
-    assert 'backup_size_bytes{kind="a\\"b",node="x\\\\y\\nz"} 1000000000000' in text
+    assert 'backup_size_bytes{kind="a\\"b",node="x\\\\y\\nz"} 1e+12' in text
     assert 'backup_duration_seconds{node="n"} 0.125' in text and 'backup_duration_seconds{node="m"} NaN' in text
+    got = parse_exposition(text)
+    assert got["backup_size_bytes"] == [({"kind": 'a\\"b', "node": "x\\\\y\\nz"}, 1e12)]
     assert text.index("# TYPE backup_size_bytes gauge") < text.index("backup_size_bytes{")
     with pytest.raises(ValueError, match="unknown metric"):
         render([Sample("backup_bogus", (), 1)])
@@ -315,6 +317,26 @@ def test_promtool_unit_tests_of_the_rules(tmp_path: Path) -> None:
               - eval_time: 30m
                 alertname: BackupMetricsStale
                 exp_alerts: []
+          - interval: 1m
+            input_series:
+              - series: 'backup_encryption_key_age_seconds{{site="s",key_id="k1"}}'
+                values: '7777000+60x90'
+              - series: 'backup_encryption_key_rotate_after_seconds{{site="s"}}'
+                values: '7776000x90'
+            alert_rule_test:
+              - eval_time: 30m
+                alertname: BackupKeyRotationOverdue
+                exp_alerts: []
+              - eval_time: 61m
+                alertname: BackupKeyRotationOverdue
+                exp_alerts:
+                  - exp_labels: {{severity: warning, site: s, key_id: k1}}
+                    exp_annotations:
+                      summary: Backup encryption key is due for rotation
+                      description: >-
+                        Key k1 has encrypted new backups of site s for 90d 1h 17m 40s, past the
+                        site's rotation period; run `kconsole crypto keygen` into the key directory
+                        (older backups stay readable).
         """))
     proc = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -172,3 +172,19 @@ def test_schedule_says_when_the_key_is_due_for_rotation(cli, tmp_path: Path) -> 
     code, out, _ = cli("--site", site, "schedule", "--json")
     rotation = [json.loads(line)["key_rotation"] for line in out.splitlines() if "key_rotation" in line]
     assert rotation and rotation[0]["overdue"] is True and rotation[0]["rotate_after_s"] == 90 * 86400
+
+
+def test_metrics_carry_the_key_age_for_the_rotation_alert(cli, tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(KEYED_SITE)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    assert cli("crypto", "keygen", "-o", keys / "k1.key")[0] == 0
+    old = time.time() - 100 * 86400
+    os.utime(keys / "k1.key", (old, old))
+    code, out, err = cli("--site", site, "metrics")
+    assert code == 0, err
+    age = [line for line in out.splitlines() if line.startswith("backup_encryption_key_age_seconds{")]
+    assert len(age) == 1 and 'site="keyed"' in age[0]
+    assert abs(float(age[0].rsplit(" ", 1)[1]) - 100 * 86400) < 120
+    assert 'backup_encryption_key_rotate_after_seconds{site="keyed"} 7.776e+06' in out

@@ -22,15 +22,18 @@ No sample carries a timestamp: the textfile collector refuses them.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from kconsole.backups.attempts import Attempt
 from kconsole.backups.catalog import Backup, Catalog, expected_nodes
 from kconsole.fsutil import atomic_write
+from kconsole.schedule import KeyRotation
 from kconsole.site import Site
 
 WINDOW = 20
@@ -52,6 +55,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "backup_location_up": ("gauge", "1 if the backup location could be listed, 0 if not."),
     "backup_metrics_generated_timestamp_seconds": ("gauge", "Unix time of the catalog listing these metrics "
                                                             "were made from."),
+    "backup_encryption_key_age_seconds": ("gauge", "Age of the key new backups are encrypted with "
+                                                   "(since its key file was written)."),
+    "backup_encryption_key_rotate_after_seconds": ("gauge", "How long a key may stay current: the site's "
+                                                            "[keys] rotate_after."),
 }
 
 
@@ -79,11 +86,16 @@ def runs_success(attempts: Iterable[Attempt], window: int = WINDOW) -> dict[tupl
 
 
 def collect(site: Site, catalog: Catalog, attempts: Iterable[Attempt],
-            expected: dict[str, list[str]] | None = None) -> list[Sample]:
-    """Every sample, from the catalog (as of its listing) and the journal's attempts."""
+            expected: dict[str, list[str]] | None = None, rotation: KeyRotation | None = None) -> list[Sample]:
+    """Every sample, from the catalog (as of its listing), the journal's attempts and the
+    current key's age against the site's rotation period."""
     expected = expected_nodes(site) if expected is None else expected
     s = site.name
     out: list[Sample] = [_sample("backup_metrics_generated_timestamp_seconds", catalog.as_of.timestamp(), site=s)]
+    if rotation is not None:
+        out.append(_sample("backup_encryption_key_age_seconds", round(rotation.age_s), site=s,
+                           key_id=rotation.key_id))
+        out.append(_sample("backup_encryption_key_rotate_after_seconds", rotation.rotate_after_s, site=s))
     for loc in catalog.locations:
         out.append(_sample("backup_location_up", 0.0 if loc in catalog.errors else 1.0, site=s, location=loc))
     for tier in site.tiers.values():
@@ -134,48 +146,40 @@ def _newest_good_in(backups: list[Backup], loc: str) -> Backup | None:
     return None
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Samples:
+    """A prometheus_client collector over samples already made (the textfile is one snapshot)."""
 
+    def __init__(self, samples: Iterable[Sample]) -> None:
+        self.samples = list(samples)
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _value(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if float(v).is_integer() and abs(v) < 2**53:
-        return str(int(v))
-    return repr(float(v))
+    def collect(self) -> Iterator[Metric]:
+        by_name: dict[str, list[Sample]] = {}
+        for smp in self.samples:
+            if smp.name not in METRICS:
+                raise ValueError(f"unknown metric {smp.name}")
+            by_name.setdefault(smp.name, []).append(smp)
+        for name, (mtype, help_text) in METRICS.items():
+            found = by_name.get(name)
+            if not found:
+                continue
+            metric = Metric(name, help_text, mtype)
+            seen: set[tuple[tuple[str, str], ...]] = set()
+            for smp in sorted(found, key=lambda x: x.labels):
+                labels = tuple((k, v) for k, v in smp.labels if v != "")
+                if labels in seen:  # one series once; the first (sorted) wins
+                    continue
+                seen.add(labels)
+                metric.add_sample(name, dict(labels), smp.value)
+            yield metric
 
 
 def render(samples: Iterable[Sample]) -> str:
-    """The Prometheus text exposition format (0.0.4): HELP and TYPE once per metric, then its
-    samples; labels with an empty value are left out, as Prometheus treats them."""
-    by_name: dict[str, list[Sample]] = {}
-    for smp in samples:
-        if smp.name not in METRICS:
-            raise ValueError(f"unknown metric {smp.name}")
-        by_name.setdefault(smp.name, []).append(smp)
-    lines: list[str] = []
-    for name, (mtype, help_text) in METRICS.items():
-        found = by_name.get(name)
-        if not found:
-            continue
-        lines.append(f"# HELP {name} {_escape_help(help_text)}")
-        lines.append(f"# TYPE {name} {mtype}")
-        seen: set[tuple[tuple[str, str], ...]] = set()
-        for smp in sorted(found, key=lambda x: x.labels):
-            labels = tuple((k, v) for k, v in smp.labels if v != "")
-            if labels in seen:  # one series once; the first (sorted) wins
-                continue
-            seen.add(labels)
-            text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{text}}} {_value(smp.value)}" if text else f"{name} {_value(smp.value)}")
-    return "\n".join(lines) + "\n"
+    """The Prometheus text exposition format (0.0.4), written by prometheus_client: HELP and
+    TYPE once per metric, then its samples; labels with an empty value are left out, as
+    Prometheus treats them. ValueError for a metric not in METRICS."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Samples(samples))
+    return generate_latest(registry).decode("utf-8")
 
 
 def write_textfile(path: Path, text: str) -> None:
