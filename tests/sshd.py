@@ -17,6 +17,7 @@ import contextlib
 import getpass
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -256,7 +257,11 @@ def start_sshd(directory: Path, *, extra: dict[str, str] | None = None, attempts
             host_key=host_key,
             client_key_path=client_key_path,
             known_hosts_path=known_hosts,
-            drop_command="head -c 1048576 /dev/zero; kill -9 $PPID; sleep 30",
+            drop_command=(  # kill this session's sshd, however deep the transport's wrapper nests us
+                "head -c 1048576 /dev/zero; p=$$; "
+                "while p=$(ps -o ppid= -p $p | tr -d ' ') && [ \"$p\" -gt 1 ]; do "
+                "case $(ps -o comm= -p $p) in sshd*) kill -9 $p; break;; esac; done; sleep 30"
+            ),
             kind="sshd",
             process=proc,
             log_path=log_path,
@@ -296,6 +301,16 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 # -- in-process asyncssh server ------------------------------------------------------
 
 
+def unwrap(command: str) -> str:
+    """The runbook's command inside the transport's wrapper (`exec env TAG=... [timeout ...]
+    sh -c CMD`): this server answers known commands and has no shell to run the wrapper."""
+    if not command.startswith("exec env "):
+        return command
+    argv = shlex.split(command)
+    assert argv[-3:-1] == ["sh", "-c"], command
+    return argv[-1]
+
+
 @dataclass
 class InProcessServer(ServerBase):
     """An asyncssh server in the running event loop; `await stop()` ends it."""
@@ -318,7 +333,7 @@ class InProcessServer(ServerBase):
         return marker in self.live
 
     async def _handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        command = process.command or ""
+        command = unwrap(process.command or "")
         try:
             status = await self._dispatch(process, command)
         except (asyncssh.BreakReceived, asyncssh.SignalReceived, asyncssh.TerminalSizeChanged):

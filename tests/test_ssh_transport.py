@@ -38,6 +38,7 @@ from tests.sshd import (
     sha256,
     sshd_server,  # noqa: F401 - a fixture, used through getfixturevalue
     start_in_process_server,
+    start_sshd,
     write_private_key,
 )
 
@@ -280,6 +281,26 @@ async def test_timeout_terminates_the_remote_command(
         "the remote sleep outlived its timeout"
     )
     assert (await transport.run(node, Commands.TRUE)).ok
+
+
+async def test_timeout_kills_a_compound_commands_children_without_accept_env(tmp_path: Path) -> None:
+    """An sshd that accepts no LC_* variables, a root-style login that ignores the SSH signal
+    request, and a command whose sleep runs in a subshell: the transport still finds and kills
+    it by the tag `env` puts in the command itself."""
+    server = start_sshd(tmp_path / "sshd", extra={"AcceptEnv": "LANG"})
+    t = SshTransport(server.site(), use_ssh_config=False)
+    marker = "3617.25"
+    try:
+        task = asyncio.ensure_future(t.run(node_of(t), f"(sleep {marker}; true) & wait", timeout=1.5))
+        assert await until(lambda: server.running(marker)), "the remote sleep never started"
+        with pytest.raises(CommandTimeout):
+            await task
+        assert await until(lambda: server.running(marker), expect=False), (
+            "the subshell's sleep outlived its command's timeout"
+        )
+    finally:
+        await t.close()
+        server.stop()
 
 
 async def test_connection_dropped_mid_stream_is_connection_lost(

@@ -58,6 +58,21 @@ SESSION_RETRY = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 RUN_TAG = "LC_KCONSOLE_RUN"
 """Environment variable carrying a per-command token, so a stuck command can be found and killed."""
 
+REMOTE_BOUND_MARGIN = 30.0
+"""Seconds the node-side bound (coreutils `timeout`) allows beyond ours: our timeout fires
+first and is reported; the node's own stops the command if we are gone by then."""
+
+
+def remote_command(command: str, tag: str, limit: float) -> str:
+    """What the node's shell is asked to run for `command`.
+
+    `env` sets the kill tag itself, so finding the command's processes does not depend on
+    the server accepting our environment request (`AcceptEnv`); with a limit, coreutils
+    `timeout` bounds it on the node as well, so it stops even if this console vanishes.
+    """
+    inner = bounded_command(command, limit + REMOTE_BOUND_MARGIN) if limit > 0 else quote_argv(["sh", "-c", command])
+    return f"exec env {RUN_TAG}={tag} {inner}"
+
 log = logging.getLogger(__name__)
 
 RETRY_JITTER = (0.2, 0.8)
@@ -540,7 +555,7 @@ class SshTransport:
             link.active += 1
             try:
                 tag = secrets.token_hex(16)
-                conn, proc = await self._open_process(node, command, tag)
+                conn, proc = await self._open_process(node, remote_command(command, tag, limit), tag)
                 return await self._drive(
                     node,
                     command,
@@ -710,8 +725,9 @@ class SshTransport:
         the session's process, but OpenSSH ignores it for root logins and forced commands.
         So a second session also kills every process that inherited this command's
         LC_KCONSOLE_RUN tag (sent as an environment request: Debian's and Ubuntu's
-        `AcceptEnv LANG LC_*` lets it through), which catches a compound command's children
-        too. `bounded_command` stops it on the node's side whatever happens to us.
+        `AcceptEnv LANG LC_*` lets it through, and `remote_command` sets it with `env` as
+        well), which catches a compound command's children too. The node-side `timeout`
+        from `remote_command` stops it whatever happens to us.
         """
         for sig in ("TERM", "KILL"):
             with contextlib.suppress(OSError, asyncssh.Error):
