@@ -1,37 +1,44 @@
 """Benchmark: the console's responsiveness with 500 nodes, against a bare Textual app.
 
 Generates a site with --nodes nodes (bootstrap / validator / api) in a temporary directory,
-then runs, each in its own Python process so imports and memory do not mix, interleaved,
---repeat times each:
+then runs three sides, each in its own Python process so that imports and memory do not
+mix, interleaved, --repeat times each:
 
 - kconsole: `screens.app.build_app` on that site, an in-memory transport answering the
   first fleet poll, no periodic poll of its own (`poll_interval=0`); later polls are the
   message the app posts when a poll comes back (`KconsoleApp.FleetPolled`);
-- bare: a Textual App with one DataTable (the same columns and the same rows: group, node,
+- bare app: a Textual App with one DataTable (the same columns and rows: group, node,
   state, latency, height, detail) and a second screen with a small table, switched with
-  the same keys; a poll is a message whose handler updates the same four cells of every
-  row with `DataTable.update_cell`, as the fleet table does.
+  the same keys (`switch_mode`, as the console does); a poll is a message whose handler
+  sets the four polled cells of every row with `DataTable.update_cell`;
+- bare app + Header, Footer: the same, with Textual's Header and Footer on both screens,
+  as on every console screen: what is left between it and kconsole is the console's own.
 
-Measured with Textual's Pilot, headless at 120x40, frames timed as the compositor hands
-them to the driver (the escape sequences a terminal would be sent are produced, then
-dropped). A frame counts once the screen is settled: no widget on it has a repaint or
-layout pending and its message queue is empty.
+Measured with Textual's Pilot (`run_test`, headless, 120x40). Frames are timed as the
+compositor hands them to the driver, and turned into the escape sequences a terminal
+would be sent (headless Textual drops them unrendered). A frame counts once its screen is
+settled: its message queue is empty and no widget on it has a repaint or layout pending.
 
 1. start: from `App.run_test()` to the first frame of the fleet table with every node's
    polled state (kconsole: the first poll, the runbooks read, the dashboard drawn);
-2. keys: --presses keys (cursor down, and every 10th key a switch to the other screen and
-   back: `c` then `d`), each followed by a pause of 0-40 ms, while a poll of every node
-   arrives every 0.5 s: from the key event to the frame that shows its effect;
-3. refresh: one poll in which every node changes state (half go down, half come back),
-   from the message to the settled frame, no keys pressed;
+2. keys: --presses keys, cursor down in the table and every tenth key a switch to the
+   other screen and back (`c`, then `d`), each followed by a pause of 0-40 ms, while a
+   poll of every node (each node changing state) arrives every 0.5 s: from the key event
+   to the first frame that shows its effect. Keys are posted as the terminal driver posts
+   them, not with `pilot.press`, which waits for the app to go idle after each key. The
+   first visit of the other screen (composing it) is not counted. `switch_mode` holds
+   frames back for 50 ms by design (`App.delay_update`), on every side;
+3. refresh: one poll from the message to the settled frame, no key pressed: every node
+   changing state (half go down, half come back), then no node changing;
 4. peak RSS of the process (`ru_maxrss`), Python and Textual included.
 
-Prints a Markdown table, medians over the runs (key latencies: median and p95 of every
-press of every run), with kconsole / bare ratios. Run from the repository root:
+Prints a Markdown table with the medians over the runs (key latencies: median and p95 of
+every press of every run) and kconsole / bare ratios. Run from the repository root:
 
     python bench/bench_tui.py [--nodes 500] [--repeat 3] [--presses 200]
 
-Not a test: nothing here asserts a time.
+Not a test: nothing here asserts a time. The frame timing reads Textual internals
+(`App._display`, a screen's message queue, a widget's pending repaint), as of Textual 8.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ GROUPS = (("bootstrap", 0.04), ("validator", 0.76), ("api", 0.20))
 SIZE = (120, 40)
 POLL_EVERY = 0.5
 HEIGHT = 1_882_211
-SIDES = ("kconsole", "bare")
+SIDES = ("kconsole", "bare", "bare-chrome")
 
 SITE_HEAD = """
 [site]
@@ -204,7 +211,8 @@ class Side:
     startup_done: Callable[[], bool]
     table: Callable[[], Any]
     post_poll: Callable[[int], Callable[[], bool]]
-    """Post poll `generation`; returns the predicate "this poll is handled"."""
+    """Post a poll with the states of `poll_states(generation)`; returns the predicate
+    "this poll is handled"."""
     on_table_screen: Callable[[], bool]
     on_other_screen: Callable[[], bool]
 
@@ -245,20 +253,20 @@ def kconsole_side(site_path: Path) -> Side:
                     for name, state, latency, height in poll_states(names, generation)]
         when = app.clock.now()
         app.post_message(KconsoleApp.FleetPolled(statuses, when))
-        return lambda: app.fleet_polled_at is when
+        return lambda: app.fleet_polled_at is when  # a new datetime object per poll
 
     return Side(app, startup_done, lambda: app.screen.query_one(FleetTable), post_poll,
                 lambda: dashboard() is not None, lambda: isinstance(app.screen, ContactsScreen))
 
 
-def bare_side(site_path: Path) -> Side:
+def bare_side(site_path: Path, chrome: bool) -> Side:
     from dataclasses import dataclass as message_dataclass
 
     from rich.text import Text
     from textual.app import App, ComposeResult
     from textual.message import Message
     from textual.screen import Screen
-    from textual.widgets import DataTable
+    from textual.widgets import DataTable, Footer, Header
 
     rows = node_rows(site_path)
     names = [r.name for r in rows]
@@ -267,7 +275,11 @@ def bare_side(site_path: Path) -> Side:
 
     class TableScreen(Screen[None]):
         def compose(self) -> ComposeResult:
+            if chrome:
+                yield Header()
             yield DataTable(id="fleet", cursor_type="row")
+            if chrome:
+                yield Footer()
 
         def on_mount(self) -> None:
             table = self.query_one(DataTable)
@@ -284,7 +296,11 @@ def bare_side(site_path: Path) -> Side:
 
     class OtherScreen(Screen[None]):
         def compose(self) -> ComposeResult:
+            if chrome:
+                yield Header()
             yield DataTable(id="contacts", cursor_type="row")
+            if chrome:
+                yield Footer()
 
         def on_mount(self) -> None:
             table = self.query_one(DataTable)
@@ -301,14 +317,14 @@ def bare_side(site_path: Path) -> Side:
         @message_dataclass
         class Polled(Message):
             states: list[tuple[str, str, float, int | None]]
-            generation: int
+            seq: int
 
         def __init__(self) -> None:
             super().__init__()
-            self.generation = 0
+            self.seq = 0
 
         def on_bare_app_polled(self, message: Polled) -> None:
-            self.generation = message.generation
+            self.seq = message.seq
             table = self.get_screen_stack("table")[0].query_one(DataTable)
             for name, state, latency, height in message.states:
                 table.update_cell(name, "state", Text(word[state], style[state]))
@@ -321,9 +337,13 @@ def bare_side(site_path: Path) -> Side:
     def startup_done() -> bool:
         return isinstance(app.screen, TableScreen) and app.screen.query_one(DataTable).row_count == len(rows)
 
+    seq = 0
+
     def post_poll(generation: int) -> Callable[[], bool]:
-        app.post_message(BareApp.Polled(poll_states(names, generation), generation))
-        return lambda: app.generation == generation
+        nonlocal seq
+        seq += 1
+        app.post_message(BareApp.Polled(poll_states(names, generation), seq))
+        return lambda s=seq: app.seq == s
 
     return Side(app, startup_done, lambda: app.screen.query_one(DataTable), post_poll,
                 lambda: isinstance(app.screen, TableScreen), lambda: isinstance(app.screen, OtherScreen))
@@ -359,11 +379,16 @@ async def measure(side: Side, presses: int, refreshes: int, seed: int) -> dict[s
             polls += 1
             side.post_poll(generation)
 
+        # the first visit of the other screen composes it: not counted
+        await press("c", side.on_other_screen)
+        await press("d", side.on_table_screen)
+        await pilot.pause()
         timer = app.set_interval(POLL_EVERY, poll)
         rng = random.Random(seed)
         cursor: list[float] = []
         away: list[float] = []
         back: list[float] = []
+        step = 1
         i = 0
         while i < presses:
             if i % 10 == 9 and i + 1 < presses:
@@ -373,30 +398,39 @@ async def measure(side: Side, presses: int, refreshes: int, seed: int) -> dict[s
                 i += 2
             else:
                 table = side.table()
-                target = min(table.cursor_row + 1, table.row_count - 1)
-                cursor.append(await press("down", lambda t=table, r=target: t.cursor_row == r))
+                if not 0 < table.cursor_row + step < table.row_count:
+                    step = -step  # at an end of the table: turn round
+                target = table.cursor_row + step
+                cursor.append(await press("down" if step > 0 else "up",
+                                          lambda t=table, r=target: t.cursor_row == r))
                 i += 1
             await asyncio.sleep(rng.uniform(0, 0.04))
         timer.stop()
         await pilot.pause()
 
-        # one poll at a time, nothing else happening
+        # one poll at a time, nothing else happening: every node changes, then none does
+        assert side.on_table_screen()
         refresh: list[float] = []
-        for _ in range(refreshes):
-            generation += 1
-            posted = time.perf_counter()
-            handled = side.post_poll(generation)
-            refresh.append(await asyncio.wait_for(frames.expect(handled), 30) - posted)
-            await pilot.pause()
+        unchanged: list[float] = []
+        for times, same in ((refresh, False), (unchanged, True)):
+            for _ in range(refreshes):
+                generation += 0 if same else 1
+                posted = time.perf_counter()
+                handled = side.post_poll(generation)
+                times.append(await asyncio.wait_for(frames.expect(handled), 30) - posted)
+                await pilot.pause()
         app.exit()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"start": start, "cursor": cursor, "away": away, "back": back, "refresh": refresh,
+    return {"start": start, "cursor": cursor, "away": away, "back": back, "refresh": refresh, "unchanged": unchanged,
             "polls": polls, "frames": frames.count, "sent": frames.sent, "rss_mib": rss}
 
 
 def child(args: argparse.Namespace) -> int:
     site_path = Path(args.site)
-    side = kconsole_side(site_path) if args.child == "kconsole" else bare_side(site_path)
+    if args.child == "kconsole":
+        side = kconsole_side(site_path)
+    else:
+        side = bare_side(site_path, chrome=args.child == "bare-chrome")
     result = asyncio.run(measure(side, args.presses, args.refreshes, args.seed))
     print(json.dumps(result))
     return 0
@@ -454,34 +488,39 @@ def main() -> int:
     def pooled(side: str, key: str) -> list[float]:
         return [v for run in runs[side] for v in run[key]]
 
-    def per_run(side: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[side])
+    def per_run(key: str) -> list[float]:
+        """Each side's median over its runs of a once-per-run figure."""
+        return [statistics.median(run[key] for run in runs[side]) for side in SIDES]
 
-    lines: list[tuple[str, float, float, Callable[[float], str]]] = [
+    def median(key: str) -> list[float]:
+        """Each side's median of every sample of every run."""
+        return [statistics.median(pooled(side, key)) for side in SIDES]
+
+    rows: list[tuple[str, list[float], Callable[[float], str]]] = [
         ("start: `run_test()` to the fleet table drawn with every node's state",
-         per_run("kconsole", "start"), per_run("bare", "start"), ms),
+         per_run("start"), ms),
     ]
     for key, what in (("cursor", "cursor down in the fleet table"),
                       ("away", "switch to the other screen (`c`)"),
                       ("back", "switch back to the fleet table (`d`)")):
-        k, b = pooled("kconsole", key), pooled("bare", key)
-        lines.append((f"key: {what}, median", statistics.median(k), statistics.median(b), ms))
-        lines.append((f"key: {what}, p95", p95(k), p95(b), ms))
-    lines.append((f"refresh: one poll, {args.nodes} nodes changing state, median",
-                  statistics.median(pooled("kconsole", "refresh")),
-                  statistics.median(pooled("bare", "refresh")), ms))
-    lines.append(("peak RSS", per_run("kconsole", "rss_mib"), per_run("bare", "rss_mib"),
-                  lambda v: f"{v:.0f} MiB"))
+        rows.append((f"key: {what}, median", median(key), ms))
+        rows.append((f"key: {what}, p95", [p95(pooled(side, key)) for side in SIDES], ms))
+    rows.append((f"refresh: one poll, {args.nodes} nodes changing state", median("refresh"), ms))
+    rows.append(("refresh: one poll, no node changing (bare: every row set again)",
+                 median("unchanged"), ms))
+    rows.append(("peak RSS", per_run("rss_mib"), lambda v: f"{v:.0f} MiB"))
 
     import textual
 
     print(f"\n{args.nodes} nodes, {SIZE[0]}x{SIZE[1]} headless, Textual {textual.__version__}, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.presses} keys per run "
           f"with a poll every {POLL_EVERY:g} s; median of {args.repeat} runs per side\n")
-    print("| measure | kconsole | bare Textual app | kconsole / bare |")
-    print("| --- | ---: | ---: | ---: |")
-    for what, k, b, fmt in lines:
-        print(f"| {what} | {fmt(k)} | {fmt(b)} | {k / b:.2f}x |")
+    print("| measure | kconsole | bare app | kconsole / bare | bare app + Header, Footer "
+          "| kconsole / that |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for what, (k, bare, chrome), fmt in rows:
+        print(f"| {what} | {fmt(k)} | {fmt(bare)} | {k / bare:.2f}x | {fmt(chrome)} "
+              f"| {k / chrome:.2f}x |")
     return 0
 
 

@@ -95,6 +95,8 @@ class DashboardScreen(ConsoleScreen):
         self._catalog_changed(None)
 
     def _fleet_changed(self, _data: object) -> None:
+        if not self.is_current:
+            return  # another screen is shown: drawn when the dashboard comes back (on_screen_resume)
         app = self.console
         table = self.query_one(FleetTable)
         table.show_statuses(app.fleet.values())

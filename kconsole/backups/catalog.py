@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import gc
 import json
+import operator
 import posixpath
+import threading
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,8 @@ STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
 CACHE_VERSION = 3
 _FIELDS = list(Manifest.__dataclass_fields__)
 """The order manifest values are cached in (one list per manifest: a third of the JSON of dicts)."""
+_cache_values = operator.attrgetter(*_FIELDS)
+"""A manifest's values in `_FIELDS` order, as a tuple (the cache's JSON array)."""
 
 
 @dataclass
@@ -384,109 +388,178 @@ async def _list_location(name: str, store: Store) -> tuple[str, list[ObjectInfo]
         return name, str(exc).rstrip(".") or exc.__class__.__name__
 
 
-@contextlib.contextmanager
-def _bulk() -> Iterator[None]:
-    """Pause the cyclic garbage collector while many small, acyclic objects are made: at
-    100,000 backups its passes cost more than the work (measured: bench/bench_catalog.py)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+class _FullCollectionsPaused:
+    """While a catalog is built, the cyclic garbage collector's full (oldest-generation)
+    passes wait; young passes go on. Building 100,000 backups makes about a million small,
+    acyclic objects, and every 25% of growth would trigger a pass over all of them: those
+    passes cost more than the work (measured: bench/bench_catalog.py). Switching the
+    collector off instead only defers one pass over everything to the end.
+
+    Re-entrant across threads and overlapping builds: the threshold is restored when the
+    last one leaves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = gc.get_threshold()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(self._saved[0], self._saved[1], 1 << 30)
+            self._users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                gc.set_threshold(*self._saved)
+
+
+_bulk = _FullCollectionsPaused()
 
 
 async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | None = None) -> Catalog:
     """List every location at once and join what they hold."""
-    now = now or datetime.now(UTC)
-    with _bulk():  # listing threads build an ObjectInfo per file
-        listings = await asyncio.gather(*(_list_location(n, s) for n, s in stores.items()))
+    with _bulk:
+        return await _build(site, stores, now or datetime.now(UTC))
+
+
+async def _build(site: Site, stores: dict[str, Store], now: datetime) -> Catalog:
+    """The catalog as of `now`: every listing, each manifest from the cache or read, the join."""
+    listings = await asyncio.gather(*(_list_location(n, s) for n, s in stores.items()))
     errors: dict[str, str] = {loc: listing for loc, listing in listings if isinstance(listing, str)}
     listed = [(loc, listing) for loc, listing in listings if not isinstance(listing, str)]
-    new_cache: dict[str, Any] = {}
-    found: dict[str, list[tuple[ObjectInfo, Manifest]]] = {loc: [] for loc, _ in listed}
-    misses: dict[str, list[tuple[ObjectInfo, str]]] = {}
-    with _bulk():
-        cache = _load_cache(site)
-        for loc, listing in listed:
-            for info in listing:
-                if not info.key.endswith(MANIFEST_SUFFIX):
-                    continue
-                ck = f"{loc}|{info.key}|{info.size}|{int(info.mtime)}"
-                hit = cache.get(ck)
-                if hit is not None:
-                    cached = _from_cache(hit)
-                    if cached is not None:
-                        found[loc].append((info, cached))
-                        new_cache[ck] = hit
-                        continue
+    cache = _load_cache(site)
+    found, misses, new_cache = _cached_manifests(listed, cache)
+    await _read_manifests(stores, misses, found, new_cache)
+    writing = None
+    if misses or len(new_cache) != len(cache):
+        writing = _start_cache_write(site, now, new_cache)
+    try:
+        return _join(site, stores, listed, found, errors, now)
+    finally:
+        if writing is not None:
+            with contextlib.suppress(OSError):  # a cache that cannot be written only costs speed
+                await writing
+
+
+Found = dict[str, list[tuple[ObjectInfo, Manifest]]]
+"""Location -> (listing entry, manifest) of every manifest read there, in listing order."""
+Misses = dict[str, list[tuple[ObjectInfo, str]]]
+"""Location -> (listing entry, cache key) of every manifest the cache does not hold."""
+
+
+def _cached_manifests(listed: list[tuple[str, list[ObjectInfo]]],
+                      cache: dict[str, Any]) -> tuple[Found, Misses, dict[str, Any]]:
+    """The listed manifests the cache holds, those it does not, and the cache entries still in use.
+
+    A manifest is known by (location, key, size, mtime): one that changed is read again.
+    """
+    found: Found = {loc: [] for loc, _ in listed}
+    misses: Misses = {}
+    kept: dict[str, Any] = {}
+    for loc, listing in listed:
+        hits = found[loc]
+        for info in listing:
+            if not info.key.endswith(MANIFEST_SUFFIX):
+                continue
+            ck = f"{loc}|{info.key}|{info.size}|{int(info.mtime)}"
+            values = cache.get(ck)
+            m = _from_cache(values) if values is not None else None
+            if m is None:
                 misses.setdefault(loc, []).append((info, ck))
-    # Manifests not in the cache are read from every location at once.
+                continue
+            hits.append((info, m))
+            kept[ck] = values
+    return found, misses, kept
+
+
+async def _read_manifests(stores: dict[str, Store], misses: Misses, found: Found,
+                          new_cache: dict[str, Any]) -> None:
+    """Read the manifests the cache did not hold, every location at once; add each one that
+    parses to `found` and to `new_cache`. One that cannot be read or parsed is left out."""
     raws = await asyncio.gather(*(stores[loc].read_many([info.key for info, _ in todo])
                                   for loc, todo in misses.items()))
-    with _bulk():
-        for (loc, todo), raw in zip(misses.items(), raws, strict=True):
-            for info, ck in todo:
-                data = raw.get(info.key)
-                if data is not None and len(data) != info.size:
-                    # Short reads happen on some SFTP servers (ronf/asyncssh#814), and a file may
-                    # have changed since the listing: read it once more, measured.
-                    try:
-                        data = await stores[loc].read_bytes(info.key)
-                    except (OperationFailed, OSError):
-                        data = None
-                if data is None:
-                    continue
+    for (loc, todo), raw in zip(misses.items(), raws, strict=True):
+        for info, ck in todo:
+            data = raw.get(info.key)
+            if data is not None and len(data) != info.size:
+                # Short reads happen on some SFTP servers (ronf/asyncssh#814), and a file may
+                # have changed since the listing: read it once more, measured.
                 try:
-                    m = Manifest.from_json(data)
-                except ValueError:
-                    continue
-                new_cache[ck] = [getattr(m, f) for f in _FIELDS]
-                found[loc].append((info, m))
-    if misses or len(new_cache) != len(cache):
-        # A cache that cannot be written only costs speed.
-        body = {"version": CACHE_VERSION, "as_of": iso(now), "fields": _FIELDS, "manifests": new_cache}
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(lambda: atomic_write(
-                _cache_path(site), json.dumps(body, separators=(",", ":")).encode(), 0o600))
-    with _bulk():
-        return _join(site, stores, listed, found, errors, now)
+                    data = await stores[loc].read_bytes(info.key)
+                except (OperationFailed, OSError):
+                    data = None
+            if data is None:
+                continue
+            try:
+                m = Manifest.from_json(data)
+            except ValueError:
+                continue
+            new_cache[ck] = _cache_values(m)
+            found[loc].append((info, m))
+
+
+def _start_cache_write(site: Site, now: datetime, manifests: dict[str, Any]) -> asyncio.Future[None]:
+    """Write the manifest cache (temp file and rename) in a worker thread, started now so the
+    file is written and synced while the join runs; await the result."""
+    body = {"version": CACHE_VERSION, "as_of": iso(now), "fields": _FIELDS, "manifests": manifests}
+
+    def write() -> None:
+        atomic_write(_cache_path(site), json.dumps(body, separators=(",", ":")).encode(), 0o600)
+
+    return asyncio.get_running_loop().run_in_executor(None, write)
 
 
 def _join(site: Site, stores: dict[str, Store], listed: list[tuple[str, list[ObjectInfo]]],
-          found: dict[str, list[tuple[ObjectInfo, Manifest]]], errors: dict[str, str], now: datetime) -> Catalog:
+          found: Found, errors: dict[str, str], now: datetime) -> Catalog:
     """Backups by id from each location's manifests, objects and legacy files; then statuses."""
     by_id: dict[str, Backup] = {}
     for loc, listing in listed:
-        store = stores[loc]
-        objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
-        for info, m in found[loc]:
-            obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
-            b = by_id.get(m.id)
-            if b is None:
-                b = by_id[m.id] = Backup(m.id, m.kind, m.node, m.created_at, m)
-            b.manifests[loc] = info.key
-            obj = objects.get(obj_key)
-            if obj is not None:
-                b.replicas[loc] = Replica(loc, obj_key, obj.size, obj.mtime, store.describe(obj_key))
-            elif not b.reason:
-                b.reason = f"manifest without object in {loc}"
-        for o in listing:
-            if not o.key.endswith(".enc"):
-                continue
-            parsed = parse_legacy_name(posixpath.basename(o.key))
-            if parsed is None:
-                continue
-            node, kind, created = parsed
-            bid = posixpath.basename(o.key)
-            b = by_id.get(bid)
-            if b is None:
-                b = by_id[bid] = Backup(bid, kind, node, created, None, legacy=True)
-            b.replicas[loc] = Replica(loc, o.key, o.size, o.mtime, store.describe(o.key))
-    verified = load_verify_state(site)
+        _add_location(by_id, loc, stores[loc], listing, found[loc])
     backups = list(by_id.values())
-    reachable = [n for n in stores if n not in errors]
+    _set_statuses(site, backups, [n for n in stores if n not in errors], now)
+    backups.sort(key=_created, reverse=True)
+    return Catalog(backups, now, errors, list(stores))
+
+
+def _add_location(by_id: dict[str, Backup], loc: str, store: Store, listing: list[ObjectInfo],
+                  manifests: list[tuple[ObjectInfo, Manifest]]) -> None:
+    """Add what one location holds: a copy for each manifest whose object is there, and the
+    legacy files recognised by name."""
+    objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
+    for info, m in manifests:
+        obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
+        b = by_id.get(m.id)
+        if b is None:
+            b = by_id[m.id] = Backup(m.id, m.kind, m.node, m.created_at, m)
+        b.manifests[loc] = info.key
+        obj = objects.get(obj_key)
+        if obj is not None:
+            b.replicas[loc] = Replica(loc, obj_key, obj.size, obj.mtime, store.describe(obj_key))
+        elif not b.reason:
+            b.reason = f"manifest without object in {loc}"
+    for o in listing:
+        if not o.key.endswith(".enc"):
+            continue
+        parsed = parse_legacy_name(posixpath.basename(o.key))
+        if parsed is None:
+            continue
+        node, kind, created = parsed
+        bid = posixpath.basename(o.key)
+        b = by_id.get(bid)
+        if b is None:
+            b = by_id[bid] = Backup(bid, kind, node, created, None, legacy=True)
+        b.replicas[loc] = Replica(loc, o.key, o.size, o.mtime, store.describe(o.key))
+
+
+def _set_statuses(site: Site, backups: list[Backup], reachable: list[str], now: datetime) -> None:
+    """Each backup's RPO, missing copies and status; the newest good one of each kind and node
+    is marked, and is stale when it is older than its tier's RPO."""
+    verified = load_verify_state(site)
     newest: dict[tuple[str, str], Backup] = {}
     rpo = {kind: tier.rpo for tier in site.tiers.values() for kind in tier.kinds}
     for b in backups:
@@ -510,8 +583,10 @@ def _join(site: Site, stores: dict[str, Store], listed: list[tuple[str, list[Obj
         b.newest = True
         if b.status == "ok" and b.rpo_s and b.age(now) > b.rpo_s:
             b.status, b.reason = "stale", "newest backup is older than the RPO"
-    backups.sort(key=lambda b: b.created, reverse=True)
-    return Catalog(backups, now, errors, list(stores))
+
+
+def _created(b: Backup) -> datetime:
+    return b.created
 
 
 def list_backups(site: Site) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from kconsole.site import Location, Site
 
 Progress = Callable[[int, int], None]
 PIECE = 1 << 20
+SMALL_READ = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,23 @@ def hash_file(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def read_small_file(path: str) -> bytes:
+    """The whole of a small local file (a manifest), read straight from its descriptor.
+
+    For a file of a few hundred bytes, the buffered file object `open()` builds costs more
+    than the read, and so does a 1 MiB read buffer, which malloc maps and unmaps afresh for
+    every file in a worker thread; 64 KiB reads cost neither (measured: bench/bench_catalog.py).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, SMALL_READ):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 class Store:
@@ -114,14 +132,20 @@ class LocalStore(Store):
         self.location = location
         self.root = Path(location.path)
         self._root_text = str(self.root)
+        self._prefix = os.path.join(self._root_text, "")
+        """The root with a trailing separator: a key's file is one concatenation away."""
 
     def path(self, key: str) -> Path:
         """The file of `key`."""
         return self.root / safe_key(key)
 
+    def _file(self, key: str) -> str:
+        """The file of `key` as a string: the catalog describes every replica and reads every
+        new manifest, and a Path costs 10x more (os.path.join, 2x)."""
+        return self._prefix + safe_key(key)
+
     def describe(self, key: str) -> str:
-        # Plain string joining: the catalog describes every replica, and Path costs 10x more.
-        return os.path.join(self._root_text, safe_key(key))
+        return self._file(key)
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         def walk() -> list[ObjectInfo]:
@@ -164,8 +188,7 @@ class LocalStore(Store):
             out: dict[str, bytes | None] = {}
             for key in keys:
                 try:
-                    with open(os.path.join(self._root_text, safe_key(key)), "rb") as fh:
-                        out[key] = fh.read()
+                    out[key] = read_small_file(self._file(key))
                 except (OSError, UsageError):
                     out[key] = None
             return out

@@ -44,6 +44,8 @@ class FleetTable(DataTable[Text | str]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self.site = site
         """The site whose nodes are listed."""
+        self._shown: dict[str, tuple[tuple[str, str], str, str, str]] = {}
+        """What each polled node's cells show: (state, theme), latency, height, detail."""
 
     def on_mount(self) -> None:
         """Columns with explicit widths, then one row per node in a single add."""
@@ -57,16 +59,31 @@ class FleetTable(DataTable[Text | str]):
             last_group = group
 
     def show_statuses(self, statuses: Iterable[NodeStatus]) -> None:
-        """Update each polled node's cells in place."""
+        """Update each polled node's cells in place, only those that change.
+
+        Every `update_cell` repaints the table, so a poll in which nothing moved (and
+        the redraw when the dashboard comes back) costs a comparison per node, not 4 x 500
+        cell updates.
+        """
+        theme = self.app.theme
         for status in statuses:
             if status.name not in self.site.nodes:
                 continue
             latency = f"{status.latency_ms:.0f} ms" if status.latency_ms is not None else "-"
             height = str(status.height) if status.height is not None else "-"
-            self.update_cell(status.name, "state", state_label(self.app, status.state))
-            self.update_cell(status.name, "latency", latency)
-            self.update_cell(status.name, "height", height)
-            self.update_cell(status.name, "detail", plain(status.detail))
+            new = ((status.state, theme), latency, height, status.detail)
+            old = self._shown.get(status.name)
+            if new == old:
+                continue
+            if old is None or new[0] != old[0]:
+                self.update_cell(status.name, "state", state_label(self.app, status.state))
+            if old is None or latency != old[1]:
+                self.update_cell(status.name, "latency", latency)
+            if old is None or height != old[2]:
+                self.update_cell(status.name, "height", height)
+            if old is None or status.detail != old[3]:
+                self.update_cell(status.name, "detail", plain(status.detail))
+            self._shown[status.name] = new
 
     @property
     def selected_node(self) -> str | None:
