@@ -124,6 +124,21 @@ def test_scenario_1_single_node(cli, lab: LiveLab) -> None:
     assert "| validator1 | validator1_blockchain-state_" in md
 
 
+def test_a_node_restored_from_the_labs_history_starts(cli, lab: LiveLab) -> None:
+    """The backups the lab starts with hold consistent chain states: restoring the oldest
+    one (point in time, as after a compromise) gives a node that starts and advances."""
+    code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state", "--node", "api2")
+    assert code == 0, err
+    ids = sorted({r["id"] for r in map(json.loads, out.splitlines()) if "location" in r})
+    oldest = ids[0]
+    code, out, err = run(cli, lab, "recover-single-node", "--param", "node=api2", "--param", f"backup={oldest}",
+                         "--yes")
+    assert code == 0, out + err
+    assert f"restored {oldest}" in out
+    s = status(cli, lab)["api2"]
+    assert s["state"] == "active" and s["height"]
+
+
 def test_scenario_2_multiple_nodes(cli, lab: LiveLab) -> None:
     lab.fault("set", "crash=validator3,crash=api1")
     code, out, err = run(cli, lab, "recover-multiple-nodes", "--param", "nodes=validator3,api1", "--yes")
@@ -153,8 +168,15 @@ def key_ids(cli, lab: LiveLab) -> set[str]:
 
 def test_scenario_4_security_incident(cli, lab: LiveLab) -> None:
     before = key_ids(cli, lab)
-    code, out, err = run(cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes")
+    # Compromised when validator1's newest backup was made: restore from the one before it.
+    code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state", "--node", "validator1")
+    rows = sorted({(r["created"], r["id"]) for r in map(json.loads, out.splitlines()) if "location" in r},
+                  reverse=True)
+    (compromised_at, _), (_, known_good) = rows[0], rows[1]
+    code, out, err = run(cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8",
+                         "--param", f"known_good_before={compromised_at}", "--yes")
     assert code == 0, out + err
+    assert "restore-validator [validator1] finished" in out and f"restored {known_good} from" in out
     after = key_ids(cli, lab)
     # A new key was generated, made current, and every backup re-encrypted to it.
     assert len(after) == 1 and not (after & before)
@@ -187,3 +209,4 @@ def test_audit_cut_off_locally_is_caught_by_the_off_host_checkpoint(cli, lab: Li
     code, out, err = cli("--site", lab.site, "audit", "verify")
     assert code == 1
     assert "entries were cut off or the log was replaced" in err
+

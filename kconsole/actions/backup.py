@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kconsole.actions.base import Action, ActionResult, Field, StepContext
+from kconsole.backups.selector import BackupSelector, parse_selector, pick
 from kconsole.errors import OperationFailed
 from kconsole.site import BACKUP_KINDS
 
@@ -15,17 +16,27 @@ def _transport(ctx: StepContext) -> object:
     return ctx.services.transport
 
 
+def _selector(wanted: str) -> BackupSelector:
+    try:
+        return parse_selector(wanted)
+    except ValueError as exc:
+        raise OperationFailed(f"backup {wanted!r}: {exc}.") from None
+
+
 async def resolve_backup(ctx: StepContext, wanted: str, kind: str, node: str) -> object:
-    """A catalog Backup: an id, or "latest" good one of `kind` from `node`."""
+    """A catalog Backup: an id, the "latest" good one of `kind` from `node`, or the newest
+    good one made "before:TIME"."""
     session = ctx.services.backups(ctx.site)
     catalog = await session.catalog()
-    if wanted in ("", "latest"):
-        found = catalog.latest_good(kind, node)
-        if found is None:
-            where = f"; unreachable locations: {', '.join(catalog.errors)}" if catalog.errors else ""
-            raise OperationFailed(f"there is no good {kind} backup of {node} in any location{where}.")
-        return found
-    return catalog.find(wanted)
+    selector = _selector(wanted)
+    if selector.backup_id:
+        return catalog.find(selector.backup_id)
+    found = pick(catalog, selector, kind, node)
+    if found is None:
+        when = "" if selector.before is None else f" {selector.describe()}"
+        where = f"; unreachable locations: {', '.join(catalog.errors)}" if catalog.errors else ""
+        raise OperationFailed(f"there is no good {kind} backup of {node}{when} in any location{where}.")
+    return found
 
 
 class BackupCreate(Action):
@@ -71,7 +82,8 @@ class BackupRestore(Action):
     needs_node = True
     destructive = True
     fields: ClassVar[dict[str, Field]] = {
-        "backup": Field("text", default="latest", help='backup id, or "latest" good one'),
+        "backup": Field("text", default="latest",
+                        help='backup id, "latest" good one, or "before:TIME" (newest good one made before TIME)'),
         "kind": Field("str", choices=BACKUP_KINDS, default="blockchain-state"),
         "location": Field("str", help="location to fetch from; default the fastest holding it"),
         "source_node": Field("text", help="restore another node's backup (default this node's)"),
@@ -102,7 +114,7 @@ class BackupVerify(Action):
     name = "backup.verify"
     help = "Verify backups: checksum, authenticated decrypt, gzip layers, tar walk."
     fields: ClassVar[dict[str, Field]] = {
-        "backup": Field("text", help='backup id, "latest", or "all" (default all)'),
+        "backup": Field("text", help='backup id, "latest", "before:TIME" or "all" (default all)'),
         "kind": Field("str", choices=BACKUP_KINDS),
         "location": Field("str"),
     }
@@ -119,13 +131,16 @@ class BackupVerify(Action):
         node = ctx.node.name if ctx.node else None
         if wanted == "all":
             targets = catalog.select(kind, node)
-        elif wanted == "latest":
-            targets = [b for b in (catalog.latest_good(k, n) for k, n in
-                                   {(b.kind, b.node) for b in catalog.select(kind, node)}) if b]
+        elif wanted == "latest" or wanted.startswith("before:"):
+            selector = _selector(wanted)
+            targets = [b for b in (pick(catalog, selector, k, n) for k, n in
+                                   sorted({(b.kind, b.node) for b in catalog.select(kind, node)})) if b]
         else:
             targets = [catalog.find(wanted)]
         if not targets:
             what = " ".join(x for x in (kind, "backup of" if node else "backups", node) if x)
+            if wanted.startswith("before:"):
+                what += f" {_selector(wanted).describe()}"
             where = f" (unreachable: {', '.join(catalog.errors)})" if catalog.errors else ""
             raise OperationFailed(f"there is no {what} to verify in any location{where}.")
         stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)

@@ -19,9 +19,10 @@ writing): objects at `<kind>/<node>/<id>.kdx`, KDXENC v1 with the site's current
 manifest beside it at `<id>.kdx.json` (format kconsole-backup/1); a tar backup's
 plaintext is the gzip stream of `tar -czf - <paths without leading />`, a command
 backup's plaintext is its output gzipped once. History objects are marked
-`run = "lab-history"` and `extra.synthetic = true`. Their payloads are small synthetic
-archives (a few KB), not copies of the node: they verify, but restoring one yields an
-old, partial state. Drills that restore should use backups made by real runs.
+`run = "lab-history"` and `extra.synthetic = true`. Their payloads are small archives
+(a few KB), not copies of the node: a chain state is a consistent one (a 1 KiB snapshot
+and 20 linked blocks ending at the height the node had then), so a node restored from
+history starts and advances, with less history behind it than the live node had.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ KEY_PATHS = ("/etc/kaldrix/validator_keys.json", "/etc/kaldrix/tls")
 TX_PATHS = ("/var/log/kaldrix/transactions",)
 FULL_PATHS = ("/etc/kaldrix", "/var/lib/kaldrix", "/var/log/kaldrix")
 ALL_GROUPS = ("bootstrap", "validator", "api")
+HISTORY_BLOCKS = 20
+"""Blocks after the snapshot in a history backup's chain state."""
+HISTORY_SNAPSHOT_BYTES = 1024
+"""Size of a history backup's account snapshot (the live nodes' is 256 KiB)."""
 
 
 @dataclass(frozen=True)
@@ -144,15 +149,14 @@ def _payload(c: Cadence, node: str, role: str, when: datetime, height: int, rng:
                  f"kaldrix-node[{rng.randint(300, 9000)}]: imported block #{height - 172800 + i * 1800}"
                  for i in range(96)]
         return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=int(t))
-    tip = f"{rng.getrandbits(256):064x}"
-    index = json.dumps({"network": labtool.NETWORK, "chain_id": labtool.CHAIN_ID, "height": height, "tip": tip,
-                        "base_height": labtool.BASE_HEIGHT, "updated": stamp, "synthetic": True}, indent=2)
     files: dict[str, bytes] = {}
     if c.kind in ("blockchain-state", "full-system", "archive"):
-        files["var/lib/kaldrix/state/index.json"] = index.encode()
-        files[f"var/lib/kaldrix/state/{labtool.segment_name(height)}"] = "".join(
-            json.dumps({"h": height - i, "ts": round(t - i * 0.5, 3), "txs": rng.randint(0, 6)}) + "\n"
-            for i in range(20, -1, -1)).encode()
+        # A small but consistent chain state (snapshot, linked blocks, index): it verifies
+        # with `kaldrix-node verify-state`, and a node restored from it starts and advances.
+        state, _ = labtool.state_files(t, seed=f"{labtool.NETWORK}|{int(t)}", base_height=height - HISTORY_BLOCKS,
+                                       blocks=HISTORY_BLOCKS, snapshot_bytes=HISTORY_SNAPSHOT_BYTES,
+                                       extra={"synthetic": True})
+        files.update({f"{labtool.STATE_DIR}/{name}": data for name, data in state.items()})
     if c.kind in ("validator-keys", "full-system", "archive"):
         keys = labtool.new_validator_keys(node, role)
         keys["created"] = stamp

@@ -128,6 +128,52 @@ def _block_line(height: int, prev: str, ts: float, txs: int) -> tuple[str, str]:
     return h, line + "\n"
 
 
+def state_files(created: float, seed: str = NETWORK, base_height: int = BASE_HEIGHT,
+                blocks: int = INITIAL_BLOCKS, snapshot_bytes: int = SNAPSHOT_BYTES,
+                extra: dict[str, Any] | None = None) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """A consistent chain state as files (path under the state dir -> bytes) and its index:
+    a snapshot at `base_height`, then `blocks` blocks every BLOCK_INTERVAL up to `created`.
+
+    The same `created`, `seed` and sizes give the same chain, as replicas hold.
+    """
+    rng = random.Random(seed)
+    accounts = rng.randbytes(snapshot_bytes)
+    base_hash = hashlib.sha256(f"{CHAIN_ID}|snapshot|{base_height}".encode()).hexdigest()
+    meta = {
+        "height": base_height,
+        "hash": base_hash,
+        "accounts_sha256": hashlib.sha256(accounts).hexdigest(),
+        "taken": now_iso(created - blocks * BLOCK_INTERVAL - 3600),
+    }
+    files: dict[str, bytes] = {
+        "snapshot/accounts.db": accounts,
+        "snapshot/meta.json": (json.dumps(meta, indent=2) + "\n").encode(),
+    }
+    segments: dict[str, list[str]] = {}
+    prev = base_hash
+    height = base_height
+    for i in range(blocks):
+        height = base_height + 1 + i
+        ts = created - (blocks - i) * BLOCK_INTERVAL
+        prev, line = _block_line(height, prev, ts, rng.randint(0, 6))
+        segments.setdefault(segment_name(height), []).append(line)
+    for name, lines in segments.items():
+        files[name] = "".join(lines).encode()
+    index = {
+        "network": NETWORK,
+        "chain_id": CHAIN_ID,
+        "height": height,
+        "tip": prev,
+        "base_height": base_height,
+        "base_hash": base_hash,
+        "segment_blocks": SEGMENT_BLOCKS,
+        "updated": now_iso(created),
+        **(extra or {}),
+    }
+    files["index.json"] = (json.dumps(index, indent=2) + "\n").encode()
+    return files, index
+
+
 def init_state(root: Path, created: float, seed: str = NETWORK) -> dict[str, Any]:
     """Lay out a chain state: a snapshot at BASE_HEIGHT and INITIAL_BLOCKS blocks after it.
 
@@ -136,38 +182,9 @@ def init_state(root: Path, created: float, seed: str = NETWORK) -> dict[str, Any
     state = root / STATE_DIR
     (state / "blocks").mkdir(parents=True, exist_ok=True)
     (state / "snapshot").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    accounts = rng.randbytes(SNAPSHOT_BYTES)
-    (state / "snapshot" / "accounts.db").write_bytes(accounts)
-    base_hash = hashlib.sha256(f"{CHAIN_ID}|snapshot|{BASE_HEIGHT}".encode()).hexdigest()
-    meta = {
-        "height": BASE_HEIGHT,
-        "hash": base_hash,
-        "accounts_sha256": hashlib.sha256(accounts).hexdigest(),
-        "taken": now_iso(created - INITIAL_BLOCKS * BLOCK_INTERVAL - 3600),
-    }
-    (state / "snapshot" / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    segments: dict[str, list[str]] = {}
-    prev = base_hash
-    height = BASE_HEIGHT
-    for i in range(INITIAL_BLOCKS):
-        height = BASE_HEIGHT + 1 + i
-        ts = created - (INITIAL_BLOCKS - i) * BLOCK_INTERVAL
-        prev, line = _block_line(height, prev, ts, rng.randint(0, 6))
-        segments.setdefault(segment_name(height), []).append(line)
-    for name, lines in segments.items():
-        (state / name).write_text("".join(lines))
-    index = {
-        "network": NETWORK,
-        "chain_id": CHAIN_ID,
-        "height": height,
-        "tip": prev,
-        "base_height": BASE_HEIGHT,
-        "base_hash": base_hash,
-        "segment_blocks": SEGMENT_BLOCKS,
-        "updated": now_iso(created),
-    }
-    (state / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    files, index = state_files(created, seed)
+    for name, data in files.items():
+        (state / name).write_bytes(data)
     return index
 
 
@@ -206,9 +223,13 @@ def load_state(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if index["height"] == index.get("base_height"):
         return index, {"h": index["height"], "hash": index.get("base_hash", ""), "ts": 0.0}
     block = _last_block(root, index["height"])
-    if block.get("h") != index["height"]:
-        raise StateError(f"index says height {index['height']} but the last block is {block.get('h')}")
-    recomputed = block_hash(block["h"], block["prev"], block["ts"], block["txs"])
+    if not isinstance(block, dict) or block.get("h") != index["height"]:
+        last = block.get("h") if isinstance(block, dict) else None
+        raise StateError(f"index says height {index['height']} but the last block is {last}")
+    try:
+        recomputed = block_hash(block["h"], block["prev"], block["ts"], block["txs"])
+    except (KeyError, TypeError):
+        raise StateError(f"tip block {block.get('h')} is a damaged record") from None
     if recomputed != block.get("hash") or block.get("hash") != index.get("tip"):
         raise StateError(f"tip block {block.get('h')} fails its hash check")
     return index, block

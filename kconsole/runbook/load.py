@@ -10,6 +10,7 @@ from typing import Any
 
 from kconsole.actions import REGISTRY
 from kconsole.actions.base import Field
+from kconsole.backups.selector import canonical_time
 from kconsole.config import Problem, ProblemList, SourceFile, load_toml, parse_duration
 from kconsole.config.problems import InvalidFile, did_you_mean
 from kconsole.config.schema import check_keys, expect_duration, expect_type
@@ -160,6 +161,11 @@ def _params(src: SourceFile, table: Any, problems: list[Problem]) -> dict[str, P
             continue
         if ptype == "duration" and "default" in spec:
             expect_duration(src, spec, kp, "default", problems)
+        if ptype == "time" and "default" in spec:
+            try:
+                canonical_time(str(spec["default"]))
+            except ValueError as exc:
+                problems.append(src.problem((*kp, "default"), f'param "{name}": {exc}'))
         out[name] = Param(name, ptype or "string", str(spec.get("help", "")), spec.get("default"),
                           tuple(str(c) for c in spec.get("choices", [])))
     return out

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ParamType = Literal["node", "nodes", "group", "backup", "string", "duration"]
-PARAM_TYPES: tuple[str, ...] = ("node", "nodes", "group", "backup", "string", "duration")
+ParamType = Literal["node", "nodes", "group", "backup", "string", "duration", "time"]
+PARAM_TYPES: tuple[str, ...] = ("node", "nodes", "group", "backup", "string", "duration", "time")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kconsole.backups.selector import BEFORE, canonical_time
 from kconsole.config import parse_duration
 from kconsole.config.problems import did_you_mean
 from kconsole.errors import UsageError
@@ -84,7 +85,17 @@ def resolve_params(runbook: Runbook, site: Site, given: Mapping[str, Any],
             except ValueError as exc:
                 raise UsageError(f"{what}: {exc}.") from None
             resolved[name] = str(raw)
+        elif param.type == "time":
+            try:
+                resolved[name] = canonical_time(str(raw))
+            except ValueError as exc:
+                raise UsageError(f"{what}: {exc}.") from None
         elif param.type == "backup":
+            if str(raw).startswith(BEFORE):
+                try:
+                    raw = BEFORE + canonical_time(str(raw)[len(BEFORE):])
+                except ValueError as exc:
+                    raise UsageError(f"{what}: {exc}.") from None
             backups.append(name)
             resolved[name] = str(raw)
         else:
