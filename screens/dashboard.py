@@ -96,7 +96,7 @@ class DashboardScreen(ConsoleScreen):
 
     def _fleet_changed(self, _data: object) -> None:
         if not self.is_current:
-            return  # another screen is shown: drawn when the dashboard comes back (on_screen_resume)
+            return  # another screen is shown: on_screen_resume draws the fleet when it is back
         app = self.console
         table = self.query_one(FleetTable)
         table.show_statuses(app.fleet.values())

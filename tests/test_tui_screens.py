@@ -255,3 +255,24 @@ async def test_every_screen_lays_out_at_small_and_large_sizes(tmp_path: Path, si
                 region = widget.region
                 assert region.width > 0 and region.height > 0, (key, widget)
                 assert region.right <= width and region.bottom <= height, (key, widget)
+
+
+async def test_the_dashboard_catches_up_with_polls_made_while_it_was_hidden(tmp_path: Path) -> None:
+    """Polls do not redraw a hidden dashboard; coming back to it shows the latest one."""
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one("#fleet", DataTable)
+        assert _cells(table, 2)[3] == "● active"
+        await pilot.press("c")
+        assert isinstance(app.screen, ContactsScreen)
+        console.transport.down("validator3", "connection refused")
+        app.poll_fleet()
+        await wait_for(pilot, lambda: app.fleet["validator3"].state == "unreachable", "the poll")
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, DashboardScreen)
+        table = app.screen.query_one("#fleet", DataTable)
+        assert _cells(table, 2)[3] == "✖ unreachable"
+        assert "DOWN: validator3" in _text(app, "#fleet-summary")
