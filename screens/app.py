@@ -39,6 +39,7 @@ from kconsole.gates import GateRequest
 from kconsole.journal import new_run_id
 from kconsole.runbook.load import shipped_runbooks_dir
 from kconsole.runbook.model import Runbook
+from kconsole.schedule import ScheduleStatus, schedule_status
 from kconsole.services import Clock, Services
 from kconsole.site import Site, current_user, load_site
 from screens.audit import AuditScreen
@@ -126,6 +127,13 @@ class KconsoleApp(App[int]):
         reading: CatalogReading
 
     @dataclass
+    class ScheduleRead(Message):
+        """The schedule was read against the journal (or could not be: `error`)."""
+
+        entries: list[ScheduleStatus]
+        error: str = ""
+
+    @dataclass
     class RunChanged(Message):
         """A run record arrived; a burst of them merges into one redraw."""
 
@@ -152,6 +160,10 @@ class KconsoleApp(App[int]):
         self.catalog = catalog
         """The backup catalog, or None while the engine has none."""
         self.catalog_reading: CatalogReading | None = None
+        self.schedule: list[ScheduleStatus] | None = None
+        """The scheduled runbooks: next due, last run, overdue (None: not read yet)."""
+        self.schedule_error = ""
+        """Why the schedule could not be read (a bad tier schedule in the site file)."""
         """The catalog's last listing (None: not read yet, or no catalog)."""
         self.runbook_dirs = list(runbook_dirs)
         """Where runbooks are looked for, first match of an id wins."""
@@ -187,6 +199,7 @@ class KconsoleApp(App[int]):
         self.run_signal: Signal[None] = Signal(self, "run")
         self.runbooks_signal: Signal[None] = Signal(self, "runbooks")
         self.catalog_signal: Signal[None] = Signal(self, "catalog")
+        self.schedule_signal: Signal[None] = Signal(self, "schedule")
         self.title = f"kconsole · {site.name}"
 
     # -- who may do what -----------------------------------------------------------------
@@ -282,9 +295,11 @@ class KconsoleApp(App[int]):
             self.set_keymap(self.keymap_overrides)
         self._load_runbooks()
         self.read_catalog()
+        self.read_schedule()
         self.poll_fleet()
         if self.poll_interval:
             self.set_interval(self.poll_interval, self.poll_fleet)
+            self.set_interval(SCHEDULE_INTERVAL, self.read_schedule)
         if self.stop_on_hangup:
             loop = asyncio.get_running_loop()
             for sig in HANGUP_SIGNALS:
@@ -338,6 +353,22 @@ class KconsoleApp(App[int]):
         """Keep the listing; tell the screens."""
         self.catalog_reading = message.reading
         self.catalog_signal.publish(None)
+
+    @work(thread=True, group="schedule", exclusive=True, exit_on_error=False,
+          description="read the schedule against the journal")
+    def read_schedule(self) -> None:
+        """Next due and overdue per scheduled runbook, from the site's schedule and the journal."""
+        try:
+            entries = schedule_status(self.site, now=self.clock.now())
+        except KconsoleError as exc:
+            self.post_message(self.ScheduleRead([], str(exc)))
+            return
+        self.post_message(self.ScheduleRead(entries))
+
+    def on_kconsole_app_schedule_read(self, message: ScheduleRead) -> None:
+        """Keep the schedule; tell the screens."""
+        self.schedule, self.schedule_error = message.entries, message.error
+        self.schedule_signal.publish(None)
 
     # -- the fleet -----------------------------------------------------------------------
 
@@ -414,6 +445,7 @@ class KconsoleApp(App[int]):
         outcome = await session.run()
         self.post_message(self.RunChanged())
         self.read_catalog()  # the run may have made, verified or pruned backups
+        self.read_schedule()  # and may have been a scheduled runbook
         reason = f": {outcome.reason}" if outcome.reason else ""
         severity = {"succeeded": "information", "waiting": "warning"}.get(outcome.status, "error")
         self.notify(f"run {outcome.run_id} {outcome.status}{reason}", title="Run over", severity=severity,  # type: ignore[arg-type]
@@ -571,6 +603,9 @@ class KconsoleApp(App[int]):
             self.interrupted_run = True
         self.exit(EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK)
 
+
+SCHEDULE_INTERVAL = 60.0
+"""Seconds between readings of the schedule (next due times move on by the minute)."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 """What a dropped SSH session or a service manager sends: stop the run resumable, then exit."""

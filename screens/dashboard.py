@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, timedelta
 from typing import Any, ClassVar
 
 from textual.binding import Binding, BindingType
@@ -10,6 +11,7 @@ from textual.containers import Container
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from kconsole.schedule import ScheduleStatus
 from screens.base import ConsoleScreen
 from screens.oncall import call_now
 from screens.run_model import RunModel
@@ -31,6 +33,22 @@ def tier_line(summary: Mapping[str, Any] | None) -> tuple[str, str]:
     if status == "stale":
         return f"! STALE {summary.get('breached', 0)}/{summary.get('nodes', 0)}{worst}", "stale"
     return "– no backups", "none"
+
+
+def schedule_line(entries: Sequence[ScheduleStatus]) -> tuple[str, str]:
+    """When a tier's backup runbooks are next due, and whether one is overdue, in a few words."""
+    if not entries:
+        return "no schedule", "none"
+    due = min(e.next_due for e in entries).astimezone(UTC)
+    ahead = due - min(e.as_of for e in entries)
+    fmt = "%H:%M" if ahead < timedelta(hours=20) else "%a %H:%M" if ahead < timedelta(days=6) else "%b %d"
+    when = f"next {due:{fmt}}"
+    missed = [e for e in entries if e.missed]
+    if missed:
+        return f"{when} · ! {len(missed)} OVERDUE", "overdue"
+    if any(e.missed is None and e.available for e in entries):
+        return f"{when} · no runs yet", "idle"
+    return f"{when} · on time", "ok"
 
 
 class DashboardScreen(ConsoleScreen):
@@ -77,6 +95,8 @@ class DashboardScreen(ConsoleScreen):
         self.console.fleet_signal.subscribe(self, self._fleet_changed)
         self.console.run_signal.subscribe(self, self._run_changed)
         self.console.catalog_signal.subscribe(self, self._catalog_changed)
+        self.console.schedule_signal.subscribe(self, self._catalog_changed)
+        self.console.schedule_signal.subscribe(self, self._run_changed)
         self.call_after_refresh(self._redraw)
 
     def on_resize(self) -> None:
@@ -118,7 +138,9 @@ class DashboardScreen(ConsoleScreen):
         model: RunModel | None = app.session.model if app.session else None
         title = self.query_one("#run-title", Static)
         if model is None:
-            title.update("No run active · r runbooks · h past runs")
+            overdue = [e.entry.runbook for e in app.schedule or () if e.missed]
+            late = f" · ! OVERDUE: {', '.join(overdue)}" if overdue else ""
+            title.update(f"No run active · r runbooks · h past runs{late}")
         else:
             gated = len(model.gated())
             extra = f" · {gated} GATE(S) WAITING — a to answer" if gated else ""
@@ -133,6 +155,7 @@ class DashboardScreen(ConsoleScreen):
         self.query_one("#oncall", Static).update(f"Call: {who.line()}")
 
     def _catalog_changed(self, _data: object) -> None:
+        """Each tier: its RPO against the catalog, then when its backups are next due."""
         app = self.console
         reading = app.catalog_reading
         for tier in app.site.tiers.values():
@@ -142,7 +165,15 @@ class DashboardScreen(ConsoleScreen):
                 line, state = ("no catalog" if app.catalog is None else "reading catalog…"), "unknown"
             else:
                 line, state = tier_line(reading.tier(tier.name))
-            cell.update(f"{head}\n{line}")
+            if app.schedule_error:
+                due, due_state = "schedule: see `kconsole schedule`", "overdue"
+            elif app.schedule is None:
+                due, due_state = "reading schedule…", "unknown"
+            else:
+                due, due_state = schedule_line([e for e in app.schedule if e.entry.kind in tier.kinds])
+            if due_state == "overdue" and state in ("ok", "unknown"):
+                state = "stale"  # a missed backup run is a warning even while the data is fresh
+            cell.update(f"{head}\n{line}\n{due}")
             cell.set_classes(f"tier -{state}")
 
     def action_recover(self) -> None:

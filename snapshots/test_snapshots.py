@@ -7,7 +7,8 @@ run ids, audit timestamps, no animation and no cursor blink. Regenerate with
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,16 @@ class _FixedDatetime(kconsole.audit.datetime):  # type: ignore[misc, name-define
 def _fixed_audit_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Audit entries stamped 03:14:00 like everything else."""
     monkeypatch.setattr(kconsole.audit, "datetime", _FixedDatetime)
+
+
+@pytest.fixture(autouse=True)
+def _utc_cron(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Cron reads its table in local time: make that UTC, so next-due times are the same everywhere."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 async def _still(pilot: Pilot[Any]) -> None:

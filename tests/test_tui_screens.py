@@ -276,3 +276,34 @@ async def test_the_dashboard_catches_up_with_polls_made_while_it_was_hidden(tmp_
         table = app.screen.query_one("#fleet", DataTable)
         assert _cells(table, 2)[3] == "✖ unreachable"
         assert "DOWN: validator3" in _text(app, "#fleet-summary")
+
+
+def _journal_run(site_root: Path, run_id: str, runbook: str, when: str, status: str) -> None:
+    """A finished run of `runbook` in the journal, as the executor writes it."""
+    import json
+
+    d = site_root / "state" / "runs" / run_id
+    d.mkdir(parents=True)
+    records = [{"type": "run", "event": "created", "run": run_id, "runbook": runbook, "title": runbook,
+                "params": {}, "drill": False, "user": "cron", "time": when, "site": "tui"},
+               {"type": "run", "event": "finished", "run": run_id, "status": status, "reason": "", "time": when}]
+    (d / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+async def test_the_dashboard_shows_next_due_and_overdue_backup_runs(tmp_path: Path) -> None:
+    # 03:14 now: chain state last ran 02:00 (14 runs missed), transaction logs at 03:00 (on time).
+    _journal_run(tmp_path, "20261126-020000-0001", "backup-blockchain-state", "2026-11-26T02:00:05Z", "succeeded")
+    _journal_run(tmp_path, "20261126-020000-0002", "backup-validator-keys", "2026-11-26T03:00:05Z", "succeeded")
+    _journal_run(tmp_path, "20261126-030000-0003", "backup-transaction-logs", "2026-11-26T03:00:05Z", "succeeded")
+    console = make_console(tmp_path, catalog=catalog_rows(20))
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await wait_for(pilot, lambda: app.schedule is not None, "the schedule")
+        await settle(pilot)
+        critical = str(app.screen.tier_cells["critical"].render())
+        important = str(app.screen.tier_cells["important"].render())
+        assert "next 03:15 · ! 1 OVERDUE" in critical
+        assert "next 04:00 · on time" in important
+        assert "OVERDUE: backup-blockchain-state" in _text(app, "#run-title")
+        assert app.screen.tier_cells["critical"].has_class("-stale")
