@@ -39,7 +39,7 @@ from kconsole.gates import GateRequest
 from kconsole.journal import new_run_id
 from kconsole.runbook.load import shipped_runbooks_dir
 from kconsole.runbook.model import Runbook
-from kconsole.schedule import ScheduleStatus, schedule_status
+from kconsole.schedule import KeyRotation, ScheduleStatus, key_rotation, schedule_status
 from kconsole.services import Clock, Services
 from kconsole.site import Site, current_user, load_site
 from screens.audit import AuditScreen
@@ -132,6 +132,7 @@ class KconsoleApp(App[int]):
 
         entries: list[ScheduleStatus]
         error: str = ""
+        rotation: KeyRotation | None = None
 
     @dataclass
     class RunChanged(Message):
@@ -164,6 +165,8 @@ class KconsoleApp(App[int]):
         """The scheduled runbooks: next due, last run, overdue (None: not read yet)."""
         self.schedule_error = ""
         """Why the schedule could not be read (a bad tier schedule in the site file)."""
+        self.key_rotation: KeyRotation | None = None
+        """The current backup key's age against `[keys] rotate_after` (None: not tracked)."""
         """The catalog's last listing (None: not read yet, or no catalog)."""
         self.runbook_dirs = list(runbook_dirs)
         """Where runbooks are looked for, first match of an id wins."""
@@ -363,11 +366,16 @@ class KconsoleApp(App[int]):
         except KconsoleError as exc:
             self.post_message(self.ScheduleRead([], str(exc)))
             return
-        self.post_message(self.ScheduleRead(entries))
+        try:
+            rotation = key_rotation(self.site, self.clock.now())
+        except (KconsoleError, OSError):
+            rotation = None  # an unreadable keyring is reported where keys are used
+        self.post_message(self.ScheduleRead(entries, rotation=rotation))
 
     def on_kconsole_app_schedule_read(self, message: ScheduleRead) -> None:
         """Keep the schedule; tell the screens."""
         self.schedule, self.schedule_error = message.entries, message.error
+        self.key_rotation = message.rotation
         self.schedule_signal.publish(None)
 
     # -- the fleet -----------------------------------------------------------------------

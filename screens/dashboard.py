@@ -139,6 +139,8 @@ class DashboardScreen(ConsoleScreen):
         title = self.query_one("#run-title", Static)
         if model is None:
             overdue = [e.entry.runbook for e in app.schedule or () if e.missed]
+            if app.key_rotation is not None and app.key_rotation.overdue:
+                overdue.append("backup key rotation")
             late = f" · ! OVERDUE: {', '.join(overdue)}" if overdue else ""
             title.update(f"No run active · r runbooks · h past runs{late}")
         else:

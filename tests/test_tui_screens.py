@@ -21,6 +21,7 @@ from screens.run import RunScreen
 from screens.runbooks import ParamsScreen, RunbooksScreen
 from screens.runs import ReportScreen, RunsScreen
 from tests.tui_support import (
+    NOW,
     catalog_rows,
     make_console,
     settle,
@@ -307,3 +308,22 @@ async def test_the_dashboard_shows_next_due_and_overdue_backup_runs(tmp_path: Pa
         assert "next 04:00 · on time" in important
         assert "OVERDUE: backup-blockchain-state" in _text(app, "#run-title")
         assert app.screen.tier_cells["critical"].has_class("-stale")
+
+
+async def test_the_dashboard_warns_when_the_backup_key_is_due_for_rotation(tmp_path: Path) -> None:
+    import os
+
+    from kconsole.crypto import keygen
+
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    keygen(keys / "k1.key")
+    old = (NOW.timestamp() - 100 * 86400)
+    os.utime(keys / "k1.key", (old, old))
+    console = make_console(tmp_path, site_extra='\n[keys]\ndir = "keys"\nrotate_after = "90d"\n')
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.key_rotation is not None, "the key's age")
+        await settle(pilot)
+        assert app.key_rotation is not None and round(app.key_rotation.age_s / 86400) == 100
+        assert "backup key rotation" in _text(app, "#run-title")
