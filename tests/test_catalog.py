@@ -4,12 +4,16 @@ manifest cache, freshness and data loss, live heights, verify's missing replicas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from kconsole.backups import catalog as catalog_module
 from kconsole.backups.catalog import (
     build_catalog,
     expected_nodes,
@@ -18,7 +22,15 @@ from kconsole.backups.catalog import (
     record_verification,
     tier_summary,
 )
-from kconsole.backups.stores import LocalStore, ObjectInfo, Store, open_stores
+from kconsole.backups.manifest import Manifest
+from kconsole.backups.stores import (
+    SMALL_READ,
+    LocalStore,
+    ObjectInfo,
+    Store,
+    open_stores,
+    read_small_file,
+)
 from kconsole.backups.verify import verify_backup
 from kconsole.crypto import Keyring
 from kconsole.errors import UsageError
@@ -302,3 +314,98 @@ def test_list_backups_for_the_console(site: Site) -> None:
     assert exported is not None
     rows = list_backups(site)
     assert {(r["id"], r["location"]) for r in rows} == {(m.id, "primary"), (m.id, "dr")}
+
+
+async def test_the_cache_file_is_parsed_again_only_when_it_changed(site: Site,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    stores = open_stores(site, None)
+    m = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
+    parsed: list[int] = []
+    original = catalog_module._parse_cache
+
+    def counting(raw: bytes) -> dict[str, object]:
+        parsed.append(len(raw))
+        return original(raw)
+
+    monkeypatch.setattr(catalog_module, "_parse_cache", counting)
+    first = await build_catalog(site, stores, now=NOW)  # writes the cache
+    second = await build_catalog(site, stores, now=NOW)  # finds the file as it wrote it
+    assert parsed == [] and second.find(m.id).manifest == first.find(m.id).manifest
+    cache = site.state_dir / "catalog-cache.json"
+    assert cache.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in site.state_dir.iterdir() if "catalog-cache" in p.name] == [cache.name]  # renamed into place
+    # Another process rewrote it: this one reads the new file, not what it remembers.
+    data = json.loads(cache.read_bytes())
+    for values in data["manifests"].values():
+        values[catalog_module._FIELDS.index("chain_height")] = 4242
+    cache.write_bytes(json.dumps(data).encode())
+    third = await build_catalog(site, stores, now=NOW)
+    assert len(parsed) == 1 and third.find(m.id).chain_height == 4242
+
+
+async def test_a_build_leaves_the_garbage_collector_as_it_found_it(site: Site) -> None:
+    stores = open_stores(site, None)
+    await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
+    threshold = gc.get_threshold()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    await asyncio.gather(build_catalog(site, stores, now=NOW), build_catalog(site, stores, now=NOW))
+    assert gc.isenabled() and gc.get_threshold() == threshold and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        await build_catalog(site, stores, now=NOW)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    gc.freeze()  # objects someone else froze stay frozen (those freed meanwhile leave the count)
+    try:
+        await build_catalog(site, stores, now=NOW)
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+
+def test_manifests_complete_older_and_newer_are_read_alike() -> None:
+    m = Manifest(id="validator1_blockchain-state_20261126T095900Z", kind="blockchain-state", node="validator1",
+                 created="2026-11-26T09:59:00Z", paths=["/var/lib/kaldrix/state"], key_id="k" * 32,
+                 ciphertext_size=10, ciphertext_sha256="a" * 64, plaintext_size=20, plaintext_sha256="b" * 64,
+                 chain_height=7, run="r", duration_s=1.5, tool="t", extra={"note": "x"})
+    stored = m.to_dict()
+    assert Manifest.from_json(m.to_json()) == m
+    assert Manifest.from_dict({**stored, "written_by_a_newer_version": 1}) == m
+    older = {k: v for k, v in stored.items() if k not in ("run", "tool", "extra")}
+    assert Manifest.from_dict(older) == dataclasses.replace(m, run="", tool="", extra={})
+    with pytest.raises(ValueError, match="incomplete manifest"):
+        Manifest.from_dict({k: v for k, v in stored.items() if k != "key_id"})
+    with pytest.raises(ValueError, match="not a kconsole backup manifest"):
+        Manifest.from_dict({**stored, "format": "something-else/1"})
+
+
+def test_read_small_file_reads_all_of_it(tmp_path: Path) -> None:
+    for size in (0, 700, SMALL_READ, 2 * SMALL_READ + 3):
+        f = tmp_path / f"f{size}"
+        data = os.urandom(size)
+        f.write_bytes(data)
+        assert read_small_file(str(f)) == data
+    with pytest.raises(FileNotFoundError):
+        read_small_file(str(tmp_path / "missing"))
+
+
+async def test_local_listing_walks_every_directory_and_skips_partial_and_hidden_files(site: Site) -> None:
+    store = open_stores(site, None)["primary"]
+    assert isinstance(store, LocalStore)
+    assert await store.list() == []  # the location's directory does not exist yet
+    files = {"a/b/one.kdx": b"1", "a/b/one.kdx.json": b"{}", "a/two.enc": b"22", "top": b"333"}
+    for key, data in files.items():
+        store.path(key).parent.mkdir(parents=True, exist_ok=True)
+        store.path(key).write_bytes(data)
+    store.path("a/b/three.kdx.partial").write_bytes(b"x")
+    store.path("a/.hidden").write_bytes(b"x")
+    os.symlink(store.path("top"), store.path("a/link"))
+    listed = {o.key: o for o in await store.list()}
+    assert set(listed) == {*files, "a/link"}
+    for key in files:
+        st = store.path(key).stat()
+        assert listed[key] == ObjectInfo(key, st.st_size, st.st_mtime)
+    assert listed["a/link"].size == 3  # a link is listed as what it points at
+    assert {o.key for o in await store.list("a/b")} == {"a/b/one.kdx", "a/b/one.kdx.json"}
+    assert await store.list("top") == []  # a file is not a directory to walk

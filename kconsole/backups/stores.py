@@ -29,9 +29,9 @@ PIECE = 1 << 20
 SMALL_READ = 1 << 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One stored file."""
+    """One stored file (slots: a listing makes one per file, 200,000 for a large catalog)."""
 
     key: str
     size: int
@@ -72,6 +72,32 @@ def read_small_file(path: str) -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def _list_dir(path: str, rel: str, files: list[ObjectInfo], subdirs: list[tuple[str, str]]) -> None:
+    """Add the files of one local directory (keys under `rel`) to `files` and its
+    subdirectories to `subdirs`; partial and hidden files are left out.
+
+    The directory is scanned through a descriptor, so each file's stat looks up one name
+    rather than its whole path (measured: bench/bench_catalog.py).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        for e in list(os.scandir(fd)):
+            name = e.name
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append((os.path.join(path, name), rel + name + "/"))
+                elif not (name.endswith(".partial") or name.startswith(".")):
+                    st = e.stat()
+                    files.append(ObjectInfo(rel + name, st.st_size, st.st_mtime))
+            except FileNotFoundError:
+                continue
+    finally:
+        os.close(fd)
 
 
 class Store:
@@ -141,7 +167,7 @@ class LocalStore(Store):
 
     def _file(self, key: str) -> str:
         """The file of `key` as a string: the catalog describes every replica and reads every
-        new manifest, and a Path costs 10x more (os.path.join, 2x)."""
+        new manifest, and a Path costs 10x more than this, os.path.join twice as much."""
         return self._prefix + safe_key(key)
 
     def describe(self, key: str) -> str:
@@ -155,22 +181,7 @@ class LocalStore(Store):
             stack = [(os.path.join(self._root_text, rel0), rel0)]
             while stack:
                 path, rel = stack.pop()
-                try:
-                    entries = list(os.scandir(path))
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                for e in entries:
-                    name = e.name
-                    try:
-                        if e.is_dir(follow_symlinks=False):
-                            stack.append((e.path, rel + name + "/"))
-                            continue
-                        if name.endswith(".partial") or name.startswith("."):
-                            continue
-                        st = e.stat()
-                    except FileNotFoundError:
-                        continue
-                    out.append(ObjectInfo(rel + name, st.st_size, st.st_mtime))
+                _list_dir(path, rel, out, stack)
             return out
 
         return await asyncio.to_thread(walk)
