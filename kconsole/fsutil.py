@@ -1,8 +1,10 @@
-"""Durable file writes: temp file in the same directory, fsync, rename, fsync the directory."""
+"""Durable file writes (temp file in the same directory, fsync, rename, fsync the directory)
+and a lock for small state files several processes update."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -46,3 +48,17 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     """Write `data` to `path` atomically and durably."""
     with atomic_writer(path, mode) as fh:
         fh.write(data)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created 0600 if missing) for a read-modify-write of a
+    small state file that several processes update (the console, a cron run, the CLI)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -409,3 +409,29 @@ async def test_local_listing_walks_every_directory_and_skips_partial_and_hidden_
     assert listed["a/link"].size == 3  # a link is listed as what it points at
     assert {o.key for o in await store.list("a/b")} == {"a/b/one.kdx", "a/b/one.kdx.json"}
     assert await store.list("top") == []  # a file is not a directory to walk
+
+
+def _record_many(site_path: str, worker: int, count: int) -> None:
+    from kconsole.backups.catalog import record_verification
+    from kconsole.site import load_site
+
+    site = load_site(site_path)
+    for i in range(count):
+        record_verification(site, f"w{worker}-{i}", ok=True)
+
+
+def test_verification_results_from_several_processes_are_all_kept(tmp_path: Path) -> None:
+    """A cron verify and the console record at the same time: no result overwrites another."""
+    import multiprocessing
+
+    site = make_site(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_many, args=(str(site.path), w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    from kconsole.backups.catalog import load_verify_state
+
+    assert len(load_verify_state(site)) == 160

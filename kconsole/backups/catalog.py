@@ -42,7 +42,7 @@ from kconsole.backups.manifest import (
 from kconsole.backups.stores import ObjectInfo, Store
 from kconsole.config.problems import did_you_mean
 from kconsole.errors import OperationFailed, UsageError
-from kconsole.fsutil import atomic_write, atomic_writer
+from kconsole.fsutil import atomic_write, atomic_writer, locked
 from kconsole.site import Site
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
@@ -333,6 +333,10 @@ def _verify_path(site: Site) -> Path:
     return site.state_dir / "verify-state.json"
 
 
+def _verify_lock(site: Site) -> Path:
+    return site.state_dir / "verify-state.lock"
+
+
 def load_verify_state(site: Site) -> dict[str, dict[str, Any]]:
     """Results of past verifications, by backup id."""
     try:
@@ -345,21 +349,23 @@ def record_verification(site: Site, bid: str, ok: bool, reason: str = "",
                         damaged: dict[str, str] | None = None) -> None:
     """Remember a verification result: not `ok` (no good copy) shows as failed-verify; a
     restorable backup with `damaged` copies (location -> why) shows as missing those replicas."""
-    state = load_verify_state(site)
-    state[bid] = {"ok": ok, "reason": reason, "time": iso(datetime.now(UTC))}
-    if damaged:
-        state[bid]["damaged"] = dict(damaged)
-    atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
+    with locked(_verify_lock(site)):  # a cron verify and the console may record at once
+        state = load_verify_state(site)
+        state[bid] = {"ok": ok, "reason": reason, "time": iso(datetime.now(UTC))}
+        if damaged:
+            state[bid]["damaged"] = dict(damaged)
+        atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
 
 
 def forget_verifications(site: Site, ids: Iterable[str]) -> None:
     """Drop the verification results of backups that no longer exist (after a prune)."""
-    state = load_verify_state(site)
-    gone = [i for i in ids if i in state]
-    if gone:
-        for i in gone:
-            del state[i]
-        atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
+    with locked(_verify_lock(site)):
+        state = load_verify_state(site)
+        gone = [i for i in ids if i in state]
+        if gone:
+            for i in gone:
+                del state[i]
+            atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
 
 
 @dataclass(frozen=True)
