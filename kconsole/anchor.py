@@ -10,10 +10,11 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from kconsole.audit import AuditLog, canonical
-from kconsole.backups.stores import LocalStore, Store
+from kconsole.backups.stores import LocalStore, S3Store, Store
 from kconsole.errors import OperationFailed
 
 CHECKPOINT_KEY = "audit/checkpoint.json"
@@ -62,33 +63,56 @@ class AnchorCheck:
     message: str
 
 
+def _compare(raw: bytes, name: str, key: bytes, by_seq: dict[Any, dict[str, Any]], last: int) -> tuple[bool, str, int]:
+    """One checkpoint against the local log: (ok, what is wrong, the entry it names)."""
+    try:
+        cp = json.loads(raw)
+        body = {k: cp[k] for k in ("seq", "head", "ts", "site_log")}
+    except (ValueError, KeyError, TypeError):
+        return False, "the checkpoint there is not readable", 0
+    if not hmac.compare_digest(str(cp.get("mac", "")), hmac.new(key, canonical(body), hashlib.sha256).hexdigest()):
+        return False, "the checkpoint there has a bad HMAC", 0
+    if body["seq"] > last:
+        return False, (f"the log ends at entry {last} but {name} saw entry {body['seq']}: "
+                       "entries were cut off or the log was replaced"), body["seq"]
+    if by_seq.get(body["seq"], {}).get("hash") != body["head"]:
+        return False, f"entry {body['seq']} differs from the one {name} saw: the log was rewritten", body["seq"]
+    return True, "", body["seq"]
+
+
 async def check(log: AuditLog, stores: dict[str, Store]) -> list[AnchorCheck]:
-    """Compare the local log with each remote checkpoint."""
+    """Compare the local log with each remote checkpoint, and on S3 with every earlier
+    version of it too: a versioned, Object Lock bucket keeps them, so someone holding this
+    host (and its HMAC key) who rewrites old entries and re-anchors the new head is still
+    contradicted by the checkpoints written before."""
     entries = log.read()
     by_seq = {e.get("seq"): e for e in entries}
     last = entries[-1]["seq"] if entries else 0
     key = log.key()
     out: list[AnchorCheck] = []
     for name, store in remote_stores(stores).items():
+        versions: list[tuple[datetime | None, bytes]]
         try:
-            raw = await asyncio.wait_for(store.read_bytes(CHECKPOINT_KEY), 20)
+            if isinstance(store, S3Store):
+                versions = list(await asyncio.wait_for(store.read_versions(CHECKPOINT_KEY), 120))
+                if not versions:
+                    raise OperationFailed("there is none yet")
+            else:
+                versions = [(None, await asyncio.wait_for(store.read_bytes(CHECKPOINT_KEY), 20))]
         except (OperationFailed, OSError, TimeoutError) as exc:
             out.append(AnchorCheck(name, True, f"no checkpoint could be read ({str(exc).rstrip('.')})"))
             continue
-        try:
-            cp = json.loads(raw)
-            body = {k: cp[k] for k in ("seq", "head", "ts", "site_log")}
-        except (ValueError, KeyError, TypeError):
-            out.append(AnchorCheck(name, False, "the checkpoint there is not readable"))
+        ok, problem, seq = _compare(versions[0][1], name, key, by_seq, last)
+        if not ok:
+            out.append(AnchorCheck(name, False, problem))
             continue
-        if not hmac.compare_digest(str(cp.get("mac", "")), hmac.new(key, canonical(body), hashlib.sha256).hexdigest()):
-            out.append(AnchorCheck(name, False, "the checkpoint there has a bad HMAC"))
-        elif body["seq"] > last:
-            out.append(AnchorCheck(name, False, f"the log ends at entry {last} but {name} saw entry {body['seq']}: "
-                                   "entries were cut off or the log was replaced"))
-        elif by_seq.get(body["seq"], {}).get("hash") != body["head"]:
-            out.append(AnchorCheck(name, False, f"entry {body['seq']} differs from the one {name} saw: "
-                                   "the log was rewritten"))
+        for when, raw in versions[1:]:
+            old_ok, old_problem, _ = _compare(raw, name, key, by_seq, last)
+            if not old_ok:
+                stamp = f" of {when:%Y-%m-%d %H:%M:%S}Z" if when is not None else ""
+                out.append(AnchorCheck(name, False, f"an earlier checkpoint{stamp}: {old_problem}"))
+                break
         else:
-            out.append(AnchorCheck(name, True, f"matches the checkpoint at entry {body['seq']}"))
+            kept = f", and all {len(versions) - 1} earlier ones kept there" if len(versions) > 1 else ""
+            out.append(AnchorCheck(name, True, f"matches the checkpoint at entry {seq}{kept}"))
     return out

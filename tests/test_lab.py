@@ -572,3 +572,43 @@ async def test_serve_subprocess_ready_and_clean_exit(tmp_path: Path) -> None:
             proc.kill()
             await proc.wait()
     await wait_until(lambda: not processes_of_lab(proc.pid), timeout=5, what="no process of the lab left")
+
+
+async def test_a_rewritten_audit_log_is_caught_by_the_earlier_checkpoints_in_s3(lab: Lab, tmp_path: Path) -> None:
+    """Someone holding the console host (and so the HMAC key) rewrites an old entry, re-chains
+    the log and re-anchors its head: the chain verifies and the newest checkpoint matches, but
+    the versions the Object Lock bucket kept from before say otherwise."""
+    import dataclasses
+    import hashlib
+    import hmac
+
+    from kconsole.anchor import check, publish
+    from kconsole.audit import AuditLog, canonical, entry_hash
+    from kconsole.backups.stores import S3Store
+
+    site = load_site(lab.site_path)
+    store = S3Store(dataclasses.replace(site.locations["cloud"], prefix="anchor-history-test"))
+    log = AuditLog(tmp_path / "state")
+    for i in range(3):
+        log.append("alice", "prune.delete", f"backup-{i}")
+        assert await publish(log, {"cloud": store}) == []
+    (result,) = await check(log, {"cloud": store})
+    assert result.ok and "all 2 earlier ones" in result.message, result.message
+
+    key = log.key()
+    forged, prev = [], None
+    for entry in log.read():
+        body = {k: v for k, v in entry.items() if k not in ("hash", "mac")}
+        if body["seq"] == 1:
+            body["actor"] = "mallory-hides-here"
+        if prev is not None:
+            body["prev"] = prev
+        prev = entry_hash(body)
+        forged.append({**body, "hash": prev, "mac": hmac.new(key, prev.encode(), hashlib.sha256).hexdigest()})
+    log.path.write_bytes(b"".join(canonical(e) + b"\n" for e in forged))
+    assert log.verify().ok  # the chain alone cannot tell
+    assert await publish(log, {"cloud": store}) == []
+
+    (result,) = await check(log, {"cloud": store})
+    assert not result.ok
+    assert "an earlier checkpoint" in result.message and "rewritten" in result.message

@@ -8,6 +8,7 @@ and SHA-256; nothing appears under its final name before it is complete.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import configparser
 import contextlib
 import hashlib
@@ -519,6 +520,31 @@ class S3Store(Store):
         """The object's metadata (lock mode, retention, version)."""
         return dict(await self._call(f"checking {key}", self.client().head_object,
                                      Bucket=self.location.bucket, Key=self._key(key)))
+
+    async def read_versions(self, key: str, limit: int = 8) -> builtins.list[tuple[datetime, bytes]]:
+        """Every stored version of `key` (when it was written, its bytes), newest first; just
+        the current one on an unversioned bucket. Reads `limit` versions at a time."""
+        full = self._key(key)
+
+        def listing() -> builtins.list[tuple[str, datetime]]:
+            paginator = self.client().get_paginator("list_object_versions")
+            found = []
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full):
+                for v in page.get("Versions", []):
+                    if v["Key"] == full:
+                        found.append((str(v["VersionId"]), v["LastModified"]))
+            return sorted(found, key=lambda item: item[1], reverse=True)
+
+        versions = await self._call(f"listing the versions of {key}", listing)
+        gate = asyncio.Semaphore(limit)
+
+        async def one(version_id: str, when: datetime) -> tuple[datetime, bytes]:
+            async with gate:
+                resp = await self._call(f"reading {key}", self.client().get_object, Bucket=self.location.bucket,
+                                        Key=full, VersionId=version_id)
+                return when, bytes(await asyncio.to_thread(resp["Body"].read))
+
+        return list(await asyncio.gather(*(one(v, w) for v, w in versions)))
 
     async def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""
