@@ -58,13 +58,23 @@ def write_site(base: Path) -> Site:
     lines = ['[site]\nname = "bench"\nstate_dir = "state"\n']
     for i in range(NODES):
         group = GROUPS[i % 3]
-        lines.append(f'[[nodes]]\nname = "{group}{i // 3 + 1}"\nhost = "127.0.0.1"\ngroups = ["{group}"]\n')
+        lines.append(
+            f'[[nodes]]\nname = "{group}{i // 3 + 1}"\nhost = "127.0.0.1"\ngroups = ["{group}"]\n'
+        )
     lines.append('[locations.primary]\ntype = "local"\npath = "backups"\n')
-    lines.append('[tiers.critical]\nrpo = "15m"\nrto = "1h"\nkinds = ["blockchain-state", "validator-keys"]\n'
-                 'retention = { blockchain-state = "24h", validator-keys = "90d" }\n')
-    lines.append('[tiers.important]\nrpo = "1h"\nrto = "4h"\nkinds = ["transaction-logs"]\nretention = "30d"\n')
-    lines.append('[tiers.standard]\nrpo = "24h"\nrto = "8h"\nkinds = ["system-logs"]\nretention = "7d"\n')
-    lines.append('[tiers.full]\nrpo = "7d"\nrto = "8h"\nkinds = ["full-system", "archive"]\nretention = "365d"\n')
+    lines.append(
+        '[tiers.critical]\nrpo = "15m"\nrto = "1h"\nkinds = ["blockchain-state", "validator-keys"]\n'
+        'retention = { blockchain-state = "24h", validator-keys = "90d" }\n'
+    )
+    lines.append(
+        '[tiers.important]\nrpo = "1h"\nrto = "4h"\nkinds = ["transaction-logs"]\nretention = "30d"\n'
+    )
+    lines.append(
+        '[tiers.standard]\nrpo = "24h"\nrto = "8h"\nkinds = ["system-logs"]\nretention = "7d"\n'
+    )
+    lines.append(
+        '[tiers.full]\nrpo = "7d"\nrto = "8h"\nkinds = ["full-system", "archive"]\nretention = "365d"\n'
+    )
     (base / "site.toml").write_text("\n".join(lines))
     return load_site(base / "site.toml")
 
@@ -85,10 +95,22 @@ def generate(site: Site, count: int, now: datetime) -> None:
         if bid in made:
             continue
         made.add(bid)
-        m = Manifest(id=bid, kind=kind, node=node, created=iso(created), paths=["/var/lib/kaldrix/state"],
-                     key_id="0123456789abcdef0123456789abcdef", ciphertext_size=1000 + i % 977,
-                     ciphertext_sha256=f"{i:064x}", plaintext_size=4000, plaintext_sha256=f"{i * 3:064x}",
-                     chain_height=1_000_000 + i, run="bench", duration_s=1.0 + i % 5, tool="bench")
+        m = Manifest(
+            id=bid,
+            kind=kind,
+            node=node,
+            created=iso(created),
+            paths=["/var/lib/kaldrix/state"],
+            key_id="0123456789abcdef0123456789abcdef",
+            ciphertext_size=1000 + i % 977,
+            ciphertext_sha256=f"{i:064x}",
+            plaintext_size=4000,
+            plaintext_sha256=f"{i * 3:064x}",
+            chain_height=1_000_000 + i,
+            run="bench",
+            duration_s=1.0 + i % 5,
+            tool="bench",
+        )
         obj = root / object_key(kind, node, bid)
         obj.parent.mkdir(parents=True, exist_ok=True)
         obj.write_bytes(b"KDXENC\x00\x01bench")
@@ -120,9 +142,13 @@ def python_load(root: Path) -> list[dict[str, Any]]:
 
 def shell_filter(root: Path, kind: str) -> int:
     """The shell baseline: find | xargs cat | jq, counting the matches."""
-    cmd = (f"find {root} -name '*.kdx.json' -print0 | xargs -0 cat | "
-           f"jq -c 'select(.kind == \"{kind}\") | .id' | wc -l")
-    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, check=True)
+    cmd = (
+        f"find {root} -name '*.kdx.json' -print0 | xargs -0 cat | "
+        f"jq -c 'select(.kind == \"{kind}\") | .id' | wc -l"
+    )
+    out = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip())
 
 
@@ -141,21 +167,36 @@ def main() -> int:
         if not (root.exists() and any(root.iterdir())):
             t0 = time.perf_counter()
             generate(site, args.backups, now)
-            print(f"generated {args.backups} manifests + objects in {time.perf_counter() - t0:.1f}s under {root}",
-                  file=sys.stderr)
+            print(
+                f"generated {args.backups} manifests + objects in {time.perf_counter() - t0:.1f}s under {root}",
+                file=sys.stderr,
+            )
         stores = open_stores(site, None)
         rows: list[tuple[str, str, float, str]] = []
         kind, node = "blockchain-state", "validator7"
 
         if shutil.which("jq"):
             t, n = timed(lambda: shell_filter(root, kind), args.repeat)
-            rows.append(("baseline", "find \\| xargs cat \\| jq select(kind), every manifest", t, f"{n} matches"))
+            rows.append(
+                (
+                    "baseline",
+                    "find \\| xargs cat \\| jq select(kind), every manifest",
+                    t,
+                    f"{n} matches",
+                )
+            )
         t, docs = timed(lambda: python_load(root), args.repeat)
-        rows.append(("baseline", "os.walk + json.load of every manifest", t, f"{len(docs)} manifests"))
+        rows.append(
+            ("baseline", "os.walk + json.load of every manifest", t, f"{len(docs)} manifests")
+        )
         loaded: list[dict[str, Any]] = docs
         t, n = timed(lambda: sum(1 for d in loaded if d["kind"] == kind), args.repeat)
-        rows.append(("baseline", "list comprehension on the loaded dicts, by kind", t, f"{n} matches"))
-        docs = loaded = []  # kconsole is measured without the baseline's 100,000 dicts alive beside it
+        rows.append(
+            ("baseline", "list comprehension on the loaded dicts, by kind", t, f"{n} matches")
+        )
+        docs = (
+            loaded
+        ) = []  # kconsole is measured without the baseline's 100,000 dicts alive beside it
 
         cache = site.state_dir / "catalog-cache.json"
 
@@ -169,8 +210,14 @@ def main() -> int:
         del catalog  # one catalog alive at a time, as in the console
         rows.append(("kconsole", "build_catalog, cold (no manifest cache)", t, f"{built} backups"))
         t, catalog = timed(lambda: asyncio.run(build_catalog(site, stores, now=now)), args.repeat)
-        rows.append(("kconsole", "build_catalog, warm (manifest cache)", t,
-                     f"cache {cache.stat().st_size / 1e6:.0f} MB"))
+        rows.append(
+            (
+                "kconsole",
+                "build_catalog, warm (manifest cache)",
+                t,
+                f"cache {cache.stat().st_size / 1e6:.0f} MB",
+            )
+        )
         del catalog
 
         def reparsed() -> Catalog:
@@ -178,8 +225,14 @@ def main() -> int:
             return asyncio.run(build_catalog(site, stores, now=now))
 
         t, catalog = timed(reparsed, args.repeat)
-        rows.append(("kconsole", "build_catalog, warm, cache file parsed (new process)", t,
-                     f"{len(catalog.backups)} backups"))
+        rows.append(
+            (
+                "kconsole",
+                "build_catalog, warm, cache file parsed (new process)",
+                t,
+                f"{len(catalog.backups)} backups",
+            )
+        )
 
         def fresh_index() -> Catalog:
             c = Catalog(catalog.backups, catalog.as_of, catalog.errors, catalog.locations)
@@ -187,14 +240,30 @@ def main() -> int:
             return c
 
         t, catalog = timed(fresh_index, args.repeat)
-        rows.append(("kconsole", "index (by id, by kind+node) built on first use", t, f"{len(catalog.groups())} groups"))
+        rows.append(
+            (
+                "kconsole",
+                "index (by id, by kind+node) built on first use",
+                t,
+                f"{len(catalog.groups())} groups",
+            )
+        )
         filters: list[tuple[str, Callable[[], Any]]] = [
             (f"select(kind={kind})", lambda: catalog.select(kind=kind)),
             (f"select(node={node})", lambda: catalog.select(node=node)),
             ("select(status=stale)", lambda: catalog.select(status="stale")),
             ("select(kind, node)", lambda: catalog.select(kind=kind, node=node)),
-            ("find(id)", lambda: [catalog.find(catalog.backups[i].id) for i in range(0, len(catalog.backups), 1000)]),
-            ("latest_good of every (kind, node)", lambda: [catalog.latest_good(k, n) for k, n in catalog.groups()]),
+            (
+                "find(id)",
+                lambda: [
+                    catalog.find(catalog.backups[i].id)
+                    for i in range(0, len(catalog.backups), 1000)
+                ],
+            ),
+            (
+                "latest_good of every (kind, node)",
+                lambda: [catalog.latest_good(k, n) for k, n in catalog.groups()],
+            ),
             ("freshness(site) (tiers x kinds x nodes)", lambda: catalog.freshness(site, {})),
             (f"rows(kind={kind}) (the --json lines)", lambda: catalog.rows(kind=kind)),
         ]
@@ -202,8 +271,10 @@ def main() -> int:
             t, got = timed(fn, max(args.repeat, 5))
             rows.append(("kconsole", name, t, f"{len(got)} results"))
 
-        print(f"\n{args.backups} backups, {NODES} nodes, {len(BACKUP_KINDS)} kinds, one local location "
-              f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)\n")
+        print(
+            f"\n{args.backups} backups, {NODES} nodes, {len(BACKUP_KINDS)} kinds, one local location "
+            f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)\n"
+        )
         print("| side | operation | wall (median) | result |")
         print("| --- | --- | ---: | --- |")
         for side, what, secs, note in rows:

@@ -59,7 +59,10 @@ def aws_command() -> list[str]:
     if not exe.exists():
         print(f"installing awscli into {env_dir} ...", file=sys.stderr)
         venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-        subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "awscli"], check=True)
+        subprocess.run(
+            [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "awscli"],
+            check=True,
+        )
     return [str(exe)]
 
 
@@ -67,8 +70,13 @@ def fill(endpoint: str, count: int) -> None:
     """`count` small objects: half backups, half manifests, under kind/node/ prefixes."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=ACCESS,
-                      aws_secret_access_key=SECRET)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS,
+        aws_secret_access_key=SECRET,
+    )
     s3.create_bucket(Bucket=BUCKET)
     keys = []
     for i in range(count // 2):
@@ -98,32 +106,60 @@ def main() -> int:
         fill(endpoint, args.objects)
         print(f"{args.objects} objects put in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         creds = tmp / "credentials"
-        creds.write_text(f"[default]\naws_access_key_id = {ACCESS}\naws_secret_access_key = {SECRET}\n")
+        creds.write_text(
+            f"[default]\naws_access_key_id = {ACCESS}\naws_secret_access_key = {SECRET}\n"
+        )
         os.chmod(creds, 0o600)
-        location = Location("cloud", "s3", bucket=BUCKET, endpoint_url=endpoint, credentials_file=str(creds))
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-               "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+        location = Location(
+            "cloud", "s3", bucket=BUCKET, endpoint_url=endpoint, credentials_file=str(creds)
+        )
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": ACCESS,
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        }
         warm = S3Store(location)
         asyncio.run(warm.list())  # build the client once
-        script = ("import asyncio, sys; sys.path.insert(0, sys.argv[1]); "
-                  "from kconsole.backups.stores import S3Store; from kconsole.site import Location; "
-                  "loc = Location('cloud', 's3', bucket=sys.argv[2], endpoint_url=sys.argv[3], "
-                  "credentials_file=sys.argv[4]); print(len(asyncio.run(S3Store(loc).list())))")
+        script = (
+            "import asyncio, sys; sys.path.insert(0, sys.argv[1]); "
+            "from kconsole.backups.stores import S3Store; from kconsole.site import Location; "
+            "loc = Location('cloud', 's3', bucket=sys.argv[2], endpoint_url=sys.argv[3], "
+            "credentials_file=sys.argv[4]); print(len(asyncio.run(S3Store(loc).list())))"
+        )
 
         def kconsole_process() -> int:
-            out = subprocess.run([sys.executable, "-c", script, str(ROOT), BUCKET, endpoint, str(creds)],
-                                 capture_output=True, text=True, check=True, env=env)
+            out = subprocess.run(
+                [sys.executable, "-c", script, str(ROOT), BUCKET, endpoint, str(creds)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
             return int(out.stdout.strip())
 
         def aws_ls() -> int:
-            out = subprocess.run([*aws, "s3", "ls", "--recursive", f"s3://{BUCKET}/", "--endpoint-url", endpoint],
-                                 capture_output=True, text=True, check=True, env=env)
+            out = subprocess.run(
+                [*aws, "s3", "ls", "--recursive", f"s3://{BUCKET}/", "--endpoint-url", endpoint],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
             return len(out.stdout.splitlines())
 
         listers: list[tuple[str, Callable[[], int]]] = [
-            ("kconsole S3Store.list, in process, warm client", lambda: len(asyncio.run(warm.list()))),
-            ("kconsole S3Store.list, in process, new client", lambda: len(asyncio.run(S3Store(location).list()))),
+            (
+                "kconsole S3Store.list, in process, warm client",
+                lambda: len(asyncio.run(warm.list())),
+            ),
+            (
+                "kconsole S3Store.list, in process, new client",
+                lambda: len(asyncio.run(S3Store(location).list())),
+            ),
             ("kconsole S3Store.list, new python process", kconsole_process),
             ("aws s3 ls --recursive (awscli, new process)", aws_ls),
         ]
@@ -139,8 +175,10 @@ def main() -> int:
         counts = {r[2] for r in rows}
         assert counts == {args.objects}, f"the listings disagree: {rows}"
         version = subprocess.run([*aws, "--version"], capture_output=True, text=True, env=env)
-        print(f"\n{args.objects} objects in one bucket, moto server on loopback, {args.repeat} runs each "
-              f"({(version.stdout or version.stderr).split()[0]}, Python {sys.version.split()[0]})\n")
+        print(
+            f"\n{args.objects} objects in one bucket, moto server on loopback, {args.repeat} runs each "
+            f"({(version.stdout or version.stderr).split()[0]}, Python {sys.version.split()[0]})\n"
+        )
         aws_time = rows[-1][1]
         print("| lister | wall (median) | objects | aws CLI time / this |")
         print("| --- | ---: | ---: | ---: |")

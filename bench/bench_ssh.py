@@ -129,7 +129,9 @@ def bench_xargs(
             if subprocess.run(check, capture_output=True).returncode == 0:
                 break
             time.sleep(0.05)
-    script = " ".join(shlex.quote(x) for x in ["ssh", *options, f"{server.user}@127.0.0.1", COMMAND])
+    script = " ".join(
+        shlex.quote(x) for x in ["ssh", *options, f"{server.user}@127.0.0.1", COMMAND]
+    )
     argv = ["xargs", "-P", str(parallel), "-I{}", "sh", "-c", script]
     started = time.perf_counter()
     proc = subprocess.run(argv, input="x\n" * commands, capture_output=True, text=True)

@@ -117,8 +117,10 @@ def write_site(root: Path, nodes: int) -> Path:
     for group, share in GROUPS:
         count = nodes - i if group == GROUPS[-1][0] else round(nodes * share)
         for n in range(1, count + 1):
-            lines.append(f'[[nodes]]\nname = "{group}{n}"\nhost = "10.{i // 250}.{i % 250}.1"\n'
-                         f'groups = ["{group}"]\n')
+            lines.append(
+                f'[[nodes]]\nname = "{group}{n}"\nhost = "10.{i // 250}.{i % 250}.1"\n'
+                f'groups = ["{group}"]\n'
+            )
             i += 1
     path = root / "site.toml"
     path.write_text("\n".join(lines))
@@ -149,8 +151,14 @@ def poll_states(names: list[str], generation: int) -> list[tuple[str, str, float
     out = []
     for i, name in enumerate(names):
         up = (i + generation) % 2 == 0
-        out.append((name, "active" if up else "inactive", 1.0 + (i + generation) % 7,
-                    HEIGHT + generation if up else None))
+        out.append(
+            (
+                name,
+                "active" if up else "inactive",
+                1.0 + (i + generation) % 7,
+                HEIGHT + generation if up else None,
+            )
+        )
     return out
 
 
@@ -192,8 +200,9 @@ class Frames:
         """Whether this frame shows everything the screen's widgets have asked to draw."""
         if screen is not self.app.screen or not screen._message_queue.empty():
             return False
-        return not any(w._repaint_required or w._layout_required
-                       for w in screen.walk_children(with_self=False))
+        return not any(
+            w._repaint_required or w._layout_required for w in screen.walk_children(with_self=False)
+        )
 
     def expect(self, predicate: Callable[[], bool]) -> asyncio.Future[float]:
         """A future: the time of the first settled frame for which `predicate()` holds."""
@@ -231,8 +240,14 @@ def kconsole_side(site_path: Path) -> Side:
     site = load_site(site_path)
     transport = MemoryTransport()
     transport.reply("*", r"^systemctl is-active", stdout="active\n")
-    app = build_app(site, Services(transport=transport), catalog=None, user="bench",
-                    runbook_dirs=[shipped_runbooks_dir()], poll_interval=0)
+    app = build_app(
+        site,
+        Services(transport=transport),
+        catalog=None,
+        user="bench",
+        runbook_dirs=[shipped_runbooks_dir()],
+        poll_interval=0,
+    )
     nodes = {n.name: n for n in site.nodes.values()}
     names = list(nodes)
     count = len(names)
@@ -248,15 +263,30 @@ def kconsole_side(site_path: Path) -> Side:
         return table.row_count == count and str(table.get_cell(names[-1], "state")) != "… polling"
 
     def post_poll(generation: int) -> Callable[[], bool]:
-        statuses = [NodeStatus(name, nodes[name].host, nodes[name].groups, state,
-                               f"{nodes[name].service} {state}", latency, height)
-                    for name, state, latency, height in poll_states(names, generation)]
+        statuses = [
+            NodeStatus(
+                name,
+                nodes[name].host,
+                nodes[name].groups,
+                state,
+                f"{nodes[name].service} {state}",
+                latency,
+                height,
+            )
+            for name, state, latency, height in poll_states(names, generation)
+        ]
         when = app.clock.now()
         app.post_message(KconsoleApp.FleetPolled(statuses, when))
         return lambda: app.fleet_polled_at is when  # a new datetime object per poll
 
-    return Side(app, startup_done, lambda: app.screen.query_one(FleetTable), post_poll,
-                lambda: dashboard() is not None, lambda: isinstance(app.screen, ContactsScreen))
+    return Side(
+        app,
+        startup_done,
+        lambda: app.screen.query_one(FleetTable),
+        post_poll,
+        lambda: dashboard() is not None,
+        lambda: isinstance(app.screen, ContactsScreen),
+    )
 
 
 def bare_side(site_path: Path, chrome: bool) -> Side:
@@ -284,15 +314,26 @@ def bare_side(site_path: Path, chrome: bool) -> Side:
 
         def on_mount(self) -> None:
             table = self.query_one(DataTable)
-            for label, key, width in (("Group", "group", 9), ("Node", "node", 14),
-                                      ("State", "state", 14), ("Latency", "latency", 8),
-                                      ("Height", "height", 9), ("Detail", "detail", 40)):
+            for label, key, width in (
+                ("Group", "group", 9),
+                ("Node", "node", 14),
+                ("State", "state", 14),
+                ("Latency", "latency", 8),
+                ("Height", "height", 9),
+                ("Detail", "detail", 40),
+            ):
                 table.add_column(label, key=key, width=width)
             last = None
             for r in rows:  # as kconsole's first poll leaves them: every node active
-                table.add_row(r.group if r.group != last else "", r.name,
-                              Text(word["active"], style["active"]), "1 ms", "-",
-                              "kaldrix-node active", key=r.name)
+                table.add_row(
+                    r.group if r.group != last else "",
+                    r.name,
+                    Text(word["active"], style["active"]),
+                    "1 ms",
+                    "-",
+                    "kaldrix-node active",
+                    key=r.name,
+                )
                 last = r.group
 
     class OtherScreen(Screen[None]):
@@ -312,8 +353,10 @@ def bare_side(site_path: Path, chrome: bool) -> Side:
     class BareApp(App[None]):
         MODES: ClassVar[dict[str, Any]] = {"table": TableScreen, "other": OtherScreen}
         DEFAULT_MODE = "table"
-        BINDINGS: ClassVar[list[Any]] = [("d", "switch_mode('table')", "Table"),
-                                         ("c", "switch_mode('other')", "Other")]
+        BINDINGS: ClassVar[list[Any]] = [
+            ("d", "switch_mode('table')", "Table"),
+            ("c", "switch_mode('other')", "Other"),
+        ]
 
         @message_dataclass
         class Polled(Message):
@@ -349,9 +392,14 @@ def bare_side(site_path: Path, chrome: bool) -> Side:
         app.post_message(BareApp.Polled(poll_states(names, generation), seq))
         return lambda s=seq: app.seq == s
 
-    return Side(app, startup_done, lambda: app.screen.query_one(DataTable), post_poll,
-                lambda: isinstance(app.screen, TableScreen),
-                lambda: isinstance(app.screen, OtherScreen))
+    return Side(
+        app,
+        startup_done,
+        lambda: app.screen.query_one(DataTable),
+        post_poll,
+        lambda: isinstance(app.screen, TableScreen),
+        lambda: isinstance(app.screen, OtherScreen),
+    )
 
 
 async def measure(side: Side, presses: int, refreshes: int, seed: int) -> dict[str, Any]:
@@ -406,8 +454,11 @@ async def measure(side: Side, presses: int, refreshes: int, seed: int) -> dict[s
                 if not 0 < table.cursor_row + step < table.row_count:
                     step = -step  # at an end of the table: turn round
                 target = table.cursor_row + step
-                cursor.append(await press("down" if step > 0 else "up",
-                                          lambda t=table, r=target: t.cursor_row == r))
+                cursor.append(
+                    await press(
+                        "down" if step > 0 else "up", lambda t=table, r=target: t.cursor_row == r
+                    )
+                )
                 i += 1
             await asyncio.sleep(rng.uniform(0, 0.04))
         timer.stop()
@@ -426,9 +477,18 @@ async def measure(side: Side, presses: int, refreshes: int, seed: int) -> dict[s
                 await pilot.pause()
         app.exit()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"start": start, "cursor": cursor, "away": away, "back": back, "refresh": refresh,
-            "unchanged": unchanged, "polls": polls, "frames": frames.count, "sent": frames.sent,
-            "rss_mib": rss}
+    return {
+        "start": start,
+        "cursor": cursor,
+        "away": away,
+        "back": back,
+        "refresh": refresh,
+        "unchanged": unchanged,
+        "polls": polls,
+        "frames": frames.count,
+        "sent": frames.sent,
+        "rss_mib": rss,
+    }
 
 
 def child(args: argparse.Namespace) -> int:
@@ -446,8 +506,20 @@ def child(args: argparse.Namespace) -> int:
 
 
 def run_child(side: str, site: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", side, "--site", str(site), "--presses",
-           str(args.presses), "--refreshes", str(args.refreshes), "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--site",
+        str(site),
+        "--presses",
+        str(args.presses),
+        "--refreshes",
+        str(args.refreshes),
+        "--seed",
+        str(seed),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"{side} run failed:\n{proc.stderr}")
@@ -485,10 +557,13 @@ def main() -> int:
             for side in order:
                 result = run_child(side, site, args, seed=rep)
                 runs[side].append(result)
-                print(f"  {side} run {rep + 1}: start {ms(result['start'])}, "
-                      f"cursor median {ms(statistics.median(result['cursor']))}, "
-                      f"refresh median {ms(statistics.median(result['refresh']))}, "
-                      f"{result['polls']} polls, RSS {result['rss_mib']:.0f} MiB", file=sys.stderr)
+                print(
+                    f"  {side} run {rep + 1}: start {ms(result['start'])}, "
+                    f"cursor median {ms(statistics.median(result['cursor']))}, "
+                    f"refresh median {ms(statistics.median(result['refresh']))}, "
+                    f"{result['polls']} polls, RSS {result['rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                )
     print(f"  total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     def pooled(side: str, key: str) -> list[float]:
@@ -503,30 +578,42 @@ def main() -> int:
         return [statistics.median(pooled(side, key)) for side in SIDES]
 
     rows: list[tuple[str, list[float], Callable[[float], str]]] = [
-        ("start: `run_test()` to the fleet table drawn with every node's state",
-         per_run("start"), ms),
+        (
+            "start: `run_test()` to the fleet table drawn with every node's state",
+            per_run("start"),
+            ms,
+        ),
     ]
-    for key, what in (("cursor", "cursor down in the fleet table"),
-                      ("away", "switch to the other screen (`c`)"),
-                      ("back", "switch back to the fleet table (`d`)")):
+    for key, what in (
+        ("cursor", "cursor down in the fleet table"),
+        ("away", "switch to the other screen (`c`)"),
+        ("back", "switch back to the fleet table (`d`)"),
+    ):
         rows.append((f"key: {what}, median", median(key), ms))
         rows.append((f"key: {what}, p95", [p95(pooled(side, key)) for side in SIDES], ms))
     rows.append((f"refresh: one poll, {args.nodes} nodes changing state", median("refresh"), ms))
-    rows.append(("refresh: one poll, no node changing (bare: every row set again)",
-                 median("unchanged"), ms))
+    rows.append(
+        ("refresh: one poll, no node changing (bare: every row set again)", median("unchanged"), ms)
+    )
     rows.append(("peak RSS", per_run("rss_mib"), lambda v: f"{v:.0f} MiB"))
 
     import textual
 
-    print(f"\n{args.nodes} nodes, {SIZE[0]}x{SIZE[1]} headless, Textual {textual.__version__}, "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.presses} keys per run "
-          f"with a poll every {POLL_EVERY:g} s; median of {args.repeat} runs per side\n")
-    print("| measure | kconsole | bare app | kconsole / bare | bare app + Header, Footer "
-          "| kconsole / that |")
+    print(
+        f"\n{args.nodes} nodes, {SIZE[0]}x{SIZE[1]} headless, Textual {textual.__version__}, "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.presses} keys per run "
+        f"with a poll every {POLL_EVERY:g} s; median of {args.repeat} runs per side\n"
+    )
+    print(
+        "| measure | kconsole | bare app | kconsole / bare | bare app + Header, Footer "
+        "| kconsole / that |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for what, (k, bare, chrome), fmt in rows:
-        print(f"| {what} | {fmt(k)} | {fmt(bare)} | {k / bare:.2f}x | {fmt(chrome)} "
-              f"| {k / chrome:.2f}x |")
+        print(
+            f"| {what} | {fmt(k)} | {fmt(bare)} | {k / bare:.2f}x | {fmt(chrome)} "
+            f"| {k / chrome:.2f}x |"
+        )
     return 0
 
 

@@ -26,7 +26,12 @@ def checkpoint(log: AuditLog) -> dict[str, Any] | None:
     if not entries:
         return None
     last = entries[-1]
-    body = {"seq": last["seq"], "head": last["hash"], "ts": last["ts"], "site_log": str(log.path.name)}
+    body = {
+        "seq": last["seq"],
+        "head": last["hash"],
+        "ts": last["ts"],
+        "site_log": str(log.path.name),
+    }
     key = log.key()
     return {**body, "mac": hmac.new(key, canonical(body), hashlib.sha256).hexdigest()}
 
@@ -63,20 +68,34 @@ class AnchorCheck:
     message: str
 
 
-def _compare(raw: bytes, name: str, key: bytes, by_seq: dict[Any, dict[str, Any]], last: int) -> tuple[bool, str, int]:
+def _compare(
+    raw: bytes, name: str, key: bytes, by_seq: dict[Any, dict[str, Any]], last: int
+) -> tuple[bool, str, int]:
     """One checkpoint against the local log: (ok, what is wrong, the entry it names)."""
     try:
         cp = json.loads(raw)
         body = {k: cp[k] for k in ("seq", "head", "ts", "site_log")}
     except (ValueError, KeyError, TypeError):
         return False, "the checkpoint there is not readable", 0
-    if not hmac.compare_digest(str(cp.get("mac", "")), hmac.new(key, canonical(body), hashlib.sha256).hexdigest()):
+    if not hmac.compare_digest(
+        str(cp.get("mac", "")), hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
+    ):
         return False, "the checkpoint there has a bad HMAC", 0
     if body["seq"] > last:
-        return False, (f"the log ends at entry {last} but {name} saw entry {body['seq']}: "
-                       "entries were cut off or the log was replaced"), body["seq"]
+        return (
+            False,
+            (
+                f"the log ends at entry {last} but {name} saw entry {body['seq']}: "
+                "entries were cut off or the log was replaced"
+            ),
+            body["seq"],
+        )
     if by_seq.get(body["seq"], {}).get("hash") != body["head"]:
-        return False, f"entry {body['seq']} differs from the one {name} saw: the log was rewritten", body["seq"]
+        return (
+            False,
+            f"entry {body['seq']} differs from the one {name} saw: the log was rewritten",
+            body["seq"],
+        )
     return True, "", body["seq"]
 
 
@@ -100,7 +119,9 @@ async def check(log: AuditLog, stores: dict[str, Store]) -> list[AnchorCheck]:
             else:
                 versions = [(None, await asyncio.wait_for(store.read_bytes(CHECKPOINT_KEY), 20))]
         except (OperationFailed, OSError, TimeoutError) as exc:
-            out.append(AnchorCheck(name, True, f"no checkpoint could be read ({str(exc).rstrip('.')})"))
+            out.append(
+                AnchorCheck(name, True, f"no checkpoint could be read ({str(exc).rstrip('.')})")
+            )
             continue
         ok, problem, seq = _compare(versions[0][1], name, key, by_seq, last)
         if not ok:
@@ -113,6 +134,10 @@ async def check(log: AuditLog, stores: dict[str, Store]) -> list[AnchorCheck]:
                 out.append(AnchorCheck(name, False, f"an earlier checkpoint{stamp}: {old_problem}"))
                 break
         else:
-            kept = f", and all {len(versions) - 1} earlier ones kept there" if len(versions) > 1 else ""
+            kept = (
+                f", and all {len(versions) - 1} earlier ones kept there"
+                if len(versions) > 1
+                else ""
+            )
             out.append(AnchorCheck(name, True, f"matches the checkpoint at entry {seq}{kept}"))
     return out

@@ -28,7 +28,9 @@ GENESIS = "0" * 64
 
 def canonical(obj: dict[str, Any]) -> bytes:
     """Canonical serialisation: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def entry_hash(body: dict[str, Any]) -> str:
@@ -46,7 +48,9 @@ class AuditLog:
     def _key(self, create: bool) -> bytes:
         if not self.key_path.exists():
             if not create:
-                raise UsageError(f"audit key {self.key_path} is missing; the log cannot be verified.")
+                raise UsageError(
+                    f"audit key {self.key_path} is missing; the log cannot be verified."
+                )
             self.key_path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -59,16 +63,19 @@ class AuditLog:
                     os.fsync(fh.fileno())
         mode = self.key_path.stat().st_mode & 0o077
         if mode:
-            raise UsageError(f"audit key {self.key_path} is readable by others (mode {oct(self.key_path.stat().st_mode & 0o777)}); "
-                             f"run chmod 600 {self.key_path}.")
+            raise UsageError(
+                f"audit key {self.key_path} is readable by others (mode {oct(self.key_path.stat().st_mode & 0o777)}); "
+                f"run chmod 600 {self.key_path}."
+            )
         return bytes.fromhex(self.key_path.read_text().strip())
 
     def key(self) -> bytes:
         """The HMAC key (must exist and be private)."""
         return self._key(create=False)
 
-    def append(self, actor: str, action: str, target: str = "", result: str = "ok",
-               **detail: Any) -> dict[str, Any]:
+    def append(
+        self, actor: str, action: str, target: str = "", result: str = "ok", **detail: Any
+    ) -> dict[str, Any]:
         """Append one entry under an exclusive lock; durable before returning."""
         key = self._key(create=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +86,9 @@ class AuditLog:
                 prev_seq, prev_hash = self._tail(fh)
                 body = {
                     "seq": prev_seq + 1,
-                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "ts": datetime.now(UTC)
+                    .isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
                     "actor": actor,
                     "action": action,
                     "target": target,
@@ -88,7 +97,11 @@ class AuditLog:
                     "prev": prev_hash,
                 }
                 digest = entry_hash(body)
-                entry = {**body, "hash": digest, "mac": hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()}
+                entry = {
+                    **body,
+                    "hash": digest,
+                    "mac": hmac.new(key, digest.encode(), hashlib.sha256).hexdigest(),
+                }
                 fh.write(canonical(entry) + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -157,27 +170,48 @@ class AuditLog:
             except json.JSONDecodeError:
                 return VerifyResult(False, lineno, f"{where} is not valid JSON: the log was edited")
             if not isinstance(entry, dict) or canonical(entry) != line:
-                return VerifyResult(False, lineno, f"{where} is not in canonical form: the log was edited")
+                return VerifyResult(
+                    False, lineno, f"{where} is not in canonical form: the log was edited"
+                )
             seq = entry.get("seq")
             if seq != expected_seq:
-                what = "missing or reordered" if isinstance(seq, int) and seq > expected_seq else "duplicated, reordered or inserted"
-                return VerifyResult(False, lineno, f"{where} has seq {seq}, expected {expected_seq}: entries {what}")
+                what = (
+                    "missing or reordered"
+                    if isinstance(seq, int) and seq > expected_seq
+                    else "duplicated, reordered or inserted"
+                )
+                return VerifyResult(
+                    False, lineno, f"{where} has seq {seq}, expected {expected_seq}: entries {what}"
+                )
             if entry.get("prev") != prev_hash:
-                return VerifyResult(False, lineno, f"{where} does not chain to the entry before it: "
-                                    "an entry was deleted, inserted or reordered")
+                return VerifyResult(
+                    False,
+                    lineno,
+                    f"{where} does not chain to the entry before it: "
+                    "an entry was deleted, inserted or reordered",
+                )
             body = {k: v for k, v in entry.items() if k not in ("hash", "mac")}
             digest = entry_hash(body)
             if entry.get("hash") != digest:
-                return VerifyResult(False, lineno, f"{where} does not match its hash: its content was edited")
+                return VerifyResult(
+                    False, lineno, f"{where} does not match its hash: its content was edited"
+                )
             mac = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
             if not hmac.compare_digest(str(entry.get("mac", "")), mac):
-                return VerifyResult(False, lineno, f"{where} has a bad HMAC: it was forged or the audit key changed")
+                return VerifyResult(
+                    False, lineno, f"{where} has a bad HMAC: it was forged or the audit key changed"
+                )
             prev_hash = digest
             expected_seq += 1
         count = expected_seq - 1
         if torn:
-            return VerifyResult(True, count, f"{count} entries intact; the last line is torn "
-                                "(an entry interrupted by a crash, never committed)", torn=True)
+            return VerifyResult(
+                True,
+                count,
+                f"{count} entries intact; the last line is torn "
+                "(an entry interrupted by a crash, never committed)",
+                torn=True,
+            )
         return VerifyResult(True, count, f"{count} entries intact")
 
 

@@ -54,19 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     # --site is accepted before or after the command; SUPPRESS keeps a subcommand's
     # unset --site from overwriting one given before it.
     common = _Parser(add_help=False)
-    common.add_argument("--site", metavar="FILE", default=argparse.SUPPRESS,
-                        help="site file (default $KCONSOLE_SITE, then ./site.toml)")
+    common.add_argument(
+        "--site",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="site file (default $KCONSOLE_SITE, then ./site.toml)",
+    )
     p = _Parser(prog="kconsole", description="Backup and disaster recovery console.")
-    p.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
+    p.add_argument(
+        "--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)"
+    )
     p.add_argument("--version", action="version", version=f"kconsole {__version__}")
-    p.add_argument("--keymap", metavar="FILE", help="key remapping file for the console ([keys] table)")
+    p.add_argument(
+        "--keymap", metavar="FILE", help="key remapping file for the console ([keys] table)"
+    )
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    lab = sub.add_parser("lab", parents=[common], help="start the embedded lab and open the console on it")
+    lab = sub.add_parser(
+        "lab", parents=[common], help="start the embedded lab and open the console on it"
+    )
     lab.add_argument("--nodes", type=int, default=9)
-    lab.add_argument("--dir", metavar="DIR", help="lab directory (default: a per-user state directory)")
+    lab.add_argument(
+        "--dir", metavar="DIR", help="lab directory (default: a per-user state directory)"
+    )
     lab.add_argument("--faults", default="", metavar="SPEC")
-    lab.add_argument("mode", nargs="?", choices=["serve"], help="serve headless until SIGINT/SIGTERM")
+    lab.add_argument(
+        "mode", nargs="?", choices=["serve"], help="serve headless until SIGINT/SIGTERM"
+    )
 
     v = sub.add_parser("validate", parents=[common], help="check runbooks and site files")
     v.add_argument("paths", nargs="+", metavar="PATH")
@@ -107,11 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--key", metavar="KEYFILE")
     group.add_argument("--keyring", metavar="DIR")
     dec.add_argument("--pbkdf2", action="store_true", help="legacy file made with openssl -pbkdf2")
-    dec.add_argument("--iter", type=int, metavar="N", help="legacy file made with openssl -iter N (implies PBKDF2)")
+    dec.add_argument(
+        "--iter",
+        type=int,
+        metavar="N",
+        help="legacy file made with openssl -iter N (implies PBKDF2)",
+    )
     dec.add_argument("input", metavar="IN")
     dec.add_argument("-o", dest="output", required=True, metavar="OUT")
 
-    rep = sub.add_parser("report", parents=[common], help="the filled incident / drill report of a run")
+    rep = sub.add_parser(
+        "report", parents=[common], help="the filled incident / drill report of a run"
+    )
     rep.add_argument("run_id", metavar="RUN_ID")
     rep.add_argument("--format", choices=["md", "json"], default="md")
     rep.add_argument("-o", dest="output", metavar="FILE")
@@ -134,12 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     si = sub.add_parser("site", parents=[common], help="site files")
     sis = si.add_subparsers(dest="site_command", required=True, parser_class=_Parser)
-    imp = sis.add_parser("import", parents=[common], help="a site.toml from the plan's primary.conf")
-    imp.add_argument("config", metavar="PRIMARY_CONF", help="the plan's INI file (/etc/backup/primary.conf)")
-    imp.add_argument("-o", dest="output", metavar="FILE", help="write the site file here (default: stdout)")
+    imp = sis.add_parser(
+        "import", parents=[common], help="a site.toml from the plan's primary.conf"
+    )
+    imp.add_argument(
+        "config", metavar="PRIMARY_CONF", help="the plan's INI file (/etc/backup/primary.conf)"
+    )
+    imp.add_argument(
+        "-o", dest="output", metavar="FILE", help="write the site file here (default: stdout)"
+    )
     imp.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
-    web = sub.add_parser("web", parents=[common], help="serve the console to a browser on localhost")
+    web = sub.add_parser(
+        "web", parents=[common], help="serve the console to a browser on localhost"
+    )
     web.add_argument("--port", type=int, default=8000)
     return p
 
@@ -208,8 +237,12 @@ def cmd_site(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} already exists; pass --force to replace it.")
     if out is not None and not out.parent.is_dir():
-        raise UsageError(f"directory {out.parent} does not exist; create it or pick another -o FILE.")
-    with tempfile.TemporaryDirectory() as tmp:  # the result must load as a site, or nothing is written
+        raise UsageError(
+            f"directory {out.parent} does not exist; create it or pick another -o FILE."
+        )
+    with (
+        tempfile.TemporaryDirectory() as tmp
+    ):  # the result must load as a site, or nothing is written
         check = Path(tmp) / "site.toml"
         check.write_text(text)
         load_site(check)
@@ -231,8 +264,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kconsole.headless import run_headless
 
     return run_headless(
-        site=_site(args), runbook=args.runbook, params=args.param, yes=args.yes, drill=args.drill,
-        as_json=args.json, resume=args.resume, printer=_out,
+        site=_site(args),
+        runbook=args.runbook,
+        params=args.param,
+        yes=args.yes,
+        drill=args.drill,
+        as_json=args.json,
+        resume=args.resume,
+        printer=_out,
     )
 
 
@@ -266,8 +305,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if args.json:
                 _out(json.dumps(entry, sort_keys=True))
             else:
-                _out(f"{entry['seq']:>6} {entry['ts']} {entry['actor']:12} {entry['action']:14} "
-                     f"{entry.get('target', '')} {entry.get('result', '')}")
+                _out(
+                    f"{entry['seq']:>6} {entry['ts']} {entry['actor']:12} {entry['action']:14} "
+                    f"{entry.get('target', '')} {entry.get('result', '')}"
+                )
         return EXIT_OK
     result = log.verify()
     if not result.ok:
@@ -279,7 +320,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         anchors = _with_backups(site, lambda session: check(log, session.stores()))
         for a in anchors:
-            (_out if a.ok else _err)(f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}.")
+            (_out if a.ok else _err)(
+                f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}."
+            )
         if not all(a.ok for a in anchors):
             return EXIT_FAILED
     return EXIT_OK
@@ -292,8 +335,19 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         for c in site.contacts:
             _out(json.dumps({"type": "contact", **c.__dict__}))
         for m in site.escalation.values():
-            _out(json.dumps({"type": "escalation", "name": m.name, "title": m.title,
-                             "levels": [{"level": lv.level, "role": lv.role, "wait_s": lv.wait} for lv in m.levels]}))
+            _out(
+                json.dumps(
+                    {
+                        "type": "escalation",
+                        "name": m.name,
+                        "title": m.title,
+                        "levels": [
+                            {"level": lv.level, "role": lv.role, "wait_s": lv.wait}
+                            for lv in m.levels
+                        ],
+                    }
+                )
+            )
         return EXIT_OK
     from kconsole.config import format_duration
 
@@ -323,8 +377,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in statuses:
         latency = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-"
         height = str(s.height) if s.height is not None else "-"
-        _out(f"{s.name:14} {s.host + ':' + str(site.nodes[s.name].port):22} {s.state:12} {latency:>9} "
-             f"{height:>8}  {s.detail}")
+        _out(
+            f"{s.name:14} {s.host + ':' + str(site.nodes[s.name].port):22} {s.state:12} {latency:>9} "
+            f"{height:>8}  {s.detail}"
+        )
     up = sum(1 for s in statuses if s.state == "active")
     _out(f"{up}/{len(statuses)} active, polled in {took:.1f}s")
     return EXIT_OK
@@ -350,17 +406,23 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     if args.node and args.node not in site.nodes:
         site.node(args.node)
     if args.location and args.location not in site.locations:
-        raise UsageError(f"unknown location {args.location}; the site has {', '.join(site.locations)}.")
+        raise UsageError(
+            f"unknown location {args.location}; the site has {', '.join(site.locations)}."
+        )
 
     async def build(session: Any) -> tuple[Any, dict[str, int | None]]:
-        catalog, heights = await asyncio.gather(session.catalog(),
-                                                live_heights(site, [args.node] if args.node else None))
+        catalog, heights = await asyncio.gather(
+            session.catalog(), live_heights(site, [args.node] if args.node else None)
+        )
         return catalog, heights
 
     catalog, heights = _with_backups(site, build)
     rows = catalog.rows(args.kind, args.node, args.location)
-    fresh = [f for f in catalog.freshness(site, heights)
-             if (not args.kind or f["kind"] == args.kind) and (not args.node or f["node"] == args.node)]
+    fresh = [
+        f
+        for f in catalog.freshness(site, heights)
+        if (not args.kind or f["kind"] == args.kind) and (not args.node or f["node"] == args.node)
+    ]
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
     if args.json:
@@ -373,26 +435,36 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
     for r in rows:
         key = "legacy" if r["legacy"] else r["key_id"][:8]
-        _out(f"{r['id']:46} {r['location']:9} {r['size']:>10} {format_duration(r['age_s']):>8} "
-             f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}")
+        _out(
+            f"{r['id']:46} {r['location']:9} {r['size']:>10} {format_duration(r['age_s']):>8} "
+            f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}"
+        )
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
     if not fresh:
         return EXIT_OK
     _out("")
-    _out(f"newest good backup against the RPO, as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC "
-         "(LOSS: what a failure now would lose)")
-    _out(f"{'TIER':10} {'KIND':17} {'NODE':12} {'AGE':>8} {'RPO':>6} {'STATE':6} {'LOSS':>8} {'BLOCKS':>7}  NEWEST")
+    _out(
+        f"newest good backup against the RPO, as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC "
+        "(LOSS: what a failure now would lose)"
+    )
+    _out(
+        f"{'TIER':10} {'KIND':17} {'NODE':12} {'AGE':>8} {'RPO':>6} {'STATE':6} {'LOSS':>8} {'BLOCKS':>7}  NEWEST"
+    )
     for f in fresh:
         age = format_duration(f["age_s"]) if f["age_s"] is not None else "never"
         loss = format_duration(f["loss_s"]) if f["loss_s"] is not None else "all"
         blocks = str(f["block_lag"]) if f["block_lag"] is not None else "?"
-        _out(f"{f['tier']:10} {f['kind']:17} {f['node']:12} {age:>8} {format_duration(f['rpo_s']):>6} "
-             f"{f['status']:6} {loss:>8} {blocks:>7}  {f['newest'] or '-'}")
+        _out(
+            f"{f['tier']:10} {f['kind']:17} {f['node']:12} {age:>8} {format_duration(f['rpo_s']):>6} "
+            f"{f['status']:6} {loss:>8} {blocks:>7}  {f['newest'] or '-'}"
+        )
     for t in tier_summary(fresh):
         worst = format_duration(t["max_loss_s"]) if t["max_loss_s"] is not None else "everything"
-        _out(f"tier {t['tier']}: {t['status']}, {t['breached']} of {t['nodes']} past the "
-             f"{format_duration(t['rpo_s'])} RPO; a failure now loses up to {worst}"
-             + (f" and {t['max_block_lag']} blocks" if t["max_block_lag"] is not None else ""))
+        _out(
+            f"tier {t['tier']}: {t['status']}, {t['breached']} of {t['nodes']} past the "
+            f"{format_duration(t['rpo_s'])} RPO; a failure now loses up to {worst}"
+            + (f" and {t['max_block_lag']} blocks" if t["max_block_lag"] is not None else "")
+        )
     return EXIT_OK
 
 
@@ -405,8 +477,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     site = _site(args)
     catalog = _with_backups(site, lambda s: s.catalog())
-    text = render(collect(site, catalog, backup_attempts(site.state_dir, runs_per_runbook=WINDOW),
-                          rotation=key_rotation(site)))
+    text = render(
+        collect(
+            site,
+            catalog,
+            backup_attempts(site.state_dir, runs_per_runbook=WINDOW),
+            rotation=key_rotation(site),
+        )
+    )
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
     if not args.output:
@@ -414,13 +492,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = Path(args.output)
     if not out.parent.is_dir():
-        raise UsageError(f"directory {out.parent} does not exist; create it or pick another -o FILE.")
+        raise UsageError(
+            f"directory {out.parent} does not exist; create it or pick another -o FILE."
+        )
     try:
         write_textfile(out, text)
     except OSError as exc:
         raise OperationFailed(f"cannot write {out}: {exc.strerror}.") from None
     if out.suffix != ".prom":
-        _err(f"kconsole: note: node_exporter's textfile collector reads only *.prom files, not {out.name}.")
+        _err(
+            f"kconsole: note: node_exporter's textfile collector reads only *.prom files, not {out.name}."
+        )
     return EXIT_OK
 
 
@@ -447,18 +529,26 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _out(f"schedule of {site.name} as of {now:%Y-%m-%d %H:%M %Z} (cron's local time)")
     _out(f"{'RUNBOOK':25} {'CRON':13} {'NEXT DUE':17} {'LAST RUN':28} STATE")
     for r in rows:
-        last = f"{r.last.last_started[:16].replace('T', ' ')} {r.last.last_status}" if r.last.last_id else "never"
+        last = (
+            f"{r.last.last_started[:16].replace('T', ' ')} {r.last.last_status}"
+            if r.last.last_id
+            else "never"
+        )
         state = "OVERDUE" if r.overdue else ("no runbook" if not r.available else "ok")
         if r.reason:
             state += f" ({r.reason})"
-        _out(f"{r.entry.runbook:25} {r.entry.cron:13} {r.next_due:%Y-%m-%d %H:%M} {last:28} {state}")
+        _out(
+            f"{r.entry.runbook:25} {r.entry.cron:13} {r.next_due:%Y-%m-%d %H:%M} {last:28} {state}"
+        )
     overdue = [r.entry.runbook for r in rows if r.overdue]
     rotation = key_rotation(site, now)
     if rotation is not None:
         when = f"due {rotation.due:%Y-%m-%d}"
         state = f"OVERDUE ({when})" if rotation.overdue else when
-        _out(f"key rotation: current key {rotation.key_id[:12]} is {rotation.age_s / 86400:.0f} days old, "
-             f"rotate every {rotation.rotate_after_s / 86400:.0f} days: {state}")
+        _out(
+            f"key rotation: current key {rotation.key_id[:12]} is {rotation.age_s / 86400:.0f} days old, "
+            f"rotate every {rotation.rotate_after_s / 86400:.0f} days: {state}"
+        )
         if rotation.overdue:
             overdue.append("key rotation")
     _out(f"{len(overdue)} overdue: {', '.join(overdue)}" if overdue else "nothing overdue")
@@ -480,7 +570,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         async def emit(stream: str, text: str) -> None:
             (_out if stream == "stdout" else _err)(text)
 
-        return [await verify_backup(site, b, stores, keyring, emit, unreachable=catalog.errors) for b in targets]
+        return [
+            await verify_backup(site, b, stores, keyring, emit, unreachable=catalog.errors)
+            for b in targets
+        ]
 
     outcomes = _with_backups(site, run)
     bad = [o.id for o in outcomes if not o.ok]
@@ -517,10 +610,14 @@ def cmd_crypto(args: argparse.Namespace) -> int:
         return crypto_cli.cmd_keygen(Path(args.output))
     if args.crypto_command == "encrypt":
         return crypto_cli.cmd_encrypt(Path(args.key), Path(args.input), Path(args.output))
-    return crypto_cli.cmd_decrypt(Path(args.input), Path(args.output),
-                                  key_path=Path(args.key) if args.key else None,
-                                  keyring_dir=Path(args.keyring) if args.keyring else None,
-                                  pbkdf2=args.pbkdf2 or args.iter is not None, iterations=args.iter)
+    return crypto_cli.cmd_decrypt(
+        Path(args.input),
+        Path(args.output),
+        key_path=Path(args.key) if args.key else None,
+        keyring_dir=Path(args.keyring) if args.keyring else None,
+        pbkdf2=args.pbkdf2 or args.iter is not None,
+        iterations=args.iter,
+    )
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -534,8 +631,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
             raise UsageError("kconsole lab serve needs --dir DIR.")
         return serve(directory, args.nodes, args.faults)
     if not sys.stdin.isatty() or not sys.stdout.isatty():
-        raise UsageError("kconsole lab opens the console and needs a terminal; "
-                         "for a headless lab use `kconsole lab serve --dir DIR`.")
+        raise UsageError(
+            "kconsole lab opens the console and needs a terminal; "
+            "for a headless lab use `kconsole lab serve --dir DIR`."
+        )
     from kconsole.lablauncher import lab_in_background
 
     with lab_in_background(directory, args.nodes, args.faults) as site_path:
@@ -565,7 +664,9 @@ def cmd_console(args: argparse.Namespace) -> int:
     path = find_site_path(args.site)
     load_site(path)  # a bad site file is one sentence here, before the screen takes over
     if not sys.stdin.isatty() or not sys.stdout.isatty():
-        raise UsageError("the console needs a terminal; the headless commands are listed by `kconsole --help`.")
+        raise UsageError(
+            "the console needs a terminal; the headless commands are listed by `kconsole --help`."
+        )
     return _open_console(path, args.keymap)
 
 

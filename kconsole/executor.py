@@ -119,8 +119,13 @@ class Executor:
         the operator's own; only its length goes to the audit log)."""
         who = user or self.user
         self.site.access.require_operate(who, "add notes to runs")
-        record = {"type": "note", "run": self.run_id, "user": who, "text": text,
-                  "time": iso(self.services.clock.now())}
+        record = {
+            "type": "note",
+            "run": self.run_id,
+            "user": who,
+            "text": text,
+            "time": iso(self.services.clock.now()),
+        }
         self._emit(record)
         self.audit.append(who, "run.note", self.run_id, chars=len(text))
         return record
@@ -141,11 +146,23 @@ class Executor:
         if self.on_event is not None:
             self.on_event(record)
 
-    def _step_event(self, inst: _Instance | Step, node: str | None, event: str, durable: bool = True,
-                    **extra: Any) -> None:
+    def _step_event(
+        self,
+        inst: _Instance | Step,
+        node: str | None,
+        event: str,
+        durable: bool = True,
+        **extra: Any,
+    ) -> None:
         step = inst.step if isinstance(inst, _Instance) else inst
-        record = {"type": "step", "run": self.run_id, "step": step.id, "node": node, "event": event,
-                  "time": iso(self.services.clock.now())}
+        record = {
+            "type": "step",
+            "run": self.run_id,
+            "step": step.id,
+            "node": node,
+            "event": event,
+            "time": iso(self.services.clock.now()),
+        }
         record.update(extra)
         self._emit(record, durable)
 
@@ -158,30 +175,72 @@ class Executor:
         self._started_at = self.services.clock.monotonic()
         now = iso(self.services.clock.now())
         if resumed:
-            self._emit({"type": "run", "event": "resumed", "run": self.run_id, "time": now, "user": self.user})
+            self._emit(
+                {
+                    "type": "run",
+                    "event": "resumed",
+                    "run": self.run_id,
+                    "time": now,
+                    "user": self.user,
+                }
+            )
         else:
-            self._emit({"type": "run", "event": "created", "run": self.run_id, "runbook": self.runbook.id,
-                        "title": self.runbook.title, "path": self.runbook.path, "params": self.raw_params,
-                        "drill": self.drill, "user": self.user, "time": now, "rto_s": self.runbook.rto,
-                        "site": self.site.name})
-        self.audit.append(self.user, "run.resume" if resumed else "run.start", self.run_id,
-                          runbook=self.runbook.id, drill=self.drill, params=self.raw_params)
+            self._emit(
+                {
+                    "type": "run",
+                    "event": "created",
+                    "run": self.run_id,
+                    "runbook": self.runbook.id,
+                    "title": self.runbook.title,
+                    "path": self.runbook.path,
+                    "params": self.raw_params,
+                    "drill": self.drill,
+                    "user": self.user,
+                    "time": now,
+                    "rto_s": self.runbook.rto,
+                    "site": self.site.name,
+                }
+            )
+        self.audit.append(
+            self.user,
+            "run.resume" if resumed else "run.start",
+            self.run_id,
+            runbook=self.runbook.id,
+            drill=self.drill,
+            params=self.raw_params,
+        )
         try:
             status, reason = await self._schedule()
         except asyncio.CancelledError:
-            self._finish("interrupted", f"stopped by a signal or a closed session; resume with --resume {self.run_id}",
-                         final=False)
+            self._finish(
+                "interrupted",
+                f"stopped by a signal or a closed session; resume with --resume {self.run_id}",
+                final=False,
+            )
             raise
         self._finish(status, reason, final=status not in ("waiting", "interrupted"))
         await self._anchor_audit()
         return RunOutcome(self.run_id, status, reason, list(self._failed), self.elapsed())
 
     def _finish(self, status: str, reason: str, final: bool) -> None:
-        self._emit({"type": "run", "event": "finished" if final else "stopped", "run": self.run_id,
-                    "status": status, "reason": reason, "time": iso(self.services.clock.now()),
-                    "elapsed_s": round(self.elapsed(), 3)})
-        self.audit.append(self.user, "run.finish" if final else "run.stop", self.run_id, result=status,
-                          reason=reason)
+        self._emit(
+            {
+                "type": "run",
+                "event": "finished" if final else "stopped",
+                "run": self.run_id,
+                "status": status,
+                "reason": reason,
+                "time": iso(self.services.clock.now()),
+                "elapsed_s": round(self.elapsed(), 3),
+            }
+        )
+        self.audit.append(
+            self.user,
+            "run.finish" if final else "run.stop",
+            self.run_id,
+            result=status,
+            reason=reason,
+        )
 
     async def _anchor_audit(self) -> None:
         """Copy the audit chain's head off-host (best effort; a failure is shown, not fatal)."""
@@ -195,9 +254,15 @@ class Executor:
             problems = [f"{exc.__class__.__name__}: {exc}"]
         for problem in problems:
             if self.on_event is not None:
-                self.on_event({"type": "run", "event": "warning", "run": self.run_id,
-                               "time": iso(self.services.clock.now()),
-                               "reason": f"audit checkpoint not stored off-host in {problem}"})
+                self.on_event(
+                    {
+                        "type": "run",
+                        "event": "warning",
+                        "run": self.run_id,
+                        "time": iso(self.services.clock.now()),
+                        "reason": f"audit checkpoint not stored off-host in {problem}",
+                    }
+                )
 
     async def _schedule(self) -> tuple[str, str]:
         rollback = self.runbook.rollback_steps
@@ -259,8 +324,9 @@ class Executor:
 
     def _nodes_for(self, step: Step, quiet: bool = False) -> list[NodeRef | None]:
         try:
-            return step_nodes(step, self.site, self.params,
-                              lambda t: render(t, self._context(None)))
+            return step_nodes(
+                step, self.site, self.params, lambda t: render(t, self._context(None))
+            )
         except Exception:
             if quiet:
                 return [None]
@@ -278,7 +344,9 @@ class Executor:
                 await self._gate(step, None, nodes)
             except GateRefused as exc:
                 for node in nodes:
-                    self._step_event(step, node.name if node else None, "skipped", reason=str(exc).rstrip("."))
+                    self._step_event(
+                        step, node.name if node else None, "skipped", reason=str(exc).rstrip(".")
+                    )
                 return "failed"
         limit = asyncio.Semaphore(step.concurrency or len(nodes) or 1)
         instances = [_Instance(step, n) for n in nodes]
@@ -286,7 +354,9 @@ class Executor:
         async def one(inst: _Instance) -> str:
             async with limit:
                 if self._aborting or self._stopped:
-                    self._step_event(inst, inst.node_name, "skipped", reason=self._aborting or self._stopped)
+                    self._step_event(
+                        inst, inst.node_name, "skipped", reason=self._aborting or self._stopped
+                    )
                     return "skipped"
                 return await self._run_instance(inst)
 
@@ -318,8 +388,13 @@ class Executor:
         where = ", ".join(n.name for n in nodes if n) if node is None else node.name
         title = render(step.title, ctx) if step.title else step.id
         request = GateRequest(
-            run_id=self.run_id, step_id=step.id, title=title, kind=kind,  # type: ignore[arg-type]
-            node=where or None, expected=expected, guide=step.guide,
+            run_id=self.run_id,
+            step_id=step.id,
+            title=title,
+            kind=kind,  # type: ignore[arg-type]
+            node=where or None,
+            expected=expected,
+            guide=step.guide,
             destructive=REGISTRY[step.action].destructive,
         )
         self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
@@ -333,21 +408,35 @@ class Executor:
             self.abort(f"the operator refused the gate of {step.id}")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
-        self.audit.append(self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by)
+        self.audit.append(
+            self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
+        )
 
     async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
-        what = "was in flight when the run stopped" if prior.in_flight else f"failed ({prior.reason})"
-        request = GateRequest(run_id=self.run_id, step_id=inst.step.id,
-                              title=render(inst.step.title, self._context(inst.node)) if inst.step.title else inst.step.id,
-                              kind="rerun", node=inst.node_name,
-                              prompt=f"{inst.step.id}{' on ' + inst.node_name if inst.node_name else ''} {what}; run it again?")
+        what = (
+            "was in flight when the run stopped" if prior.in_flight else f"failed ({prior.reason})"
+        )
+        request = GateRequest(
+            run_id=self.run_id,
+            step_id=inst.step.id,
+            title=render(inst.step.title, self._context(inst.node))
+            if inst.step.title
+            else inst.step.id,
+            kind="rerun",
+            node=inst.node_name,
+            prompt=f"{inst.step.id}{' on ' + inst.node_name if inst.node_name else ''} {what}; run it again?",
+        )
         self._step_event(inst, inst.node_name, "gate", question=request.prompt, kind="rerun")
         answer = await self.confirm(request)
         if answer is None:
             raise _StopRun(f"waiting to re-run {inst.step.id}: {request.prompt}")
         if answer:
-            self._step_event(inst, inst.node_name, "confirmed", by=request.answered_by or self.user, rerun=True)
-            self.audit.append(self.user, "step.rerun", f"{self.run_id}/{inst.step.id}", node=inst.node_name)
+            self._step_event(
+                inst, inst.node_name, "confirmed", by=request.answered_by or self.user, rerun=True
+            )
+            self.audit.append(
+                self.user, "step.rerun", f"{self.run_id}/{inst.step.id}", node=inst.node_name
+            )
         return bool(answer)
 
     async def _run_instance(self, inst: _Instance, rollback: bool = False) -> str:
@@ -356,7 +445,9 @@ class Executor:
         if prior is not None:
             if prior.last == "finished":
                 return "ok"
-            if (prior.in_flight or prior.last == "failed") and not await self._ask_rerun(inst, prior):
+            if (prior.in_flight or prior.last == "failed") and not await self._ask_rerun(
+                inst, prior
+            ):
                 reason = "the operator chose not to re-run it"
                 self._step_event(inst, inst.node_name, "failed", reason=reason)
                 self.abort(f"{step.id} was not re-run")
@@ -373,8 +464,9 @@ class Executor:
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 delay = min(MAX_BACKOFF, step.backoff * 2 ** (attempt - 2))
-                self._step_event(inst, inst.node_name, "retrying", attempt=attempt, reason=reason,
-                                 delay_s=delay)
+                self._step_event(
+                    inst, inst.node_name, "retrying", attempt=attempt, reason=reason, delay_s=delay
+                )
                 await self.services.clock.sleep(delay)
             self._step_event(inst, inst.node_name, "started", attempt=attempt, action=step.action)
             t0 = self.services.clock.monotonic()
@@ -400,13 +492,27 @@ class Executor:
                 result = None
             duration = round(self.services.clock.monotonic() - t0, 3)
             if not reason and result is not None:
-                self._step_event(inst, inst.node_name, "finished", exit_code=result.exit_code,
-                                 duration_s=duration, summary=result.summary, data=_jsonable(result.data))
+                self._step_event(
+                    inst,
+                    inst.node_name,
+                    "finished",
+                    exit_code=result.exit_code,
+                    duration_s=duration,
+                    summary=result.summary,
+                    data=_jsonable(result.data),
+                )
                 return "ok"
             extra: dict[str, Any] = {"exit_code": result.exit_code} if result is not None else {}
             if attempt == attempts:
-                self._step_event(inst, inst.node_name, "failed", reason=reason, duration_s=duration,
-                                 attempt=attempt, **extra)
+                self._step_event(
+                    inst,
+                    inst.node_name,
+                    "failed",
+                    reason=reason,
+                    duration_s=duration,
+                    attempt=attempt,
+                    **extra,
+                )
         label = f"{step.id}{' on ' + inst.node_name if inst.node_name else ''}"
         self._failed.append(label)
         if rollback:
@@ -424,8 +530,14 @@ class Executor:
             rollback = self.runbook.steps[step.on_failure]
             targets = self._nodes_for(rollback) if (rollback.for_each or rollback.node) else [node]
             for target in targets:
-                self._step_event(rollback, target.name if target else None, "output", durable=False,
-                                 stream="stdout", text=f"rolling back after {step.id} failed")
+                self._step_event(
+                    rollback,
+                    target.name if target else None,
+                    "output",
+                    durable=False,
+                    stream="stdout",
+                    text=f"rolling back after {step.id} failed",
+                )
                 await self._run_instance(_Instance(rollback, target), rollback=True)
         return "failed"
 
@@ -436,16 +548,32 @@ class Executor:
         for name, spec in REGISTRY[step.action].fields.items():
             if name in step.fields:
                 raw = step.fields[name]
-                values[name] = render_value(raw, ctx_vars, quote=spec.kind == "command") if spec.templated else raw
+                values[name] = (
+                    render_value(raw, ctx_vars, quote=spec.kind == "command")
+                    if spec.templated
+                    else raw
+                )
             elif spec.default is not None:
                 values[name] = spec.default
 
         async def emit(stream: str, text: str) -> None:
-            self._step_event(inst, inst.node_name, "output", durable=False, stream=stream, text=text)
+            self._step_event(
+                inst, inst.node_name, "output", durable=False, stream=stream, text=text
+            )
 
-        ctx = StepContext(run_id=self.run_id, step=step, node=inst.node.node if inst.node else None,
-                          values=values, site=self.site, services=self.services, emit=emit,
-                          confirm=self.confirm, drill=self.drill, user=self.user, params=self.params)
+        ctx = StepContext(
+            run_id=self.run_id,
+            step=step,
+            node=inst.node.node if inst.node else None,
+            values=values,
+            site=self.site,
+            services=self.services,
+            emit=emit,
+            confirm=self.confirm,
+            drill=self.drill,
+            user=self.user,
+            params=self.params,
+        )
         if step.timeout:
             return await asyncio.wait_for(action.run(ctx), step.timeout)
         return await action.run(ctx)
@@ -464,6 +592,7 @@ class Executor:
         if expect and expect.stderr and not re.search(expect.stderr, result.stderr):
             return f"error output does not match {expect.stderr!r}"
         return ""
+
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}

@@ -68,10 +68,18 @@ async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatu
         state = "active" if result.exit_status == 0 and service == "active" else "inactive"
         detail = f"{node.service} {service}"
     except TimeoutError:
-        return NodeStatus(node.name, node.host, node.groups, "unreachable",
-                          f"no answer within {timeout:g}s", latency)
+        return NodeStatus(
+            node.name,
+            node.host,
+            node.groups,
+            "unreachable",
+            f"no answer within {timeout:g}s",
+            latency,
+        )
     except OperationFailed as exc:
-        return NodeStatus(node.name, node.host, node.groups, "unreachable", str(exc).rstrip("."), latency)
+        return NodeStatus(
+            node.name, node.host, node.groups, "unreachable", str(exc).rstrip("."), latency
+        )
     height = None
     if node.health_url:
         ok, health_detail, height = await _health(node.health_url, min(timeout, 5.0))
@@ -81,8 +89,9 @@ async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatu
     return NodeStatus(node.name, node.host, node.groups, state, detail, latency, height)
 
 
-async def poll_fleet(site: Site, services: Services, timeout: float | None = None,
-                     limit: int = 64) -> list[NodeStatus]:
+async def poll_fleet(
+    site: Site, services: Services, timeout: float | None = None, limit: int = 64
+) -> list[NodeStatus]:
     """Poll every node concurrently (at most `limit` at once); results in site order."""
     per_node = timeout or (site.ssh.connect_timeout + 10.0)
     gate = asyncio.Semaphore(limit)
@@ -92,8 +101,14 @@ async def poll_fleet(site: Site, services: Services, timeout: float | None = Non
             try:
                 return await asyncio.wait_for(poll_node(node, services, per_node), per_node + 5)
             except TimeoutError:
-                return NodeStatus(node.name, node.host, node.groups, "unreachable",
-                                  f"no answer within {per_node:g}s", None)
+                return NodeStatus(
+                    node.name,
+                    node.host,
+                    node.groups,
+                    "unreachable",
+                    f"no answer within {per_node:g}s",
+                    None,
+                )
 
     return list(await asyncio.gather(*(one(n) for n in site.nodes.values())))
 

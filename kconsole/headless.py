@@ -19,10 +19,23 @@ from kconsole.runs import open_resume
 from kconsole.services import Services
 from kconsole.site import Site, current_user
 
-_SYMBOL = {"started": "..", "finished": "ok", "failed": "!!", "skipped": "--", "retrying": "<>",
-           "gate": "??", "confirmed": "=>", "refused": "xx"}
-EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_FAILED,
-                   "waiting": EXIT_INTERRUPTED, "interrupted": EXIT_INTERRUPTED}
+_SYMBOL = {
+    "started": "..",
+    "finished": "ok",
+    "failed": "!!",
+    "skipped": "--",
+    "retrying": "<>",
+    "gate": "??",
+    "confirmed": "=>",
+    "refused": "xx",
+}
+EXIT_FOR_STATUS = {
+    "succeeded": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "aborted": EXIT_FAILED,
+    "waiting": EXIT_INTERRUPTED,
+    "interrupted": EXIT_INTERRUPTED,
+}
 
 
 def human_line(record: dict[str, Any]) -> str | None:
@@ -51,7 +64,9 @@ def human_line(record: dict[str, Any]) -> str | None:
     if ev == "failed" or ev == "skipped" or ev == "retrying":
         extra = f": {record.get('reason', '')}"
     elif ev == "finished":
-        extra = f" ({record.get('duration_s', 0)}s)" + (f" {record['summary']}" if record.get("summary") else "")
+        extra = f" ({record.get('duration_s', 0)}s)" + (
+            f" {record['summary']}" if record.get("summary") else ""
+        )
     elif ev == "gate":
         extra = f": {record.get('question', '')}"
     elif ev == "confirmed":
@@ -61,8 +76,17 @@ def human_line(record: dict[str, Any]) -> str | None:
     return f"{t} {_SYMBOL.get(ev, '  ')} {record['step']}{where} {ev}{extra}"
 
 
-def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, drill: bool, as_json: bool,
-                 resume: str | None, printer: Callable[[str], None]) -> int:
+def run_headless(
+    *,
+    site: Site,
+    runbook: str,
+    params: list[str],
+    yes: bool,
+    drill: bool,
+    as_json: bool,
+    resume: str | None,
+    printer: Callable[[str], None],
+) -> int:
     """Run or resume; returns the exit code for the run's final status."""
     user = current_user()
     site.access.require_operate(user, "run runbooks")
@@ -72,10 +96,15 @@ def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, dril
         point = open_resume(site, resume, user)
         rb = point.runbook
         try:
-            if runbook != rb.id and load_runbook(resolve_runbook_path(runbook, [site_runbooks])).id != rb.id:
+            if (
+                runbook != rb.id
+                and load_runbook(resolve_runbook_path(runbook, [site_runbooks])).id != rb.id
+            ):
                 raise UsageError(f"run {resume} ran runbook {rb.id}, not {runbook}.")
             if params:
-                raise UsageError("--param cannot change a resumed run; it keeps the parameters it started with.")
+                raise UsageError(
+                    "--param cannot change a resumed run; it keeps the parameters it started with."
+                )
         except BaseException:
             point.journal.close()
             raise
@@ -110,18 +139,33 @@ def run_headless(*, site: Site, runbook: str, params: list[str], yes: bool, dril
                 printer(line)
 
     services = Services.for_site(site)
-    executor = Executor(rb, site, resolved, journal=journal, confirm=confirm, services=services, user=user,
-                        drill=drill, on_event=on_event, prior=prior, raw_params=raw_params)
+    executor = Executor(
+        rb,
+        site,
+        resolved,
+        journal=journal,
+        confirm=confirm,
+        services=services,
+        user=user,
+        drill=drill,
+        on_event=on_event,
+        prior=prior,
+        raw_params=raw_params,
+    )
     try:
         outcome = _drive(executor, resumed=bool(resume), services=services)
     finally:
         journal.close()
     if outcome is None:
         if not as_json:
-            printer(f"run {run_id} interrupted; resume with: kconsole run {rb.id} --resume {run_id}")
+            printer(
+                f"run {run_id} interrupted; resume with: kconsole run {rb.id} --resume {run_id}"
+            )
         return EXIT_INTERRUPTED
     if outcome.status == "waiting" and not as_json:
-        printer(f"run {run_id} stopped at a gate; resume with: kconsole run {rb.id} --resume {run_id}")
+        printer(
+            f"run {run_id} stopped at a gate; resume with: kconsole run {rb.id} --resume {run_id}"
+        )
     return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
 
 

@@ -24,7 +24,17 @@ from typing import Any
 from kconsole.errors import UsageError
 from kconsole.fsutil import atomic_write, fsync_dir
 
-STEP_EVENTS = ("started", "output", "gate", "confirmed", "refused", "retrying", "finished", "failed", "skipped")
+STEP_EVENTS = (
+    "started",
+    "output",
+    "gate",
+    "confirmed",
+    "refused",
+    "retrying",
+    "finished",
+    "failed",
+    "skipped",
+)
 RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "aborted", "interrupted")
 
 
@@ -89,7 +99,9 @@ class RunJournal:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UsageError(f"run {self.run_id} is being run by another kconsole process right now.") from None
+            raise UsageError(
+                f"run {self.run_id} is being run by another kconsole process right now."
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -186,8 +198,16 @@ class RunSummary:
 
     def as_json(self) -> dict[str, Any]:
         """The `runs --json` line."""
-        return {"id": self.id, "runbook": self.runbook, "status": self.status, "started": self.started,
-                "finished": self.finished or None, "drill": self.drill, "user": self.user, "reason": self.reason}
+        return {
+            "id": self.id,
+            "runbook": self.runbook,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished or None,
+            "drill": self.drill,
+            "user": self.user,
+            "reason": self.reason,
+        }
 
 
 def summarise(run_dir: Path) -> RunSummary:
@@ -195,9 +215,15 @@ def summarise(run_dir: Path) -> RunSummary:
     records, _ = read_records(run_dir / "journal.jsonl")
     head = next((r for r in records if r.get("type") == "run" and r.get("event") == "created"), {})
     summary = RunSummary(
-        id=run_dir.name, runbook=str(head.get("runbook", "?")), status="running",
-        started=str(head.get("time", "")), finished="", drill=bool(head.get("drill")),
-        user=str(head.get("user", "")), params=dict(head.get("params", {})), title=str(head.get("title", "")),
+        id=run_dir.name,
+        runbook=str(head.get("runbook", "?")),
+        status="running",
+        started=str(head.get("time", "")),
+        finished="",
+        drill=bool(head.get("drill")),
+        user=str(head.get("user", "")),
+        params=dict(head.get("params", {})),
+        title=str(head.get("title", "")),
         records=records,
     )
     final: dict[str, Any] | None = None

@@ -25,18 +25,32 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def served_lab(directory: Path, nodes: int = 9, faults: str = "") -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def served_lab(
+    directory: Path, nodes: int = 9, faults: str = ""
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """Run `kconsole lab serve` in a child process until the block ends: (process, site path).
 
     Its log goes to DIR/lab.log: a pipe nobody reads would fill and stall the lab.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "kconsole", "lab", "serve", "--dir", str(directory), "--nodes", str(nodes)]
+    args = [
+        sys.executable,
+        "-m",
+        "kconsole",
+        "lab",
+        "serve",
+        "--dir",
+        str(directory),
+        "--nodes",
+        str(nodes),
+    ]
     if faults:
         args += ["--faults", faults]
     log_path = directory / "lab.log"
     log = log_path.open("a")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()

@@ -18,9 +18,14 @@ from kconsole.runbook import load_runbook
 from kconsole.site import Site
 
 SCENARIO_NAMES = {
-    "single-node": "Single Node", "multiple-nodes": "Multiple Node", "complete-network": "Complete Network",
-    "security-incident": "Security", "backup": "Backup", "verification": "Backup Verification",
-    "recovery-test": "Single Node (recovery test)", "drill": "Drill",
+    "single-node": "Single Node",
+    "multiple-nodes": "Multiple Node",
+    "complete-network": "Complete Network",
+    "security-incident": "Security",
+    "backup": "Backup",
+    "verification": "Backup Verification",
+    "recovery-test": "Single Node (recovery test)",
+    "drill": "Drill",
 }
 
 
@@ -55,37 +60,80 @@ def build_report(site: Site, run_id: str) -> dict[str, Any]:
         ev, step = r.get("event"), runbook.steps.get(str(r.get("step")))
         action = step.action if step else ""
         if ev in ("confirmed", "refused"):
-            gates.append({"time": r.get("time"), "step": r.get("step"), "node": r.get("node"), "answer": ev,
-                          "by": r.get("by", ""), "note": r.get("note", "")})
+            gates.append(
+                {
+                    "time": r.get("time"),
+                    "step": r.get("step"),
+                    "node": r.get("node"),
+                    "answer": ev,
+                    "by": r.get("by", ""),
+                    "note": r.get("note", ""),
+                }
+            )
         elif ev == "finished":
             data = r.get("data") or {}
-            steps.append({"step": r.get("step"), "node": r.get("node"), "duration_s": r.get("duration_s"),
-                          "summary": r.get("summary", "")})
+            steps.append(
+                {
+                    "step": r.get("step"),
+                    "node": r.get("node"),
+                    "duration_s": r.get("duration_s"),
+                    "summary": r.get("summary", ""),
+                }
+            )
             if action == "backup.restore" and data.get("backup"):
                 parsed = parse_id(str(data["backup"]))
                 age = (started - parsed[2]).total_seconds() if parsed and started else None
-                backups_used.append({"node": r.get("node"), "backup": data["backup"], "replica": data.get("replica"),
-                                     "key_id": data.get("key_id"), "age_at_start_s": age})
+                backups_used.append(
+                    {
+                        "node": r.get("node"),
+                        "backup": data["backup"],
+                        "replica": data.get("replica"),
+                        "key_id": data.get("key_id"),
+                        "age_at_start_s": age,
+                    }
+                )
             if action == "backup.verify":
                 verified += int(data.get("verified", 0))
             if action == "backup.create":
                 created += 1
         elif ev == "failed":
-            failures.append({"time": r.get("time"), "step": r.get("step"), "node": r.get("node"),
-                             "reason": r.get("reason", "")})
+            failures.append(
+                {
+                    "time": r.get("time"),
+                    "step": r.get("step"),
+                    "node": r.get("node"),
+                    "reason": r.get("reason", ""),
+                }
+            )
             if action == "backup.verify":
                 verify_failed = True
     rpo_ages = [b["age_at_start_s"] for b in backups_used if b["age_at_start_s"] is not None]
     return {
-        "run": run_id, "runbook": runbook.id, "title": runbook.title, "scenario": runbook.scenario,
-        "drill": summary.drill, "status": summary.status, "reason": summary.reason, "user": summary.user,
-        "site": site.name, "started": summary.started, "finished": summary.finished or None,
-        "elapsed_s": elapsed, "rto_s": runbook.rto, "rpo_s": runbook.rpo,
+        "run": run_id,
+        "runbook": runbook.id,
+        "title": runbook.title,
+        "scenario": runbook.scenario,
+        "drill": summary.drill,
+        "status": summary.status,
+        "reason": summary.reason,
+        "user": summary.user,
+        "site": site.name,
+        "started": summary.started,
+        "finished": summary.finished or None,
+        "elapsed_s": elapsed,
+        "rto_s": runbook.rto,
+        "rpo_s": runbook.rpo,
         "rto_met": None if elapsed is None or not runbook.rto else elapsed <= runbook.rto,
         "rpo_met": None if not rpo_ages or not runbook.rpo else max(rpo_ages) <= runbook.rpo,
         "backup_integrity": None if not verified and not verify_failed else not verify_failed,
-        "backups_verified": verified, "backups_created": created, "backups_used": backups_used,
-        "params": summary.params, "steps": steps, "failures": failures, "gates": gates, "notes": notes,
+        "backups_verified": verified,
+        "backups_created": created,
+        "backups_used": backups_used,
+        "params": summary.params,
+        "steps": steps,
+        "failures": failures,
+        "gates": gates,
+        "notes": notes,
     }
 
 
@@ -119,7 +167,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- **Backup Integrity**: {_yes(rep['backup_integrity'], 'Pass', 'Fail')} ({rep['backups_verified']} verified)",
         f"- **Recovery Success**: {'Pass' if rep['status'] == 'succeeded' else 'Fail'}",
         f"- **RTO Met**: {_yes(rep['rto_met'])} ({elapsed} against {format_duration(rep['rto_s'])})",
-        f"- **RPO Met**: {_yes(rep['rpo_met'])}" + (f" (target {format_duration(rep['rpo_s'])})" if rep["rpo_s"] else ""),
+        f"- **RPO Met**: {_yes(rep['rpo_met'])}"
+        + (f" (target {format_duration(rep['rpo_s'])})" if rep["rpo_s"] else ""),
         f"- **Data Consistency**: {'Verified' if rep['backups_used'] and rep['status'] == 'succeeded' else 'Not Verified'}",
         "",
         "## Backups Used",
@@ -128,24 +177,51 @@ def render_markdown(rep: dict[str, Any]) -> str:
         out += ["| node | backup | from | key | age at start |", "| --- | --- | --- | --- | --- |"]
         for b in rep["backups_used"]:
             age = format_duration(b["age_at_start_s"]) if b["age_at_start_s"] is not None else "-"
-            out.append(f"| {b['node']} | {b['backup']} | {b['replica']} | {str(b['key_id'])[:8]} | {age} |")
+            out.append(
+                f"| {b['node']} | {b['backup']} | {b['replica']} | {str(b['key_id'])[:8]} | {age} |"
+            )
     else:
         out.append("None restored.")
-    out += ["", "## Performance Metrics", "| step | node | duration | result |", "| --- | --- | ---: | --- |"]
+    out += [
+        "",
+        "## Performance Metrics",
+        "| step | node | duration | result |",
+        "| --- | --- | ---: | --- |",
+    ]
     for s in rep["steps"]:
-        out.append(f"| {s['step']} | {s['node'] or '-'} | {s['duration_s']}s | {s['summary'] or 'ok'} |")
+        out.append(
+            f"| {s['step']} | {s['node'] or '-'} | {s['duration_s']}s | {s['summary'] or 'ok'} |"
+        )
     out += ["", "## Gates"]
-    out += [f"- {g['time']} {g['step']}{' on ' + g['node'] if g['node'] else ''}: {g['answer']} by {g['by']}"
-            + (f" — note: {g['note']}" if g["note"] else "") for g in rep["gates"]] or ["No gates."]
+    out += [
+        f"- {g['time']} {g['step']}{' on ' + g['node'] if g['node'] else ''}: {g['answer']} by {g['by']}"
+        + (f" — note: {g['note']}" if g["note"] else "")
+        for g in rep["gates"]
+    ] or ["No gates."]
     out += ["", "## Issues Identified"]
-    out += [f"{i}. **{f['step']}{' on ' + f['node'] if f['node'] else ''}** — {f['reason']} - Severity: "
-            f"{'High' if rep['status'] != 'succeeded' else 'Medium'}" for i, f in enumerate(rep["failures"], 1)]
+    out += [
+        f"{i}. **{f['step']}{' on ' + f['node'] if f['node'] else ''}** — {f['reason']} - Severity: "
+        f"{'High' if rep['status'] != 'succeeded' else 'Medium'}"
+        for i, f in enumerate(rep["failures"], 1)
+    ]
     if not rep["failures"]:
         out.append("None.")
     out += ["", "## Operator Notes"]
     out += [f"- {n['time']} {n['user']}: {n['text']}" for n in rep["notes"]] or ["None."]
-    out += ["", "## Recommendations", "1. ", "", "## Next Steps", "- [ ] ", "",
-            "## Sign-off", "- **Test Engineer**: ", "- **Operations Lead**: ", "- **Date**: ", ""]
+    out += [
+        "",
+        "## Recommendations",
+        "1. ",
+        "",
+        "## Next Steps",
+        "- [ ] ",
+        "",
+        "## Sign-off",
+        "- **Test Engineer**: ",
+        "- **Operations Lead**: ",
+        "- **Date**: ",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -26,12 +26,30 @@ from typing import Any
 from kconsole.errors import UsageError
 from kconsole.site import Site
 
-_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
-_MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
-                                       "nov", "dec"), start=1)}
+_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+        start=1,
+    )
+}
 _DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
-_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
-            "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 _MINUTE = timedelta(minutes=1)
 _SEARCH_STEPS = 200_000
 
@@ -56,11 +74,21 @@ class Cron:
         expr = _ALIASES.get(text.strip().lower(), text.strip())
         parts = expr.split()
         if len(parts) != 5:
-            raise ValueError(f'"{text}" is not a cron expression (five fields: minute hour day month weekday)')
+            raise ValueError(
+                f'"{text}" is not a cron expression (five fields: minute hour day month weekday)'
+            )
         sets = [_field(p, *spec, text) for p, spec in zip(parts, _FIELDS, strict=True)]
         weekdays = frozenset(0 if d == 7 else d for d in sets[4])
-        return cls(text.strip(), sets[0], sets[1], sets[2], sets[3], weekdays,
-                   parts[2].startswith("*"), parts[4].startswith("*"))
+        return cls(
+            text.strip(),
+            sets[0],
+            sets[1],
+            sets[2],
+            sets[3],
+            weekdays,
+            parts[2].startswith("*"),
+            parts[4].startswith("*"),
+        )
 
     def day_matches(self, d: date) -> bool:
         """Whether cron runs on day `d` (Vixie cron's either-day rule when both are restricted)."""
@@ -72,8 +100,12 @@ class Cron:
 
     def matches(self, t: datetime) -> bool:
         """Whether cron fires in the minute of `t` (read as wall-clock time)."""
-        return (t.minute in self.minutes and t.hour in self.hours and t.month in self.months
-                and self.day_matches(t.date()))
+        return (
+            t.minute in self.minutes
+            and t.hour in self.hours
+            and t.month in self.months
+            and self.day_matches(t.date())
+        )
 
     def next_after(self, t: datetime) -> datetime:
         """The first firing strictly after `t` (same tzinfo as `t`; computed on its wall clock)."""
@@ -134,7 +166,9 @@ def _field(part: str, name: str, low: int, high: int, text: str) -> frozenset[in
             raise ValueError(f'bad {name} "{token}" in cron expression "{text}"')
         value = int(token)
         if not low <= value <= high:
-            raise ValueError(f'{name} {value} is out of range {low}-{high} in cron expression "{text}"')
+            raise ValueError(
+                f'{name} {value} is out of range {low}-{high} in cron expression "{text}"'
+            )
         return value
 
     out: set[int] = set()
@@ -143,7 +177,9 @@ def _field(part: str, name: str, low: int, high: int, text: str) -> frozenset[in
         step = 1
         if step_text:
             if not step_text.isdigit() or int(step_text) == 0:
-                raise ValueError(f'bad step "/{step_text}" in the {name} of cron expression "{text}"')
+                raise ValueError(
+                    f'bad step "/{step_text}" in the {name} of cron expression "{text}"'
+                )
             step = int(step_text)
         if base == "*":
             first, last = low, high
@@ -176,8 +212,12 @@ PLAN_SCHEDULE: tuple[ScheduleEntry, ...] = (
     ScheduleEntry("backup-system-logs", "0 2 * * *", "system-logs"),
     ScheduleEntry("backup-full-system", "0 3 * * 0", "full-system"),
     ScheduleEntry("backup-archive", "0 4 1 * *", "archive"),
-    ScheduleEntry("verify-backups", "0 5 * * *", "",
-                  "the plan's testing schedule (daily backup verification; 05:00, after the night's backups)"),
+    ScheduleEntry(
+        "verify-backups",
+        "0 5 * * *",
+        "",
+        "the plan's testing schedule (daily backup verification; 05:00, after the night's backups)",
+    ),
 )
 """The plan's `/etc/crontab`, each script replaced by the runbook that does its job."""
 
@@ -193,7 +233,9 @@ def schedule_for(site: Site) -> list[ScheduleEntry]:
                 Cron.parse(tier.schedule)
             except ValueError as exc:
                 raise UsageError(f"{site.path}: [tiers.{tier.name}] schedule: {exc}.") from None
-            entry = ScheduleEntry(entry.runbook, tier.schedule, entry.kind, f"[tiers.{tier.name}] schedule")
+            entry = ScheduleEntry(
+                entry.runbook, tier.schedule, entry.kind, f"[tiers.{tier.name}] schedule"
+            )
         out.append(entry)
     return out
 
@@ -241,7 +283,11 @@ def last_runs(state_dir: Path, runbooks: Iterable[str]) -> dict[str, LastRuns]:
             continue
         summary = summarise(d)
         if not info.last_id:
-            info.last_id, info.last_started, info.last_status = summary.id, summary.started, summary.status
+            info.last_id, info.last_started, info.last_status = (
+                summary.id,
+                summary.started,
+                summary.status,
+            )
         if summary.status == "succeeded":
             info.success_id, info.success_started = summary.id, summary.started
         if all(v.success_id for v in out.values()):
@@ -283,13 +329,24 @@ class ScheduleStatus:
 
     def as_json(self) -> dict[str, Any]:
         """The `schedule --json` line."""
-        return {"runbook": self.entry.runbook, "cron": self.entry.cron, "kind": self.entry.kind or None,
-                "source": self.entry.source, "available": self.available, "as_of": _iso(self.as_of),
-                "next_due": _iso(self.next_due), "prev_due": _iso(self.prev_due),
-                "last_run": self.last.last_id or None, "last_status": self.last.last_status or None,
-                "last_started": self.last.last_started or None, "last_success": self.last.success_id or None,
-                "last_success_started": self.last.success_started or None, "overdue": self.overdue,
-                "missed": self.missed, "reason": self.reason}
+        return {
+            "runbook": self.entry.runbook,
+            "cron": self.entry.cron,
+            "kind": self.entry.kind or None,
+            "source": self.entry.source,
+            "available": self.available,
+            "as_of": _iso(self.as_of),
+            "next_due": _iso(self.next_due),
+            "prev_due": _iso(self.prev_due),
+            "last_run": self.last.last_id or None,
+            "last_status": self.last.last_status or None,
+            "last_started": self.last.last_started or None,
+            "last_success": self.last.success_id or None,
+            "last_success_started": self.last.success_started or None,
+            "overdue": self.overdue,
+            "missed": self.missed,
+            "reason": self.reason,
+        }
 
 
 def _iso(t: datetime) -> str:
@@ -303,8 +360,12 @@ def local_tz() -> tzinfo:
     return tz
 
 
-def schedule_status(site: Site, now: datetime | None = None, tz: tzinfo | None = None,
-                    entries: list[ScheduleEntry] | None = None) -> list[ScheduleStatus]:
+def schedule_status(
+    site: Site,
+    now: datetime | None = None,
+    tz: tzinfo | None = None,
+    entries: list[ScheduleEntry] | None = None,
+) -> list[ScheduleStatus]:
     """Next due, previous due, last run and overdue-ness of every scheduled runbook.
 
     A runbook is overdue when a due time passed more than a grace period ago (half its
@@ -331,14 +392,20 @@ def schedule_status(site: Site, now: datetime | None = None, tz: tzinfo | None =
         else:
             missed = cron.firings(started.astimezone(tz) + slack, now - timedelta(seconds=grace))
             overdue = missed > 0
-            reason = (f"{missed} due time(s) since its last run at {_iso(started)} went by" if overdue else
-                      f"last run {last.last_status}" if last.last_status in ("failed", "aborted", "interrupted")
-                      else "")
+            reason = (
+                f"{missed} due time(s) since its last run at {_iso(started)} went by"
+                if overdue
+                else f"last run {last.last_status}"
+                if last.last_status in ("failed", "aborted", "interrupted")
+                else ""
+            )
         out.append(ScheduleStatus(e, available, now, nxt, prev, last, overdue, missed, reason))
     return out
 
 
-def crontab(site: Site, entries: list[ScheduleEntry] | None = None, python: str | None = None) -> str:
+def crontab(
+    site: Site, entries: list[ScheduleEntry] | None = None, python: str | None = None
+) -> str:
     """The crontab lines that run the scheduled runbooks headless, each under flock so a
     slow run is never overlapped by the next one, appending its JSON events to a log."""
     entries = entries if entries is not None else schedule_for(site)
@@ -357,24 +424,34 @@ def crontab(site: Site, entries: list[ScheduleEntry] | None = None, python: str 
     ]
     envs = sorted({t.webhook_env for t in site.notify.values() if t.webhook_env})
     if envs:
-        lines.append(f"# Notifications need {', '.join(envs)} in cron's environment: set it below (this crontab")
+        lines.append(
+            f"# Notifications need {', '.join(envs)} in cron's environment: set it below (this crontab"
+        )
         lines.append("# is private to its user); never in site.toml.")
         lines += [f"# {name}=" for name in envs]
     lines += ["SHELL=/bin/sh", ""]
     for e in entries:
         if not runbook_available(site, e.runbook):
-            lines.append(f"# {e.runbook}: not found among the shipped or the site's runbooks; not scheduled.")
+            lines.append(
+                f"# {e.runbook}: not found among the shipped or the site's runbooks; not scheduled."
+            )
             continue
         lock = shlex.quote(str(cron_dir / f"{e.runbook}.lock"))
         log = shlex.quote(str(cron_dir / f"{e.runbook}.log"))
-        command = (f"mkdir -p {shlex.quote(str(cron_dir))} && flock -n {lock} {kconsole} run {shlex.quote(e.runbook)}"
-                   f" --yes --json >> {log} 2>&1")
+        command = (
+            f"mkdir -p {shlex.quote(str(cron_dir))} && flock -n {lock} {kconsole} run {shlex.quote(e.runbook)}"
+            f" --yes --json >> {log} 2>&1"
+        )
         lines.append(f"# {e.runbook}: {e.source}")
         # `%` ends a cron command line (the rest becomes stdin) unless escaped.
         lines.append(f"{e.cron} {command.replace('%', chr(92) + '%')}")
-    lines += ["", "# Backup metrics for node_exporter's textfile collector (set the directory it reads):",
-              f"# * * * * * {kconsole} metrics -o /var/lib/prometheus/node-exporter/kconsole.prom".replace(
-                  "%", chr(92) + "%")]
+    lines += [
+        "",
+        "# Backup metrics for node_exporter's textfile collector (set the directory it reads):",
+        f"# * * * * * {kconsole} metrics -o /var/lib/prometheus/node-exporter/kconsole.prom".replace(
+            "%", chr(92) + "%"
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -397,8 +474,14 @@ class KeyRotation:
 
     def as_json(self) -> dict[str, Any]:
         """The key-rotation fields `kconsole schedule --json` and the metrics carry."""
-        return {"key_id": self.key_id, "since": _iso(self.since), "age_s": round(self.age_s),
-                "rotate_after_s": round(self.rotate_after_s), "due": _iso(self.due), "overdue": self.overdue}
+        return {
+            "key_id": self.key_id,
+            "since": _iso(self.since),
+            "age_s": round(self.age_s),
+            "rotate_after_s": round(self.rotate_after_s),
+            "due": _iso(self.due),
+            "overdue": self.overdue,
+        }
 
 
 def key_rotation(site: Site, now: datetime | None = None) -> KeyRotation | None:
@@ -417,5 +500,11 @@ def key_rotation(site: Site, now: datetime | None = None) -> KeyRotation | None:
         return None
     since = datetime.fromtimestamp(key.path.stat().st_mtime).astimezone()
     now = now or datetime.now().astimezone()
-    return KeyRotation(key.key_id, key.path, since, (now - since).total_seconds(), site.key_rotate_after,
-                       since + timedelta(seconds=site.key_rotate_after))
+    return KeyRotation(
+        key.key_id,
+        key.path,
+        since,
+        (now - since).total_seconds(),
+        site.key_rotate_after,
+        since + timedelta(seconds=site.key_rotate_after),
+    )

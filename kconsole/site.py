@@ -174,7 +174,9 @@ class Access:
         if role in ("admin", "operator"):
             return role
         if role == "auditor":
-            raise AccessDenied(f"{user} is an auditor and may not {what}; auditors can look, not change.")
+            raise AccessDenied(
+                f"{user} is an auditor and may not {what}; auditors can look, not change."
+            )
         raise AccessDenied(f"{user} has no role in this site's [access] table and may not {what}.")
 
     def require_admin(self, user: str, what: str) -> None:
@@ -277,18 +279,46 @@ def validate_site(src: SourceFile) -> list[Problem]:
     return problems
 
 
-_TOP = ("site", "ssh", "nodes", "locations", "keys", "tiers", "contacts", "escalation", "notify", "access")
+_TOP = (
+    "site",
+    "ssh",
+    "nodes",
+    "locations",
+    "keys",
+    "tiers",
+    "contacts",
+    "escalation",
+    "notify",
+    "access",
+)
 _SITE_KEYS = ("name", "state_dir", "description", "health_url")
 _SSH_KEYS = (
-    "user", "identity", "known_hosts", "connect_timeout", "keepalive", "command_timeout",
-    "jump_host", "config", "max_channels",
+    "user",
+    "identity",
+    "known_hosts",
+    "connect_timeout",
+    "keepalive",
+    "command_timeout",
+    "jump_host",
+    "config",
+    "max_channels",
 )
 _NODE_KEYS = ("name", "host", "port", "groups", "root", "health_url", "user", "service")
 _LOCATION_KEYS = {
     "local": ("type", "path", "role"),
     "sftp": ("type", "path", "host", "port", "node", "transport", "role"),
-    "s3": ("type", "bucket", "prefix", "endpoint_url", "region", "object_lock", "role", "credentials_file",
-           "profile", "retention_days"),
+    "s3": (
+        "type",
+        "bucket",
+        "prefix",
+        "endpoint_url",
+        "region",
+        "object_lock",
+        "role",
+        "credentials_file",
+        "profile",
+        "retention_days",
+    ),
 }
 _TIER_KEYS = ("rpo", "rto", "kinds", "retention", "schedule", "title")
 _CONTACT_KEYS = ("name", "role", "email", "phone", "on_call")
@@ -318,13 +348,19 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     ssh = SshSettings(
         user=str(ssh_t.get("user", "")),
         identity=rel(ssh_t["identity"]) if isinstance(ssh_t.get("identity"), str) else None,
-        known_hosts=rel(ssh_t["known_hosts"]) if isinstance(ssh_t.get("known_hosts"), str) else None,
+        known_hosts=rel(ssh_t["known_hosts"])
+        if isinstance(ssh_t.get("known_hosts"), str)
+        else None,
         connect_timeout=expect_duration(src, ssh_t, ("ssh",), "connect_timeout", problems) or 10.0,
         keepalive=expect_duration(src, ssh_t, ("ssh",), "keepalive", problems) or 15.0,
         command_timeout=expect_duration(src, ssh_t, ("ssh",), "command_timeout", problems) or 900.0,
         jump_host=str(ssh_t.get("jump_host", "")),
-        config=rel(ssh_t["config"]) if isinstance(ssh_t.get("config"), str) and ssh_t["config"] else None,
-        max_channels=int(ssh_t.get("max_channels", 8)) if expect_type(src, ssh_t, ("ssh",), "max_channels", int, "an integer", problems) else 8,
+        config=rel(ssh_t["config"])
+        if isinstance(ssh_t.get("config"), str) and ssh_t["config"]
+        else None,
+        max_channels=int(ssh_t.get("max_channels", 8))
+        if expect_type(src, ssh_t, ("ssh",), "max_channels", int, "an integer", problems)
+        else 8,
     )
 
     nodes: dict[str, Node] = {}
@@ -374,8 +410,10 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         kind = loc.get("type")
         if kind not in _LOCATION_KEYS:
             problems.append(
-                src.problem((*kp, "type") if "type" in loc else kp,
-                            f'[locations.{name}] needs type = "local", "sftp" or "s3"')
+                src.problem(
+                    (*kp, "type") if "type" in loc else kp,
+                    f'[locations.{name}] needs type = "local", "sftp" or "s3"',
+                )
             )
             continue
         required = {"local": ("path",), "sftp": ("path",), "s3": ("bucket",)}[kind]
@@ -386,13 +424,22 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         if kind == "local" and path:
             path = str(rel(path))
         locations[name] = Location(
-            name=name, type=kind, path=path, host=str(loc.get("host", "")),
-            port=int(loc.get("port", 22)), node=str(loc.get("node", "")),
-            bucket=str(loc.get("bucket", "")), prefix=str(loc.get("prefix", "")),
-            endpoint_url=str(loc.get("endpoint_url", "")), region=str(loc.get("region", "us-east-1")),
-            object_lock=bool(loc.get("object_lock", False)), transport=str(loc.get("transport", "asyncssh")),
+            name=name,
+            type=kind,
+            path=path,
+            host=str(loc.get("host", "")),
+            port=int(loc.get("port", 22)),
+            node=str(loc.get("node", "")),
+            bucket=str(loc.get("bucket", "")),
+            prefix=str(loc.get("prefix", "")),
+            endpoint_url=str(loc.get("endpoint_url", "")),
+            region=str(loc.get("region", "us-east-1")),
+            object_lock=bool(loc.get("object_lock", False)),
+            transport=str(loc.get("transport", "asyncssh")),
             role=str(loc.get("role", "")),
-            credentials_file=str(rel(loc["credentials_file"])) if loc.get("credentials_file") else "",
+            credentials_file=str(rel(loc["credentials_file"]))
+            if loc.get("credentials_file")
+            else "",
             profile=str(loc.get("profile", "")),
             retention_days=int(loc.get("retention_days", 0)),
         )
@@ -410,7 +457,12 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         check_keys(src, t, kp, _TIER_KEYS, ("rpo", "rto"), f"[tiers.{name}]", problems)
         for kind in t.get("kinds", []):
             if kind not in BACKUP_KINDS:
-                problems.append(src.problem((*kp, "kinds"), f'unknown backup kind "{kind}"{did_you_mean(kind, BACKUP_KINDS)}'))
+                problems.append(
+                    src.problem(
+                        (*kp, "kinds"),
+                        f'unknown backup kind "{kind}"{did_you_mean(kind, BACKUP_KINDS)}',
+                    )
+                )
         # retention is one duration for the tier, or a table of durations per kind (the plan
         # keeps tier 1's chain state 24 h but its validator keys 90 d).
         by_kind: list[tuple[str, float]] = []
@@ -418,8 +470,12 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         if isinstance(retention_t, dict):
             for kind in retention_t:
                 if kind not in t.get("kinds", []):
-                    problems.append(src.problem((*kp, "retention", kind),
-                                                f'retention names kind "{kind}", which [tiers.{name}] does not hold'))
+                    problems.append(
+                        src.problem(
+                            (*kp, "retention", kind),
+                            f'retention names kind "{kind}", which [tiers.{name}] does not hold',
+                        )
+                    )
                     continue
                 secs = expect_duration(src, retention_t, (*kp, "retention"), kind, problems)
                 if secs is not None:
@@ -429,7 +485,8 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             rpo=expect_duration(src, t, kp, "rpo", problems) or 0.0,
             rto=expect_duration(src, t, kp, "rto", problems) or 0.0,
             kinds=tuple(t.get("kinds", [])),
-            retention=0.0 if isinstance(retention_t, dict)
+            retention=0.0
+            if isinstance(retention_t, dict)
             else expect_duration(src, t, kp, "retention", problems) or 0.0,
             retention_by_kind=tuple(by_kind),
             schedule=str(t.get("schedule", "")),
@@ -450,11 +507,20 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         for i, lvl in enumerate(e.get("levels", [])):
             lkp = (*kp, "levels", i)
             if not isinstance(lvl, dict):
-                problems.append(src.problem((*kp, "levels"), "each escalation level must be { role = ..., wait = ... }"))
+                problems.append(
+                    src.problem(
+                        (*kp, "levels"), "each escalation level must be { role = ..., wait = ... }"
+                    )
+                )
                 continue
             check_keys(src, lvl, lkp, ("role", "wait"), ("role",), "an escalation level", problems)
-            levels.append(EscalationLevel(i + 1, str(lvl.get("role", "")),
-                                          expect_duration(src, lvl, lkp, "wait", problems) or 0.0))
+            levels.append(
+                EscalationLevel(
+                    i + 1,
+                    str(lvl.get("role", "")),
+                    expect_duration(src, lvl, lkp, "wait", problems) or 0.0,
+                )
+            )
         escalation[name] = EscalationMatrix(name, str(e.get("title", name)), tuple(levels))
 
     notify: dict[str, NotifyTarget] = {}
@@ -462,7 +528,12 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         kp = ("notify", name)
         check_keys(src, t, kp, ("webhook_env",), ("webhook_env",), f"[notify.{name}]", problems)
         if "url" in t or "webhook_url" in t:
-            problems.append(src.problem(kp, f"[notify.{name}] must not hold the webhook URL; name its environment variable with webhook_env"))
+            problems.append(
+                src.problem(
+                    kp,
+                    f"[notify.{name}] must not hold the webhook URL; name its environment variable with webhook_env",
+                )
+            )
         notify[name] = NotifyTarget(name, str(t.get("webhook_env", "")))
 
     access_t = data.get("access")

@@ -58,9 +58,11 @@ class Imported:
 
     def toml(self, source: Path) -> str:
         """The site file's text, headed by where it came from."""
-        head = (f"# kconsole site imported from {source} by `kconsole site import`.\n"
-                "# The fleet, tiers, contacts and escalation are the plan's; review them, then run\n"
-                "# `kconsole validate` on this file. Secrets are not here (see [notify.slack]).\n\n")
+        head = (
+            f"# kconsole site imported from {source} by `kconsole site import`.\n"
+            "# The fleet, tiers, contacts and escalation are the plan's; review them, then run\n"
+            "# `kconsole validate` on this file. Secrets are not here (see [notify.slack]).\n\n"
+        )
         return head + tomli_w.dumps(self.site)
 
 
@@ -87,8 +89,10 @@ def read_plan_config(path: Path) -> configparser.ConfigParser:
     except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as exc:
         raise UsageError(f"{path}:{exc.lineno}: {exc.message.split(': ', 1)[-1]}.") from None
     if not any(parser.has_section(s) for s in _KNOWN):
-        raise UsageError(f"{path} has none of the plan's sections ([backup], [encryption], [retention], "
-                         "[monitoring]); is it the plan's primary.conf?")
+        raise UsageError(
+            f"{path} has none of the plan's sections ([backup], [encryption], [retention], "
+            "[monitoring]); is it the plan's primary.conf?"
+        )
     return parser
 
 
@@ -107,43 +111,63 @@ def _flag(ini: configparser.ConfigParser, section: str, key: str, path: Path) ->
     try:
         return ini.getboolean(section, key)
     except ValueError:
-        raise UsageError(f"{path}: [{section}] {key} must be true or false, "
-                         f"not {ini.get(section, key)!r}.") from None
+        raise UsageError(
+            f"{path}: [{section}] {key} must be true or false, not {ini.get(section, key)!r}."
+        ) from None
 
 
 def _locations(ini: configparser.ConfigParser, path: Path, notes: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not ini.has_section("backup"):
-        notes.append("no [backup] section: the site has no backup locations; add [locations.*] by hand.")
+        notes.append(
+            "no [backup] section: the site has no backup locations; add [locations.*] by hand."
+        )
         return out
     primary = ini.get("backup", "primary_location", fallback="").strip()
     if primary:
         if not primary.startswith("/"):
-            raise UsageError(f"{path}: [backup] primary_location must be an absolute path, not {primary!r}.")
+            raise UsageError(
+                f"{path}: [backup] primary_location must be an absolute path, not {primary!r}."
+            )
         out["primary"] = {"type": "local", "path": primary, "role": "primary"}
     secondary = ini.get("backup", "secondary_location", fallback="").strip()
     if secondary:
         m = _SFTP.match(secondary)
         if m is None:
-            raise UsageError(f"{path}: [backup] secondary_location must be HOST:/PATH (as rsync and scp "
-                             f"take it), not {secondary!r}.")
+            raise UsageError(
+                f"{path}: [backup] secondary_location must be HOST:/PATH (as rsync and scp "
+                f"take it), not {secondary!r}."
+            )
         out["dr"] = {"type": "sftp", "host": m["host"], "path": m["path"], "role": "secondary"}
         if m["user"]:
-            notes.append(f"[locations.dr]: the login user {m['user']!r} comes from [ssh] user or "
-                         "~/.ssh/config, not from the location.")
-        notes.append(f"[locations.dr]: add {m['host']}'s host key to the known_hosts file [ssh] names "
-                     "(kconsole refuses unknown hosts).")
+            notes.append(
+                f"[locations.dr]: the login user {m['user']!r} comes from [ssh] user or "
+                "~/.ssh/config, not from the location."
+            )
+        notes.append(
+            f"[locations.dr]: add {m['host']}'s host key to the known_hosts file [ssh] names "
+            "(kconsole refuses unknown hosts)."
+        )
     tertiary = ini.get("backup", "tertiary_location", fallback="").strip()
     if tertiary:
         m = _S3.match(tertiary)
         if m is None:
-            raise UsageError(f"{path}: [backup] tertiary_location must be s3://BUCKET/[PREFIX], not {tertiary!r}.")
+            raise UsageError(
+                f"{path}: [backup] tertiary_location must be s3://BUCKET/[PREFIX], not {tertiary!r}."
+            )
         prefix = (m["prefix"] or "").strip("/")
-        out["cloud"] = {"type": "s3", "bucket": m["bucket"], "prefix": f"{prefix}/" if prefix else "",
-                        "object_lock": True, "role": "tertiary"}
-        notes.append("[locations.cloud]: credentials come from the usual AWS chain (environment, "
-                     "~/.aws, instance role); object_lock = true makes prune check every object's "
-                     "lock, so enable Object Lock on the bucket or set it to false.")
+        out["cloud"] = {
+            "type": "s3",
+            "bucket": m["bucket"],
+            "prefix": f"{prefix}/" if prefix else "",
+            "object_lock": True,
+            "role": "tertiary",
+        }
+        notes.append(
+            "[locations.cloud]: credentials come from the usual AWS chain (environment, "
+            "~/.aws, instance role); object_lock = true makes prune check every object's "
+            "lock, so enable Object Lock on the bucket or set it to false."
+        )
     return out
 
 
@@ -157,8 +181,13 @@ def _tiers(ini: configparser.ConfigParser, path: Path) -> dict[str, Any]:
     tiers: dict[str, Any] = {}
     for t in plan.TIERS:
         kinds = [str(k) for k in t["kinds"]]  # type: ignore[attr-defined]
-        table: dict[str, Any] = {"title": t["title"], "kinds": kinds, "rpo": t["rpo"], "rto": t["rto"],
-                                 "schedule": t["schedule"]}
+        table: dict[str, Any] = {
+            "title": t["title"],
+            "kinds": kinds,
+            "rpo": t["rpo"],
+            "rto": t["rto"],
+            "schedule": t["schedule"],
+        }
         keep = t["retention"]
         per_kind = dict(keep) if isinstance(keep, dict) else {k: str(keep) for k in kinds}
         per_kind.update({k: v for k, v in retention.items() if k in kinds})
@@ -184,10 +213,14 @@ def import_plan_config(path: Path) -> Imported:
     if ini.has_section("encryption"):
         algorithm = ini.get("encryption", "algorithm", fallback="aes-256-cbc").strip().lower()
         if algorithm != "aes-256-cbc":
-            notes.append(f"[encryption] algorithm {algorithm!r}: kconsole reads the plan's aes-256-cbc "
-                         "files only; other legacy files will not decrypt.")
-        notes.append("[encryption]: existing aes-256-cbc backups are read as legacy (unauthenticated); "
-                     "new backups use kconsole's authenticated AES-256-GCM format.")
+            notes.append(
+                f"[encryption] algorithm {algorithm!r}: kconsole reads the plan's aes-256-cbc "
+                "files only; other legacy files will not decrypt."
+            )
+        notes.append(
+            "[encryption]: existing aes-256-cbc backups are read as legacy (unauthenticated); "
+            "new backups use kconsole's authenticated AES-256-GCM format."
+        )
         bits = _number(ini, "encryption", "key_length", path)
         if bits is not None and bits != 256:
             notes.append(f"[encryption] key_length {bits}: kconsole keys are always 256 bits.")
@@ -198,33 +231,57 @@ def import_plan_config(path: Path) -> Imported:
         keys["rotate_after"] = plan.KEY_ROTATION
 
     site: dict[str, Any] = {
-        "site": {"name": "kaldrix", "state_dir": "/var/lib/kconsole",
-                 "description": f"KALDRIX validator network (imported from {path})"},
+        "site": {
+            "name": "kaldrix",
+            "state_dir": "/var/lib/kconsole",
+            "description": f"KALDRIX validator network (imported from {path})",
+        },
         "ssh": {"known_hosts": "~/.ssh/known_hosts", "connect_timeout": "10s", "keepalive": "15s"},
-        "nodes": [{"name": name, "host": name, "groups": [group], "service": plan.SERVICE}
-                  for name, group in plan.NODES],
+        "nodes": [
+            {"name": name, "host": name, "groups": [group], "service": plan.SERVICE}
+            for name, group in plan.NODES
+        ],
         "locations": _locations(ini, path, notes),
         "keys": keys,
         "tiers": _tiers(ini, path),
-        "contacts": [{"name": n, "role": r, "email": e, "phone": p, "on_call": o}
-                     for n, r, e, p, o in plan.CONTACTS],
-        "escalation": {key: {"title": title,
-                             "levels": [{"role": r, "wait": w} if w else {"role": r} for r, w in levels]}
-                       for key, title, levels in plan.ESCALATION},
+        "contacts": [
+            {"name": n, "role": r, "email": e, "phone": p, "on_call": o}
+            for n, r, e, p, o in plan.CONTACTS
+        ],
+        "escalation": {
+            key: {
+                "title": title,
+                "levels": [{"role": r, "wait": w} if w else {"role": r} for r, w in levels],
+            }
+            for key, title, levels in plan.ESCALATION
+        },
         "access": {"admin": [], "operator": [], "auditor": []},
     }
-    alerts = _flag(ini, "monitoring", "alert_enabled", path) if ini.has_section("monitoring") else None
+    alerts = (
+        _flag(ini, "monitoring", "alert_enabled", path) if ini.has_section("monitoring") else None
+    )
     if alerts is not False:
         site["notify"] = {"slack": {"webhook_env": WEBHOOK_ENV}}
         if ini.has_option("monitoring", "alert_webhook"):
-            notes.append(f"[monitoring] alert_webhook is a secret and was not copied: export {WEBHOOK_ENV} "
-                         "with its URL where kconsole runs.")
-    if ini.has_section("monitoring") and _flag(ini, "monitoring", "metrics_enabled", path) is not False:
+            notes.append(
+                f"[monitoring] alert_webhook is a secret and was not copied: export {WEBHOOK_ENV} "
+                "with its URL where kconsole runs."
+            )
+    if (
+        ini.has_section("monitoring")
+        and _flag(ini, "monitoring", "metrics_enabled", path) is not False
+    ):
         port = ini.get("monitoring", "metrics_port", fallback="").strip()
-        notes.append(f"[monitoring] metrics{' port ' + port if port else ''}: kconsole does not listen on a "
-                     "port; run `kconsole metrics -o /var/lib/node_exporter/textfile/kconsole.prom` "
-                     "from cron for node_exporter's textfile collector.")
-    notes.append("[[nodes]]: the plan's nine nodes, reached by name through ~/.ssh/config or DNS; "
-                 "set host, port, root and health_url for each.")
-    notes.append("[access]: empty; list who is admin, operator and auditor before others use the console.")
+        notes.append(
+            f"[monitoring] metrics{' port ' + port if port else ''}: kconsole does not listen on a "
+            "port; run `kconsole metrics -o /var/lib/node_exporter/textfile/kconsole.prom` "
+            "from cron for node_exporter's textfile collector."
+        )
+    notes.append(
+        "[[nodes]]: the plan's nine nodes, reached by name through ~/.ssh/config or DNS; "
+        "set host, port, root and health_url for each."
+    )
+    notes.append(
+        "[access]: empty; list who is admin, operator and auditor before others use the console."
+    )
     return Imported(site, notes)

@@ -92,19 +92,64 @@ class KconsoleApp(App[int]):
     MODES: ClassVar[dict[str, Any]] = dict(SCREENS)
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("d", "show('dashboard')", "Dashboard", id="show-dashboard", tooltip="Fleet, RPO, RTO clock, on call."),
-        Binding("r", "show('runbooks')", "Runbooks", id="show-runbooks", tooltip="Choose and start a runbook."),
+        Binding(
+            "d",
+            "show('dashboard')",
+            "Dashboard",
+            id="show-dashboard",
+            tooltip="Fleet, RPO, RTO clock, on call.",
+        ),
+        Binding(
+            "r",
+            "show('runbooks')",
+            "Runbooks",
+            id="show-runbooks",
+            tooltip="Choose and start a runbook.",
+        ),
         Binding("a", "show('run')", "Run", id="show-run", tooltip="The active run."),
-        Binding("c", "show('contacts')", "Contacts", id="show-contacts", tooltip="Who to call, escalation."),
-        Binding("h", "show('runs')", "Runs", id="show-runs", tooltip="Past runs; re-attach to one."),
+        Binding(
+            "c",
+            "show('contacts')",
+            "Contacts",
+            id="show-contacts",
+            tooltip="Who to call, escalation.",
+        ),
+        Binding(
+            "h", "show('runs')", "Runs", id="show-runs", tooltip="Past runs; re-attach to one."
+        ),
         # Audit, Catalog and Keys stay off the footer (it must fit 80 columns); the palette lists them.
-        Binding("u", "show('audit')", "Audit", id="show-audit", show=False,
-                tooltip="The audit log and its verification."),
-        Binding("b", "show('catalog')", "Catalog", id="show-catalog", show=False,
-                tooltip="Backups in every location."),
-        Binding("f1", "toggle_keys", "Keys", id="show-keys", show=False, tooltip="Show or hide the keys panel."),
-        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True,
-                tooltip="Quit; asks first while a run is active or a gate is open."),
+        Binding(
+            "u",
+            "show('audit')",
+            "Audit",
+            id="show-audit",
+            show=False,
+            tooltip="The audit log and its verification.",
+        ),
+        Binding(
+            "b",
+            "show('catalog')",
+            "Catalog",
+            id="show-catalog",
+            show=False,
+            tooltip="Backups in every location.",
+        ),
+        Binding(
+            "f1",
+            "toggle_keys",
+            "Keys",
+            id="show-keys",
+            show=False,
+            tooltip="Show or hide the keys panel.",
+        ),
+        Binding(
+            "ctrl+q",
+            "quit",
+            "Quit",
+            id="quit",
+            priority=True,
+            tooltip="Quit; asks first while a run is active or a gate is open.",
+        ),
     ]
 
     @dataclass
@@ -142,9 +187,18 @@ class KconsoleApp(App[int]):
             """Any pending change notice is superseded: screens redraw from the model."""
             return isinstance(message, KconsoleApp.RunChanged)
 
-    def __init__(self, site: Site, *, services: Services, clock: Clock, user: str,
-                 keymap: dict[str, str], catalog: CatalogSource | None, runbook_dirs: Sequence[Path],
-                 poll_interval: float) -> None:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        services: Services,
+        clock: Clock,
+        user: str,
+        keymap: dict[str, str],
+        catalog: CatalogSource | None,
+        runbook_dirs: Sequence[Path],
+        poll_interval: float,
+    ) -> None:
         super().__init__()
         self.site = site
         """The site file's model."""
@@ -237,8 +291,16 @@ class KconsoleApp(App[int]):
     @classmethod
     def binding_owners(cls) -> list[Any]:
         """Every class whose BINDINGS the keymap may remap."""
-        return [cls, *SCREENS.values(), ParamsScreen, PlanScreen, ReportScreen, GateScreen, ConfirmScreen,
-                NoteScreen]
+        return [
+            cls,
+            *SCREENS.values(),
+            ParamsScreen,
+            PlanScreen,
+            ReportScreen,
+            GateScreen,
+            ConfirmScreen,
+            NoteScreen,
+        ]
 
     def key_for(self, binding_id: str) -> str:
         """The key a binding id is on now (after the keymap)."""
@@ -319,8 +381,12 @@ class KconsoleApp(App[int]):
         self._hung_up = True
         if self.run_active and self.session is not None:
             with contextlib.suppress(Exception):
-                AuditLog(self.site.state_dir).append(self.user, "console.hangup", self.session.run_id,
-                                                     signal=signal.Signals(sig).name)
+                AuditLog(self.site.state_dir).append(
+                    self.user,
+                    "console.hangup",
+                    self.session.run_id,
+                    signal=signal.Signals(sig).name,
+                )
         self._stop_and_exit()
 
     async def on_unmount(self) -> None:
@@ -332,7 +398,12 @@ class KconsoleApp(App[int]):
         with contextlib.suppress(Exception):
             await self.services.close()
 
-    @work(thread=True, group="runbooks", exit_on_error=False, description="read the runbook directories")
+    @work(
+        thread=True,
+        group="runbooks",
+        exit_on_error=False,
+        description="read the runbook directories",
+    )
     def _load_runbooks(self) -> None:
         self.post_message(self.RunbooksLoaded(find_runbooks(self.runbook_dirs)))
 
@@ -347,7 +418,9 @@ class KconsoleApp(App[int]):
         if self.catalog is not None:
             self._read_catalog(self.catalog)
 
-    @work(group="catalog", exclusive=True, exit_on_error=False, description="list the backup catalog")
+    @work(
+        group="catalog", exclusive=True, exit_on_error=False, description="list the backup catalog"
+    )
     async def _read_catalog(self, catalog: CatalogSource) -> None:
         live = {name: status.height for name, status in self.fleet.items()}
         self.post_message(self.CatalogRead(await catalog.read(live)))
@@ -357,8 +430,13 @@ class KconsoleApp(App[int]):
         self.catalog_reading = message.reading
         self.catalog_signal.publish(None)
 
-    @work(thread=True, group="schedule", exclusive=True, exit_on_error=False,
-          description="read the schedule against the journal")
+    @work(
+        thread=True,
+        group="schedule",
+        exclusive=True,
+        exit_on_error=False,
+        description="read the schedule against the journal",
+    )
     def read_schedule(self) -> None:
         """Next due and overdue per scheduled runbook, from the site's schedule and the journal."""
         try:
@@ -419,22 +497,46 @@ class KconsoleApp(App[int]):
 
     def start_run(self, runbook: Runbook, raw_params: dict[str, Any], drill: bool = False) -> bool:
         """Start a run of `runbook`; False (with a notification) if it may not start."""
-        return self._launch("run runbooks", partial(
-            RunSession.start, self.site, runbook, raw_params, run_id=self.make_run_id(), drill=drill,
-            services=self.services, user=self.user, confirm=self.confirm_gate, on_event=self._on_run_event))
+        return self._launch(
+            "run runbooks",
+            partial(
+                RunSession.start,
+                self.site,
+                runbook,
+                raw_params,
+                run_id=self.make_run_id(),
+                drill=drill,
+                services=self.services,
+                user=self.user,
+                confirm=self.confirm_gate,
+                on_event=self._on_run_event,
+            ),
+        )
 
     def reattach_run(self, run_id: str) -> bool:
         """Carry on an interrupted or waiting run (`kconsole run --resume`)."""
-        return self._launch("resume runs", partial(
-            RunSession.reattach, self.site, run_id,
-            services=self.services, user=self.user, confirm=self.confirm_gate, on_event=self._on_run_event))
+        return self._launch(
+            "resume runs",
+            partial(
+                RunSession.reattach,
+                self.site,
+                run_id,
+                services=self.services,
+                user=self.user,
+                confirm=self.confirm_gate,
+                on_event=self._on_run_event,
+            ),
+        )
 
     def _launch(self, what: str, open_session: Callable[[], RunSession]) -> bool:
         if not self.may_operate(what):
             return False
         if self.run_active and self.session is not None:
-            self.notify(f"run {self.session.run_id} is still active; one run at a time per console.",
-                        title="Run already active", severity="warning")
+            self.notify(
+                f"run {self.session.run_id} is still active; one run at a time per console.",
+                title="Run already active",
+                severity="warning",
+            )
             return False
         self._run_worker = self._drive_run(open_session)
         return True
@@ -456,8 +558,12 @@ class KconsoleApp(App[int]):
         self.read_schedule()  # and may have been a scheduled runbook
         reason = f": {outcome.reason}" if outcome.reason else ""
         severity = {"succeeded": "information", "waiting": "warning"}.get(outcome.status, "error")
-        self.notify(f"run {outcome.run_id} {outcome.status}{reason}", title="Run over", severity=severity,  # type: ignore[arg-type]
-                    timeout=10)
+        self.notify(
+            f"run {outcome.run_id} {outcome.status}{reason}",
+            title="Run over",
+            severity=severity,  # type: ignore[arg-type]
+            timeout=10,
+        )
         return outcome.status
 
     def _on_run_event(self, _record: dict[str, Any]) -> None:
@@ -502,12 +608,19 @@ class KconsoleApp(App[int]):
         def answered(yes: bool | None) -> None:
             if yes:
                 session.executor.abort(f"aborted by {self.user}")
-                self.notify(f"aborting run {session.run_id}: running steps finish, nothing new starts")
+                self.notify(
+                    f"aborting run {session.run_id}: running steps finish, nothing new starts"
+                )
 
-        self.push_screen(ConfirmScreen(
-            f"Abort run {session.run_id}?",
-            "No new step starts; steps already running finish; the run ends aborted.\n"
-            "Finished steps are not undone.", "Abort run"), answered)
+        self.push_screen(
+            ConfirmScreen(
+                f"Abort run {session.run_id}?",
+                "No new step starts; steps already running finish; the run ends aborted.\n"
+                "Finished steps are not undone.",
+                "Abort run",
+            ),
+            answered,
+        )
 
     def add_note(self) -> None:
         """An operator note for the live run's journal."""
@@ -551,8 +664,11 @@ class KconsoleApp(App[int]):
         """The run's report, once the engine can write reports."""
         renderer = engine_reports()
         if renderer is None:
-            self.notify("Reports are not available in this kconsole yet (no kconsole.reports).",
-                        title="No report", severity="warning")
+            self.notify(
+                "Reports are not available in this kconsole yet (no kconsole.reports).",
+                title="No report",
+                severity="warning",
+            )
             return
         self._open_report(run_id, renderer)
 
@@ -577,14 +693,20 @@ class KconsoleApp(App[int]):
         what = worker.description or worker.name
         error = worker.error
         self.log.error(f"worker {what!r} failed", error)
-        self.notify(f"{what} failed: {error.__class__.__name__}: {error}", title="Console error",
-                    severity="error", timeout=15)
+        self.notify(
+            f"{what} failed: {error.__class__.__name__}: {error}",
+            title="Console error",
+            severity="error",
+            timeout=15,
+        )
         if worker.group != "audit":
             self._audit_failure(what, f"{error.__class__.__name__}: {error}")
 
     @work(thread=True, group="audit", exit_on_error=False, description="audit a console failure")
     def _audit_failure(self, what: str, error: str) -> None:
-        AuditLog(self.site.state_dir).append(self.user, "console.error", what, result="error", error=error[:300])
+        AuditLog(self.site.state_dir).append(
+            self.user, "console.error", what, result="error", error=error[:300]
+        )
 
     async def action_quit(self) -> None:
         """Quit; while a run is active or a gate is open, ask first."""
@@ -592,10 +714,15 @@ class KconsoleApp(App[int]):
             self.exit(EXIT_OK)
             return
         run_id = self.session.run_id if self.session else "?"
-        self.push_screen(ConfirmScreen(
-            "Quit while a run is active?",
-            f"Run {run_id} stops here as interrupted: nothing is lost, and Runs (h) → e re-attaches "
-            "to it, or `kconsole run … --resume` from a shell.", "Quit"), self._quit_answered)
+        self.push_screen(
+            ConfirmScreen(
+                "Quit while a run is active?",
+                f"Run {run_id} stops here as interrupted: nothing is lost, and Runs (h) → e re-attaches "
+                "to it, or `kconsole run … --resume` from a shell.",
+                "Quit",
+            ),
+            self._quit_answered,
+        )
 
     def _quit_answered(self, yes: bool | None) -> None:
         if yes:
@@ -622,10 +749,17 @@ ENGINE_CATALOG: Any = object()
 """`build_app(catalog=...)` default: the engine's own catalog (None: no catalog at all)."""
 
 
-def build_app(site: Site, services: Services | None = None, clock: Clock | None = None, *,
-              keymap: dict[str, str] | None = None, catalog: CatalogSource | None = ENGINE_CATALOG,
-              runbook_dirs: Sequence[Path] | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL,
-              user: str | None = None) -> KconsoleApp:
+def build_app(
+    site: Site,
+    services: Services | None = None,
+    clock: Clock | None = None,
+    *,
+    keymap: dict[str, str] | None = None,
+    catalog: CatalogSource | None = ENGINE_CATALOG,
+    runbook_dirs: Sequence[Path] | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    user: str | None = None,
+) -> KconsoleApp:
     """The console for `site`: the one factory the CLI and the tests use.
 
     `services` defaults to the real SSH transport; `clock` (also given to the services)
@@ -636,12 +770,20 @@ def build_app(site: Site, services: Services | None = None, clock: Clock | None 
     services = services or Services.for_site(site)
     if clock is not None:
         services.clock = clock
-    dirs = list(runbook_dirs) if runbook_dirs is not None else [site.base_dir / "runbooks", shipped_runbooks_dir()]
+    dirs = (
+        list(runbook_dirs)
+        if runbook_dirs is not None
+        else [site.base_dir / "runbooks", shipped_runbooks_dir()]
+    )
     return KconsoleApp(
-        site, services=services, clock=services.clock, user=user or current_user(),
+        site,
+        services=services,
+        clock=services.clock,
+        user=user or current_user(),
         keymap=check_keymap(keymap or {}),
         catalog=engine_catalog(site, services) if catalog is ENGINE_CATALOG else catalog,
-        runbook_dirs=dirs, poll_interval=poll_interval,
+        runbook_dirs=dirs,
+        poll_interval=poll_interval,
     )
 
 
@@ -652,7 +794,11 @@ def run_console(site_path: str | Path, keymap_path: str | Path | None = None) ->
     if it exists. Raises UsageError (exit 2) for a bad site or keymap file.
     """
     site = load_site(site_path)
-    keymap = load_keymap(Path(keymap_path), required=True) if keymap_path else load_keymap(default_keymap_path())
+    keymap = (
+        load_keymap(Path(keymap_path), required=True)
+        if keymap_path
+        else load_keymap(default_keymap_path())
+    )
     app = build_app(site, keymap=keymap)
     app.stop_on_hangup = True
     return app.run() or EXIT_OK
@@ -674,7 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m screens.app [--site] SITE [--web [--port N]]`: errors as one sentence, exit 2."""
     parser = argparse.ArgumentParser(prog="python -m screens.app", description="The kconsole TUI.")
     parser.add_argument("site_pos", nargs="?", metavar="SITE", help="site file")
-    parser.add_argument("--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)")
+    parser.add_argument(
+        "--site", metavar="FILE", help="site file (default $KCONSOLE_SITE, then ./site.toml)"
+    )
     parser.add_argument("--keymap", metavar="FILE", help="keymap file with a [keys] table")
     parser.add_argument("--web", action="store_true", help="serve to a browser on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

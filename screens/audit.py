@@ -53,7 +53,13 @@ class AuditScreen(ConsoleScreen):
     HELP = "The audit log and whether its hash chain verifies"
     CSS_PATH = "audit.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("v", "verify", "Verify", id="audit-verify", tooltip="Read and verify the audit log again."),
+        Binding(
+            "v",
+            "verify",
+            "Verify",
+            id="audit-verify",
+            tooltip="Read and verify the audit log again.",
+        ),
     ]
 
     def compose_body(self) -> Iterable[Widget]:
@@ -65,9 +71,15 @@ class AuditScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns, then read and verify in a worker."""
         table = self.query_one("#entries", DataTable)
-        for label, key, width in (("Seq", "seq", 5), ("Time", "ts", 19), ("Actor", "actor", 10),
-                                  ("Action", "action", 13), ("Target", "target", 26), ("Result", "result", 7),
-                                  ("Detail", "detail", 40)):
+        for label, key, width in (
+            ("Seq", "seq", 5),
+            ("Time", "ts", 19),
+            ("Actor", "actor", 10),
+            ("Action", "action", 13),
+            ("Target", "target", 26),
+            ("Result", "result", 7),
+            ("Detail", "detail", 40),
+        ):
             table.add_column(label, key=key, width=width)
         self.action_verify()
 
@@ -76,7 +88,12 @@ class AuditScreen(ConsoleScreen):
         if self.is_mounted:
             self.action_verify()
 
-    @work(group="audit-read", exclusive=True, exit_on_error=False, description="read and verify the audit log")
+    @work(
+        group="audit-read",
+        exclusive=True,
+        exit_on_error=False,
+        description="read and verify the audit log",
+    )
     async def action_verify(self) -> None:
         """Read and verify the log in a thread, then show it."""
         log = AuditLog(self.console.site.state_dir)
@@ -92,7 +109,17 @@ class AuditScreen(ConsoleScreen):
         table = self.query_one("#entries", DataTable)
         table.clear()
         table.add_rows(
-            [plain(v) for v in (e.get("seq", ""), str(e.get("ts", ""))[:19].replace("T", " "), e.get("actor", ""),
-                                e.get("action", ""), e.get("target", ""), e.get("result", ""), _detail(e))]
+            [
+                plain(v)
+                for v in (
+                    e.get("seq", ""),
+                    str(e.get("ts", ""))[:19].replace("T", " "),
+                    e.get("actor", ""),
+                    e.get("action", ""),
+                    e.get("target", ""),
+                    e.get("result", ""),
+                    _detail(e),
+                )
+            ]
             for e in reversed(entries)
         )

@@ -20,7 +20,9 @@ from screens.widgets import plain, state_label
 TYPING_PAUSE = 0.15
 """Seconds of no typing before the filter runs (refilling 2,000 rows takes about 0.3 s)."""
 
-UNAVAILABLE = "catalog not available: this kconsole's engine has no backup catalog (kconsole.backups)."
+UNAVAILABLE = (
+    "catalog not available: this kconsole's engine has no backup catalog (kconsole.backups)."
+)
 
 
 def _age(value: object) -> str:
@@ -53,15 +55,35 @@ class CatalogScreen(ConsoleScreen):
     CSS_PATH = "catalog.tcss"
     AUTO_FOCUS = "#filter"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "focus_filter", "Filter", id="catalog-filter", tooltip="Type to filter the backups."),
-        Binding("escape", "focus_table", "Table", id="catalog-table", tooltip="Move from the filter to the table."),
-        Binding("f5", "reload", "Reload", id="catalog-reload", tooltip="List every backup location again."),
+        Binding(
+            "slash",
+            "focus_filter",
+            "Filter",
+            id="catalog-filter",
+            tooltip="Type to filter the backups.",
+        ),
+        Binding(
+            "escape",
+            "focus_table",
+            "Table",
+            id="catalog-table",
+            tooltip="Move from the filter to the table.",
+        ),
+        Binding(
+            "f5",
+            "reload",
+            "Reload",
+            id="catalog-reload",
+            tooltip="List every backup location again.",
+        ),
     ]
 
     def compose_body(self) -> Iterable[Widget]:
         """Filter input, status line, the window of backups."""
-        yield Input(placeholder="filter: words or field:value — kind:validator-keys node:validator2 status:stale",
-                    id="filter")
+        yield Input(
+            placeholder="filter: words or field:value — kind:validator-keys node:validator2 status:stale",
+            id="filter",
+        )
         yield Static("", id="catalog-status")
         table: DataTable[object] = DataTable(id="backups", cursor_type="row")
         yield table
@@ -69,9 +91,16 @@ class CatalogScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns; rows once the catalog is read."""
         table = self.query_one("#backups", DataTable)
-        for label, key, width in (("Created", "created", 16), ("Kind", "kind", 16), ("Node", "node", 11),
-                                  ("Location", "location", 8), ("Age", "age", 7), ("Status", "status", 15),
-                                  ("Size", "size", 7), ("Id", "id", 34)):
+        for label, key, width in (
+            ("Created", "created", 16),
+            ("Kind", "kind", 16),
+            ("Node", "node", 11),
+            ("Location", "location", 8),
+            ("Age", "age", 7),
+            ("Status", "status", 15),
+            ("Size", "size", 7),
+            ("Id", "id", 34),
+        ):
             table.add_column(label, key=key, width=width)
         self.console.catalog_signal.subscribe(self, lambda _data: self._apply_filter())
         self._apply_filter()
@@ -84,11 +113,18 @@ class CatalogScreen(ConsoleScreen):
         reading = self.console.catalog_reading
         status = self.query_one("#catalog-status", Static)
         if reading is None:
-            status.update(UNAVAILABLE if self.console.catalog is None else "listing every backup location…")
+            status.update(
+                UNAVAILABLE if self.console.catalog is None else "listing every backup location…"
+            )
             return
         self._filter(reading, self.query_one("#filter", Input).value)
 
-    @work(group="catalog-filter", exclusive=True, exit_on_error=False, description="filter the catalog")
+    @work(
+        group="catalog-filter",
+        exclusive=True,
+        exit_on_error=False,
+        description="filter the catalog",
+    )
     async def _filter(self, reading: CatalogReading, query: str) -> None:
         # A burst of keystrokes refills the table once: each new key cancels this worker
         # while it waits (the group is exclusive).
@@ -98,9 +134,16 @@ class CatalogScreen(ConsoleScreen):
         table = self.query_one("#backups", DataTable)
         table.clear()
         table.add_rows(
-            (plain(str(r.get("created", ""))[:16].replace("T", " ")), plain(r.get("kind")), plain(r.get("node")),
-             plain(r.get("location")), plain(_age(r.get("age_s"))), state_label(self.app, str(r.get("status", ""))),
-             plain(_size(r.get("size"))), plain(r.get("id")))
+            (
+                plain(str(r.get("created", ""))[:16].replace("T", " ")),
+                plain(r.get("kind")),
+                plain(r.get("node")),
+                plain(r.get("location")),
+                plain(_age(r.get("age_s"))),
+                state_label(self.app, str(r.get("status", ""))),
+                plain(_size(r.get("size"))),
+                plain(r.get("id")),
+            )
             for r in window
         )
         shown = f"showing {len(window):,} of {total:,}" if total > len(window) else f"{total:,}"

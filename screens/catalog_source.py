@@ -72,8 +72,12 @@ class EngineCatalog:
     async def read(self, live: dict[str, int | None]) -> CatalogReading:
         """A fresh listing, its rows and per-tier freshness."""
         catalog = await self.services.backups(self.site).catalog(refresh=True)
-        return CatalogReading(catalog.rows(), self.tier_summary(catalog.freshness(self.site, live)),
-                              dict(catalog.errors), catalog.as_of)
+        return CatalogReading(
+            catalog.rows(),
+            self.tier_summary(catalog.freshness(self.site, live)),
+            dict(catalog.errors),
+            catalog.as_of,
+        )
 
 
 def engine_catalog(site: Site, services: Services) -> CatalogSource | None:
@@ -92,7 +96,9 @@ def _text(row: CatalogRow) -> str:
     return " ".join(str(v) for v in row.values()).lower()
 
 
-def filter_rows(rows: Sequence[CatalogRow], query: str, limit: int = WINDOW) -> tuple[list[CatalogRow], int]:
+def filter_rows(
+    rows: Sequence[CatalogRow], query: str, limit: int = WINDOW
+) -> tuple[list[CatalogRow], int]:
     """Rows matching every word of `query` (`field:value` matches one field), at most `limit`.
 
     Returns the window and the total number of matches, so the screen can say how many

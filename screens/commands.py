@@ -19,7 +19,11 @@ class ConsoleCommands(Provider):
     def _commands(self) -> Iterator[tuple[str, str, Callable[[], Any]]]:
         app = cast("KconsoleApp", self.app)
         for mode, screen_cls in app.screen_classes().items():
-            yield screen_cls.NAME, f"{screen_cls.HELP} ({app.key_for(f'show-{mode}')})", partial(app.show, mode)
+            yield (
+                screen_cls.NAME,
+                f"{screen_cls.HELP} ({app.key_for(f'show-{mode}')})",
+                partial(app.show, mode),
+            )
         screen = self.screen
         name = getattr(screen, "NAME", "") or type(screen).__name__
         for binding in type(screen).BINDINGS:
@@ -28,8 +32,11 @@ class ConsoleCommands(Provider):
             action = binding.action
             if app._check_action_state(action, screen) is False:
                 continue
-            yield (f"{name}: {binding.description}", binding.tooltip or binding.description,
-                   partial(screen.run_action, action))
+            yield (
+                f"{name}: {binding.description}",
+                binding.tooltip or binding.description,
+                partial(screen.run_action, action),
+            )
 
     async def discover(self) -> Hits:
         """Everything, before the operator types."""

@@ -32,8 +32,10 @@ class ContactsScreen(ConsoleScreen):
         yield Static("", id="call-now")
         table: DataTable[object] = DataTable(id="contacts", cursor_type="row")
         yield table
-        self.matrix_lines = {name: Static("", id=f"matrix-{i}", classes="matrix")
-                             for i, name in enumerate(self.console.site.escalation)}
+        self.matrix_lines = {
+            name: Static("", id=f"matrix-{i}", classes="matrix")
+            for i, name in enumerate(self.console.site.escalation)
+        }
         with Vertical(id="matrices"):
             yield from self.matrix_lines.values()
             if not self.matrix_lines:
@@ -42,8 +44,14 @@ class ContactsScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns, then everything drawn from the site and the clock."""
         table = self.query_one("#contacts", DataTable)
-        for label, key, width in (("Name", "name", 16), ("Role", "role", 20), ("Phone", "phone", 13),
-                                  ("Hours", "hours", 14), ("Now", "now", 7), ("Email", "email", 28)):
+        for label, key, width in (
+            ("Name", "name", 16),
+            ("Role", "role", 20),
+            ("Phone", "phone", 13),
+            ("Hours", "hours", 14),
+            ("Now", "now", 7),
+            ("Email", "email", 28),
+        ):
             table.add_column(label, key=key, width=width)
         self.console.run_signal.subscribe(self, self._redraw)
         self._redraw(None)
@@ -58,7 +66,9 @@ class ContactsScreen(ConsoleScreen):
         now = app.clock.now()
         model = app.session.model if app.session else None
         if model is not None and model.active and model.created_at is not None:
-            return call_now(app.site, now, model.runbook.scenario, (now - model.created_at).total_seconds())
+            return call_now(
+                app.site, now, model.runbook.scenario, (now - model.created_at).total_seconds()
+            )
         return call_now(app.site, now)
 
     def _redraw(self, _data: object) -> None:
@@ -71,8 +81,15 @@ class ContactsScreen(ConsoleScreen):
         for i, c in enumerate(app.site.contacts):
             answers = is_on_call(c, now)
             now_cell = toned(app, "yes" if answers else "off", "success" if answers else "muted")
-            table.add_row(plain(c.name), plain(c.role), plain(c.phone), plain(c.on_call), now_cell, plain(c.email),
-                          key=str(i))
+            table.add_row(
+                plain(c.name),
+                plain(c.role),
+                plain(c.phone),
+                plain(c.on_call),
+                now_cell,
+                plain(c.email),
+                key=str(i),
+            )
         for matrix in app.site.escalation.values():
             line = Text(f"{matrix.title}: ", style="bold")
             for level in matrix.levels:

@@ -41,7 +41,13 @@ def schedule_line(entries: Sequence[ScheduleStatus]) -> tuple[str, str]:
         return "no schedule", "none"
     due = min(e.next_due for e in entries).astimezone(UTC)
     ahead = due - min(e.as_of for e in entries)
-    fmt = "%H:%M" if ahead < timedelta(hours=20) else "%a %H:%M" if ahead < timedelta(days=6) else "%b %d"
+    fmt = (
+        "%H:%M"
+        if ahead < timedelta(hours=20)
+        else "%a %H:%M"
+        if ahead < timedelta(days=6)
+        else "%b %d"
+    )
     when = f"next {due:{fmt}}"
     missed = [e for e in entries if e.missed]
     if missed:
@@ -65,8 +71,14 @@ class DashboardScreen(ConsoleScreen):
     CSS_PATH = "dashboard.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
         # priority: the fleet table would otherwise take Enter for itself and hide this key
-        Binding("enter", "recover", "Recover node", id="dashboard-recover", priority=True,
-                tooltip="Open the recovery runbook with the highlighted node pre-filled."),
+        Binding(
+            "enter",
+            "recover",
+            "Recover node",
+            id="dashboard-recover",
+            priority=True,
+            tooltip="Open the recovery runbook with the highlighted node pre-filled.",
+        ),
         Binding("p", "poll", "Poll now", id="dashboard-poll", tooltip="Poll every node again now."),
     ]
 
@@ -81,8 +93,10 @@ class DashboardScreen(ConsoleScreen):
         yield RtoClock(id="rto")
         yield Static("", id="oncall")
         # ids are by position: tier names come from the site file and need not be valid ids
-        self.tier_cells = {tier: Static("", id=f"tier-{i}", classes="tier")
-                           for i, tier in enumerate(self.console.site.tiers)}
+        self.tier_cells = {
+            tier: Static("", id=f"tier-{i}", classes="tier")
+            for i, tier in enumerate(self.console.site.tiers)
+        }
         with Container(id="rpo-strip"):
             yield from self.tier_cells.values()
             if not self.tier_cells:
@@ -102,7 +116,9 @@ class DashboardScreen(ConsoleScreen):
     def on_resize(self) -> None:
         """As many tier cells per row as fit in the width."""
         tiers = max(1, len(self.console.site.tiers))
-        self.query_one("#rpo-strip").styles.grid_size_columns = max(1, min(tiers, self.size.width // TIER_WIDTH))
+        self.query_one("#rpo-strip").styles.grid_size_columns = max(
+            1, min(tiers, self.size.width // TIER_WIDTH)
+        )
 
     def on_screen_resume(self) -> None:
         """Catch up with anything that changed while another screen was shown."""
@@ -147,11 +163,15 @@ class DashboardScreen(ConsoleScreen):
             gated = len(model.gated())
             extra = f" · {gated} GATE(S) WAITING — a to answer" if gated else ""
             drill = " (drill)" if model.drill else ""
-            title.update(f"Run {model.run_id}: {model.runbook.title}{drill} · {model.status}{extra}")
+            title.update(
+                f"Run {model.run_id}: {model.runbook.title}{drill} · {model.status}{extra}"
+            )
         self.query_one(RtoClock).show(model)
         now = app.clock.now()
         if model is not None and model.active and model.created_at is not None:
-            who = call_now(app.site, now, model.runbook.scenario, (now - model.created_at).total_seconds())
+            who = call_now(
+                app.site, now, model.runbook.scenario, (now - model.created_at).total_seconds()
+            )
         else:
             who = call_now(app.site, now)
         self.query_one("#oncall", Static).update(f"Call: {who.line()}")
@@ -164,7 +184,10 @@ class DashboardScreen(ConsoleScreen):
             cell = self.tier_cells[tier.name]
             head = f"{tier.name} RPO {short_duration(tier.rpo)} RTO {short_duration(tier.rto)}"
             if reading is None:
-                line, state = ("no catalog" if app.catalog is None else "reading catalog…"), "unknown"
+                line, state = (
+                    ("no catalog" if app.catalog is None else "reading catalog…"),
+                    "unknown",
+                )
             else:
                 line, state = tier_line(reading.tier(tier.name))
             if app.schedule_error:
@@ -172,7 +195,9 @@ class DashboardScreen(ConsoleScreen):
             elif app.schedule is None:
                 due, due_state = "reading schedule…", "unknown"
             else:
-                due, due_state = schedule_line([e for e in app.schedule if e.entry.kind in tier.kinds])
+                due, due_state = schedule_line(
+                    [e for e in app.schedule if e.entry.kind in tier.kinds]
+                )
             if due_state == "overdue" and state in ("ok", "unknown"):
                 state = "stale"  # a missed backup run is a warning even while the data is fresh
             cell.update(f"{head}\n{line}\n{due}")

@@ -35,11 +35,27 @@ class GateScreen(ModalScreen[bool | None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "confirm", "Confirm", id="gate-confirm", tooltip="Confirm the gate: the step goes ahead."),
-        Binding("l", "later", "Later", id="gate-later",
-                tooltip="Stop the run at this gate; re-attach from Runs to answer it."),
-        Binding("escape", "cancel", "Cancel", id="gate-cancel",
-                tooltip="Refuse the gate: the step does not run and the run aborts."),
+        Binding(
+            "y",
+            "confirm",
+            "Confirm",
+            id="gate-confirm",
+            tooltip="Confirm the gate: the step goes ahead.",
+        ),
+        Binding(
+            "l",
+            "later",
+            "Later",
+            id="gate-later",
+            tooltip="Stop the run at this gate; re-attach from Runs to answer it.",
+        ),
+        Binding(
+            "escape",
+            "cancel",
+            "Cancel",
+            id="gate-cancel",
+            tooltip="Refuse the gate: the step does not run and the run aborts.",
+        ),
     ]
     AUTO_FOCUS = "#cancel"
     CSS_PATH = "dialogs.tcss"
@@ -52,7 +68,12 @@ class GateScreen(ModalScreen[bool | None]):
     def compose(self) -> ComposeResult:
         """Question, guide, the input the gate kind needs, and the three answers."""
         request = self.request
-        kind = {"type": "typed confirm", "checklist": "checklist", "rerun": "re-run?", "confirm": "confirm"}
+        kind = {
+            "type": "typed confirm",
+            "checklist": "checklist",
+            "rerun": "re-run?",
+            "confirm": "confirm",
+        }
         badge = " · DESTRUCTIVE" if request.destructive else ""
         with Vertical(id="dialog"):
             yield Static(f"GATE ({kind[request.kind]}){badge} · {request.step_id}", id="gate-title")
@@ -61,7 +82,11 @@ class GateScreen(ModalScreen[bool | None]):
                 with VerticalScroll(id="gate-guide"):
                     yield Markdown(request.guide)
             if request.kind == "type":
-                yield Input(placeholder=f"type {request.expected} to confirm", id="typed", select_on_focus=False)
+                yield Input(
+                    placeholder=f"type {request.expected} to confirm",
+                    id="typed",
+                    select_on_focus=False,
+                )
             if request.kind == "checklist":
                 for i, item in enumerate(request.checklist):
                     yield TickBox(item, id=f"check-{i}")
@@ -70,7 +95,9 @@ class GateScreen(ModalScreen[bool | None]):
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Later", id="later")
-                yield Button("Confirm", id="confirm", variant="error" if request.destructive else "primary")
+                yield Button(
+                    "Confirm", id="confirm", variant="error" if request.destructive else "primary"
+                )
         yield Footer(compact=True)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -79,7 +106,11 @@ class GateScreen(ModalScreen[bool | None]):
 
     def on_key(self, event: Key) -> None:
         """In a typed gate, typing anywhere types into the value (focus stays safe on Cancel)."""
-        if self.request.kind != "type" or not event.is_printable or not (event.character or "").strip():
+        if (
+            self.request.kind != "type"
+            or not event.is_printable
+            or not (event.character or "").strip()
+        ):
             return  # space still presses the focused button
         typed = self.query_one("#typed", Input)
         if self.focused is not typed:
@@ -103,7 +134,8 @@ class GateScreen(ModalScreen[bool | None]):
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
         {"cancel": self.action_cancel, "later": self.action_later, "confirm": self.action_confirm}[
-            event.button.id or "cancel"]()
+            event.button.id or "cancel"
+        ]()
 
     def action_confirm(self) -> None:
         """Confirm, if what the gate asks for is there: the typed value, every box ticked."""
@@ -116,7 +148,9 @@ class GateScreen(ModalScreen[bool | None]):
         if request.kind == "checklist":
             unticked = [c for c in self.query(Checkbox) if not c.value]
             if unticked:
-                self._say(f"{len(unticked)} item(s) not ticked: tick each with space once it is done.")
+                self._say(
+                    f"{len(unticked)} item(s) not ticked: tick each with space once it is done."
+                )
                 return
             request.note = self.query_one("#note", Input).value.strip()
         self.dismiss(True)
@@ -199,7 +233,9 @@ class NoteScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         """A one-line input."""
         with Vertical(id="dialog"):
-            yield Static("Note for the run's journal (Enter saves, Escape cancels)", id="gate-title")
+            yield Static(
+                "Note for the run's journal (Enter saves, Escape cancels)", id="gate-title"
+            )
             yield Input(placeholder="what you did, saw or decided", id="note")
         yield Footer(compact=True)
 

@@ -80,10 +80,12 @@ def load_keymap(path: Path, required: bool = False) -> dict[str, str]:
     problems = ProblemList()
     unknown_tables = [k for k in src.data if k != "keys"]
     for key in unknown_tables:
-        problems.append(src.problem((key,), f'unknown table "{key}"; a keymap file holds only [keys]'))
+        problems.append(
+            src.problem((key,), f'unknown table "{key}"; a keymap file holds only [keys]')
+        )
     keys = src.data.get("keys", {})
     if not isinstance(keys, dict):
-        problems.append(src.problem(("keys",), "[keys] must be a table of binding id = \"key\""))
+        problems.append(src.problem(("keys",), '[keys] must be a table of binding id = "key"'))
         keys = {}
     known = binding_ids()
     for binding_id, value in keys.items():
@@ -91,4 +93,3 @@ def load_keymap(path: Path, required: bool = False) -> dict[str, str]:
             problems.append(src.problem(("keys", binding_id), problem))
     problems.raise_if_any()
     return {k: v.replace(" ", "") for k, v in keys.items()}
-

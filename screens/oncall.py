@@ -69,11 +69,14 @@ class CallNow:
         who = ", ".join(f"{c.name} {c.phone}".strip() for c in self.people)
         if not who:
             who = "nobody on call holds this role" + (
-                f" (off duty: {', '.join(c.name for c in self.off_duty)})" if self.off_duty else "")
+                f" (off duty: {', '.join(c.name for c in self.off_duty)})" if self.off_duty else ""
+            )
         return f"L{self.level.level} {self.level.role}: {who} · {self.matrix.title}"
 
 
-def call_now(site: Site, now: datetime, scenario: str = "single-node", elapsed: float = 0.0) -> CallNow:
+def call_now(
+    site: Site, now: datetime, scenario: str = "single-node", elapsed: float = 0.0
+) -> CallNow:
     """Who to call `elapsed` seconds into an incident of `scenario` (0: a fresh one)."""
     matrix = matrix_for(site, scenario)
     if matrix is None:
@@ -81,5 +84,9 @@ def call_now(site: Site, now: datetime, scenario: str = "single-node", elapsed: 
         return CallNow(None, None, people, ())
     level = level_at(matrix, elapsed)
     holders = [c for c in site.contacts if level is not None and c.role == level.role]
-    return CallNow(matrix, level, tuple(c for c in holders if is_on_call(c, now)),
-                   tuple(c for c in holders if not is_on_call(c, now)))
+    return CallNow(
+        matrix,
+        level,
+        tuple(c for c in holders if is_on_call(c, now)),
+        tuple(c for c in holders if not is_on_call(c, now)),
+    )

@@ -42,13 +42,28 @@ class RunScreen(ConsoleScreen):
     CSS_PATH = "run.tcss"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (160, "-wide")]
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("p", "pause", "Pause", id="run-pause", tooltip="Hold new steps; running ones carry on."),
+        Binding(
+            "p", "pause", "Pause", id="run-pause", tooltip="Hold new steps; running ones carry on."
+        ),
         Binding("p", "unpause", "Resume", id="run-resume", tooltip="Let new steps start again."),
-        Binding("x", "abort", "Abort", id="run-abort",
-                tooltip="Start no new step; running ones finish; the run ends aborted."),
-        Binding("n", "note", "Note", id="run-note", tooltip="Add an operator note to the run's journal."),
-        Binding("f", "follow", "Follow", id="run-follow", show=False,
-                tooltip="Keep the cursor on the active step."),
+        Binding(
+            "x",
+            "abort",
+            "Abort",
+            id="run-abort",
+            tooltip="Start no new step; running ones finish; the run ends aborted.",
+        ),
+        Binding(
+            "n", "note", "Note", id="run-note", tooltip="Add an operator note to the run's journal."
+        ),
+        Binding(
+            "f",
+            "follow",
+            "Follow",
+            id="run-follow",
+            show=False,
+            tooltip="Keep the cursor on the active step.",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -77,8 +92,12 @@ class RunScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns; follow the app's run."""
         table = self.query_one("#steps", DataTable)
-        for label, key, width in (("State", "state", 11), ("Step", "step", 14), ("Node", "node", 12),
-                                  ("Title", "title", 48)):
+        for label, key, width in (
+            ("State", "state", 11),
+            ("Step", "step", 14),
+            ("Node", "node", 12),
+            ("Title", "title", 48),
+        ):
             table.add_column(label, key=key, width=width)
         self.console.run_signal.subscribe(self, self._run_changed)
         self._run_changed(None)
@@ -112,8 +131,13 @@ class RunScreen(ConsoleScreen):
             key = row_key(inst)
             seen = self._versions.get(key)
             if seen is None:
-                table.add_row(state_label(self.app, inst.state), plain(inst.step.id), plain(inst.node or "local"),
-                              plain(inst.title), key=key)
+                table.add_row(
+                    state_label(self.app, inst.state),
+                    plain(inst.step.id),
+                    plain(inst.node or "local"),
+                    plain(inst.title),
+                    key=key,
+                )
             elif seen != inst.version:
                 table.update_cell(key, "state", state_label(self.app, inst.state))
             self._versions[key] = inst.version
@@ -138,8 +162,10 @@ class RunScreen(ConsoleScreen):
         live = "" if self.console.is_live(model) else " · (journal)"
         notes = f" · ✎ {len(model.notes)} note(s), last: {model.notes[-1]}" if model.notes else ""
         reason = f" — {model.reason}" if model.reason else ""
-        head.update(f"{model.runbook.title}{drill} · run {model.run_id or '-'} · {model.status}{paused}{live}"
-                    f" · {done}/{len(model.steps)} done{reason}{notes}")
+        head.update(
+            f"{model.runbook.title}{drill} · run {model.run_id or '-'} · {model.status}{paused}{live}"
+            f" · {done}/{len(model.steps)} done{reason}{notes}"
+        )
         head.set_class(model.status in ("failed", "aborted") or bool(model.gated()), "-alert")
 
     def selected(self) -> StepRun | None:
@@ -175,7 +201,9 @@ class RunScreen(ConsoleScreen):
         key = row_key(inst)
         if key != self._shown_key:
             self._shown_key = key
-            self.query_one("#guide", Markdown).update(inst.step.guide.strip() or "_No guide for this step._")
+            self.query_one("#guide", Markdown).update(
+                inst.step.guide.strip() or "_No guide for this step._"
+            )
             log.clear()
             log.write_lines(list(inst.output))
             self._shown_lines = inst.output_total

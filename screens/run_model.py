@@ -139,7 +139,9 @@ class RunModel:
     # -- building ---------------------------------------------------------------------
 
     @classmethod
-    def planned(cls, runbook: Runbook, site: Site, params: Mapping[str, Any], run_id: str = "") -> RunModel:
+    def planned(
+        cls, runbook: Runbook, site: Site, params: Mapping[str, Any], run_id: str = ""
+    ) -> RunModel:
         """Every main step on the nodes it will run on, all waiting: the plan of a run."""
         model = cls(runbook, run_id)
         model.params = dict(params)
@@ -150,8 +152,14 @@ class RunModel:
         return model
 
     @classmethod
-    def from_records(cls, runbook: Runbook, site: Site, params: Mapping[str, Any], run_id: str,
-                     records: Iterable[dict[str, Any]]) -> RunModel:
+    def from_records(
+        cls,
+        runbook: Runbook,
+        site: Site,
+        params: Mapping[str, Any],
+        run_id: str,
+        records: Iterable[dict[str, Any]],
+    ) -> RunModel:
         """The plan, then every journal record applied: a past or interrupted run."""
         model = cls.planned(runbook, site, params, run_id)
         for record in records:
@@ -167,12 +175,16 @@ class RunModel:
             self._apply_run(record)
             return []
         if record.get("type") == "note":
-            self.notes.append(f"{str(record.get('time', ''))[11:19]} {record.get('user', '')}: {record.get('text', '')}")
+            self.notes.append(
+                f"{str(record.get('time', ''))[11:19]} {record.get('user', '')}: {record.get('text', '')}"
+            )
             return []
         if record.get("type") != "step":
             return []
         changed = []
-        for inst in self._targets(str(record.get("step")), record.get("node"), str(record.get("event"))):
+        for inst in self._targets(
+            str(record.get("step")), record.get("node"), str(record.get("event"))
+        ):
             self._apply_step(inst, record)
             inst.version += 1
             changed.append(inst)
@@ -244,7 +256,9 @@ class RunModel:
             inst.reason = str(record.get("reason", ""))
         elif event in ("finished", "failed", "skipped", "refused"):
             inst.finished_at = when
-            inst.reason = str(record.get("reason", "")) or ("gate refused" if event == "refused" else "")
+            inst.reason = str(record.get("reason", "")) or (
+                "gate refused" if event == "refused" else ""
+            )
             inst.summary = str(record.get("summary", ""))
 
     # -- reading ----------------------------------------------------------------------
@@ -309,7 +323,9 @@ class RunModel:
         over = self.status in ("succeeded", "failed", "aborted")
         remaining = 0.0 if over else self.remaining_estimate(now)
         projected = elapsed + remaining
-        return RtoReading(elapsed, self.runbook.rto, projected, rto_level(elapsed, projected, self.runbook.rto))
+        return RtoReading(
+            elapsed, self.runbook.rto, projected, rto_level(elapsed, projected, self.runbook.rto)
+        )
 
 
 def planned_nodes(step: Step, site: Site, params: Mapping[str, Any]) -> list[str | None]:

@@ -44,28 +44,71 @@ class RunSession:
         return self.journal.run_id
 
     @classmethod
-    def start(cls, site: Site, runbook: Runbook, raw_params: Mapping[str, Any], *, run_id: str,
-              services: Services, user: str, drill: bool, confirm: Confirm, on_event: EventSink) -> RunSession:
+    def start(
+        cls,
+        site: Site,
+        runbook: Runbook,
+        raw_params: Mapping[str, Any],
+        *,
+        run_id: str,
+        services: Services,
+        user: str,
+        drill: bool,
+        confirm: Confirm,
+        on_event: EventSink,
+    ) -> RunSession:
         """A new run: parameters resolved (UsageError before anything is written), journal created."""
         site.access.require_operate(user, "run runbooks")
         params = resolve_params(runbook, site, dict(raw_params))
         journal = RunJournal.create(site.state_dir, run_id, runbook.text)
         model = RunModel.planned(runbook, site, params, run_id)
-        executor = Executor(runbook, site, params, journal=journal, confirm=confirm, services=services,
-                            user=user, drill=drill, on_event=_feeding(model, on_event),
-                            raw_params=dict(raw_params))
+        executor = Executor(
+            runbook,
+            site,
+            params,
+            journal=journal,
+            confirm=confirm,
+            services=services,
+            user=user,
+            drill=drill,
+            on_event=_feeding(model, on_event),
+            raw_params=dict(raw_params),
+        )
         return cls(site, runbook, executor, journal, model)
 
     @classmethod
-    def reattach(cls, site: Site, run_id: str, *, services: Services, user: str, confirm: Confirm,
-                 on_event: EventSink) -> RunSession:
+    def reattach(
+        cls,
+        site: Site,
+        run_id: str,
+        *,
+        services: Services,
+        user: str,
+        confirm: Confirm,
+        on_event: EventSink,
+    ) -> RunSession:
         """An interrupted or waiting run picked up where its journal stops (`run --resume`)."""
         point = open_resume(site, run_id, user)
-        runbook, summary, params, journal = point.runbook, point.summary, point.params, point.journal
+        runbook, summary, params, journal = (
+            point.runbook,
+            point.summary,
+            point.params,
+            point.journal,
+        )
         model = RunModel.from_records(runbook, site, params, run_id, summary.records)
-        executor = Executor(runbook, site, params, journal=journal, confirm=confirm, services=services,
-                            user=user, drill=summary.drill, on_event=_feeding(model, on_event),
-                            prior=summary.instances, raw_params=summary.params)
+        executor = Executor(
+            runbook,
+            site,
+            params,
+            journal=journal,
+            confirm=confirm,
+            services=services,
+            user=user,
+            drill=summary.drill,
+            on_event=_feeding(model, on_event),
+            prior=summary.instances,
+            raw_params=summary.params,
+        )
         return cls(site, runbook, executor, journal, model, resumed=True)
 
     async def run(self) -> RunOutcome:
@@ -77,7 +120,9 @@ class RunSession:
             # the failure it is rather than as a crashed console.
             self.model.status = "failed"
             self.model.reason = str(exc).rstrip(".")
-            return RunOutcome(self.run_id, "failed", self.model.reason, elapsed=self.executor.elapsed())
+            return RunOutcome(
+                self.run_id, "failed", self.model.reason, elapsed=self.executor.elapsed()
+            )
         finally:
             await asyncio.to_thread(self.journal.close)
 

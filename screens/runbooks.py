@@ -39,8 +39,14 @@ class RunbooksScreen(ConsoleScreen):
     HELP = "Choose a runbook: parameters pre-filled, plan shown before it starts"
     CSS_PATH = "runbooks.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "choose", "Choose", id="runbooks-choose", priority=True,
-                tooltip="Fill in the highlighted runbook's parameters, then review its plan."),
+        Binding(
+            "enter",
+            "choose",
+            "Choose",
+            id="runbooks-choose",
+            priority=True,
+            tooltip="Fill in the highlighted runbook's parameters, then review its plan.",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -58,8 +64,14 @@ class RunbooksScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns, then rows as soon as the runbooks are loaded."""
         table = self.query_one("#runbooks", DataTable)
-        for label, key, width in (("Runbook", "id", 26), ("Scenario", "scenario", 17), ("RTO", "rto", 6),
-                                  ("RPO", "rpo", 6), ("Est.", "estimate", 6), ("Title", "title", 40)):
+        for label, key, width in (
+            ("Runbook", "id", 26),
+            ("Scenario", "scenario", 17),
+            ("RTO", "rto", 6),
+            ("RPO", "rpo", 6),
+            ("Est.", "estimate", 6),
+            ("Title", "title", 40),
+        ):
             table.add_column(label, key=key, width=width)
         self.console.runbooks_signal.subscribe(self, self._refill)
         self.console.fleet_signal.subscribe(self, self._suggest)
@@ -82,14 +94,25 @@ class RunbooksScreen(ConsoleScreen):
         for entry in self.console.runbooks:
             rb = entry.runbook
             if rb is None:
-                table.add_row(plain(entry.id), "✖ invalid", "", "", "", plain(entry.problem), key=entry.id)
+                table.add_row(
+                    plain(entry.id), "✖ invalid", "", "", "", plain(entry.problem), key=entry.id
+                )
             else:
-                table.add_row(plain(rb.id), plain(rb.scenario or "-"), short_duration(rb.rto), short_duration(rb.rpo),
-                              short_duration(rb.total_estimate()), plain(rb.title), key=rb.id)
+                table.add_row(
+                    plain(rb.id),
+                    plain(rb.scenario or "-"),
+                    short_duration(rb.rto),
+                    short_duration(rb.rpo),
+                    short_duration(rb.total_estimate()),
+                    plain(rb.title),
+                    key=rb.id,
+                )
         if not self.console.runbooks_loaded:
             self.query_one("#suggestion", Static).update("loading runbooks…")
         elif not self.console.runbooks:
-            self.query_one("#suggestion", Static).update("no runbooks found (shipped or in the site's runbooks/)")
+            self.query_one("#suggestion", Static).update(
+                "no runbooks found (shipped or in the site's runbooks/)"
+            )
         self._suggest(None)
 
     def _suggest(self, _data: object) -> None:
@@ -106,7 +129,9 @@ class RunbooksScreen(ConsoleScreen):
         if entry is None:
             line.update(f"DOWN: {', '.join(down)} — no runbook for this scenario is installed.")
         else:
-            line.update(f"DOWN: {', '.join(down)} — {entry.id} is highlighted; Enter to prepare it.")
+            line.update(
+                f"DOWN: {', '.join(down)} — {entry.id} is highlighted; Enter to prepare it."
+            )
             if not self._touched:
                 table = self.query_one("#runbooks", DataTable)
                 table.move_cursor(row=table.get_row_index(entry.id))
@@ -142,7 +167,9 @@ class RunbooksScreen(ConsoleScreen):
         if entry is None:
             return
         if entry.runbook is None:
-            self.notify(f"{entry.path}: {entry.problem}", title="Runbook is invalid", severity="error")
+            self.notify(
+                f"{entry.path}: {entry.problem}", title="Runbook is invalid", severity="error"
+            )
             return
         values = default_params(entry.runbook, self.console.site, self.console.down_for_recovery())
         self.app.push_screen(ParamsScreen(entry.runbook, values))
@@ -177,7 +204,10 @@ class ParamsScreen(ConsoleScreen):
         """One field per parameter, the drill switch, Back and Review plan."""
         rb = self.runbook
         app = self.console
-        yield Static(f"{rb.title} · RTO {short_duration(rb.rto)} · RPO {short_duration(rb.rpo)}", id="rb-head")
+        yield Static(
+            f"{rb.title} · RTO {short_duration(rb.rto)} · RPO {short_duration(rb.rpo)}",
+            id="rb-head",
+        )
         with VerticalScroll(id="form"):
             for i, (name, param) in enumerate(rb.params.items()):
                 hint = f" — {param.help}" if param.help else ""
@@ -185,21 +215,34 @@ class ParamsScreen(ConsoleScreen):
                 value = self.values.get(name, "")
                 options: list[tuple[str, str]] = []
                 if param.type == "node":
-                    options = [(f"{n} ({app.fleet[n].state})" if n in app.fleet else n, n) for n in app.site.nodes]
+                    options = [
+                        (f"{n} ({app.fleet[n].state})" if n in app.fleet else n, n)
+                        for n in app.site.nodes
+                    ]
                 elif param.type == "group":
                     options = [(g, g) for g in app.site.groups()]
                 elif param.choices:
                     options = [(c, c) for c in param.choices]
                 if options:
                     known = {v for _, v in options}
-                    field: Select[str] | Input = Select(options, value=value if value in known else Select.NULL,
-                                                        prompt=f"choose {name}", id=f"param-{i}", compact=True)
+                    field: Select[str] | Input = Select(
+                        options,
+                        value=value if value in known else Select.NULL,
+                        prompt=f"choose {name}",
+                        id=f"param-{i}",
+                        compact=True,
+                    )
                 else:
-                    field = Input(value=value, placeholder=param.help or name, id=f"param-{i}", compact=True)
+                    field = Input(
+                        value=value, placeholder=param.help or name, id=f"param-{i}", compact=True
+                    )
                 self.fields[name] = field  # ids by position: parameter names need not be valid ids
                 yield field
-            yield TickBox("Drill: mark this run as a drill (journal, report, notifications)", id="drill",
-                           compact=True)
+            yield TickBox(
+                "Drill: mark this run as a drill (journal, report, notifications)",
+                id="drill",
+                compact=True,
+            )
         yield Static("", id="params-error")
         with Horizontal(classes="buttons"):
             yield Button("Back", id="back", compact=True)
@@ -270,11 +313,17 @@ class PlanScreen(ConsoleScreen):
         """Summary, the step table, a word on gates, Back and Start."""
         rb = self.runbook
         estimate = rb.total_estimate()
-        fits = "" if not rb.rto else (" — fits the RTO" if estimate <= rb.rto else " — EXCEEDS THE RTO")
+        fits = (
+            ""
+            if not rb.rto
+            else (" — fits the RTO" if estimate <= rb.rto else " — EXCEEDS THE RTO")
+        )
         params = " ".join(f"{k}={v}" for k, v in self.raw.items()) or "defaults"
         drill = " · DRILL" if self.drill else ""
-        yield Static(f"{rb.title}{drill} · {params}\nestimate {short_duration(estimate)} of RTO {short_duration(rb.rto)}{fits}",
-                     id="plan-head")
+        yield Static(
+            f"{rb.title}{drill} · {params}\nestimate {short_duration(estimate)} of RTO {short_duration(rb.rto)}{fits}",
+            id="plan-head",
+        )
         table: DataTable[str] = DataTable(id="plan", cursor_type="row")
         yield table
         gates = sum(1 for s in rb.main_steps() if s.gate or s.action == "gate")
@@ -289,8 +338,13 @@ class PlanScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """A row per step: the nodes it runs on, its gate and estimate."""
         table = self.query_one("#plan", DataTable)
-        for label, key, width in (("Step", "step", 14), ("Nodes", "nodes", 16), ("Gate", "gate", 9),
-                                  ("Est.", "est", 6), ("Title", "title", 40)):
+        for label, key, width in (
+            ("Step", "step", 14),
+            ("Nodes", "nodes", 16),
+            ("Gate", "gate", 9),
+            ("Est.", "est", 6),
+            ("Title", "title", 40),
+        ):
             table.add_column(label, key=key, width=width)
         by_step: dict[str, list[str]] = {}
         titles: dict[str, str] = {}
@@ -298,10 +352,19 @@ class PlanScreen(ConsoleScreen):
             by_step.setdefault(inst.step.id, []).append(inst.node or "local")
             titles.setdefault(inst.step.id, inst.title)
         for step in self.runbook.main_steps():
-            gate = "typed" if (step.gate or "").startswith("type:") else (
-                "confirm" if step.gate else ("checklist" if step.action == "gate" else ""))
-            table.add_row(plain(step.id), plain(",".join(by_step.get(step.id, []))), gate, short_duration(step.estimate),
-                          plain(titles.get(step.id, step.title)), key=step.id)
+            gate = (
+                "typed"
+                if (step.gate or "").startswith("type:")
+                else ("confirm" if step.gate else ("checklist" if step.action == "gate" else ""))
+            )
+            table.add_row(
+                plain(step.id),
+                plain(",".join(by_step.get(step.id, []))),
+                gate,
+                short_duration(step.estimate),
+                plain(titles.get(step.id, step.title)),
+                key=step.id,
+            )
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:

@@ -45,11 +45,22 @@ class RunsScreen(ConsoleScreen):
     HELP = "Past runs and their timelines; re-attach to an interrupted or waiting run"
     CSS_PATH = "runs.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "Open", id="runs-open", priority=True, tooltip="Show the run's steps."),
-        Binding("e", "reattach", "Re-attach", id="runs-reattach",
-                tooltip="Carry on an interrupted or waiting run from where its journal stops."),
-        Binding("p", "report", "Report", id="runs-report", tooltip="The run's incident or drill report."),
-        Binding("g", "reload", "Reload", id="runs-reload", show=False, tooltip="Read the journal again."),
+        Binding(
+            "enter", "open", "Open", id="runs-open", priority=True, tooltip="Show the run's steps."
+        ),
+        Binding(
+            "e",
+            "reattach",
+            "Re-attach",
+            id="runs-reattach",
+            tooltip="Carry on an interrupted or waiting run from where its journal stops.",
+        ),
+        Binding(
+            "p", "report", "Report", id="runs-report", tooltip="The run's incident or drill report."
+        ),
+        Binding(
+            "g", "reload", "Reload", id="runs-reload", show=False, tooltip="Read the journal again."
+        ),
     ]
 
     def __init__(self) -> None:
@@ -68,8 +79,14 @@ class RunsScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Columns, then the journal read in a worker."""
         table = self.query_one("#runs", DataTable)
-        for label, key, width in (("Run", "id", 20), ("Runbook", "runbook", 22), ("Status", "status", 14),
-                                  ("Started", "started", 19), ("Drill", "drill", 5), ("User", "user", 10)):
+        for label, key, width in (
+            ("Run", "id", 20),
+            ("Runbook", "runbook", 22),
+            ("Status", "status", 14),
+            ("Started", "started", 19),
+            ("Drill", "drill", 5),
+            ("User", "user", 10),
+        ):
             table.add_column(label, key=key, width=width)
         self.console.run_signal.subscribe(self, self._run_changed)
         self.action_reload()
@@ -96,13 +113,22 @@ class RunsScreen(ConsoleScreen):
         keep = self.highlighted()
         table.clear()
         for r in runs:
-            table.add_row(plain(r.id), plain(r.runbook), state_label(self.app, r.status),
-                          plain(r.started[:19].replace("T", " ")), "yes" if r.drill else "", plain(r.user), key=r.id)
+            table.add_row(
+                plain(r.id),
+                plain(r.runbook),
+                state_label(self.app, r.status),
+                plain(r.started[:19].replace("T", " ")),
+                "yes" if r.drill else "",
+                plain(r.user),
+                key=r.id,
+            )
         if keep is not None and any(r.id == keep.id for r in runs):
             table.move_cursor(row=table.get_row_index(keep.id))
         self._show_highlighted()
         if not runs:
-            self.query_one("#run-info", Static).update("No runs in the journal yet · r to start one")
+            self.query_one("#run-info", Static).update(
+                "No runs in the journal yet · r to start one"
+            )
 
     def highlighted(self) -> RunSummary | None:
         """The run under the cursor."""
@@ -121,7 +147,9 @@ class RunsScreen(ConsoleScreen):
             return
         reason = f" — {run.reason}" if run.reason else ""
         hint = " · e to re-attach" if run.status in RESUMABLE else ""
-        self.query_one("#run-info", Static).update(f"{run.title or run.runbook} · {run.status}{reason}{hint}")
+        self.query_one("#run-info", Static).update(
+            f"{run.title or run.runbook} · {run.status}{reason}{hint}"
+        )
         log.write_lines([line for r in run.records if (line := timeline_line(r)) is not None])
 
     @on(DataTable.RowSelected, "#runs")
@@ -140,8 +168,10 @@ class RunsScreen(ConsoleScreen):
         if run is None:
             return
         if run.status not in RESUMABLE:
-            self.notify(f"run {run.id} is {run.status}; only an interrupted or waiting run can be re-attached.",
-                        severity="warning")
+            self.notify(
+                f"run {run.id} is {run.status}; only an interrupted or waiting run can be re-attached.",
+                severity="warning",
+            )
             return
         self.console.reattach_run(run.id)
 

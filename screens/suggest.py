@@ -15,14 +15,15 @@ PREFERRED_FOR_DOWN = ("validator", "bootstrap", "api", "dr")
 """Which down node to pre-select first: a validator outage costs the most."""
 
 
-
 def down_nodes(site: Site, statuses: Iterable[NodeStatus]) -> list[str]:
     """Nodes not active in the last poll, validators first, then in site order."""
     down = {s.name for s in statuses if s.state != "active"}
 
     def rank(name: str) -> int:
         groups = site.nodes[name].groups
-        return next((i for i, g in enumerate(PREFERRED_FOR_DOWN) if g in groups), len(PREFERRED_FOR_DOWN))
+        return next(
+            (i for i, g in enumerate(PREFERRED_FOR_DOWN) if g in groups), len(PREFERRED_FOR_DOWN)
+        )
 
     ordered = [n for n in site.nodes if n in down]
     return sorted(ordered, key=rank)

@@ -85,9 +85,14 @@ def _typed_gate(console: Console) -> Script:
     async def run(pilot: Pilot[Any]) -> None:
         await _first_gate(pilot)
         await pilot.press("y")
-        await wait_for(pilot, lambda: ("restore", "validator2") in console.app.session.model.steps  # type: ignore[union-attr]
-                       and console.app.session.model.steps[("restore", "validator2")].state == "gated",  # type: ignore[union-attr]
-                       "the typed gate")
+        await wait_for(
+            pilot,
+            lambda: (
+                ("restore", "validator2") in console.app.session.model.steps  # type: ignore[union-attr]
+                and console.app.session.model.steps[("restore", "validator2")].state == "gated"
+            ),  # type: ignore[union-attr]
+            "the typed gate",
+        )
         await wait_for(pilot, lambda: console.app.gate_open, "the gate dialog")
         console.clock.advance(12 * 60)
         for screen in console.app.screen_stack:  # the clock is on the Run screen, under the gate
@@ -102,8 +107,11 @@ async def _waiting_run(pilot: Pilot[Any]) -> None:
     """The first gate confirmed, the second left for later: a run waiting at a gate."""
     await _first_gate(pilot)
     await pilot.press("y")
-    await wait_for(pilot, lambda: pilot.app.gate_open and pilot.app.screen.request.kind == "type",  # type: ignore[attr-defined]
-                   "the typed gate")
+    await wait_for(
+        pilot,
+        lambda: pilot.app.gate_open and pilot.app.screen.request.kind == "type",  # type: ignore[attr-defined]
+        "the typed gate",
+    )
     await pilot.press("tab", "enter")
     await wait_for(pilot, lambda: not pilot.app.run_active, "the run to stop")  # type: ignore[attr-defined]
 
@@ -118,18 +126,26 @@ class TestDashboard:
 
     def test_degraded_small(self, snap_compare: Any, tmp_path: Path) -> None:
         """validator2's service is down, api1 unreachable; a stale tier in the RPO strip."""
-        console = make_console(tmp_path, down=["validator2"], unreachable=["api1"], catalog=catalog_rows(40))
+        console = make_console(
+            tmp_path, down=["validator2"], unreachable=["api1"], catalog=catalog_rows(40)
+        )
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then())
 
     def test_degraded_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The same at 120x40."""
-        console = make_console(tmp_path, down=["validator2"], unreachable=["api1"], catalog=catalog_rows(40))
+        console = make_console(
+            tmp_path, down=["validator2"], unreachable=["api1"], catalog=catalog_rows(40)
+        )
         assert snap_compare(console.app, terminal_size=LARGE, run_before=_then())
 
-    def test_degraded_no_color(self, snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_degraded_no_color(
+        self, snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """NO_COLOR: states still read from their symbols and words."""
         monkeypatch.setenv("NO_COLOR", "1")
-        console = make_console(tmp_path, down=["validator2"], unreachable=["api1"], catalog=catalog_rows(40))
+        console = make_console(
+            tmp_path, down=["validator2"], unreachable=["api1"], catalog=catalog_rows(40)
+        )
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then())
 
 
@@ -144,7 +160,9 @@ class TestRunbooks:
     def test_plan_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The plan: steps, nodes, gates, estimate against the RTO; Start focused."""
         console = make_console(tmp_path, down=["validator2"])
-        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_keys("r", "enter", "enter")))
+        assert snap_compare(
+            console.app, terminal_size=LARGE, run_before=_then(_keys("r", "enter", "enter"))
+        )
 
 
 class TestRun:
@@ -158,7 +176,9 @@ class TestRun:
     def test_typed_gate_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """Twelve minutes in: isolate done, the typed gate of restore half typed."""
         console = make_console(tmp_path, down=["validator2"])
-        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_typed_gate(console)))
+        assert snap_compare(
+            console.app, terminal_size=LARGE, run_before=_then(_typed_gate(console))
+        )
 
 
 class TestCatalog:
@@ -192,9 +212,13 @@ class TestRunsAndAudit:
     def test_runs_small(self, snap_compare: Any, tmp_path: Path) -> None:
         """A run waiting at its typed gate, re-attachable."""
         console = make_console(tmp_path, down=["validator2"])
-        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_waiting_run, _keys("h")))
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_waiting_run, _keys("h"))
+        )
 
     def test_audit_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The audit entries the run wrote; chain intact."""
         console = make_console(tmp_path, down=["validator2"])
-        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _keys("u")))
+        assert snap_compare(
+            console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _keys("u"))
+        )

@@ -86,23 +86,37 @@ def site_key(site: Site) -> Key:
 
 def tar_payload(kind: str, node: str, when: datetime) -> bytes:
     """A small gzipped tar of what a backup of `kind` holds."""
-    path = {"validator-keys": "etc/kaldrix/validator_keys.json",
-            "transaction-logs": "var/log/kaldrix/transactions/tx.log"}.get(kind, "var/lib/kaldrix/state/index.json")
+    path = {
+        "validator-keys": "etc/kaldrix/validator_keys.json",
+        "transaction-logs": "var/log/kaldrix/transactions/tx.log",
+    }.get(kind, "var/lib/kaldrix/state/index.json")
     body = json.dumps({"node": node, "kind": kind, "at": iso(when)}).encode()
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         info = tarfile.TarInfo(path)
         info.size = len(body)
         tar.addfile(info, io.BytesIO(body))
     return buf.getvalue()
 
 
-PATHS = {"validator-keys": ["/etc/kaldrix/validator_keys.json"],
-         "transaction-logs": ["/var/log/kaldrix/transactions"]}
+PATHS = {
+    "validator-keys": ["/etc/kaldrix/validator_keys.json"],
+    "transaction-logs": ["/var/log/kaldrix/transactions"],
+}
 
 
-async def plant(site: Site, stores: dict[str, Store], node: str, kind: str, when: datetime,
-                chain_height: int | None = 1000, duration_s: float = 1.5) -> Manifest:
+async def plant(
+    site: Site,
+    stores: dict[str, Store],
+    node: str,
+    kind: str,
+    when: datetime,
+    chain_height: int | None = 1000,
+    duration_s: float = 1.5,
+) -> Manifest:
     """Store a real backup of `kind` from `node`, made at `when`, in every store given."""
     plain = tar_payload(kind, node, when)
     enc = Encryptor(site_key(site))
@@ -110,11 +124,22 @@ async def plant(site: Site, stores: dict[str, Store], node: str, kind: str, when
     result = enc.result
     assert result is not None
     bid = backup_id(node, kind, when)
-    m = Manifest(id=bid, kind=kind, node=node, created=iso(when),
-                 paths=PATHS.get(kind, ["/var/lib/kaldrix/state"]), key_id=result.key_id,
-                 ciphertext_size=result.ciphertext_size, ciphertext_sha256=result.ciphertext_sha256,
-                 plaintext_size=result.plaintext_size, plaintext_sha256=result.plaintext_sha256,
-                 chain_height=chain_height, run="test", duration_s=duration_s, tool="tests")
+    m = Manifest(
+        id=bid,
+        kind=kind,
+        node=node,
+        created=iso(when),
+        paths=PATHS.get(kind, ["/var/lib/kaldrix/state"]),
+        key_id=result.key_id,
+        ciphertext_size=result.ciphertext_size,
+        ciphertext_sha256=result.ciphertext_sha256,
+        plaintext_size=result.plaintext_size,
+        plaintext_sha256=result.plaintext_sha256,
+        chain_height=chain_height,
+        run="test",
+        duration_s=duration_s,
+        tool="tests",
+    )
     staging = site.state_dir / "plant"
     staging.mkdir(parents=True, exist_ok=True)
     src = staging / f"{bid}.kdx"
@@ -132,7 +157,9 @@ async def plant(site: Site, stores: dict[str, Store], node: str, kind: str, when
     return m
 
 
-def plant_sync(site: Site, stores: dict[str, Store], node: str, kind: str, when: datetime, **kw: object) -> Manifest:
+def plant_sync(
+    site: Site, stores: dict[str, Store], node: str, kind: str, when: datetime, **kw: object
+) -> Manifest:
     """`plant` from synchronous test code."""
     return asyncio.run(plant(site, stores, node, kind, when, **kw))  # type: ignore[arg-type]
 

@@ -45,13 +45,19 @@ def connect_options(lab: Lab, **overrides: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def ssh_to(lab: Lab, node: str, **overrides: Any) -> AsyncIterator[asyncssh.SSHClientConnection]:
+async def ssh_to(
+    lab: Lab, node: str, **overrides: Any
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
     """An SSH connection to a lab node, host key checked against DIR/known_hosts."""
-    async with asyncssh.connect("127.0.0.1", lab.host(node).ssh_port, **connect_options(lab, **overrides)) as conn:
+    async with asyncssh.connect(
+        "127.0.0.1", lab.host(node).ssh_port, **connect_options(lab, **overrides)
+    ) as conn:
         yield conn
 
 
-async def run_on(lab: Lab, node: str, command: str, timeout: float = 30) -> asyncssh.SSHCompletedProcess:
+async def run_on(
+    lab: Lab, node: str, command: str, timeout: float = 30
+) -> asyncssh.SSHCompletedProcess:
     """Run one command on a lab node (new connection); never raises on a non-zero exit."""
     async with ssh_to(lab, node) as conn:
         return await conn.run(command, check=False, timeout=timeout)
@@ -64,8 +70,12 @@ async def health(lab: Lab, node: str, timeout: float = 5) -> tuple[int, dict[str
     return resp.status_code, resp.json()
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 15,
-                     interval: float = 0.1, what: str = "condition") -> None:
+async def wait_until(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 15,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> None:
     """Poll `check` (sync or async) until true; AssertionError naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:

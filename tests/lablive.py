@@ -30,17 +30,26 @@ class LiveLab:
             text = (self.dir / "lab" / "events.log").read_text()
         except FileNotFoundError:
             return 0
-        return sum(1 for line in text.splitlines() if " fault set: " in line or " fault cleared: " in line)
+        return sum(
+            1 for line in text.splitlines() if " fault set: " in line or " fault cleared: " in line
+        )
 
     def _current_faults(self) -> int:
-        listed = subprocess.run([sys.executable, "-m", "kconsole.lab", "fault", "--dir", str(self.dir), "list"],
-                                check=True, capture_output=True, text=True, timeout=30)
+        listed = subprocess.run(
+            [sys.executable, "-m", "kconsole.lab", "fault", "--dir", str(self.dir), "list"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return len([line for line in listed.stdout.splitlines() if line.strip()])
 
     def fault(self, action: str, spec: str | None = None, timeout: float = 30) -> None:
         """Change the running lab's faults and wait until the lab has applied them (it
         re-reads faults.toml every 0.5 s; on a loaded machine that can take longer)."""
-        changes = len(spec.split(",")) if spec else (self._current_faults() if action == "clear" else 0)
+        changes = (
+            len(spec.split(",")) if spec else (self._current_faults() if action == "clear" else 0)
+        )
         before = self._fault_events()
         args = [sys.executable, "-m", "kconsole.lab", "fault", "--dir", str(self.dir), action]
         if spec:
@@ -49,7 +58,9 @@ class LiveLab:
         deadline = time.monotonic() + timeout
         while self._fault_events() < before + changes:
             if time.monotonic() > deadline:
-                raise AssertionError(f"the lab did not apply `fault {action} {spec or ''}` within {timeout}s")
+                raise AssertionError(
+                    f"the lab did not apply `fault {action} {spec or ''}` within {timeout}s"
+                )
             time.sleep(0.1)
 
     def root(self, node: str) -> Path:

@@ -31,8 +31,11 @@ STATE = "var/lib/kaldrix/state"
 
 def tree(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under root."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -48,7 +51,10 @@ def lab_site(sshd_server: Sshd, tmp_path: Path) -> Iterator[Site]:  # noqa: F811
     base = sshd_server.site()
     node = dataclasses.replace(base.nodes["node1"], root=str(root))
     site = dataclasses.replace(
-        base, state_dir=tmp_path / "state", nodes={"node1": node}, keys_dir=keys,
+        base,
+        state_dir=tmp_path / "state",
+        nodes={"node1": node},
+        keys_dir=keys,
         locations={"primary": Location("primary", "local", path=str(tmp_path / "backups"))},
     )
     yield site
@@ -60,10 +66,21 @@ async def noop_emit(stream: str, text: str) -> None:
 
 async def make_backup(site: Site, transport: SshTransport) -> Manifest:
     ring = Keyring(site.keys_dir)  # type: ignore[arg-type]
-    req = CreateRequest(node=site.nodes["node1"], kind="blockchain-state", paths=["/" + STATE], sudo=False,
-                        run_id="r1")
-    return await create_backup(site, req, transport=transport, stores=open_stores(site, transport),
-                               key=ring.current(), emit=noop_emit)
+    req = CreateRequest(
+        node=site.nodes["node1"],
+        kind="blockchain-state",
+        paths=["/" + STATE],
+        sudo=False,
+        run_id="r1",
+    )
+    return await create_backup(
+        site,
+        req,
+        transport=transport,
+        stores=open_stores(site, transport),
+        key=ring.current(),
+        emit=noop_emit,
+    )
 
 
 async def test_create_verify_restore_byte_for_byte(lab_site: Site) -> None:
@@ -79,15 +96,25 @@ async def test_create_verify_restore_byte_for_byte(lab_site: Site) -> None:
         assert backup.replicas["primary"].size == manifest.ciphertext_size
         stored = Path(backup.replicas["primary"].path).read_bytes()
         assert b"1234" not in stored  # encrypted at rest
-        outcome = await verify_backup(lab_site, backup, stores, Keyring(lab_site.keys_dir), noop_emit)  # type: ignore[arg-type]
+        outcome = await verify_backup(
+            lab_site, backup, stores, Keyring(lab_site.keys_dir), noop_emit
+        )  # type: ignore[arg-type]
         assert outcome.ok, outcome.problems
         # Damage the live state, then restore.
         (root / STATE / "blocks" / "000003.blk").unlink()
         (root / STATE / "height").write_text("0\n")
         (root / STATE / "junk").write_text("x")
-        report = await restore_backup(lab_site, lab_site.nodes["node1"], backup, transport=transport,
-                                      stores=stores, keyring=Keyring(lab_site.keys_dir), run_id="r2",  # type: ignore[arg-type]
-                                      emit=noop_emit, sudo=False)
+        report = await restore_backup(
+            lab_site,
+            lab_site.nodes["node1"],
+            backup,
+            transport=transport,
+            stores=stores,
+            keyring=Keyring(lab_site.keys_dir),
+            run_id="r2",  # type: ignore[arg-type]
+            emit=noop_emit,
+            sudo=False,
+        )
         assert report.members > 20
         assert tree(root / STATE) == before
         assert (root / (STATE + ".pre-restore") / "junk").exists()
@@ -112,8 +139,17 @@ async def test_corrupted_object_is_caught(lab_site: Site) -> None:
         assert "the copy is corrupt" in outcome.problems[0]
         assert (await build_catalog(lab_site, stores)).find(manifest.id).status == "failed-verify"
         with pytest.raises(OperationFailed, match="no good copy"):
-            await restore_backup(lab_site, lab_site.nodes["node1"], backup, transport=transport, stores=stores,
-                                 keyring=ring, run_id="r3", emit=noop_emit, sudo=False)
+            await restore_backup(
+                lab_site,
+                lab_site.nodes["node1"],
+                backup,
+                transport=transport,
+                stores=stores,
+                keyring=ring,
+                run_id="r3",
+                emit=noop_emit,
+                sudo=False,
+            )
     finally:
         await transport.close()
 
@@ -124,7 +160,10 @@ async def test_hostile_archive_never_reaches_the_node(lab_site: Site, tmp_path: 
     try:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name, data in ((f"{STATE}/ok", b"fine"), (f"{STATE}/../../../../etc/evil", b"pwned")):
+            for name, data in (
+                (f"{STATE}/ok", b"fine"),
+                (f"{STATE}/../../../../etc/evil", b"pwned"),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -138,16 +177,34 @@ async def test_hostile_archive_never_reaches_the_node(lab_site: Site, tmp_path: 
         bid = backup_id("node1", "blockchain-state", created)
         stores = open_stores(lab_site, transport)
         await stores["primary"].write_bytes(object_key("blockchain-state", "node1", bid), blob)
-        m = Manifest(bid, "blockchain-state", "node1", iso(created), ["/" + STATE], key.key_id,
-                     len(blob), enc.result.ciphertext_sha256, enc.result.plaintext_size,
-                     enc.result.plaintext_sha256)
+        m = Manifest(
+            bid,
+            "blockchain-state",
+            "node1",
+            iso(created),
+            ["/" + STATE],
+            key.key_id,
+            len(blob),
+            enc.result.ciphertext_sha256,
+            enc.result.plaintext_size,
+            enc.result.plaintext_sha256,
+        )
         await stores["primary"].write_bytes(m.manifest_key(), m.to_json())
         backup = (await build_catalog(lab_site, stores)).find(bid)
         root = Path(lab_site.nodes["node1"].root)
         before = tree(root)
         with pytest.raises(OperationFailed, match="escapes the restore directory"):
-            await restore_backup(lab_site, lab_site.nodes["node1"], backup, transport=transport, stores=stores,
-                                 keyring=Keyring(lab_site.keys_dir), run_id="r4", emit=noop_emit, sudo=False)  # type: ignore[arg-type]
+            await restore_backup(
+                lab_site,
+                lab_site.nodes["node1"],
+                backup,
+                transport=transport,
+                stores=stores,
+                keyring=Keyring(lab_site.keys_dir),
+                run_id="r4",
+                emit=noop_emit,
+                sudo=False,
+            )  # type: ignore[arg-type]
         assert tree(root) == before
         assert not list(root.glob(".kconsole-restore-*"))
     finally:
@@ -160,17 +217,34 @@ def test_runbook_ssh_exec_and_stream_against_sshd(lab_site: Site, tmp_path: Path
 
     node = lab_site.nodes["node1"]
     site_file = tmp_path / "site.toml"
-    site_file.write_text(tomli_w.dumps({
-        "site": {"name": "sshd", "state_dir": str(tmp_path / "state2")},
-        "ssh": {"user": lab_site.ssh.user, "identity": str(lab_site.ssh.identity),
-                "known_hosts": str(lab_site.ssh.known_hosts), "connect_timeout": "10s"},
-        "nodes": [{"name": "node1", "host": node.host, "port": node.port, "root": node.root, "groups": ["validator"]}],
-    }))
+    site_file.write_text(
+        tomli_w.dumps(
+            {
+                "site": {"name": "sshd", "state_dir": str(tmp_path / "state2")},
+                "ssh": {
+                    "user": lab_site.ssh.user,
+                    "identity": str(lab_site.ssh.identity),
+                    "known_hosts": str(lab_site.ssh.known_hosts),
+                    "connect_timeout": "10s",
+                },
+                "nodes": [
+                    {
+                        "name": "node1",
+                        "host": node.host,
+                        "port": node.port,
+                        "root": node.root,
+                        "groups": ["validator"],
+                    }
+                ],
+            }
+        )
+    )
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(300_000))
     digest = hashlib.sha256(payload.read_bytes()).hexdigest()
     rb = tmp_path / "rb.toml"
-    rb.write_text(textwrap.dedent(f"""
+    rb.write_text(
+        textwrap.dedent(f"""
         [runbook]
         id = "sshd-check"
         title = "sshd check"
@@ -191,7 +265,8 @@ def test_runbook_ssh_exec_and_stream_against_sshd(lab_site: Site, tmp_path: Path
         command = "sha256sum"
         needs = ["hello"]
         expect = {{ stdout = "{digest}" }}
-    """))
+    """)
+    )
     code, out, err = cli("--site", site_file, "run", rb, "--yes")
     assert code == 0, out + err
     assert "hello from node1" in out

@@ -53,9 +53,16 @@ def site(tmp_path: Path) -> Site:
 async def test_joins_locations_and_reports_replicas_and_legacy(site: Site) -> None:
     stores = open_stores(site, None)
     m1 = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=5))
-    m2 = await plant(site, {"primary": stores["primary"]}, "validator2", "blockchain-state",
-                     NOW - timedelta(minutes=7))
-    legacy = Path(stores["dr"].describe("blockchain/state/blockchain_validator1_20261120_143000.tar.gz.enc"))
+    m2 = await plant(
+        site,
+        {"primary": stores["primary"]},
+        "validator2",
+        "blockchain-state",
+        NOW - timedelta(minutes=7),
+    )
+    legacy = Path(
+        stores["dr"].describe("blockchain/state/blockchain_validator1_20261120_143000.tar.gz.enc")
+    )
     legacy.parent.mkdir(parents=True)
     legacy.write_bytes(b"Salted__" + bytes(40))
     catalog = await build_catalog(site, stores, now=NOW)
@@ -66,13 +73,30 @@ async def test_joins_locations_and_reports_replicas_and_legacy(site: Site) -> No
     b2 = catalog.find(m2.id)
     assert b2.status == "missing-replica" and b2.missing == ["dr"] and "no copy in dr" in b2.reason
     old = catalog.find("blockchain_validator1_20261120_143000.tar.gz.enc")
-    assert old.legacy and old.key_id == "legacy" and old.kind == "blockchain-state" and old.status == "ok"
+    assert (
+        old.legacy
+        and old.key_id == "legacy"
+        and old.kind == "blockchain-state"
+        and old.status == "ok"
+    )
     rows = catalog.rows()
     assert {r["location"] for r in rows if r["id"] == m1.id} == {"primary", "dr"}
     for r in rows:
         assert r["type"] == "backup" and r["as_of"] == "2026-11-26T10:00:00Z"
-        assert {"id", "kind", "node", "location", "path", "size", "created", "age_s", "rpo_s", "status",
-                "key_id", "chain_height"} <= set(r)
+        assert {
+            "id",
+            "kind",
+            "node",
+            "location",
+            "path",
+            "size",
+            "created",
+            "age_s",
+            "rpo_s",
+            "status",
+            "key_id",
+            "chain_height",
+        } <= set(r)
     row = next(r for r in rows if r["id"] == m1.id and r["location"] == "primary")
     assert row["age_s"] == 300 and row["rpo_s"] == 900 and row["chain_height"] == 1000
     assert Path(row["path"]).is_file() and row["size"] == m1.ciphertext_size
@@ -86,7 +110,7 @@ async def test_statuses_stale_failed_verify_and_latest_good(site: Site) -> None:
     newest = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=1))
     catalog = await build_catalog(site, stores, now=NOW)
     assert catalog.find(newest.id).status == "stale"  # newest good one is past the 15m RPO
-    assert catalog.find(older.id).status == "ok"      # only the newest says the tier is stale
+    assert catalog.find(older.id).status == "ok"  # only the newest says the tier is stale
     record_verification(site, newest.id, False, "checksum mismatch")
     catalog = await build_catalog(site, stores, now=NOW)
     assert catalog.find(newest.id).status == "failed-verify"
@@ -97,9 +121,16 @@ async def test_statuses_stale_failed_verify_and_latest_good(site: Site) -> None:
 async def test_index_filters(site: Site) -> None:
     stores = open_stores(site, None)
     for i in range(4):
-        await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=5 * i + 1))
-        await plant(site, {"primary": stores["primary"]}, "validator2", "validator-keys",
-                    NOW - timedelta(minutes=15 * i + 1))
+        await plant(
+            site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=5 * i + 1)
+        )
+        await plant(
+            site,
+            {"primary": stores["primary"]},
+            "validator2",
+            "validator-keys",
+            NOW - timedelta(minutes=15 * i + 1),
+        )
     catalog = await build_catalog(site, stores, now=NOW)
     assert len(catalog.select()) == 8
     assert [b.node for b in catalog.select(kind="validator-keys")] == ["validator2"] * 4
@@ -111,16 +142,23 @@ async def test_index_filters(site: Site) -> None:
     assert times == sorted(times, reverse=True)
     assert {r["location"] for r in catalog.rows(location="dr")} == {"dr"}
     assert len(catalog.rows(kind="blockchain-state")) == 8
-    assert catalog.groups() == [("blockchain-state", "validator1"), ("validator-keys", "validator2")]
+    assert catalog.groups() == [
+        ("blockchain-state", "validator1"),
+        ("validator-keys", "validator2"),
+    ]
 
 
-async def test_manifest_cache_makes_a_rebuild_read_nothing_new(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_manifest_cache_makes_a_rebuild_read_nothing_new(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stores = open_stores(site, None)
     m = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
     reads: list[int] = []
     original = LocalStore.read_many
 
-    async def counting(self: LocalStore, keys: list[str], limit: int = 1) -> dict[str, bytes | None]:
+    async def counting(
+        self: LocalStore, keys: list[str], limit: int = 1
+    ) -> dict[str, bytes | None]:
         reads.append(len(keys))
         return await original(self, keys, limit)
 
@@ -131,7 +169,11 @@ async def test_manifest_cache_makes_a_rebuild_read_nothing_new(site: Site, monke
     assert reads == [1, 1]  # warm: every manifest came from the cache
     assert second.find(m.id).manifest == first.find(m.id).manifest
     cache = json.loads((site.state_dir / "catalog-cache.json").read_text())
-    assert cache["version"] == 3 and cache["as_of"] == "2026-11-26T10:00:00Z" and len(cache["manifests"]) == 2
+    assert (
+        cache["version"] == 3
+        and cache["as_of"] == "2026-11-26T10:00:00Z"
+        and len(cache["manifests"]) == 2
+    )
     # A changed manifest (new size/mtime) is read again.
     p = stores["dr"].path(m.manifest_key())  # type: ignore[attr-defined]
     p.write_bytes(p.read_bytes() + b"\n")
@@ -156,7 +198,10 @@ class _WaitingStore(Store):
 
 async def test_locations_are_listed_concurrently(site: Site) -> None:
     started = {"a": asyncio.Event(), "b": asyncio.Event()}
-    stores: dict[str, Store] = {"a": _WaitingStore("a", started, "b"), "b": _WaitingStore("b", started, "a")}
+    stores: dict[str, Store] = {
+        "a": _WaitingStore("a", started, "b"),
+        "b": _WaitingStore("b", started, "a"),
+    }
     # Listed one after the other, each listing would wait for the other forever.
     catalog = await asyncio.wait_for(build_catalog(site, stores, now=NOW), 10)
     assert catalog.errors == {} and catalog.backups == []
@@ -177,15 +222,40 @@ async def test_an_unlistable_location_is_reported_not_guessed(site: Site) -> Non
 
 async def test_freshness_and_data_loss(site: Site) -> None:
     stores = open_stores(site, None)
-    await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=5), chain_height=5000)
-    await plant(site, stores, "validator2", "blockchain-state", NOW - timedelta(minutes=40), chain_height=4000)
+    await plant(
+        site,
+        stores,
+        "validator1",
+        "blockchain-state",
+        NOW - timedelta(minutes=5),
+        chain_height=5000,
+    )
+    await plant(
+        site,
+        stores,
+        "validator2",
+        "blockchain-state",
+        NOW - timedelta(minutes=40),
+        chain_height=4000,
+    )
     catalog = await build_catalog(site, stores, now=NOW)
     rows = catalog.freshness(site, live={"validator1": 5100, "validator2": 4700})
     state = {(r["kind"], r["node"]): r for r in rows}
     v1 = state[("blockchain-state", "validator1")]
-    assert (v1["status"], v1["age_s"], v1["loss_s"], v1["block_lag"], v1["breached"]) == ("ok", 300, 300, 100, False)
+    assert (v1["status"], v1["age_s"], v1["loss_s"], v1["block_lag"], v1["breached"]) == (
+        "ok",
+        300,
+        300,
+        100,
+        False,
+    )
     v2 = state[("blockchain-state", "validator2")]
-    assert (v2["status"], v2["loss_s"], v2["block_lag"], v2["breached"]) == ("stale", 2400, 700, True)
+    assert (v2["status"], v2["loss_s"], v2["block_lag"], v2["breached"]) == (
+        "stale",
+        2400,
+        700,
+        True,
+    )
     # bootstrap1 is backed up by the shipped blockchain-state runbook but has nothing: "none".
     b1 = state[("blockchain-state", "bootstrap1")]
     assert (b1["status"], b1["newest"], b1["loss_s"], b1["block_lag"]) == ("none", None, None, None)
@@ -215,7 +285,9 @@ async def test_live_heights_from_health_urls(tmp_path: Path) -> None:
     dead_port = await dead.start()
     await dead.close()  # nothing listens there any more
     try:
-        site = make_site(tmp_path, text=f"""
+        site = make_site(
+            tmp_path,
+            text=f"""
 [site]
 name = "heights"
 [[nodes]]
@@ -229,7 +301,8 @@ health_url = "http://127.0.0.1:{dead_port}/health"
 [[nodes]]
 name = "nourl"
 host = "127.0.0.1"
-""")
+""",
+        )
         assert await live_heights(site, timeout=5) == {"up": 1234, "down": None, "nourl": None}
         assert await live_heights(site, ["up"], timeout=5) == {"up": 1234}
     finally:
@@ -239,8 +312,13 @@ host = "127.0.0.1"
 async def test_verify_reports_missing_replica_and_corruption(site: Site) -> None:
     stores = open_stores(site, None)
     whole = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
-    half = await plant(site, {"primary": stores["primary"]}, "validator2", "blockchain-state",
-                       NOW - timedelta(minutes=1))
+    half = await plant(
+        site,
+        {"primary": stores["primary"]},
+        "validator2",
+        "blockchain-state",
+        NOW - timedelta(minutes=1),
+    )
     assert site.keys_dir is not None
     ring = Keyring(site.keys_dir)
     catalog = await build_catalog(site, stores, now=NOW)
@@ -249,18 +327,27 @@ async def test_verify_reports_missing_replica_and_corruption(site: Site) -> None
     missing = await verify_backup(site, catalog.find(half.id), stores, ring, quiet)
     assert missing.ok and not missing.complete and missing.missing == ["dr"]
     assert "dr: replica missing" in missing.problems
-    unchecked = await verify_backup(site, catalog.find(whole.id), stores, ring, quiet,
-                                    unreachable={"dr": "timed out"})
+    unchecked = await verify_backup(
+        site, catalog.find(whole.id), stores, ring, quiet, unreachable={"dr": "timed out"}
+    )
     assert unchecked.ok  # primary's copy is fine; dr is merely not checked
     obj = stores["dr"].path(whole.object_key())  # type: ignore[attr-defined]
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0x40
     obj.write_bytes(bytes(data))
     bad = await verify_backup(site, catalog.find(whole.id), stores, ring, quiet)
-    assert not bad.ok and bad.checked == ["primary"] and "dr:" in bad.problems[0] and list(bad.damaged) == ["dr"]
+    assert (
+        not bad.ok
+        and bad.checked == ["primary"]
+        and "dr:" in bad.problems[0]
+        and list(bad.damaged) == ["dr"]
+    )
     # Still restorable from primary: the catalog shows the damaged copy, not a failed backup.
     after = await build_catalog(site, stores, now=NOW)
-    assert after.find(whole.id).status == "missing-replica" and "damaged copy in dr" in after.find(whole.id).reason
+    assert (
+        after.find(whole.id).status == "missing-replica"
+        and "damaged copy in dr" in after.find(whole.id).reason
+    )
     assert after.latest_good("blockchain-state", "validator1") is not None
     # With the primary copy damaged too, nothing good is left: failed-verify.
     obj = stores["primary"].path(whole.object_key())  # type: ignore[attr-defined]
@@ -282,9 +369,13 @@ def test_cli_catalog_json_and_text(site: Site, cli) -> None:
     fresh = [x for x in lines if x["type"] == "freshness"]
     assert len(backups) == 2 and {b["location"] for b in backups} == {"primary", "dr"}
     assert all("as_of" in x for x in lines)
-    assert {(f["kind"], f["node"]) for f in fresh} >= {("blockchain-state", "validator1"),
-                                                       ("validator-keys", "validator2")}
-    code, out, _ = cli("--site", site.path, "catalog", "--kind", "blockchain-state", "--node", "validator1")
+    assert {(f["kind"], f["node"]) for f in fresh} >= {
+        ("blockchain-state", "validator1"),
+        ("validator-keys", "validator2"),
+    }
+    code, out, _ = cli(
+        "--site", site.path, "catalog", "--kind", "blockchain-state", "--node", "validator1"
+    )
     assert code == 0
     assert "as of" in out and "2 copies of 1 backups" in out and "tier critical:" in out
     assert "validator2" not in out
@@ -296,8 +387,15 @@ def test_cli_catalog_json_and_text(site: Site, cli) -> None:
 
 def test_cli_verify_exit_1_names_missing_replicas(site: Site, cli) -> None:
     stores = open_stores(site, None)
-    m = asyncio.run(plant(site, {"primary": stores["primary"]}, "validator1", "blockchain-state",
-                          NOW - timedelta(minutes=1)))
+    m = asyncio.run(
+        plant(
+            site,
+            {"primary": stores["primary"]},
+            "validator1",
+            "blockchain-state",
+            NOW - timedelta(minutes=1),
+        )
+    )
     code, out, err = cli("--site", site.path, "verify", m.id)
     assert code == 1
     assert "content ok, INCOMPLETE: dr: replica missing" in err
@@ -308,7 +406,9 @@ def test_cli_verify_exit_1_names_missing_replicas(site: Site, cli) -> None:
 
 def test_list_backups_for_the_console(site: Site) -> None:
     stores = open_stores(site, None)
-    m = asyncio.run(plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1)))
+    m = asyncio.run(
+        plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
+    )
     from kconsole.backups import list_backups as exported
 
     assert exported is not None
@@ -316,8 +416,9 @@ def test_list_backups_for_the_console(site: Site) -> None:
     assert {(r["id"], r["location"]) for r in rows} == {(m.id, "primary"), (m.id, "dr")}
 
 
-async def test_the_cache_file_is_parsed_again_only_when_it_changed(site: Site,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_cache_file_is_parsed_again_only_when_it_changed(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stores = open_stores(site, None)
     m = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
     parsed: list[int] = []
@@ -333,7 +434,9 @@ async def test_the_cache_file_is_parsed_again_only_when_it_changed(site: Site,
     assert parsed == [] and second.find(m.id).manifest == first.find(m.id).manifest
     cache = site.state_dir / "catalog-cache.json"
     assert cache.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in site.state_dir.iterdir() if "catalog-cache" in p.name] == [cache.name]  # renamed into place
+    assert [p.name for p in site.state_dir.iterdir() if "catalog-cache" in p.name] == [
+        cache.name
+    ]  # renamed into place
     # Another process rewrote it: this one reads the new file, not what it remembers.
     data = json.loads(cache.read_bytes())
     for values in data["manifests"].values():
@@ -365,10 +468,23 @@ async def test_a_build_leaves_the_garbage_collector_as_it_found_it(site: Site) -
 
 
 def test_manifests_complete_older_and_newer_are_read_alike() -> None:
-    m = Manifest(id="validator1_blockchain-state_20261126T095900Z", kind="blockchain-state", node="validator1",
-                 created="2026-11-26T09:59:00Z", paths=["/var/lib/kaldrix/state"], key_id="k" * 32,
-                 ciphertext_size=10, ciphertext_sha256="a" * 64, plaintext_size=20, plaintext_sha256="b" * 64,
-                 chain_height=7, run="r", duration_s=1.5, tool="t", extra={"note": "x"})
+    m = Manifest(
+        id="validator1_blockchain-state_20261126T095900Z",
+        kind="blockchain-state",
+        node="validator1",
+        created="2026-11-26T09:59:00Z",
+        paths=["/var/lib/kaldrix/state"],
+        key_id="k" * 32,
+        ciphertext_size=10,
+        ciphertext_sha256="a" * 64,
+        plaintext_size=20,
+        plaintext_sha256="b" * 64,
+        chain_height=7,
+        run="r",
+        duration_s=1.5,
+        tool="t",
+        extra={"note": "x"},
+    )
     stored = m.to_dict()
     assert Manifest.from_json(m.to_json()) == m
     assert Manifest.from_dict({**stored, "written_by_a_newer_version": 1}) == m
@@ -390,7 +506,9 @@ def test_read_small_file_reads_all_of_it(tmp_path: Path) -> None:
         read_small_file(str(tmp_path / "missing"))
 
 
-async def test_local_listing_walks_every_directory_and_skips_partial_and_hidden_files(site: Site) -> None:
+async def test_local_listing_walks_every_directory_and_skips_partial_and_hidden_files(
+    site: Site,
+) -> None:
     store = open_stores(site, None)["primary"]
     assert isinstance(store, LocalStore)
     assert await store.list() == []  # the location's directory does not exist yet

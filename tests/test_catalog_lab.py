@@ -65,10 +65,20 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             stores = session.stores()
             made = {}
             for node in ("validator1", "validator2"):
-                req = CreateRequest(node=site.nodes[node], kind="blockchain-state", paths=["/var/lib/kaldrix/state"],
-                                    run_id="test")
-                made[node] = await create_backup(site, req, transport=services.transport, stores=stores,
-                                                 key=session.current_key(), emit=quiet)
+                req = CreateRequest(
+                    node=site.nodes[node],
+                    kind="blockchain-state",
+                    paths=["/var/lib/kaldrix/state"],
+                    run_id="test",
+                )
+                made[node] = await create_backup(
+                    site,
+                    req,
+                    transport=services.transport,
+                    stores=stores,
+                    key=session.current_key(),
+                    emit=quiet,
+                )
             yield World(lab, site, session, stores, made)
         finally:
             await services.close()
@@ -77,8 +87,16 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 async def kconsole(w: World, *args: str) -> tuple[int, str, str]:
     """Run the CLI in a subprocess (it runs its own event loop) against the lab."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kconsole", "--site", str(w.lab.site_path), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **w.lab.environ()})
+        sys.executable,
+        "-m",
+        "kconsole",
+        "--site",
+        str(w.lab.site_path),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **w.lab.environ()},
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 180)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -88,8 +106,10 @@ def s3_versions(w: World, key: str) -> tuple[list[dict[str, Any]], list[dict[str
     assert w.lab.s3 is not None
     client = w.lab.s3.client(internal=True)
     resp = client.list_object_versions(Bucket=w.site.locations["cloud"].bucket, Prefix=key)
-    return ([v for v in resp.get("Versions", []) if v["Key"] == key],
-            [m for m in resp.get("DeleteMarkers", []) if m["Key"] == key])
+    return (
+        [v for v in resp.get("Versions", []) if v["Key"] == key],
+        [m for m in resp.get("DeleteMarkers", []) if m["Key"] == key],
+    )
 
 
 async def test_catalog_across_all_three_locations(world: World) -> None:
@@ -108,12 +128,16 @@ async def test_catalog_across_all_three_locations(world: World) -> None:
         assert paths["cloud"] == f"s3://kaldrix-backups/{m.object_key()}"
         assert b.chain_height and b.key_id == m.key_id
     legacy = catalog.find("blockchain_api3_20261120_143000.tar.gz.enc")
-    assert legacy.legacy and set(legacy.replicas) == {"dr"} and legacy.status == "stale"  # api3's newest, days old
+    assert (
+        legacy.legacy and set(legacy.replicas) == {"dr"} and legacy.status == "stale"
+    )  # api3's newest, days old
     code, out, err = await kconsole(w, "catalog", "--json", "--node", "validator1")
     assert code == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     rows = [x for x in lines if x["type"] == "backup" and x["kind"] == "blockchain-state"]
-    assert {r["location"] for r in rows} == {"primary", "dr", "cloud"} and all(r["as_of"] for r in rows)
+    assert {r["location"] for r in rows} == {"primary", "dr", "cloud"} and all(
+        r["as_of"] for r in rows
+    )
     fresh = next(x for x in lines if x["type"] == "freshness" and x["kind"] == "blockchain-state")
     assert fresh["newest"] == w.made["validator1"].id and isinstance(fresh["live_height"], int)
 
@@ -134,11 +158,15 @@ async def test_freshness_live_heights_and_a_stale_tier(world: World) -> None:
     w = world
     catalog = await build_catalog(w.site, w.stores)
     heights = await live_heights(w.site)
-    assert isinstance(heights["validator1"], int) and heights["backup-dr"] is None  # the DR host has no chain
+    assert (
+        isinstance(heights["validator1"], int) and heights["backup-dr"] is None
+    )  # the DR host has no chain
     rows = {(r["kind"], r["node"]): r for r in catalog.freshness(w.site, heights)}
     v1 = rows[("blockchain-state", "validator1")]
     assert v1["status"] == "ok" and not v1["breached"] and v1["newest"] == w.made["validator1"].id
-    assert v1["block_lag"] is not None and v1["block_lag"] >= 0  # the chain keeps growing after the backup
+    assert (
+        v1["block_lag"] is not None and v1["block_lag"] >= 0
+    )  # the chain keeps growing after the backup
     assert rows[("transaction-logs", "api1")]["status"] == "none"
     # The same backups, judged an hour later: tier 1's 15-minute RPO is breached.
     later = await build_catalog(w.site, w.stores, now=catalog.as_of + timedelta(hours=1))
@@ -157,22 +185,40 @@ async def test_verify_finds_a_corrupted_object(world: World) -> None:
     try:
         assert any(d.location == "cloud" and target.id in d.path for d in w.lab.damage.values())
         catalog = await build_catalog(w.site, w.stores)
-        outcome = await verify_backup(w.site, catalog.find(target.id), w.stores, w.session.keyring(), quiet)
+        outcome = await verify_backup(
+            w.site, catalog.find(target.id), w.stores, w.session.keyring(), quiet
+        )
         assert not outcome.ok and outcome.checked == ["primary", "dr"]
-        assert any(p.startswith("cloud:") and "corrupt" in p for p in outcome.problems), outcome.problems
+        assert any(p.startswith("cloud:") and "corrupt" in p for p in outcome.problems), (
+            outcome.problems
+        )
         damaged = (await build_catalog(w.site, w.stores)).find(target.id)
-        assert damaged.status == "missing-replica" and damaged.reason.startswith("damaged copy in cloud")
+        assert damaged.status == "missing-replica" and damaged.reason.startswith(
+            "damaged copy in cloud"
+        )
         # The lab rewrote the object without Object Lock: the immutability check names it.
-        plan = await plan_prune(w.site, await build_catalog(w.site, w.stores), w.stores, kind="blockchain-state",
-                                node="validator1", location="cloud")
+        plan = await plan_prune(
+            w.site,
+            await build_catalog(w.site, w.stores),
+            w.stores,
+            kind="blockchain-state",
+            node="validator1",
+            location="cloud",
+        )
         assert [(f.key, f.problem) for f in plan.lock_findings] == [
-            (target.object_key(), "has no Object Lock mode, but the site requires immutable storage")]
+            (
+                target.object_key(),
+                "has no Object Lock mode, but the site requires immutable storage",
+            )
+        ]
         code, _, err = await kconsole(w, "verify", target.id)
         assert code == 1 and "failed verification" in err and target.id in err
     finally:
         await w.lab.clear_fault("corrupt")
     catalog = await build_catalog(w.site, w.stores)
-    mended = await verify_backup(w.site, catalog.find(target.id), w.stores, w.session.keyring(), quiet)
+    mended = await verify_backup(
+        w.site, catalog.find(target.id), w.stores, w.session.keyring(), quiet
+    )
     assert mended.ok and mended.complete
 
 
@@ -183,14 +229,25 @@ async def test_verify_finds_a_missing_replica(world: World) -> None:
     await w.stores["dr"].delete(m.object_key())
     catalog = await build_catalog(w.site, w.stores)
     b = catalog.find(m.id)
-    assert b.status == "missing-replica" and b.missing == ["dr"] and set(b.replicas) == {"primary", "cloud"}
+    assert (
+        b.status == "missing-replica"
+        and b.missing == ["dr"]
+        and set(b.replicas) == {"primary", "cloud"}
+    )
     outcome = await verify_backup(w.site, b, w.stores, w.session.keyring(), quiet)
     assert outcome.ok and outcome.missing == ["dr"] and not outcome.complete
     code, out, err = await kconsole(w, "verify", m.id)
     assert code == 1
-    assert "dr: replica missing" in err and f"missing a replica or could not be checked everywhere: {m.id}" in err
-    code, out, _ = await kconsole(w, "catalog", "--json", "--kind", "validator-keys", "--node", "validator2")
-    statuses = {json.loads(x).get("status") for x in out.splitlines() if json.loads(x)["type"] == "backup"}
+    assert (
+        "dr: replica missing" in err
+        and f"missing a replica or could not be checked everywhere: {m.id}" in err
+    )
+    code, out, _ = await kconsole(
+        w, "catalog", "--json", "--kind", "validator-keys", "--node", "validator2"
+    )
+    statuses = {
+        json.loads(x).get("status") for x in out.splitlines() if json.loads(x)["type"] == "backup"
+    }
     assert statuses == {"missing-replica"}
 
 
@@ -222,7 +279,10 @@ dry_run = false
 async def test_prune_dry_run_then_prune(world: World, tmp_path: Path) -> None:
     w = world
     now = datetime.now(UTC).replace(microsecond=0)
-    old = [await plant(w.site, w.stores, "validator3", "validator-keys", now - timedelta(days=d)) for d in (100, 95)]
+    old = [
+        await plant(w.site, w.stores, "validator3", "validator-keys", now - timedelta(days=d))
+        for d in (100, 95)
+    ]
     keep = await plant(w.site, w.stores, "validator3", "validator-keys", now - timedelta(hours=1))
     rb = tmp_path / "prune-keys.toml"
     rb.write_text(PRUNE)
@@ -234,7 +294,10 @@ async def test_prune_dry_run_then_prune(world: World, tmp_path: Path) -> None:
     assert any(line.startswith("retention of validator-keys: 90d00h") for line in preview)
     for m in old:
         for loc in ("primary", "dr", "cloud"):
-            assert any(t.startswith(f"would delete {m.id} from {loc}") for t in preview), (m.id, loc)
+            assert any(t.startswith(f"would delete {m.id} from {loc}") for t in preview), (
+                m.id,
+                loc,
+            )
     cloud_line = next(t for t in preview if t.startswith(f"would delete {old[0].id} from cloud"))
     assert "S3 adds a delete marker" in cloud_line and "locked (COMPLIANCE until" in cloud_line
     assert f"keeping {keep.id}: newest good backup of validator-keys on validator3" in preview
@@ -242,23 +305,37 @@ async def test_prune_dry_run_then_prune(world: World, tmp_path: Path) -> None:
     # Nothing went during the preview; the apply step shows the plan before deleting.
     first = next(i for i, t in enumerate(apply) if t.startswith(("deleted:", "delete marker:")))
     assert sum(t.startswith("deleting ") for t in apply[:first]) == 6
-    assert f"delete marker: {old[0].id} in cloud" in apply and f"deleted: {old[0].id} in dr" in apply
+    assert (
+        f"delete marker: {old[0].id} in cloud" in apply and f"deleted: {old[0].id} in dr" in apply
+    )
     finished = {e["step"]: e for e in events if e["event"] == "finished"}
-    assert finished["preview"]["data"]["dry_run"] and sorted(finished["preview"]["data"]["backups"]) == \
-        sorted(m.id for m in old)
-    assert (finished["apply"]["data"]["deleted"], finished["apply"]["data"]["delete_markers"]) == (8, 4)
+    assert finished["preview"]["data"]["dry_run"] and sorted(
+        finished["preview"]["data"]["backups"]
+    ) == sorted(m.id for m in old)
+    assert (finished["apply"]["data"]["deleted"], finished["apply"]["data"]["delete_markers"]) == (
+        8,
+        4,
+    )
     catalog = await build_catalog(w.site, w.stores)
     assert {b.id for b in catalog.select("validator-keys", "validator3")} == {keep.id}
     for m in old:
         assert not Path(w.stores["primary"].describe(m.object_key())).exists()
         versions, markers = s3_versions(w, m.object_key())
-        assert len(versions) == 1 and len(markers) == 1  # the locked data stays behind a delete marker
+        assert (
+            len(versions) == 1 and len(markers) == 1
+        )  # the locked data stays behind a delete marker
         assert versions[0]["IsLatest"] is False
     deletions = [e for e in AuditLog(w.site.state_dir).read() if e["action"] == "backup.delete"]
     mine = [e for e in deletions if e["detail"]["backup"] in {m.id for m in old}]
     assert len(mine) == 12 and all(e["result"] == "ok" for e in mine)
-    assert {e["detail"]["effect"] for e in mine if e["detail"]["location"] == "cloud"} == {"delete marker"}
-    assert all("COMPLIANCE until" in e["detail"]["lock"] for e in mine if e["detail"]["location"] == "cloud")
+    assert {e["detail"]["effect"] for e in mine if e["detail"]["location"] == "cloud"} == {
+        "delete marker"
+    }
+    assert all(
+        "COMPLIANCE until" in e["detail"]["lock"]
+        for e in mine
+        if e["detail"]["location"] == "cloud"
+    )
     code, out, err = await kconsole(w, "audit", "verify")
     assert code == 0, err
 
@@ -269,24 +346,38 @@ async def test_objects_without_object_lock_are_reported(world: World, tmp_path: 
     locked = await plant(w.site, w.stores, "api1", "system-logs", now - timedelta(hours=3))
     # The same kind of backup put in the cloud by something that ignores the site's lock rule.
     scratch = LocalStore(Location("scratch", "local", path=str(tmp_path / "scratch")))
-    unlocked = await plant(w.site, {"scratch": scratch}, "api2", "system-logs", now - timedelta(hours=2))
+    unlocked = await plant(
+        w.site, {"scratch": scratch}, "api2", "system-logs", now - timedelta(hours=2)
+    )
     assert w.lab.s3 is not None
     client = w.lab.s3.client(internal=True)
     for key in (unlocked.object_key(), unlocked.manifest_key()):
-        client.put_object(Bucket=w.site.locations["cloud"].bucket, Key=key, Body=scratch.path(key).read_bytes())
+        client.put_object(
+            Bucket=w.site.locations["cloud"].bucket, Key=key, Body=scratch.path(key).read_bytes()
+        )
     catalog = await build_catalog(w.site, w.stores)
     plan = await plan_prune(w.site, catalog, w.stores, kind="system-logs")
-    assert {(f.backup, f.key) for f in plan.lock_findings} == {(unlocked.id, unlocked.object_key()),
-                                                              (unlocked.id, unlocked.manifest_key())}
+    assert {(f.backup, f.key) for f in plan.lock_findings} == {
+        (unlocked.id, unlocked.object_key()),
+        (unlocked.id, unlocked.manifest_key()),
+    }
     assert locked.id not in {f.backup for f in plan.lock_findings}
     rb = tmp_path / "logs.toml"
-    rb.write_text(PRUNE.replace("validator-keys", "system-logs").split("[[steps]]\nid = \"apply\"")[0])
+    rb.write_text(
+        PRUNE.replace("validator-keys", "system-logs").split('[[steps]]\nid = "apply"')[0]
+    )
     code, out, err = await kconsole(w, "run", str(rb), "--yes", "--json")
     assert code == 0, out + err  # reported, not failed: the backups themselves are fine
     events = [json.loads(x) for x in out.splitlines()]
     errors = [e["text"] for e in events if e["event"] == "output" and e.get("stream") == "stderr"]
-    assert any(t.startswith("immutability: s3://kaldrix-backups/" + unlocked.object_key()) and
-               "has no Object Lock mode" in t for t in errors)
+    assert any(
+        t.startswith("immutability: s3://kaldrix-backups/" + unlocked.object_key())
+        and "has no Object Lock mode" in t
+        for t in errors
+    )
     finished = next(e for e in events if e["event"] == "finished")
     assert finished["summary"].endswith("2 objects lack the Object Lock the site requires")
-    assert {u["key"] for u in finished["data"]["unlocked"]} == {unlocked.object_key(), unlocked.manifest_key()}
+    assert {u["key"] for u in finished["data"]["unlocked"]} == {
+        unlocked.object_key(),
+        unlocked.manifest_key(),
+    }

@@ -120,8 +120,25 @@ def test_crypto_decrypt_legacy_with_iter(cli, tmp_path: Path) -> None:
     plain = tmp_path / "p.bin"
     plain.write_bytes(b"\x1f\x8b\x08" + os.urandom(5000))
     enc = tmp_path / "p.enc"
-    subprocess.run(["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "20000", "-in", str(plain),
-                    "-out", str(enc), "-pass", f"file:{key}"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "enc",
+            "-aes-256-cbc",
+            "-salt",
+            "-pbkdf2",
+            "-iter",
+            "20000",
+            "-in",
+            str(plain),
+            "-out",
+            str(enc),
+            "-pass",
+            f"file:{key}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "p.out"
     code, _, err = cli("crypto", "decrypt", "--key", key, "--iter", "20000", enc, "-o", out)
     assert code == 0, err

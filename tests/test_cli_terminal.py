@@ -45,12 +45,26 @@ class Term:
 
     def __init__(self, command: str) -> None:
         self.name = f"kc-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "120", "-y", "40",
-                        f"{command}; echo EXITED $?; sleep 60"], check=True)
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                self.name,
+                "-x",
+                "120",
+                "-y",
+                "40",
+                f"{command}; echo EXITED $?; sleep 60",
+            ],
+            check=True,
+        )
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True,
-                              text=True).stdout
+        return subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True
+        ).stdout
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -67,8 +81,10 @@ class Term:
 
 
 def _run(site_path: Path, rb: Path) -> str:
-    return (f"{shlex.quote(sys.executable)} -m kconsole --site {shlex.quote(str(site_path))} "
-            f"run {shlex.quote(str(rb))}")
+    return (
+        f"{shlex.quote(sys.executable)} -m kconsole --site {shlex.quote(str(site_path))} "
+        f"run {shlex.quote(str(rb))}"
+    )
 
 
 def test_confirm_and_typed_gates_on_a_terminal(site_path: Path, tmp_path: Path) -> None:

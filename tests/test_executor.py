@@ -496,7 +496,9 @@ within = "1m"
 
 async def test_refused_step_gate_ends_the_run_aborted(site_path: Path) -> None:
     """A refused run-wide gate ends the run as aborted, journaled, not as a crash."""
-    text = HEAD + """
+    text = (
+        HEAD
+        + """
 [[steps]]
 id = "first"
 action = "test.probe"
@@ -513,6 +515,7 @@ id = "after"
 action = "test.probe"
 needs = ["danger"]
 """
+    )
     outcome, events, site = await execute(site_path, text, confirm=Answers(False))
     assert outcome.status == "aborted"
     assert [c[0] for c in Probe.calls] == ["first"]

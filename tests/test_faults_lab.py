@@ -29,7 +29,10 @@ def clean(lab: LiveLab, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def runbook(tmp_path: Path, steps: str) -> Path:
     p = tmp_path / "rb.toml"
-    p.write_text('[runbook]\nid = "fault-test"\ntitle = "Fault test"\nrto = "5m"\n\n' + textwrap.dedent(steps))
+    p.write_text(
+        '[runbook]\nid = "fault-test"\ntitle = "Fault test"\nrto = "5m"\n\n'
+        + textwrap.dedent(steps)
+    )
     return p
 
 
@@ -46,7 +49,9 @@ def failure(evs: list[dict]) -> str:
 
 def test_node_down(cli, lab: LiveLab, tmp_path: Path) -> None:
     lab.fault("set", "down=validator2")
-    rb = runbook(tmp_path, """
+    rb = runbook(
+        tmp_path,
+        """
         [[steps]]
         id = "probe"
         action = "ssh.exec"
@@ -55,13 +60,16 @@ def test_node_down(cli, lab: LiveLab, tmp_path: Path) -> None:
         retries = 1
         backoff = "100ms"
         timeout = "30s"
-    """)
+    """,
+    )
     code, out, _ = cli("--site", lab.site, "run", rb, "--json")
     assert code == 1
     evs = events(out)
     assert "node validator2 is unreachable" in failure(evs)
     assert [e["node"] for e in evs if e["event"] == "retrying"] == ["validator2"]
-    assert ("probe", "validator1") in [(e["step"], e["node"]) for e in evs if e["event"] == "finished"]
+    assert ("probe", "validator1") in [
+        (e["step"], e["node"]) for e in evs if e["event"] == "finished"
+    ]
     code, out, _ = cli("--site", lab.site, "status", "--json")
     states = {s["name"]: s["state"] for s in map(json.loads, out.splitlines())}
     assert states["validator2"] == "unreachable" and states["validator1"] == "active"
@@ -69,14 +77,17 @@ def test_node_down(cli, lab: LiveLab, tmp_path: Path) -> None:
 
 def test_slow_link_times_out(cli, lab: LiveLab, tmp_path: Path) -> None:
     lab.fault("set", "slow=api1:3")
-    rb = runbook(tmp_path, """
+    rb = runbook(
+        tmp_path,
+        """
         [[steps]]
         id = "slow"
         action = "ssh.exec"
         node = "api1"
         command = "echo hi"
         timeout = "1s"
-    """)
+    """,
+    )
     code, out, _ = cli("--site", lab.site, "run", rb, "--json")
     assert code == 1
     assert "timed out after 1s" in failure(events(out))
@@ -84,14 +95,17 @@ def test_slow_link_times_out(cli, lab: LiveLab, tmp_path: Path) -> None:
 
 def test_flaky_link_drops_mid_stream(cli, lab: LiveLab, tmp_path: Path) -> None:
     lab.fault("set", "flaky=api2:30000")
-    rb = runbook(tmp_path, """
+    rb = runbook(
+        tmp_path,
+        """
         [[steps]]
         id = "stream"
         action = "ssh.exec"
         node = "api2"
         command = "head -c 2000000 /dev/zero | od -v | head -c 1500000"
         timeout = "30s"
-    """)
+    """,
+    )
     code, out, _ = cli("--site", lab.site, "run", rb, "--json")
     assert code == 1
     reason = failure(events(out))
@@ -100,7 +114,9 @@ def test_flaky_link_drops_mid_stream(cli, lab: LiveLab, tmp_path: Path) -> None:
 
 def test_failing_command(cli, lab: LiveLab, tmp_path: Path) -> None:
     lab.fault("set", "fail=validator3:systemctl")
-    rb = runbook(tmp_path, """
+    rb = runbook(
+        tmp_path,
+        """
         [[steps]]
         id = "restart"
         action = "ssh.exec"
@@ -110,7 +126,8 @@ def test_failing_command(cli, lab: LiveLab, tmp_path: Path) -> None:
         retries = 2
         backoff = "100ms"
         timeout = "30s"
-    """)
+    """,
+    )
     code, out, _ = cli("--site", lab.site, "run", rb, "--json")
     assert code == 1
     evs = events(out)
@@ -119,7 +136,9 @@ def test_failing_command(cli, lab: LiveLab, tmp_path: Path) -> None:
 
 
 def _backup_then(tmp_path: Path, node: str, extra: str) -> Path:
-    return runbook(tmp_path, f"""
+    return runbook(
+        tmp_path,
+        f"""
         [[steps]]
         id = "backup"
         action = "backup.create"
@@ -127,7 +146,9 @@ def _backup_then(tmp_path: Path, node: str, extra: str) -> Path:
         kind = "blockchain-state"
         paths = ["/var/lib/kaldrix/state"]
         timeout = "2m"
-    """ + textwrap.dedent(extra))
+    """
+        + textwrap.dedent(extra),
+    )
 
 
 RESTORE = """

@@ -67,8 +67,11 @@ def s3_client(lab: Lab, **config: object) -> object:
     site = load_site(lab.site_path)
     loc = site.locations["cloud"]
     return boto3.session.Session().client(
-        "s3", endpoint_url=loc.endpoint_url, region_name=loc.region,
-        aws_access_key_id=ak.group(1), aws_secret_access_key=sk.group(1),
+        "s3",
+        endpoint_url=loc.endpoint_url,
+        region_name=loc.region,
+        aws_access_key_id=ak.group(1),
+        aws_secret_access_key=sk.group(1),
         config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10, **config),  # type: ignore[arg-type]
     )
 
@@ -77,24 +80,49 @@ def s3_client(lab: Lab, **config: object) -> object:
 
 
 async def test_fault_specs_parse_and_print_back() -> None:
-    spec = ("down=validator2,slow=api1:0.5,flaky=api2,fail=validator3:systemctl,diskfull=validator1,"
-            "corrupt=latest:validator1,s3=error")
+    spec = (
+        "down=validator2,slow=api1:0.5,flaky=api2,fail=validator3:systemctl,diskfull=validator1,"
+        "corrupt=latest:validator1,s3=error"
+    )
     faults = parse_faults(spec)
     assert [str(f) for f in faults] == [
-        "down=validator2", "slow=api1:0.5", "flaky=api2:65536", "fail=validator3:systemctl",
-        "diskfull=validator1", "corrupt=latest:validator1", "s3=error",
+        "down=validator2",
+        "slow=api1:0.5",
+        "flaky=api2:65536",
+        "fail=validator3:systemctl",
+        "diskfull=validator1",
+        "corrupt=latest:validator1",
+        "s3=error",
     ]
     assert parse_faults("slow=api1:1,slow=api1:2") == [Fault("slow", "api1", "2")]
-    assert str(parse_faults("corrupt=latest:validator1:blockchain-state@dr")[0]) == \
-        "corrupt=latest:validator1:blockchain-state@dr"
-    for bad in ("explode=api1", "slow=api1:fast", "fail=api1", "corrupt=first:api1", "s3=maybe", "down="):
+    assert (
+        str(parse_faults("corrupt=latest:validator1:blockchain-state@dr")[0])
+        == "corrupt=latest:validator1:blockchain-state@dr"
+    )
+    for bad in (
+        "explode=api1",
+        "slow=api1:fast",
+        "fail=api1",
+        "corrupt=first:api1",
+        "s3=maybe",
+        "down=",
+    ):
         with pytest.raises(FaultSpecError):
             parse_faults(bad)
 
 
 async def test_fleet_sizes() -> None:
-    assert [n for n, _ in fleet(9)] == ["bootstrap1", "bootstrap2", "bootstrap3", "validator1", "validator2",
-                                        "validator3", "api1", "api2", "api3"]
+    assert [n for n, _ in fleet(9)] == [
+        "bootstrap1",
+        "bootstrap2",
+        "bootstrap3",
+        "validator1",
+        "validator2",
+        "validator3",
+        "api1",
+        "api2",
+        "api3",
+    ]
     assert [n for n, _ in fleet(11)][-2:] == ["validator4", "validator5"]
     assert [n for n, _ in fleet(3)] == ["bootstrap1", "validator1", "api1"]
 
@@ -121,17 +149,29 @@ async def test_site_file_describes_the_lab(lab: Lab) -> None:
     assert site.ssh.known_hosts == lab.known_hosts_path
     primary, dr, cloud = (site.locations[n] for n in ("primary", "dr", "cloud"))
     assert primary.type == "local" and Path(primary.path) == lab.dir / "backups"
-    assert (dr.type, dr.node, dr.path, dr.port) == ("sftp", "backup-dr", "/backup", site.nodes["backup-dr"].port)
+    assert (dr.type, dr.node, dr.path, dr.port) == (
+        "sftp",
+        "backup-dr",
+        "/backup",
+        site.nodes["backup-dr"].port,
+    )
     assert (cloud.type, cloud.bucket) == ("s3", "kaldrix-backups")
     assert cloud.endpoint_url.startswith("http://127.0.0.1:")
     assert {n: t.kinds for n, t in site.tiers.items()} == {
-        "critical": ("blockchain-state", "validator-keys"), "important": ("transaction-logs",),
-        "standard": ("system-logs",), "full": ("full-system",), "archive": ("archive",),
+        "critical": ("blockchain-state", "validator-keys"),
+        "important": ("transaction-logs",),
+        "standard": ("system-logs",),
+        "full": ("full-system",),
+        "archive": ("archive",),
     }
     assert (site.tiers["critical"].rpo, site.tiers["critical"].rto) == (900, 3600)
     assert len(site.contacts) == 6
-    assert [lvl.role for lvl in site.escalation["security"].levels] == \
-        ["Security Engineer", "Security Lead", "CTO", "CEO"]
+    assert [lvl.role for lvl in site.escalation["security"].levels] == [
+        "Security Engineer",
+        "Security Lead",
+        "CTO",
+        "CEO",
+    ]
     assert [lvl.wait for lvl in site.escalation["backup"].levels] == [900, 1800, 3600, 0]
     assert site.notify["slack"].webhook_env == "KCONSOLE_SLACK_WEBHOOK"
     assert site.access.role_of(os.environ.get("USER") or __import__("getpass").getuser()) == "admin"
@@ -160,7 +200,11 @@ async def test_ssh_with_lab_key_runs_systemctl(lab: Lab) -> None:
         res = await conn.run("systemctl is-active kaldrix-node", check=False)
         assert (res.exit_status, res.stdout) == (0, "active\n")
         res = await conn.run('echo "$KALDRIX_NODE $KALDRIX_ROOT" && pwd', check=False)
-        assert res.stdout.split() == ["validator1", str(lab.host("validator1").root), str(lab.host("validator1").root)]
+        assert res.stdout.split() == [
+            "validator1",
+            str(lab.host("validator1").root),
+            str(lab.host("validator1").root),
+        ]
 
 
 async def test_host_key_is_verified(lab: Lab) -> None:
@@ -174,7 +218,9 @@ async def test_host_key_is_verified(lab: Lab) -> None:
 
 async def test_the_site_ssh_config_parses(lab: Lab) -> None:
     async with ssh_to(lab, "api1", config=[str(lab.dir / "ssh_config")]) as conn:
-        assert (await conn.run("hostname -f >/dev/null; cat etc/hostname", check=False)).stdout == "api1\n"
+        assert (
+            await conn.run("hostname -f >/dev/null; cat etc/hostname", check=False)
+        ).stdout == "api1\n"
 
 
 async def test_stop_start_changes_health_and_height_grows(lab: Lab) -> None:
@@ -187,7 +233,9 @@ async def test_stop_start_changes_health_and_height_grows(lab: Lab) -> None:
 
     await wait_until(higher, what="the chain height to grow")
 
-    res = await run_on(lab, "validator2", "sudo -n systemctl stop kaldrix-node && systemctl is-active kaldrix-node")
+    res = await run_on(
+        lab, "validator2", "sudo -n systemctl stop kaldrix-node && systemctl is-active kaldrix-node"
+    )
     assert (res.exit_status, res.stdout) == (3, "inactive\n")
     status, body = await health(lab, "validator2")
     assert (status, body["state"]) == (503, "inactive")
@@ -195,7 +243,9 @@ async def test_stop_start_changes_health_and_height_grows(lab: Lab) -> None:
     await asyncio.sleep(1.2)
     assert (await health(lab, "validator2"))[1]["height"] == stopped_at
 
-    res = await run_on(lab, "validator2", "sudo -n systemctl start kaldrix-node; systemctl is-active kaldrix-node")
+    res = await run_on(
+        lab, "validator2", "sudo -n systemctl start kaldrix-node; systemctl is-active kaldrix-node"
+    )
     assert res.stdout == "active\n", res.stderr
     assert (await health(lab, "validator2"))[0] == 200
 
@@ -222,11 +272,15 @@ async def test_a_state_copied_live_starts_after_recovery(clean: Lab, torn: str) 
         (state / "index.json").write_text(json.dumps(behind))
     else:  # the index was read after the node added a block the copy does not hold
         seg.write_text("".join(lines[:-1]) + '{"h":')
-    res = await run_on(lab, node, "sudo -n systemctl start kaldrix-node; systemctl is-active kaldrix-node")
+    res = await run_on(
+        lab, node, "sudo -n systemctl start kaldrix-node; systemctl is-active kaldrix-node"
+    )
     assert res.stdout == "active\n", res.stderr
     res = await run_on(lab, node, "journalctl -u kaldrix-node -n 20")
     assert "recovered" in res.stdout
-    res = await run_on(lab, node, "sudo -n systemctl stop kaldrix-node && kaldrix-node verify-state")
+    res = await run_on(
+        lab, node, "sudo -n systemctl stop kaldrix-node && kaldrix-node verify-state"
+    )
     assert res.exit_status == 0, res.stdout
     await run_on(lab, node, "sudo -n systemctl start kaldrix-node")
 
@@ -236,10 +290,25 @@ async def test_openssh_client_runs_a_command(lab: Lab) -> None:
     if not os.path.exists(ssh):
         pytest.skip("no OpenSSH client")
     proc = await asyncio.create_subprocess_exec(
-        ssh, "-F", "/dev/null", "-i", str(lab.client_key_path), "-o", f"UserKnownHostsFile={lab.known_hosts_path}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-        "-p", str(lab.host("bootstrap1").ssh_port), "127.0.0.1", "systemctl is-active kaldrix-node",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        ssh,
+        "-F",
+        "/dev/null",
+        "-i",
+        str(lab.client_key_path),
+        "-o",
+        f"UserKnownHostsFile={lab.known_hosts_path}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-p",
+        str(lab.host("bootstrap1").ssh_port),
+        "127.0.0.1",
+        "systemctl is-active kaldrix-node",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert (proc.returncode, out) == (0, b"active\n"), err.decode()
@@ -317,7 +386,9 @@ async def test_flaky_link_drops_a_long_stream(clean: Lab) -> None:
     async with ssh_to(lab, "api2") as conn:
         assert (await conn.run("echo ok", check=False)).stdout == "ok\n"
         try:
-            res = await conn.run("head -c 2000000 /dev/zero", check=False, encoding=None, timeout=20)
+            res = await conn.run(
+                "head -c 2000000 /dev/zero", check=False, encoding=None, timeout=20
+            )
         except (asyncssh.Error, OSError):
             pass  # the connection was lost mid-stream
         else:
@@ -342,12 +413,17 @@ async def test_disk_full(clean: Lab) -> None:
     lab = clean
     await lab.set_fault("diskfull=bootstrap1")
     async with ssh_to(lab, "bootstrap1") as conn:
-        archive = (await conn.run("tar -C \"$KALDRIX_ROOT\" -czf - etc/kaldrix", encoding=None, check=True)).stdout
+        archive = (
+            await conn.run('tar -C "$KALDRIX_ROOT" -czf - etc/kaldrix', encoding=None, check=True)
+        ).stdout
         assert archive[:2] == b"\x1f\x8b", "reading still works on a full disk"
         res = await conn.run("tar -C tmp -xzf -", input=archive, encoding=None, check=False)
         assert res.exit_status == 2 and b"No space left on device" in res.stderr
         res = await conn.run("cp etc/hostname tmp/copy", check=False)
-        assert (res.exit_status, res.stderr) == (1, "cp: cannot create regular file 'tmp/copy': No space left on device\n")
+        assert (res.exit_status, res.stderr) == (
+            1,
+            "cp: cannot create regular file 'tmp/copy': No space left on device\n",
+        )
 
     async def crashed() -> bool:
         return (await health(lab, "bootstrap1"))[1]["service"] == "failed"
@@ -356,7 +432,11 @@ async def test_disk_full(clean: Lab) -> None:
     res = await run_on(lab, "bootstrap1", "sudo -n systemctl start kaldrix-node")
     assert res.exit_status == 1 and "failed" in res.stderr
     await lab.clear_fault("diskfull=bootstrap1")
-    res = await run_on(lab, "bootstrap1", "sudo -n systemctl start kaldrix-node && systemctl is-active kaldrix-node")
+    res = await run_on(
+        lab,
+        "bootstrap1",
+        "sudo -n systemctl start kaldrix-node && systemctl is-active kaldrix-node",
+    )
     assert res.stdout == "active\n", res.stderr
 
 
@@ -373,8 +453,10 @@ async def test_corrupt_flips_one_byte_of_the_newest_backup_and_clear_mends_it(cl
     lab = clean
     base = lab.dir / "backups" / "blockchain-state" / "validator1"
     base.mkdir(parents=True, exist_ok=True)
-    old, new = base / "validator1_blockchain-state_20261126T010000Z.kdx", \
-        base / "validator1_blockchain-state_20261126T020000Z.kdx"
+    old, new = (
+        base / "validator1_blockchain-state_20261126T010000Z.kdx",
+        base / "validator1_blockchain-state_20261126T020000Z.kdx",
+    )
     manifest = base / "validator1_blockchain-state_20261126T020000Z.kdx.json"
     other = lab.dir / "backups" / "blockchain-state" / "validator10" / "validator10_x.kdx"
     other.parent.mkdir(parents=True, exist_ok=True)
@@ -393,7 +475,13 @@ async def test_corrupt_flips_one_byte_of_the_newest_backup_and_clear_mends_it(cl
 async def test_corrupt_waits_for_a_backup_to_appear(clean: Lab) -> None:
     lab = clean
     await lab.set_fault("corrupt=latest:api1:transaction-logs@dr")
-    target = lab.host("backup-dr").root / "backup" / "transaction-logs" / "api1" / "api1_transaction-logs_1.kdx"
+    target = (
+        lab.host("backup-dr").root
+        / "backup"
+        / "transaction-logs"
+        / "api1"
+        / "api1_transaction-logs_1.kdx"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"\0" * 1000)
     await wait_until(lambda: target.read_bytes() != b"\0" * 1000, what="the pending corruption")
@@ -438,9 +526,13 @@ async def test_s3_down_refuses_connections(clean: Lab) -> None:
 async def test_crash_wipe_and_compromise(clean: Lab) -> None:
     lab = clean
     await lab.set_fault("crash=bootstrap2,wipe=bootstrap3,compromise=validator1")
-    await wait_until(lambda: lab.host("bootstrap2").service.state == "failed",  # type: ignore[union-attr]
-                     what="bootstrap2 to crash")
-    res = await run_on(lab, "bootstrap2", "systemctl is-active kaldrix-node; sudo -n systemctl start kaldrix-node")
+    await wait_until(
+        lambda: lab.host("bootstrap2").service.state == "failed",  # type: ignore[union-attr]
+        what="bootstrap2 to crash",
+    )
+    res = await run_on(
+        lab, "bootstrap2", "systemctl is-active kaldrix-node; sudo -n systemctl start kaldrix-node"
+    )
     assert res.stdout == "failed\n" and res.exit_status == 0
     res = await run_on(lab, "bootstrap3", "sudo -n systemctl start kaldrix-node")
     assert res.exit_status == 1
@@ -458,7 +550,9 @@ async def test_faults_file_is_re_read(clean: Lab) -> None:
     assert read_fault_file(lab.fault_file) == []
     text = lab.fault_file.read_text().replace("faults = [\n]", 'faults = [\n  "partition=api3",\n]')
     lab.fault_file.write_text(text)
-    await wait_until(lambda: Fault("partition", "api3") in lab.faults, what="the lab to read faults.toml")
+    await wait_until(
+        lambda: Fault("partition", "api3") in lab.faults, what="the lab to read faults.toml"
+    )
     with pytest.raises((OSError, asyncssh.Error)):
         await run_on(lab, "api3", "true")
     lab.fault_file.write_text(lab.fault_file.read_text().replace('  "partition=api3",\n', ""))
@@ -469,13 +563,17 @@ async def test_faults_file_is_re_read(clean: Lab) -> None:
 
 
 async def test_node_tools(lab: Lab) -> None:
-    res = await run_on(lab, "api1", "sudo -n journalctl --since '1 day ago' --no-pager | gzip | gunzip | wc -l")
+    res = await run_on(
+        lab, "api1", "sudo -n journalctl --since '1 day ago' --no-pager | gzip | gunzip | wc -l"
+    )
     assert int(res.stdout) > 100
     res = await run_on(lab, "validator3", "sudo -n kaldrix-node rotate-keys --emergency")
     assert res.exit_status == 0 and "emergency rotation" in res.stdout
     keys = json.loads((lab.host("validator3").root / "etc/kaldrix/validator_keys.json").read_text())
     assert keys["version"] == 2 and keys["revoked"][0]["reason"] == "emergency rotation"
-    res = await run_on(lab, "api2", "sudo -n ufw default deny outgoing && sudo -n ufw status verbose")
+    res = await run_on(
+        lab, "api2", "sudo -n ufw default deny outgoing && sudo -n ufw status verbose"
+    )
     assert "deny (outgoing)" in res.stdout
     await run_on(lab, "api2", "sudo -n ufw default allow outgoing")
     res = await run_on(lab, "api3", "sudo -n certbot renew --force-renewal")
@@ -503,16 +601,27 @@ async def test_history_writes_backups_the_console_can_verify(lab: Lab) -> None:
 
     site = load_site(lab.site_path)
     now = datetime(2026, 11, 26, 12, 7, 30, tzinfo=UTC)
-    summary = await asyncio.to_thread(write_history, site, 1, ("primary", "dr"),
-                                      ("validator-keys", "system-logs"), now)
+    summary = await asyncio.to_thread(
+        write_history, site, 1, ("primary", "dr"), ("validator-keys", "system-logs"), now
+    )
     assert summary.counts == {"validator-keys": 3 * 96, "system-logs": 9 * 1}
     base = lab.dir / "backups" / "validator-keys" / "validator2"
     newest = base / "validator2_validator-keys_20261126T120000Z.kdx"
     manifest = Manifest.from_json(newest.with_name(newest.name + ".json").read_bytes())
-    assert (manifest.kind, manifest.node, manifest.run) == ("validator-keys", "validator2", "lab-history")
+    assert (manifest.kind, manifest.node, manifest.run) == (
+        "validator-keys",
+        "validator2",
+        "lab-history",
+    )
     key = read_key_file(site.keys_dir / site.current_key)  # type: ignore[operator]
-    report = await asyncio.to_thread(verify_file, newest, key, False, ["etc/kaldrix/validator_keys.json",
-                                                                      "etc/kaldrix/tls"], manifest.id)
+    report = await asyncio.to_thread(
+        verify_file,
+        newest,
+        key,
+        False,
+        ["etc/kaldrix/validator_keys.json", "etc/kaldrix/tls"],
+        manifest.id,
+    )
     assert report.plaintext_sha256 == manifest.plaintext_sha256
     dr_copy = lab.host("backup-dr").root / "backup" / "validator-keys" / "validator2" / newest.name
     assert dr_copy.read_bytes() == newest.read_bytes()
@@ -525,13 +634,25 @@ async def test_api_stop_leaves_no_processes(tmp_path: Path) -> None:
     async with running_lab(tmp_path / "small", nodes=3) as small:
         pids = [h.service.main_pid for h in small.hosts.values() if h.service]
         assert len(pids) == 3 and all(pids)
-        assert load_site(small.site_path).nodes.keys() == {"bootstrap1", "validator1", "api1", "backup-dr"}
+        assert load_site(small.site_path).nodes.keys() == {
+            "bootstrap1",
+            "validator1",
+            "api1",
+            "backup-dr",
+        }
     assert not any(pid_alive(p) for p in pids if p)
     assert not (tmp_path / "small" / "lab" / "lab.pid").exists()
-    keys_before = {ln.split()[-1]: ln.split()[2] for ln in small.known_hosts_path.read_text().splitlines()[1:]}
-    height_before = json.loads((small.host("validator1").root / "var/lib/kaldrix/state/index.json").read_text())["height"]
+    keys_before = {
+        ln.split()[-1]: ln.split()[2] for ln in small.known_hosts_path.read_text().splitlines()[1:]
+    }
+    height_before = json.loads(
+        (small.host("validator1").root / "var/lib/kaldrix/state/index.json").read_text()
+    )["height"]
     async with running_lab(tmp_path / "small", nodes=3) as again:
-        keys_after = {ln.split()[-1]: ln.split()[2] for ln in again.known_hosts_path.read_text().splitlines()[1:]}
+        keys_after = {
+            ln.split()[-1]: ln.split()[2]
+            for ln in again.known_hosts_path.read_text().splitlines()[1:]
+        }
         assert keys_after == keys_before, "a restarted lab keeps its host keys"
         assert (await health(again, "validator1"))[1]["height"] >= height_before, "and its chains"
 
@@ -553,8 +674,20 @@ async def test_serve_subprocess_ready_and_clean_exit(tmp_path: Path) -> None:
     d = tmp_path / "served"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kconsole.lab", "serve", "--dir", str(d), "--nodes", "3", "--faults", "slow=api1:0.1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+        sys.executable,
+        "-m",
+        "kconsole.lab",
+        "serve",
+        "--dir",
+        str(d),
+        "--nodes",
+        "3",
+        "--faults",
+        "slow=api1:0.1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -571,10 +704,14 @@ async def test_serve_subprocess_ready_and_clean_exit(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    await wait_until(lambda: not processes_of_lab(proc.pid), timeout=5, what="no process of the lab left")
+    await wait_until(
+        lambda: not processes_of_lab(proc.pid), timeout=5, what="no process of the lab left"
+    )
 
 
-async def test_a_rewritten_audit_log_is_caught_by_the_earlier_checkpoints_in_s3(lab: Lab, tmp_path: Path) -> None:
+async def test_a_rewritten_audit_log_is_caught_by_the_earlier_checkpoints_in_s3(
+    lab: Lab, tmp_path: Path
+) -> None:
     """Someone holding the console host (and so the HMAC key) rewrites an old entry, re-chains
     the log and re-anchors its head: the chain verifies and the newest checkpoint matches, but
     the versions the Object Lock bucket kept from before say otherwise."""
@@ -604,7 +741,9 @@ async def test_a_rewritten_audit_log_is_caught_by_the_earlier_checkpoints_in_s3(
         if prev is not None:
             body["prev"] = prev
         prev = entry_hash(body)
-        forged.append({**body, "hash": prev, "mac": hmac.new(key, prev.encode(), hashlib.sha256).hexdigest()})
+        forged.append(
+            {**body, "hash": prev, "mac": hmac.new(key, prev.encode(), hashlib.sha256).hexdigest()}
+        )
     log.path.write_bytes(b"".join(canonical(e) + b"\n" for e in forged))
     assert log.verify().ok  # the chain alone cannot tell
     assert await publish(log, {"cloud": store}) == []

@@ -30,7 +30,7 @@ DATA = Path(str(resources.files("kconsole") / "data"))
 RULES = DATA / "prometheus-backup-rules.yml"
 ALERTMANAGER = DATA / "alertmanager-backup.yml"
 
-_LINE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})? (?P<value>\S+)$')
+_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
 
 
@@ -62,17 +62,35 @@ def parse_exposition(text: str) -> dict[str, list[tuple[dict[str, str], float]]]
     return out
 
 
-def write_run(state: Path, run_id: str, runbook: str, outcomes: dict[tuple[str, str], str],
-              step_kind: dict[str, str]) -> None:
+def write_run(
+    state: Path,
+    run_id: str,
+    runbook: str,
+    outcomes: dict[tuple[str, str], str],
+    step_kind: dict[str, str],
+) -> None:
     """A finished run in the journal: runbook.toml with backup.create steps, one record per end."""
     d = state / "runs" / run_id
     d.mkdir(parents=True)
-    steps = "".join(f'\n[[steps]]\nid = "{s}"\naction = "backup.create"\nkind = "{k}"\n' for s, k in step_kind.items())
-    (d / "runbook.toml").write_text(f'[runbook]\nid = "{runbook}"\ntitle = "t"\nrto = "1h"\nrpo = "1h"\n{steps}'
-                                    '\n[[steps]]\nid = "note"\naction = "notify"\ntext = "x"\n')
+    steps = "".join(
+        f'\n[[steps]]\nid = "{s}"\naction = "backup.create"\nkind = "{k}"\n'
+        for s, k in step_kind.items()
+    )
+    (d / "runbook.toml").write_text(
+        f'[runbook]\nid = "{runbook}"\ntitle = "t"\nrto = "1h"\nrpo = "1h"\n{steps}'
+        '\n[[steps]]\nid = "note"\naction = "notify"\ntext = "x"\n'
+    )
     t = f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}T{run_id[9:11]}:{run_id[11:13]}:{run_id[13:15]}.000Z"
-    recs: list[dict[str, Any]] = [{"type": "run", "event": "created", "run": run_id, "runbook": runbook,
-                                   "time": t, "drill": False}]
+    recs: list[dict[str, Any]] = [
+        {
+            "type": "run",
+            "event": "created",
+            "run": run_id,
+            "runbook": runbook,
+            "time": t,
+            "drill": False,
+        }
+    ]
     for (step, node), event in outcomes.items():
         recs.append({"type": "step", "step": step, "node": node, "event": "started", "time": t})
         recs.append({"type": "step", "step": step, "node": node, "event": event, "time": t})
@@ -91,9 +109,16 @@ def test_attempts_and_success_rate_from_the_journal(site: Site) -> None:
     kinds = {"capture": "blockchain-state"}
     for i in range(25):
         outcome = "failed" if i in (3, 24) else "finished"
-        write_run(site.state_dir, f"20261126-09{i:02d}00-aaaa", "backup-blockchain-state",
-                  {("capture", "validator1"): outcome, ("capture", "validator2"): "finished"}, kinds)
-    write_run(site.state_dir, "20261126-095900-bbbb", "some-other", {("x", "validator1"): "failed"}, {})
+        write_run(
+            site.state_dir,
+            f"20261126-09{i:02d}00-aaaa",
+            "backup-blockchain-state",
+            {("capture", "validator1"): outcome, ("capture", "validator2"): "finished"},
+            kinds,
+        )
+    write_run(
+        site.state_dir, "20261126-095900-bbbb", "some-other", {("x", "validator1"): "failed"}, {}
+    )
     everything = backup_attempts(site.state_dir, runs_per_runbook=None)
     assert len(everything) == 50 and {a.kind for a in everything} == {"blockchain-state"}
     attempts = backup_attempts(site.state_dir)  # the newest 20 runs of each runbook: a full window
@@ -107,15 +132,31 @@ def test_attempts_and_success_rate_from_the_journal(site: Site) -> None:
 
 async def test_collect_from_catalog_and_journal(site: Site) -> None:
     stores = open_stores(site, None)
-    m1 = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=5),
-                     chain_height=777, duration_s=2.25)
+    m1 = await plant(
+        site,
+        stores,
+        "validator1",
+        "blockchain-state",
+        NOW - timedelta(minutes=5),
+        chain_height=777,
+        duration_s=2.25,
+    )
     await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=10))
-    bad = await plant(site, {"primary": stores["primary"]}, "validator2", "blockchain-state",
-                      NOW - timedelta(minutes=3))
+    bad = await plant(
+        site,
+        {"primary": stores["primary"]},
+        "validator2",
+        "blockchain-state",
+        NOW - timedelta(minutes=3),
+    )
     record_verification(site, bad.id, False, "corrupt")
-    write_run(site.state_dir, "20261126-095500-aaaa", "backup-blockchain-state",
-              {("capture", "validator1"): "finished", ("capture", "validator2"): "failed"},
-              {"capture": "blockchain-state"})
+    write_run(
+        site.state_dir,
+        "20261126-095500-aaaa",
+        "backup-blockchain-state",
+        {("capture", "validator1"): "finished", ("capture", "validator2"): "failed"},
+        {"capture": "blockchain-state"},
+    )
     catalog = await build_catalog(site, stores, now=NOW)
     text = render(collect(site, catalog, backup_attempts(site.state_dir)))
     got = parse_exposition(text)
@@ -125,15 +166,44 @@ async def test_collect_from_catalog_and_journal(site: Site) -> None:
         assert len(found) == 1, (name, labels, got.get(name))
         return found[0]
 
-    assert value("backup_success_rate", kind="blockchain-state", node="validator1", source="runs") == 100
-    assert value("backup_success_rate", kind="blockchain-state", node="validator2", source="runs") == 0
-    assert value("backup_success_rate", kind="blockchain-state", node="validator1", location="dr",
-                 source="catalog") == 100
+    assert (
+        value("backup_success_rate", kind="blockchain-state", node="validator1", source="runs")
+        == 100
+    )
+    assert (
+        value("backup_success_rate", kind="blockchain-state", node="validator2", source="runs") == 0
+    )
+    assert (
+        value(
+            "backup_success_rate",
+            kind="blockchain-state",
+            node="validator1",
+            location="dr",
+            source="catalog",
+        )
+        == 100
+    )
     # validator2's one backup is only in primary and failed verification: 0% in both.
-    assert value("backup_success_rate", kind="blockchain-state", node="validator2", location="primary",
-                 source="catalog") == 0
-    assert value("backup_success_rate", kind="blockchain-state", node="validator2", location="dr",
-                 source="catalog") == 0
+    assert (
+        value(
+            "backup_success_rate",
+            kind="blockchain-state",
+            node="validator2",
+            location="primary",
+            source="catalog",
+        )
+        == 0
+    )
+    assert (
+        value(
+            "backup_success_rate",
+            kind="blockchain-state",
+            node="validator2",
+            location="dr",
+            source="catalog",
+        )
+        == 0
+    )
     labels = {"kind": "blockchain-state", "node": "validator1", "location": "primary"}
     assert value("backup_timestamp_seconds", **labels) == (NOW - timedelta(minutes=5)).timestamp()
     assert value("backup_size_bytes", **labels) == m1.ciphertext_size
@@ -145,19 +215,41 @@ async def test_collect_from_catalog_and_journal(site: Site) -> None:
     assert value("backup_timestamp_seconds", kind="validator-keys", node="validator2") == 0
     assert value("backup_timestamp_seconds", kind="blockchain-state", node="validator2") == 0
     assert value("backup_location_up", location="dr") == 1
-    assert value("backup_catalog_backups", kind="blockchain-state", node="validator2", status="failed-verify") == 1
+    assert (
+        value(
+            "backup_catalog_backups",
+            kind="blockchain-state",
+            node="validator2",
+            status="failed-verify",
+        )
+        == 1
+    )
     assert value("backup_metrics_generated_timestamp_seconds") == NOW.timestamp()
     assert set(got) <= set(METRICS)
-    for name in ("backup_success_rate", "backup_size_bytes", "backup_duration_seconds", "backup_timestamp_seconds"):
+    for name in (
+        "backup_success_rate",
+        "backup_size_bytes",
+        "backup_duration_seconds",
+        "backup_timestamp_seconds",
+    ):
         assert name in got  # the plan's four
 
 
 def test_render_escapes_and_formats() -> None:
-    text = render([Sample("backup_size_bytes", (("kind", 'a"b'), ("node", "x\\y\nz"), ("location", "")), 1e12),
-                   Sample("backup_duration_seconds", (("node", "n"),), 0.125),
-                   Sample("backup_duration_seconds", (("node", "m"),), float("nan"))])
+    text = render(
+        [
+            Sample(
+                "backup_size_bytes", (("kind", 'a"b'), ("node", "x\\y\nz"), ("location", "")), 1e12
+            ),
+            Sample("backup_duration_seconds", (("node", "n"),), 0.125),
+            Sample("backup_duration_seconds", (("node", "m"),), float("nan")),
+        ]
+    )
     assert 'backup_size_bytes{kind="a\\"b",node="x\\\\y\\nz"} 1e+12' in text
-    assert 'backup_duration_seconds{node="n"} 0.125' in text and 'backup_duration_seconds{node="m"} NaN' in text
+    assert (
+        'backup_duration_seconds{node="n"} 0.125' in text
+        and 'backup_duration_seconds{node="m"} NaN' in text
+    )
     got = parse_exposition(text)
     assert got["backup_size_bytes"] == [({"kind": 'a\\"b', "node": "x\\\\y\\nz"}, 1e12)]
     assert text.index("# TYPE backup_size_bytes gauge") < text.index("backup_size_bytes{")
@@ -174,7 +266,9 @@ def test_promtool_accepts_the_metrics(site: Site) -> None:
     import asyncio
 
     text = render(collect(site, asyncio.run(build_catalog(site, stores, now=NOW)), []))
-    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -207,6 +301,7 @@ def test_cli_metrics_stdout_and_file(site: Site, cli, tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- shipped files
 
+
 def _rules() -> list[dict[str, Any]]:
     data = yaml.safe_load(RULES.read_text())
     assert list(data) == ["groups"]
@@ -222,7 +317,9 @@ def test_alert_rules_parse_and_use_only_real_metrics() -> None:
         assert set(r) == {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
         assert r["labels"]["severity"] in ("critical", "warning")
         assert {"summary", "description"} <= set(r["annotations"])
-        assert "job=" not in r["expr"], "textfile metrics carry node_exporter's job, not kaldrix-backup"
+        assert "job=" not in r["expr"], (
+            "textfile metrics carry node_exporter's job, not kaldrix-backup"
+        )
         for metric in re.findall(r"\bbackup_[a-z_]+\b", r["expr"]):
             assert metric in METRICS, f"{r['alert']} uses {metric}, which kconsole never writes"
         for text in (*r["annotations"].values(), r["expr"]):
@@ -230,7 +327,10 @@ def test_alert_rules_parse_and_use_only_real_metrics() -> None:
         assert "$labels.instance" not in json.dumps(r["annotations"])
     age = next(r for r in rules if r["alert"] == "BackupAgeHigh")
     assert "86400" not in age["expr"] and "backup_rpo_seconds" in age["expr"]
-    assert next(r for r in rules if r["alert"] == "BackupFailed")["expr"].strip() == "backup_success_rate < 95"
+    assert (
+        next(r for r in rules if r["alert"] == "BackupFailed")["expr"].strip()
+        == "backup_success_rate < 95"
+    )
 
 
 def test_alertmanager_route_parses_and_holds_no_secret() -> None:
@@ -247,8 +347,19 @@ def test_alertmanager_route_parses_and_holds_no_secret() -> None:
     assert cfg["route"]["group_interval"] != "10s"
     team = receivers["backup-team"]
     for email in team["email_configs"]:
-        assert set(email) <= {"to", "from", "smarthost", "headers", "html", "text", "send_resolved",
-                              "require_tls", "auth_username", "auth_password_file", "auth_identity"}
+        assert set(email) <= {
+            "to",
+            "from",
+            "smarthost",
+            "headers",
+            "html",
+            "text",
+            "send_resolved",
+            "require_tls",
+            "auth_username",
+            "auth_password_file",
+            "auth_identity",
+        }
         assert "Subject" in email["headers"]
     assert "webhook_configs" not in team  # Slack rejects Alertmanager's webhook JSON
     for slack in team["slack_configs"]:
@@ -259,8 +370,13 @@ def test_alertmanager_route_parses_and_holds_no_secret() -> None:
 def test_promtool_and_amtool_validate_the_files() -> None:
     promtool, amtool = shutil.which("promtool"), shutil.which("amtool")
     if promtool is None or amtool is None:
-        pytest.skip("promtool / amtool are not installed (apt-get install prometheus prometheus-alertmanager)")
-    for cmd in ([promtool, "check", "rules", str(RULES)], [amtool, "check-config", str(ALERTMANAGER)]):
+        pytest.skip(
+            "promtool / amtool are not installed (apt-get install prometheus prometheus-alertmanager)"
+        )
+    for cmd in (
+        [promtool, "check", "rules", str(RULES)],
+        [amtool, "check-config", str(ALERTMANAGER)],
+    ):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -272,7 +388,8 @@ def test_promtool_unit_tests_of_the_rules(tmp_path: Path) -> None:
     if promtool is None:
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     spec = tmp_path / "rules-test.yml"
-    spec.write_text(textwrap.dedent(f"""
+    spec.write_text(
+        textwrap.dedent(f"""
         rule_files: ["{RULES}"]
         evaluation_interval: 1m
         tests:
@@ -337,8 +454,11 @@ def test_promtool_unit_tests_of_the_rules(tmp_path: Path) -> None:
                         Key k1 has encrypted new backups of site s for 90d 1h 17m 40s, past the
                         site's rotation period; run `kconsole crypto keygen` into the key directory
                         (older backups stay readable).
-        """))
-    proc = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+        """)
+    )
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

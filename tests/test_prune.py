@@ -41,22 +41,37 @@ def site(tmp_path: Path) -> Site:
 
 
 def test_retention_sources(site: Site, tmp_path: Path) -> None:
-    assert PLAN_RETENTION == {"blockchain-state": 24 * H, "validator-keys": 90 * D,
-                              "transaction-logs": 30 * D, "system-logs": 7 * D}
+    assert PLAN_RETENTION == {
+        "blockchain-state": 24 * H,
+        "validator-keys": 90 * D,
+        "transaction-logs": 30 * D,
+        "system-logs": 7 * D,
+    }
     r = retention_for(site, "blockchain-state")
     assert (r.seconds, r.source) == (24 * H, "[tiers.critical] retention")
     # Tier 1's 24h is shared with the keys; the plan keeps keys 90 days and says so.
     keys = retention_for(site, "validator-keys")
-    assert keys.seconds == 90 * D and keys.source == "the plan" and "shorter than the plan's" in keys.note
+    assert (
+        keys.seconds == 90 * D
+        and keys.source == "the plan"
+        and "shorter than the plan's" in keys.note
+    )
     assert retention_for(site, "transaction-logs").seconds == 30 * D
     assert retention_for(site, "system-logs").seconds == 7 * D  # tier without retention: the plan's
     assert retention_for(site, "validator-keys", 3600).seconds == 3600  # the step decides
     none = retention_for(site, "archive")
     assert none.seconds is None and "none of it is pruned" in none.note
-    tuned = make_site(tmp_path, text=site.path.read_text().replace(
-        'retention = "24h"', 'retention = { blockchain-state = "12h", validator-keys = "30d" }'))
+    tuned = make_site(
+        tmp_path,
+        text=site.path.read_text().replace(
+            'retention = "24h"', 'retention = { blockchain-state = "12h", validator-keys = "30d" }'
+        ),
+    )
     assert retention_for(tuned, "validator-keys").seconds == 30 * D
-    assert retention_for(tuned, "blockchain-state").source == "[tiers.critical] retention.blockchain-state"
+    assert (
+        retention_for(tuned, "blockchain-state").source
+        == "[tiers.critical] retention.blockchain-state"
+    )
 
 
 def test_per_kind_retention_rejects_kinds_outside_the_tier(site: Site) -> None:
@@ -68,25 +83,36 @@ def test_per_kind_retention_rejects_kinds_outside_the_tier(site: Site) -> None:
 
 async def test_plan_never_lists_the_newest_good_backup(site: Site) -> None:
     stores = open_stores(site, None)
-    old = [await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(days=d)) for d in (3, 2)]
+    old = [
+        await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(days=d))
+        for d in (3, 2)
+    ]
     recent = await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=1))
     only_old = await plant(site, stores, "validator2", "blockchain-state", NOW - timedelta(days=5))
     catalog = await build_catalog(site, stores, now=NOW)
     plan = await plan_prune(site, catalog, stores)
     assert set(plan.backups) == {o.id for o in old}
-    assert {(d.backup, d.location) for d in plan.deletions} == {(o.id, loc) for o in old for loc in ("primary", "dr")}
-    assert recent.id in plan.protected and only_old.id in plan.protected  # old, but the newest good one
+    assert {(d.backup, d.location) for d in plan.deletions} == {
+        (o.id, loc) for o in old for loc in ("primary", "dr")
+    }
+    assert (
+        recent.id in plan.protected and only_old.id in plan.protected
+    )  # old, but the newest good one
     d = next(x for x in plan.deletions if x.backup == old[0].id and x.location == "primary")
     assert d.keys == [old[0].object_key(), old[0].manifest_key()]  # object first, then manifest
     assert "3d00h old, past the 1d00h retention of blockchain-state" in d.reason
     assert plan.within == 0
     text = "\n".join(t for _, t in plan.lines(dry_run=True))
-    assert "(dry run: nothing is deleted)" in text and f"would delete {old[0].id} from primary" in text
+    assert (
+        "(dry run: nothing is deleted)" in text and f"would delete {old[0].id} from primary" in text
+    )
     assert f"keeping {only_old.id}: newest good backup of blockchain-state on validator2" in text
     # A failed verification moves the protection to the newest backup that is still good.
     record_verification(site, recent.id, False, "corrupt")
     plan = await plan_prune(site, await build_catalog(site, stores, now=NOW), stores)
-    assert old[1].id in plan.protected and recent.id not in {d.backup for d in plan.deletions}  # within 24h
+    assert old[1].id in plan.protected and recent.id not in {
+        d.backup for d in plan.deletions
+    }  # within 24h
     assert {d.backup for d in plan.deletions} == {old[0].id}
 
 
@@ -119,7 +145,10 @@ async def test_plan_filters_kind_node_location_and_retention(site: Site) -> None
     one = await plan_prune(site, catalog, stores, node="validator2", location="dr")
     assert {(d.node, d.location) for d in one.deletions} == {("validator2", "dr")}
     short = await plan_prune(site, catalog, stores, kind="validator-keys", retention=1.5 * D)
-    assert len(short.backups) == 6 and short.retention["validator-keys"].source == "the step's retention"
+    assert (
+        len(short.backups) == 6
+        and short.retention["validator-keys"].source == "the step's retention"
+    )
     nothing = await plan_prune(site, catalog, stores, kind="archive")
     assert nothing.deletions == [] and "none of it is pruned" in nothing.retention["archive"].note
 
@@ -147,7 +176,9 @@ async def test_apply_deletes_object_then_manifest_and_audits_each(site: Site) ->
     log = AuditLog(site.state_dir)
     entries = [e for e in log.read() if e["action"] == "backup.delete"]
     assert len(entries) == 4 and {e["actor"] for e in entries} == {"alice"}
-    assert [e["target"].endswith(".kdx") for e in entries if e["detail"]["location"] == "primary"] == [True, False]
+    assert [
+        e["target"].endswith(".kdx") for e in entries if e["detail"]["location"] == "primary"
+    ] == [True, False]
     assert all(e["detail"]["backup"] == old.id and e["result"] == "ok" for e in entries)
     assert log.read()[-1]["action"] == "backup.prune" and log.verify().ok
     after = await build_catalog(site, stores, now=NOW)
@@ -172,15 +203,21 @@ async def test_a_failed_object_delete_keeps_its_manifest(site: Site) -> None:
     assert result.failed == [f"{old.id} in dr"] and result.gone == []
     assert stores["dr"].path(old.manifest_key()).exists()  # type: ignore[attr-defined]
     failed = [e for e in AuditLog(site.state_dir).read() if e["result"] == "failed"]
-    assert failed[0]["action"] == "backup.delete" and "permission denied" in failed[0]["detail"]["error"]
+    assert (
+        failed[0]["action"] == "backup.delete"
+        and "permission denied" in failed[0]["detail"]["error"]
+    )
 
 
 async def test_only_admins_delete(tmp_path: Path) -> None:
-    site = make_site(tmp_path, extra="""
+    site = make_site(
+        tmp_path,
+        extra="""
         [access]
         admin = ["root-admin"]
         operator = ["olga"]
-        """)
+        """,
+    )
     stores = open_stores(site, None)
     await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(days=2))
     await plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=2))
@@ -193,8 +230,13 @@ async def test_only_admins_delete(tmp_path: Path) -> None:
 
 def test_lock_state_from_head() -> None:
     now = datetime(2026, 11, 26, tzinfo=UTC)
-    locked = _lock_of({"ObjectLockMode": "COMPLIANCE", "VersionId": "v1",
-                       "ObjectLockRetainUntilDate": datetime(2026, 12, 26, tzinfo=UTC)})
+    locked = _lock_of(
+        {
+            "ObjectLockMode": "COMPLIANCE",
+            "VersionId": "v1",
+            "ObjectLockRetainUntilDate": datetime(2026, 12, 26, tzinfo=UTC),
+        }
+    )
     assert locked.locked(now) and locked.describe() == "COMPLIANCE until 2026-12-26T00:00:00Z"
     assert not locked.locked(datetime(2027, 1, 1, tzinfo=UTC))
     assert _lock_of({"ObjectLockLegalHoldStatus": "ON"}).locked(now)
@@ -246,7 +288,9 @@ def test_prune_through_a_runbook_dry_run_then_apply(site: Site, cli, write_runbo
     first_delete = next(i for i, t in enumerate(apply) if t.startswith("deleted:"))
     assert any(t.startswith(f"deleting {old.id} from dr") for t in apply[:first_delete])
     finished = {e["step"]: e for e in events if e["event"] == "finished"}
-    assert finished["preview"]["data"]["dry_run"] is True and finished["preview"]["data"]["backups"] == [old.id]
+    assert finished["preview"]["data"]["dry_run"] is True and finished["preview"]["data"][
+        "backups"
+    ] == [old.id]
     assert finished["apply"]["data"]["deleted"] == 4
     assert not stores["primary"].path(old.object_key()).exists()  # type: ignore[attr-defined]
     assert stores["dr"].path(new.object_key()).exists()  # type: ignore[attr-defined]
@@ -256,11 +300,14 @@ def test_prune_through_a_runbook_dry_run_then_apply(site: Site, cli, write_runbo
 
 
 def test_a_dry_run_deletes_nothing_and_needs_no_admin(tmp_path: Path, cli, write_runbook) -> None:
-    site = make_site(tmp_path, extra=f"""
+    site = make_site(
+        tmp_path,
+        extra=f"""
         [access]
         admin = ["nobody-here"]
         operator = ["{current_user()}"]
-        """)
+        """,
+    )
     stores = open_stores(site, None)
     now = datetime.now(UTC).replace(microsecond=0)
     old = plant_sync(site, stores, "validator1", "blockchain-state", now - timedelta(days=3))
@@ -269,8 +316,10 @@ def test_a_dry_run_deletes_nothing_and_needs_no_admin(tmp_path: Path, cli, write
     code, out, _ = cli("--site", site.path, "run", rb, "--yes", "--json")
     assert code == 1
     events = [json.loads(x) for x in out.splitlines()]
-    assert {e["step"]: e["event"] for e in events if e["event"] in ("finished", "failed")} == \
-        {"preview": "finished", "apply": "failed"}
+    assert {e["step"]: e["event"] for e in events if e["event"] in ("finished", "failed")} == {
+        "preview": "finished",
+        "apply": "failed",
+    }
     failed = next(e for e in events if e["event"] == "failed")
     assert "is not a backup admin and may not delete backups" in failed["reason"]
     assert stores["primary"].path(old.object_key()).exists()  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""House rules checked with the suite: ruff on the code, mypy on the engine."""
+"""House rules checked with the suite: ruff (lint and format) on the code, mypy on the engine."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CODE = ("kconsole", "screens", "tests", "bench", "snapshots")
 
 
 def _tool(name: str) -> str:
@@ -20,13 +21,24 @@ def _tool(name: str) -> str:
 
 def test_ruff() -> None:
     proc = subprocess.run(
-        [_tool("ruff"), "check", "kconsole", "screens", "tests", "bench"],
+        [_tool("ruff"), "check", *CODE],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format() -> None:
+    proc = subprocess.run(
+        [_tool("ruff"), "format", "--check", *CODE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, "run `ruff format`:\n" + proc.stdout + proc.stderr
 
 
 def test_mypy_engine() -> None:

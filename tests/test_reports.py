@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def test_report_of_a_drill(cli, site_path: Path, write_runbook, tmp_path: Path) -> None:
-    rb = write_runbook("""
+    rb = write_runbook(
+        """
         [runbook]
         id = "drill-demo"
         title = "Drill demo"
@@ -27,7 +28,8 @@ def test_report_of_a_drill(cli, site_path: Path, write_runbook, tmp_path: Path) 
         command = "echo boom >&2; exit 2"
         needs = ["ok"]
         on_failure = "continue"
-    """.replace("        ", ""))
+    """.replace("        ", "")
+    )
     code, out, err = cli("--site", site_path, "run", rb, "--yes", "--drill", "--json")
     assert code == 0, out + err
     run_id = json.loads(out.splitlines()[0])["run"]

@@ -16,8 +16,11 @@ STATE = "var/lib/kaldrix/state"
 
 
 def tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,8 @@ def status(cli, lab: LiveLab) -> dict[str, dict]:
 def test_restore_is_byte_for_byte(cli, lab: LiveLab, tmp_path: Path) -> None:
     """Stop a node, back it up, wreck its state, restore: the state is exactly as backed up."""
     rb = tmp_path / "fidelity.toml"
-    rb.write_text(textwrap.dedent("""
+    rb.write_text(
+        textwrap.dedent("""
         [runbook]
         id = "fidelity"
         title = "Restore fidelity"
@@ -65,7 +69,8 @@ def test_restore_is_byte_for_byte(cli, lab: LiveLab, tmp_path: Path) -> None:
         kind = "blockchain-state"
         paths = ["/var/lib/kaldrix/state"]
         needs = ["stop"]
-    """))
+    """)
+    )
     code, out, err = run(cli, lab, str(rb), "--yes")
     assert code == 0, out + err
     state = lab.root("validator2") / STATE
@@ -76,7 +81,8 @@ def test_restore_is_byte_for_byte(cli, lab: LiveLab, tmp_path: Path) -> None:
             f.write_bytes(b"garbage")
     (state / "intruder").write_text("x")
     rb2 = tmp_path / "restore.toml"
-    rb2.write_text(textwrap.dedent("""
+    rb2.write_text(
+        textwrap.dedent("""
         [runbook]
         id = "restore-only"
         title = "Restore only"
@@ -88,15 +94,20 @@ def test_restore_is_byte_for_byte(cli, lab: LiveLab, tmp_path: Path) -> None:
         node = "validator2"
         kind = "blockchain-state"
         gate = "type:{node}"
-    """))
+    """)
+    )
     code, out, err = run(cli, lab, str(rb2), "--yes")
     assert code == 0, out + err
     assert tree(state) == before
 
 
 def test_backups_of_every_tier(cli, lab: LiveLab) -> None:
-    for runbook in ("backup-blockchain-state", "backup-validator-keys", "backup-transaction-logs",
-                    "backup-system-logs"):
+    for runbook in (
+        "backup-blockchain-state",
+        "backup-validator-keys",
+        "backup-transaction-logs",
+        "backup-system-logs",
+    ):
         code, out, err = run(cli, lab, runbook, "--yes")
         assert code == 0, f"{runbook}:\n{out}{err}"
     code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state")
@@ -127,12 +138,22 @@ def test_scenario_1_single_node(cli, lab: LiveLab) -> None:
 def test_a_node_restored_from_the_labs_history_starts(cli, lab: LiveLab) -> None:
     """The backups the lab starts with hold consistent chain states: restoring the oldest
     one (point in time, as after a compromise) gives a node that starts and advances."""
-    code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state", "--node", "api2")
+    code, out, err = cli(
+        "--site", lab.site, "catalog", "--json", "--kind", "blockchain-state", "--node", "api2"
+    )
     assert code == 0, err
     ids = sorted({r["id"] for r in map(json.loads, out.splitlines()) if "location" in r})
     oldest = ids[0]
-    code, out, err = run(cli, lab, "recover-single-node", "--param", "node=api2", "--param", f"backup={oldest}",
-                         "--yes")
+    code, out, err = run(
+        cli,
+        lab,
+        "recover-single-node",
+        "--param",
+        "node=api2",
+        "--param",
+        f"backup={oldest}",
+        "--yes",
+    )
     assert code == 0, out + err
     assert f"restored {oldest}" in out
     s = status(cli, lab)["api2"]
@@ -141,7 +162,9 @@ def test_a_node_restored_from_the_labs_history_starts(cli, lab: LiveLab) -> None
 
 def test_scenario_2_multiple_nodes(cli, lab: LiveLab) -> None:
     lab.fault("set", "crash=validator3,crash=api1")
-    code, out, err = run(cli, lab, "recover-multiple-nodes", "--param", "nodes=validator3,api1", "--yes")
+    code, out, err = run(
+        cli, lab, "recover-multiple-nodes", "--param", "nodes=validator3,api1", "--yes"
+    )
     assert code == 0, out + err
     states = status(cli, lab)
     assert states["validator3"]["state"] == "active" and states["api1"]["state"] == "active"
@@ -151,11 +174,14 @@ def test_scenario_3_complete_network(cli, lab: LiveLab) -> None:
     code, out, err = run(cli, lab, "recover-complete-network", "--yes", "--json")
     assert code == 0, out + err
     events = [json.loads(line) for line in out.splitlines()]
+
     def position(event: str, step: str, pick) -> int:
         return pick(i for i, e in enumerate(events) if e["event"] == event and e["step"] == step)
 
     # Waves: a group's restores start only after the previous group is active and healthy.
-    assert position("finished", "health-bootstrap", max) < position("started", "restore-validator", min)
+    assert position("finished", "health-bootstrap", max) < position(
+        "started", "restore-validator", min
+    )
     assert position("finished", "health-validator", max) < position("started", "restore-api", min)
     assert all(s["state"] == "active" for n, s in status(cli, lab).items() if n != "backup-dr")
 
@@ -169,12 +195,31 @@ def key_ids(cli, lab: LiveLab) -> set[str]:
 def test_scenario_4_security_incident(cli, lab: LiveLab) -> None:
     before = key_ids(cli, lab)
     # Compromised when validator1's newest backup was made: restore from the one before it.
-    code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state", "--node", "validator1")
-    rows = sorted({(r["created"], r["id"]) for r in map(json.loads, out.splitlines()) if "location" in r},
-                  reverse=True)
+    code, out, err = cli(
+        "--site",
+        lab.site,
+        "catalog",
+        "--json",
+        "--kind",
+        "blockchain-state",
+        "--node",
+        "validator1",
+    )
+    rows = sorted(
+        {(r["created"], r["id"]) for r in map(json.loads, out.splitlines()) if "location" in r},
+        reverse=True,
+    )
     (compromised_at, _), (_, known_good) = rows[0], rows[1]
-    code, out, err = run(cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8",
-                         "--param", f"known_good_before={compromised_at}", "--yes")
+    code, out, err = run(
+        cli,
+        lab,
+        "recover-security-incident",
+        "--param",
+        "ops_network=127.0.0.0/8",
+        "--param",
+        f"known_good_before={compromised_at}",
+        "--yes",
+    )
     assert code == 0, out + err
     assert "restore-validator [validator1] finished" in out and f"restored {known_good} from" in out
     after = key_ids(cli, lab)
@@ -189,13 +234,18 @@ def test_verify_backups_and_audit(cli, lab: LiveLab) -> None:
     assert code == 0, out + err
     code, out, err = cli("--site", lab.site, "audit", "verify")
     assert code == 0, err
-    assert "off-host checkpoint in dr: matches" in out and "off-host checkpoint in cloud: matches" in out
+    assert (
+        "off-host checkpoint in dr: matches" in out
+        and "off-host checkpoint in cloud: matches" in out
+    )
 
 
 def test_scenario_4_stops_before_reconnecting_a_compromised_fleet(cli, lab: LiveLab) -> None:
     """An implant outside the restored state is found by the scan, and the fleet stays isolated."""
     lab.fault("set", "compromise=api2")
-    code, out, err = run(cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes")
+    code, out, err = run(
+        cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes"
+    )
     assert code == 1
     assert "scan-api [api2] failed" in out
     assert "reconnect-api [api2] skipped" in out
@@ -209,4 +259,3 @@ def test_audit_cut_off_locally_is_caught_by_the_off_host_checkpoint(cli, lab: Li
     code, out, err = cli("--site", lab.site, "audit", "verify")
     assert code == 1
     assert "entries were cut off or the log was replaced" in err
-

@@ -33,9 +33,13 @@ def test_parse_fields_names_and_shorthands() -> None:
     assert Cron.parse("0 0 * * 7").weekdays == {0}  # 7 is Sunday too
     assert Cron.parse("5/20 * * * *").minutes == {5, 25, 45}
     assert Cron.parse("@hourly").minutes == {0} and Cron.parse("@weekly").weekdays == {0}
-    for bad, why in (("* * * *", "five fields"), ("60 * * * *", "minute 60 is out of range"),
-                     ("* * * foo *", 'bad month "foo"'), ("*/0 * * * *", "bad step"),
-                     ("5-1 * * * *", "runs backwards")):
+    for bad, why in (
+        ("* * * *", "five fields"),
+        ("60 * * * *", "minute 60 is out of range"),
+        ("* * * foo *", 'bad month "foo"'),
+        ("*/0 * * * *", "bad step"),
+        ("5-1 * * * *", "runs backwards"),
+    ):
         with pytest.raises(ValueError, match=why):
             Cron.parse(bad)
 
@@ -54,12 +58,19 @@ def _walk_prev(c: Cron, t: datetime) -> datetime:
     return cur
 
 
-@pytest.mark.parametrize("expr", [e.cron for e in PLAN_SCHEDULE] + [
-    "30 4 1,15 * 5", "0 12 * 2 *", "15 */6 * * 1-5", "0 0 29 2 *", "59 23 31 * *", "@yearly"])
+@pytest.mark.parametrize(
+    "expr",
+    [e.cron for e in PLAN_SCHEDULE]
+    + ["30 4 1,15 * 5", "0 12 * 2 *", "15 */6 * * 1-5", "0 0 29 2 *", "59 23 31 * *", "@yearly"],
+)
 def test_next_and_previous_match_a_minute_by_minute_walk(expr: str) -> None:
     c = Cron.parse(expr)
-    starts = [T0, datetime(2026, 12, 31, 23, 59, tzinfo=UTC), datetime(2027, 2, 28, 3, 0, tzinfo=UTC),
-              datetime(2026, 11, 29, 3, 0, tzinfo=UTC)]
+    starts = [
+        T0,
+        datetime(2026, 12, 31, 23, 59, tzinfo=UTC),
+        datetime(2027, 2, 28, 3, 0, tzinfo=UTC),
+        datetime(2026, 11, 29, 3, 0, tzinfo=UTC),
+    ]
     for t in starts:
         nxt = c.next_after(t)
         assert nxt > t and nxt.tzinfo is UTC
@@ -97,12 +108,16 @@ def site(tmp_path: Path) -> Site:
 def test_schedule_for_applies_single_kind_tier_schedules(site: Site, tmp_path: Path) -> None:
     assert [e.runbook for e in schedule_for(site)] == [e.runbook for e in PLAN_SCHEDULE]
     text = site.path.read_text()
-    text = text.replace('kinds = ["transaction-logs"]', 'kinds = ["transaction-logs"]\nschedule = "30 * * * *"')
+    text = text.replace(
+        'kinds = ["transaction-logs"]', 'kinds = ["transaction-logs"]\nschedule = "30 * * * *"'
+    )
     text = text.replace('retention = "24h"', 'retention = "24h"\nschedule = "*/5 * * * *"')
     tuned = make_site(tmp_path, text=text)
     got = {e.runbook: e for e in schedule_for(tuned)}
-    assert (got["backup-transaction-logs"].cron, got["backup-transaction-logs"].source) == \
-        ("30 * * * *", "[tiers.important] schedule")
+    assert (got["backup-transaction-logs"].cron, got["backup-transaction-logs"].source) == (
+        "30 * * * *",
+        "[tiers.important] schedule",
+    )
     # Tier 1 holds two kinds: its one schedule cannot say which, so the plan's lines stand.
     assert got["backup-validator-keys"].cron == "*/15 * * * *"
     broken = make_site(tmp_path, text=text.replace('"30 * * * *"', '"every hour"'))
@@ -117,32 +132,48 @@ def write_run(state: Path, runbook: str, started: datetime, status: str) -> str:
     t = started.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     recs = [{"type": "run", "event": "created", "run": run_id, "runbook": runbook, "time": t}]
     if status != "interrupted":
-        recs.append({"type": "run", "event": "finished", "run": run_id, "status": status, "time": t})
+        recs.append(
+            {"type": "run", "event": "finished", "run": run_id, "status": status, "time": t}
+        )
     (d / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return run_id
 
 
 def test_overdue_from_the_journal(site: Site) -> None:
-    entries = [ScheduleEntry("backup-blockchain-state", "*/5 * * * *", "blockchain-state"),
-               ScheduleEntry("backup-validator-keys", "*/15 * * * *", "validator-keys"),
-               ScheduleEntry("backup-transaction-logs", "0 * * * *", "transaction-logs"),
-               ScheduleEntry("backup-system-logs", "0 2 * * *", "system-logs"),
-               ScheduleEntry("no-such-runbook", "0 * * * *")]
+    entries = [
+        ScheduleEntry("backup-blockchain-state", "*/5 * * * *", "blockchain-state"),
+        ScheduleEntry("backup-validator-keys", "*/15 * * * *", "validator-keys"),
+        ScheduleEntry("backup-transaction-logs", "0 * * * *", "transaction-logs"),
+        ScheduleEntry("backup-system-logs", "0 2 * * *", "system-logs"),
+        ScheduleEntry("no-such-runbook", "0 * * * *"),
+    ]
     state = site.state_dir
-    write_run(state, "backup-blockchain-state", datetime(2026, 11, 26, 9, 50, 2, tzinfo=UTC), "succeeded")
-    ok_id = write_run(state, "backup-validator-keys", datetime(2026, 11, 26, 9, 45, 1, tzinfo=UTC), "succeeded")
-    write_run(state, "backup-transaction-logs", datetime(2026, 11, 26, 9, 0, 3, tzinfo=UTC), "succeeded")
-    bad_id = write_run(state, "backup-transaction-logs", datetime(2026, 11, 26, 10, 0, 2, tzinfo=UTC), "failed")
+    write_run(
+        state, "backup-blockchain-state", datetime(2026, 11, 26, 9, 50, 2, tzinfo=UTC), "succeeded"
+    )
+    ok_id = write_run(
+        state, "backup-validator-keys", datetime(2026, 11, 26, 9, 45, 1, tzinfo=UTC), "succeeded"
+    )
+    write_run(
+        state, "backup-transaction-logs", datetime(2026, 11, 26, 9, 0, 3, tzinfo=UTC), "succeeded"
+    )
+    bad_id = write_run(
+        state, "backup-transaction-logs", datetime(2026, 11, 26, 10, 0, 2, tzinfo=UTC), "failed"
+    )
     rows = {r.entry.runbook: r for r in schedule_status(site, now=T0, tz=UTC, entries=entries)}
     state_ = rows["backup-blockchain-state"]
     assert state_.overdue and state_.missed == 3  # due 09:55, 10:00, 10:05 went by without a run
     assert state_.prev_due == datetime(2026, 11, 26, 10, 5, tzinfo=UTC)
     assert state_.reason == "3 due time(s) since its last run at 2026-11-26T09:50:02Z went by"
     keys = rows["backup-validator-keys"]
-    assert keys.overdue and keys.last.last_id == ok_id and keys.missed == 1  # 10:00, 7.5 minutes ago
+    assert (
+        keys.overdue and keys.last.last_id == ok_id and keys.missed == 1
+    )  # 10:00, 7.5 minutes ago
     tx = rows["backup-transaction-logs"]
     assert not tx.overdue and tx.last.last_id == bad_id and tx.last.last_status == "failed"
-    assert tx.last.success_started.startswith("2026-11-26T09:00:03") and tx.reason == "last run failed"
+    assert (
+        tx.last.success_started.startswith("2026-11-26T09:00:03") and tx.reason == "last run failed"
+    )
     logs = rows["backup-system-logs"]
     assert logs.overdue and logs.missed is None and logs.reason == "never run"
     assert logs.next_due == datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
@@ -154,16 +185,27 @@ def test_overdue_from_the_journal(site: Site) -> None:
 
 def test_keys_become_overdue_after_the_grace(site: Site) -> None:
     entries = [ScheduleEntry("backup-validator-keys", "*/15 * * * *", "validator-keys")]
-    write_run(site.state_dir, "backup-validator-keys", datetime(2026, 11, 26, 9, 45, 1, tzinfo=UTC), "succeeded")
-    just_late = schedule_status(site, now=datetime(2026, 11, 26, 10, 3, tzinfo=UTC), tz=UTC, entries=entries)[0]
+    write_run(
+        site.state_dir,
+        "backup-validator-keys",
+        datetime(2026, 11, 26, 9, 45, 1, tzinfo=UTC),
+        "succeeded",
+    )
+    just_late = schedule_status(
+        site, now=datetime(2026, 11, 26, 10, 3, tzinfo=UTC), tz=UTC, entries=entries
+    )[0]
     assert not just_late.overdue  # due 10:00, within the 5-minute grace
-    late = schedule_status(site, now=datetime(2026, 11, 26, 10, 6, tzinfo=UTC), tz=UTC, entries=entries)[0]
+    late = schedule_status(
+        site, now=datetime(2026, 11, 26, 10, 6, tzinfo=UTC), tz=UTC, entries=entries
+    )[0]
     assert late.overdue and late.missed == 1
 
 
 def test_crontab_runs_each_backup_runbook_under_flock(site: Site) -> None:
     text = crontab(site, python="/opt/py 3/bin/python")
-    lines = [x for x in text.splitlines() if x and not x.startswith("#") and "=" not in x.split()[0]]
+    lines = [
+        x for x in text.splitlines() if x and not x.startswith("#") and "=" not in x.split()[0]
+    ]
     assert len(lines) == len(PLAN_SCHEDULE)
     by_runbook = {}
     for line in lines:
@@ -176,12 +218,26 @@ def test_crontab_runs_each_backup_runbook_under_flock(site: Site) -> None:
         assert words[:2] == ["mkdir", "-p"]
         flock = words.index("flock")
         assert words[flock + 1] == "-n" and words[flock + 2].endswith(f"/cron/{runbook}.lock")
-        assert words[flock + 3:flock + 8] == ["/opt/py 3/bin/python", "-m", "kconsole", "--site", str(site.path)]
-        assert words[-5:] == ["--yes", "--json", ">>", str(site.state_dir / "cron" / f"{runbook}.log"), "2>&1"]
+        assert words[flock + 3 : flock + 8] == [
+            "/opt/py 3/bin/python",
+            "-m",
+            "kconsole",
+            "--site",
+            str(site.path),
+        ]
+        assert words[-5:] == [
+            "--yes",
+            "--json",
+            ">>",
+            str(site.state_dir / "cron" / f"{runbook}.log"),
+            "2>&1",
+        ]
     assert {r: c for r, (c, _) in by_runbook.items()} == {e.runbook: e.cron for e in PLAN_SCHEDULE}
     assert "SHELL=/bin/sh" in text.splitlines()
     # `%` ends a cron command unless escaped.
-    odd = crontab(site, entries=[ScheduleEntry("backup-archive", "0 4 1 * *")], python="/tmp/50%/python")
+    odd = crontab(
+        site, entries=[ScheduleEntry("backup-archive", "0 4 1 * *")], python="/tmp/50%/python"
+    )
     assert "/tmp/50\\%/python" in odd and "/tmp/50%/python" not in odd.replace("\\%", "")
     gone = crontab(site, entries=[ScheduleEntry("no-such-runbook", "0 * * * *")])
     assert "# no-such-runbook: not found" in gone and "run no-such-runbook" not in gone

@@ -25,15 +25,18 @@ from tests.catalogkit import make_site, plant_sync
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-@pytest.mark.parametrize(("text", "expect"), [
-    ("2026-11-26T02:40Z", datetime(2026, 11, 26, 2, 40, tzinfo=UTC)),
-    ("2026-11-26T02:40:15z", datetime(2026, 11, 26, 2, 40, 15, tzinfo=UTC)),
-    ("2026-11-26 02:40", datetime(2026, 11, 26, 2, 40, tzinfo=UTC)),
-    ("2026-11-26T04:40+02:00", datetime(2026, 11, 26, 2, 40, tzinfo=UTC)),
-    ("2026-11-26", datetime(2026, 11, 26, tzinfo=UTC)),
-    ("now", None),
-    (" NOW ", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("2026-11-26T02:40Z", datetime(2026, 11, 26, 2, 40, tzinfo=UTC)),
+        ("2026-11-26T02:40:15z", datetime(2026, 11, 26, 2, 40, 15, tzinfo=UTC)),
+        ("2026-11-26 02:40", datetime(2026, 11, 26, 2, 40, tzinfo=UTC)),
+        ("2026-11-26T04:40+02:00", datetime(2026, 11, 26, 2, 40, tzinfo=UTC)),
+        ("2026-11-26", datetime(2026, 11, 26, tzinfo=UTC)),
+        ("now", None),
+        (" NOW ", None),
+    ],
+)
 def test_times_are_read_as_utc(text: str, expect: datetime | None) -> None:
     assert parse_time(text) == expect
 
@@ -47,17 +50,25 @@ def test_a_bad_time_says_how_to_write_one(text: str) -> None:
 def test_selectors() -> None:
     assert parse_selector("latest") == parse_selector("") == BackupSelector()
     assert parse_selector("before:now") == BackupSelector()
-    assert parse_selector("before:2026-11-26T02:40Z").before == datetime(2026, 11, 26, 2, 40, tzinfo=UTC)
-    assert parse_selector("validator1_blockchain-state_20261126T024000Z").backup_id.startswith("validator1_")
+    assert parse_selector("before:2026-11-26T02:40Z").before == datetime(
+        2026, 11, 26, 2, 40, tzinfo=UTC
+    )
+    assert parse_selector("validator1_blockchain-state_20261126T024000Z").backup_id.startswith(
+        "validator1_"
+    )
     assert canonical_time("2026-11-26T04:40+02:00") == "2026-11-26T02:40:00Z"
-    assert parse_selector("before:2026-11-26T02:40Z").describe() == "made before 2026-11-26 02:40:00Z"
+    assert (
+        parse_selector("before:2026-11-26T02:40Z").describe() == "made before 2026-11-26 02:40:00Z"
+    )
 
 
 def test_pick_the_newest_good_backup_before_a_time(tmp_path: Path) -> None:
     site = make_site(tmp_path)
     stores = open_stores(site, None)
-    made = [plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=h))
-            for h in (3, 2, 1)]
+    made = [
+        plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=h))
+        for h in (3, 2, 1)
+    ]
     catalog = asyncio.run(build_catalog(site, stores, now=NOW))
     ids = [m.id for m in made]
 
@@ -95,12 +106,16 @@ backup = "before:{known_good_before}"
 def test_a_runbook_verifies_the_backup_made_before_the_compromise(cli, tmp_path: Path) -> None:
     site = make_site(tmp_path)
     stores = open_stores(site, None)
-    old, new = (plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=h))
-                for h in (2, 1))
+    old, new = (
+        plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=h))
+        for h in (2, 1)
+    )
     rb = tmp_path / "check.toml"
     rb.write_text(RUNBOOK)
     compromised = canonical_time((NOW - timedelta(minutes=90)).isoformat())
-    code, out, err = cli("--site", site.path, "run", rb, "--param", f"known_good_before={compromised}")
+    code, out, err = cli(
+        "--site", site.path, "run", rb, "--param", f"known_good_before={compromised}"
+    )
     assert code == 0, out + err
     assert f"{old.id}: ok" in out and new.id not in out
     code, out, err = cli("--site", site.path, "run", rb)  # now: the newest
@@ -116,12 +131,24 @@ def test_a_bad_time_param_stops_before_anything_runs(cli, tmp_path: Path) -> Non
     site = make_site(tmp_path)
     rb = tmp_path / "check.toml"
     rb.write_text(RUNBOOK)
-    code, out, err = cli("--site", site.path, "run", rb, "--param", "known_good_before=last tuesday")
+    code, out, err = cli(
+        "--site", site.path, "run", rb, "--param", "known_good_before=last tuesday"
+    )
     assert code == 2
     assert err.strip().startswith("kconsole: parameter known_good_before:") and "ISO 8601" in err
-    assert not (tmp_path / "state" / "runs").exists() or not any((tmp_path / "state" / "runs").iterdir())
-    code, out, err = cli("--site", site.path, "run", "recover-security-incident", "--param", "ops_network=10.0.0.0/8",
-                         "--param", "known_good_before=2026-02-30T00:00Z")
+    assert not (tmp_path / "state" / "runs").exists() or not any(
+        (tmp_path / "state" / "runs").iterdir()
+    )
+    code, out, err = cli(
+        "--site",
+        site.path,
+        "run",
+        "recover-security-incident",
+        "--param",
+        "ops_network=10.0.0.0/8",
+        "--param",
+        "known_good_before=2026-02-30T00:00Z",
+    )
     assert code == 2 and "known_good_before" in err
 
 

@@ -52,8 +52,17 @@ def test_the_plans_config_imports_to_a_site_that_loads(cli, conf: Path, tmp_path
     code, stdout, stderr = cli("site", "import", conf, "-o", out)
     assert code == 0, stderr
     site = load_site(out)
-    assert list(site.nodes) == ["bootstrap1", "bootstrap2", "bootstrap3", "validator1", "validator2",
-                                "validator3", "api1", "api2", "api3"]
+    assert list(site.nodes) == [
+        "bootstrap1",
+        "bootstrap2",
+        "bootstrap3",
+        "validator1",
+        "validator2",
+        "validator3",
+        "api1",
+        "api2",
+        "api3",
+    ]
     assert site.nodes["validator2"].groups == ("validator",)
     primary, dr, cloud = (site.locations[n] for n in ("primary", "dr", "cloud"))
     assert (primary.type, primary.path) == ("local", "/backup/primary")
@@ -75,8 +84,11 @@ def test_the_plans_config_imports_to_a_site_that_loads(cli, conf: Path, tmp_path
 
 def test_import_to_stdout_and_changed_retention(cli, tmp_path: Path) -> None:
     conf = tmp_path / "primary.conf"
-    conf.write_text(PLAN_CONF.replace("system_logs_days = 7", "system_logs_days = 14")
-                    .replace("s3://kaldrix-backups/", "s3://kaldrix-backups/prod/"))
+    conf.write_text(
+        PLAN_CONF.replace("system_logs_days = 7", "system_logs_days = 14").replace(
+            "s3://kaldrix-backups/", "s3://kaldrix-backups/prod/"
+        )
+    )
     code, stdout, stderr = cli("site", "import", conf)
     assert code == 0, stderr
     site_file = tmp_path / "from-stdout.toml"
@@ -86,7 +98,9 @@ def test_import_to_stdout_and_changed_retention(cli, tmp_path: Path) -> None:
     assert site.locations["cloud"].prefix == "prod/"
 
 
-def test_an_existing_site_file_is_not_replaced_without_force(cli, conf: Path, tmp_path: Path) -> None:
+def test_an_existing_site_file_is_not_replaced_without_force(
+    cli, conf: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "site.toml"
     out.write_text("# mine\n")
     code, _, stderr = cli("site", "import", conf, "-o", out)
@@ -98,20 +112,34 @@ def test_an_existing_site_file_is_not_replaced_without_force(cli, conf: Path, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".site.toml")]  # no temp left
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("primary_location = /x\n", "primary.conf:1: a setting before any [section] header"),
-    ("[backup]\nprimary_location = /x\n  [broken\nthis is not ini\n", "primary.conf:4: cannot parse"),
-    ("[backup]\nprimary_location = /a\nprimary_location = /b\n", "primary.conf:3:"),
-    ("[other]\nx = 1\n", "none of the plan's sections"),
-    ("[backup]\nsecondary_location = /backup/secondary\n", "secondary_location must be HOST:/PATH"),
-    ("[backup]\ntertiary_location = https://bucket\n", "tertiary_location must be s3://BUCKET"),
-    ("[backup]\nprimary_location = backup/primary\n", "must be an absolute path"),
-    ("[retention]\nsystem_logs_days = a week\n", "system_logs_days must be a positive whole number"),
-    ("[monitoring]\nalert_enabled = maybe\n", "alert_enabled must be true or false"),
-    ("", "none of the plan's sections"),
-    ("\udcff", "not a UTF-8 text file"),
-])
-def test_bad_config_is_one_sentence_and_exit_2(cli, tmp_path: Path, text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("primary_location = /x\n", "primary.conf:1: a setting before any [section] header"),
+        (
+            "[backup]\nprimary_location = /x\n  [broken\nthis is not ini\n",
+            "primary.conf:4: cannot parse",
+        ),
+        ("[backup]\nprimary_location = /a\nprimary_location = /b\n", "primary.conf:3:"),
+        ("[other]\nx = 1\n", "none of the plan's sections"),
+        (
+            "[backup]\nsecondary_location = /backup/secondary\n",
+            "secondary_location must be HOST:/PATH",
+        ),
+        ("[backup]\ntertiary_location = https://bucket\n", "tertiary_location must be s3://BUCKET"),
+        ("[backup]\nprimary_location = backup/primary\n", "must be an absolute path"),
+        (
+            "[retention]\nsystem_logs_days = a week\n",
+            "system_logs_days must be a positive whole number",
+        ),
+        ("[monitoring]\nalert_enabled = maybe\n", "alert_enabled must be true or false"),
+        ("", "none of the plan's sections"),
+        ("\udcff", "not a UTF-8 text file"),
+    ],
+)
+def test_bad_config_is_one_sentence_and_exit_2(
+    cli, tmp_path: Path, text: str, message: str
+) -> None:
     conf = tmp_path / "primary.conf"
     conf.write_bytes(text.encode("utf-8", "surrogateescape"))
     out = tmp_path / "site.toml"
@@ -129,8 +157,10 @@ def test_a_missing_config_file(cli, tmp_path: Path) -> None:
 
 def test_unknown_settings_are_named_not_imported(cli, tmp_path: Path) -> None:
     conf = tmp_path / "primary.conf"
-    conf.write_text(PLAN_CONF.replace("key_length = 256", "key_length = 256\ncompression = zstd")
-                    + "\n[extra]\nfoo = 1\n")
+    conf.write_text(
+        PLAN_CONF.replace("key_length = 256", "key_length = 256\ncompression = zstd")
+        + "\n[extra]\nfoo = 1\n"
+    )
     code, _, stderr = cli("site", "import", conf)
     assert code == 0, stderr
     assert "[encryption] compression is not a setting kconsole knows" in stderr
@@ -162,7 +192,11 @@ def test_schedule_says_when_the_key_is_due_for_rotation(cli, tmp_path: Path) -> 
     assert code == 0, stderr
     code, out, stderr = cli("--site", site, "schedule")
     assert code == 0, stderr
-    assert "key rotation: current key" in out and "0 days old" in out and "OVERDUE" not in out.split("key rotation")[1]
+    assert (
+        "key rotation: current key" in out
+        and "0 days old" in out
+        and "OVERDUE" not in out.split("key rotation")[1]
+    )
 
     old = time.time() - 100 * 86400
     os.utime(keys / "k1.key", (old, old))
@@ -170,8 +204,12 @@ def test_schedule_says_when_the_key_is_due_for_rotation(cli, tmp_path: Path) -> 
     assert "is 100 days old, rotate every 90 days: OVERDUE" in out
     assert "key rotation" in out.splitlines()[-1]  # counted with the overdue runbooks
     code, out, _ = cli("--site", site, "schedule", "--json")
-    rotation = [json.loads(line)["key_rotation"] for line in out.splitlines() if "key_rotation" in line]
-    assert rotation and rotation[0]["overdue"] is True and rotation[0]["rotate_after_s"] == 90 * 86400
+    rotation = [
+        json.loads(line)["key_rotation"] for line in out.splitlines() if "key_rotation" in line
+    ]
+    assert (
+        rotation and rotation[0]["overdue"] is True and rotation[0]["rotate_after_s"] == 90 * 86400
+    )
 
 
 def test_metrics_carry_the_key_age_for_the_rotation_alert(cli, tmp_path: Path) -> None:
@@ -184,7 +222,9 @@ def test_metrics_carry_the_key_age_for_the_rotation_alert(cli, tmp_path: Path) -
     os.utime(keys / "k1.key", (old, old))
     code, out, err = cli("--site", site, "metrics")
     assert code == 0, err
-    age = [line for line in out.splitlines() if line.startswith("backup_encryption_key_age_seconds{")]
+    age = [
+        line for line in out.splitlines() if line.startswith("backup_encryption_key_age_seconds{")
+    ]
     assert len(age) == 1 and 'site="keyed"' in age[0]
     assert abs(float(age[0].rsplit(" ", 1)[1]) - 100 * 86400) < 120
     assert 'backup_encryption_key_rotate_after_seconds{site="keyed"} 7.776e+06' in out

@@ -283,7 +283,9 @@ async def test_timeout_terminates_the_remote_command(
     assert (await transport.run(node, Commands.TRUE)).ok
 
 
-async def test_timeout_kills_a_compound_commands_children_without_accept_env(tmp_path: Path) -> None:
+async def test_timeout_kills_a_compound_commands_children_without_accept_env(
+    tmp_path: Path,
+) -> None:
     """An sshd that accepts no LC_* variables, a root-style login that ignores the SSH signal
     request, and a command whose sleep runs in a subshell: the transport still finds and kills
     it by the tag `env` puts in the command itself."""
@@ -291,7 +293,9 @@ async def test_timeout_kills_a_compound_commands_children_without_accept_env(tmp
     t = SshTransport(server.site(), use_ssh_config=False)
     marker = "3617.25"
     try:
-        task = asyncio.ensure_future(t.run(node_of(t), f"(sleep {marker}; true) & wait", timeout=1.5))
+        task = asyncio.ensure_future(
+            t.run(node_of(t), f"(sleep {marker}; true) & wait", timeout=1.5)
+        )
         assert await until(lambda: server.running(marker)), "the remote sleep never started"
         with pytest.raises(CommandTimeout):
             await task

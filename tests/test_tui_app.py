@@ -46,13 +46,19 @@ def test_serve_web_binds_to_localhost_only(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_a_bad_site_file_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "screens.app", "--site", str(tmp_path / "nope.toml")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "screens.app", "--site", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("kconsole: site file") and "Traceback" not in proc.stderr
 
 
-async def test_a_failing_worker_is_shown_and_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_worker_is_shown_and_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     console = make_console(tmp_path)
 
     def unreadable(log: Any) -> Any:
@@ -67,16 +73,23 @@ async def test_a_failing_worker_is_shown_and_audited(tmp_path: Path, monkeypatch
     console.app.catalog = BrokenCatalog()
     async with console.app.run_test(size=(100, 32)) as pilot:
         await settle(pilot)
-        await wait_for(pilot, lambda: any("disk on fire" in n.message for n in console.app._notifications),
-                       "the failure to be shown")
+        await wait_for(
+            pilot,
+            lambda: any("disk on fire" in n.message for n in console.app._notifications),
+            "the failure to be shown",
+        )
         await pilot.press("u")  # a screen's own worker fails the same way
-        await wait_for(pilot, lambda: any("unreadable" in n.message for n in console.app._notifications),
-                       "the screen's failure to be shown")
+        await wait_for(
+            pilot,
+            lambda: any("unreadable" in n.message for n in console.app._notifications),
+            "the screen's failure to be shown",
+        )
         await settle(pilot)
     entries = AuditLog(console.app.site.state_dir).read()
     assert [(e["action"], e["target"], e["detail"]["error"]) for e in entries] == [
         ("console.error", "list the backup catalog", "OSError: disk on fire"),
-        ("console.error", "read and verify the audit log", "PermissionError: state dir unreadable")]
+        ("console.error", "read and verify the audit log", "PermissionError: state dir unreadable"),
+    ]
 
 
 def test_suggestions_follow_the_fleet(tmp_path: Path) -> None:

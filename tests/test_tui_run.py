@@ -44,14 +44,18 @@ async def _to_first_gate(pilot, console) -> GateScreen:  # type: ignore[no-untyp
     return gate
 
 
-async def test_scenario_1_reaches_the_first_confirmed_step_in_at_most_six_keys(tmp_path: Path) -> None:
+async def test_scenario_1_reaches_the_first_confirmed_step_in_at_most_six_keys(
+    tmp_path: Path,
+) -> None:
     console = make_console(tmp_path, down=["validator2"])
     async with console.app.run_test(size=(100, 32)) as pilot:
         await settle(pilot)
         for key in SCENARIO_1:
             await pilot.press(key)
             await pilot.pause()
-        await wait_for(pilot, lambda: ("isolate", "finished") in step_events(console), "isolate to finish")
+        await wait_for(
+            pilot, lambda: ("isolate", "finished") in step_events(console), "isolate to finish"
+        )
     assert len(SCENARIO_1) <= 6
     assert ("isolate", "confirmed") in step_events(console)
     assert console.transport.commands("validator2")[-1] == "systemctl stop kaldrix-node"
@@ -67,7 +71,9 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
         await pilot.press("enter")  # a reflexive Enter cancels, it never confirms
         await wait_for(pilot, lambda: not console.app.run_active, "the run to end")
         assert gate is not console.app.screen
-        await pilot.press("r")  # the parameter and plan screens were left behind when the run started
+        await pilot.press(
+            "r"
+        )  # the parameter and plan screens were left behind when the run started
         assert isinstance(console.app.screen, RunbooksScreen)
     events = step_events(console)
     assert ("isolate", "refused") in events and ("isolate", "confirmed") not in events
@@ -75,13 +81,17 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
     assert console.app.session is not None and console.app.session.model.status == "aborted"
 
 
-async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tmp_path: Path) -> None:
+async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(
+    tmp_path: Path,
+) -> None:
     console = make_console(tmp_path, down=["validator2"])
     app = console.app
     async with app.run_test(size=(100, 32)) as pilot:
         await _to_first_gate(pilot, console)
         await pilot.press("y")
-        await wait_for(pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate")
+        await wait_for(
+            pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate"
+        )
         assert app.focused is not None and app.focused.id == "cancel"
         await type_text(pilot, "v1")  # typing from Cancel types into the value
         await pilot.press("enter")
@@ -91,7 +101,9 @@ async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tm
         gate.query_one("#typed", Input).value = ""
         await type_text(pilot, "validator2")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: (g := _gate(app)) and g.request.kind == "checklist", "the checklist gate")
+        await wait_for(
+            pilot, lambda: (g := _gate(app)) and g.request.kind == "checklist", "the checklist gate"
+        )
         await pilot.press("y")  # nothing ticked yet: refused with a reason, gate stays
         await pilot.pause()
         gate = _gate(app)
@@ -102,10 +114,17 @@ async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(tm
         await wait_for(pilot, lambda: not app.run_active, "the run to finish")
     events = step_events(console)
     assert [e for e in events if e[1] in ("confirmed", "finished")] == [
-        ("isolate", "confirmed"), ("isolate", "finished"), ("restore", "confirmed"), ("restore", "finished"),
-        ("start", "finished"), ("verify", "finished")]
+        ("isolate", "confirmed"),
+        ("isolate", "finished"),
+        ("restore", "confirmed"),
+        ("restore", "finished"),
+        ("start", "finished"),
+        ("verify", "finished"),
+    ]
     assert summarise(app.site.state_dir / "runs" / "20261126-031400-0001").status == "succeeded"
-    verify = next(r for r in journal(console) if r.get("step") == "verify" and r.get("event") == "finished")
+    verify = next(
+        r for r in journal(console) if r.get("step") == "verify" and r.get("event") == "finished"
+    )
     assert verify["data"]["note"] == "ok"
 
 
@@ -116,11 +135,16 @@ async def test_pause_abort_and_note_on_a_running_step(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 32)) as pilot:
         await _to_first_gate(pilot, console)
         await pilot.press("y")
-        await wait_for(pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate")
+        await wait_for(
+            pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate"
+        )
         await type_text(pilot, "validator2")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.session.model.steps[("restore", "validator2")].state == "running",
-                       "restore to run")
+        await wait_for(
+            pilot,
+            lambda: app.session.model.steps[("restore", "validator2")].state == "running",
+            "restore to run",
+        )
         assert isinstance(app.screen, RunScreen)
         await pilot.press("p")
         assert app.session.executor.paused
@@ -129,9 +153,15 @@ async def test_pause_abort_and_note_on_a_running_step(tmp_path: Path) -> None:
         assert isinstance(app.screen, NoteScreen)
         await type_text(pilot, "Jane")
         await pilot.press("enter")
-        assert "✎ 1 note(s), last: 03:14:00 alice: Jane" in str(app.screen.query_one("#run-head").render())
+        assert "✎ 1 note(s), last: 03:14:00 alice: Jane" in str(
+            app.screen.query_one("#run-head").render()
+        )
         await pilot.press("x")
-        assert isinstance(app.screen, ConfirmScreen) and app.focused is not None and app.focused.id == "cancel"
+        assert (
+            isinstance(app.screen, ConfirmScreen)
+            and app.focused is not None
+            and app.focused.id == "cancel"
+        )
         await pilot.press("y")
         release.set()
         await wait_for(pilot, lambda: not app.run_active, "the run to end")
@@ -171,17 +201,28 @@ async def test_later_leaves_the_run_waiting_and_runs_re_attaches_it(tmp_path: Pa
         await pilot.press("h")
         await settle(pilot)
         await pilot.press("e")
-        await wait_for(pilot, lambda: (g := _gate(app)) and g.request.step_id == "isolate", "the gate again")
+        await wait_for(
+            pilot, lambda: (g := _gate(app)) and g.request.step_id == "isolate", "the gate again"
+        )
         await pilot.press("y")
-        await wait_for(pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate")
+        await wait_for(
+            pilot, lambda: (g := _gate(app)) and g.request.kind == "type", "the typed gate"
+        )
         await pilot.press("tab", "enter")  # Later again
         await wait_for(pilot, lambda: not app.run_active, "the run to stop again")
     records = journal(console)
-    assert [r["event"] for r in records if r.get("type") == "run"] == ["created", "stopped", "resumed", "stopped"]
+    assert [r["event"] for r in records if r.get("type") == "run"] == [
+        "created",
+        "stopped",
+        "resumed",
+        "stopped",
+    ]
     assert step_events(console).count(("isolate", "finished")) == 1
 
 
-async def test_quit_during_a_run_asks_then_interrupts_and_a_new_console_re_attaches(tmp_path: Path) -> None:
+async def test_quit_during_a_run_asks_then_interrupts_and_a_new_console_re_attaches(
+    tmp_path: Path,
+) -> None:
     console = make_console(tmp_path, down=["validator2"])
     async with console.app.run_test(size=(100, 32)) as pilot:
         await _to_first_gate(pilot, console)
@@ -193,7 +234,10 @@ async def test_quit_during_a_run_asks_then_interrupts_and_a_new_console_re_attac
         await pilot.press("y")
         await wait_for(pilot, lambda: not console.app.is_running, "the console to exit", limit=10)
     assert console.app.return_value == 3
-    assert summarise(console.app.site.state_dir / "runs" / "20261126-031400-0001").status == "interrupted"
+    assert (
+        summarise(console.app.site.state_dir / "runs" / "20261126-031400-0001").status
+        == "interrupted"
+    )
 
     again = make_console(tmp_path, down=["validator2"])
     async with again.app.run_test(size=(100, 32)) as pilot:
@@ -203,7 +247,9 @@ async def test_quit_during_a_run_asks_then_interrupts_and_a_new_console_re_attac
         await pilot.press("e")
         await wait_for(pilot, lambda: _gate(again.app), "the gate of the re-attached run")
         await pilot.press("y")
-        await wait_for(pilot, lambda: (g := _gate(again.app)) and g.request.kind == "type", "the typed gate")
+        await wait_for(
+            pilot, lambda: (g := _gate(again.app)) and g.request.kind == "type", "the typed gate"
+        )
     assert ("isolate", "confirmed") in step_events(again)
 
 

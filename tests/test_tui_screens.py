@@ -55,7 +55,13 @@ async def test_dashboard_shows_fleet_tiers_on_call_and_down_nodes(tmp_path: Path
         table = app.screen.query_one("#fleet", DataTable)
         assert _cells(table, 1) == ["bootstrap1", "validator1", "validator2", "validator3", "api1"]
         assert _cells(table, 0) == ["bootstrap", "validator", "", "", "api"]
-        assert _cells(table, 2) == ["● active", "● active", "○ inactive", "● active", "✖ unreachable"]
+        assert _cells(table, 2) == [
+            "● active",
+            "● active",
+            "○ inactive",
+            "● active",
+            "✖ unreachable",
+        ]
         assert "DOWN: validator2, api1" in _text(app, "#fleet-summary")
         assert "Jane Doe +1-555-0102" in _text(app, "#oncall")
         critical = str(app.screen.tier_cells["critical"].render())
@@ -83,7 +89,9 @@ async def test_a_hung_poll_never_blocks_the_keys(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: app.fleet, "the poll to come back")
 
 
-async def test_palette_reaches_every_screen_by_name_and_lists_screen_actions(tmp_path: Path) -> None:
+async def test_palette_reaches_every_screen_by_name_and_lists_screen_actions(
+    tmp_path: Path,
+) -> None:
     console = make_console(tmp_path)
     app = console.app
     async with app.run_test(size=(100, 32)) as pilot:
@@ -93,14 +101,24 @@ async def test_palette_reaches_every_screen_by_name_and_lists_screen_actions(tmp
             await pilot.press("ctrl+p")
             assert isinstance(app.screen, CommandPalette)
             await type_text(pilot, screen_cls.NAME)
-            await wait_for(pilot, lambda name=screen_cls.NAME: _hits(app)[:1] and _hits(app)[0].startswith(name),
-                           "the screen as the first hit")
+            await wait_for(
+                pilot,
+                lambda name=screen_cls.NAME: _hits(app)[:1] and _hits(app)[0].startswith(name),
+                "the screen as the first hit",
+            )
             await pilot.press("enter")
-            await wait_for(pilot, lambda cls=screen_cls: isinstance(app.screen, cls), f"the {screen_cls.NAME} screen")
+            await wait_for(
+                pilot,
+                lambda cls=screen_cls: isinstance(app.screen, cls),
+                f"the {screen_cls.NAME} screen",
+            )
         await pilot.press("escape", "u", "ctrl+p")
         await type_text(pilot, "Verify")
-        await wait_for(pilot, lambda: _hits(app)[:1] and _hits(app)[0].startswith("Audit: Verify"),
-                       "the screen's own action")
+        await wait_for(
+            pilot,
+            lambda: _hits(app)[:1] and _hits(app)[0].startswith("Audit: Verify"),
+            "the screen's own action",
+        )
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, AuditScreen)
@@ -111,8 +129,14 @@ async def test_every_screen_is_one_key_away(tmp_path: Path) -> None:
     app = console.app
     async with app.run_test(size=(100, 32)) as pilot:
         await settle(pilot)
-        for key, cls in (("r", RunbooksScreen), ("a", RunScreen), ("c", ContactsScreen), ("h", RunsScreen),
-                         ("u", AuditScreen), ("b", CatalogScreen)):
+        for key, cls in (
+            ("r", RunbooksScreen),
+            ("a", RunScreen),
+            ("c", ContactsScreen),
+            ("h", RunsScreen),
+            ("u", AuditScreen),
+            ("b", CatalogScreen),
+        ):
             await pilot.press(key)
             assert isinstance(app.screen, cls), key
             if cls is CatalogScreen:
@@ -135,10 +159,21 @@ async def test_keymap_remaps_by_binding_id(tmp_path: Path) -> None:
 
 def test_binding_ids_are_stable_kebab_case_and_checked(tmp_path: Path) -> None:
     ids = binding_ids()
-    assert {"show-dashboard", "show-runbooks", "quit", "run-abort", "run-pause", "gate-confirm",
-            "gate-cancel", "runs-reattach", "catalog-filter"} <= set(ids)
+    assert {
+        "show-dashboard",
+        "show-runbooks",
+        "quit",
+        "run-abort",
+        "run-pause",
+        "gate-confirm",
+        "gate-cancel",
+        "runs-reattach",
+        "catalog-filter",
+    } <= set(ids)
     assert all(i == i.lower() and " " not in i and "_" not in i for i in ids)
-    with pytest.raises(UsageError, match='unknown binding id "run-abrot" \\(did you mean "run-abort"'):
+    with pytest.raises(
+        UsageError, match='unknown binding id "run-abrot" \\(did you mean "run-abort"'
+    ):
         check_keymap({"run-abrot": "x"})
     keys = tmp_path / "keys.toml"
     keys.write_text('[keys]\nshow-runbooks = "f2"\n\nrun-abrot = "x"\n')
@@ -156,10 +191,14 @@ async def test_contacts_say_who_to_call_and_who_is_off_duty(tmp_path: Path) -> N
         await settle(pilot)
         await pilot.press("c")
         await pilot.pause()
-        assert "L1 Backup Engineer: Jane Doe +1-555-0102 · Recovery Issues" in _text(app, "#call-now")
+        assert "L1 Backup Engineer: Jane Doe +1-555-0102 · Recovery Issues" in _text(
+            app, "#call-now"
+        )
         table = app.screen.query_one("#contacts", DataTable)
         now = dict(zip(_cells(table, 0), _cells(table, 4), strict=True))
-        assert now["Mike Johnson"] == "off" and now["Jane Doe"] == "yes"  # 03:14: out of business hours
+        assert (
+            now["Mike Johnson"] == "off" and now["Jane Doe"] == "yes"
+        )  # 03:14: out of business hours
         recovery = str(app.screen.matrix_lines["recovery"].render())
         assert "Recovery Issues: ▶ L1 Backup Engineer —5m→ L2 Operations Lead" in recovery
 
@@ -241,7 +280,9 @@ async def test_catalog_without_the_engine_catalog_says_so(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
-async def test_every_screen_lays_out_at_small_and_large_sizes(tmp_path: Path, size: tuple[int, int]) -> None:
+async def test_every_screen_lays_out_at_small_and_large_sizes(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
     console = make_console(tmp_path, down=["validator2"], catalog=catalog_rows(30))
     app = console.app
     width, height = size
@@ -285,17 +326,54 @@ def _journal_run(site_root: Path, run_id: str, runbook: str, when: str, status: 
 
     d = site_root / "state" / "runs" / run_id
     d.mkdir(parents=True)
-    records = [{"type": "run", "event": "created", "run": run_id, "runbook": runbook, "title": runbook,
-                "params": {}, "drill": False, "user": "cron", "time": when, "site": "tui"},
-               {"type": "run", "event": "finished", "run": run_id, "status": status, "reason": "", "time": when}]
+    records = [
+        {
+            "type": "run",
+            "event": "created",
+            "run": run_id,
+            "runbook": runbook,
+            "title": runbook,
+            "params": {},
+            "drill": False,
+            "user": "cron",
+            "time": when,
+            "site": "tui",
+        },
+        {
+            "type": "run",
+            "event": "finished",
+            "run": run_id,
+            "status": status,
+            "reason": "",
+            "time": when,
+        },
+    ]
     (d / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 async def test_the_dashboard_shows_next_due_and_overdue_backup_runs(tmp_path: Path) -> None:
     # 03:14 now: chain state last ran 02:00 (14 runs missed), transaction logs at 03:00 (on time).
-    _journal_run(tmp_path, "20261126-020000-0001", "backup-blockchain-state", "2026-11-26T02:00:05Z", "succeeded")
-    _journal_run(tmp_path, "20261126-020000-0002", "backup-validator-keys", "2026-11-26T03:00:05Z", "succeeded")
-    _journal_run(tmp_path, "20261126-030000-0003", "backup-transaction-logs", "2026-11-26T03:00:05Z", "succeeded")
+    _journal_run(
+        tmp_path,
+        "20261126-020000-0001",
+        "backup-blockchain-state",
+        "2026-11-26T02:00:05Z",
+        "succeeded",
+    )
+    _journal_run(
+        tmp_path,
+        "20261126-020000-0002",
+        "backup-validator-keys",
+        "2026-11-26T03:00:05Z",
+        "succeeded",
+    )
+    _journal_run(
+        tmp_path,
+        "20261126-030000-0003",
+        "backup-transaction-logs",
+        "2026-11-26T03:00:05Z",
+        "succeeded",
+    )
     console = make_console(tmp_path, catalog=catalog_rows(20))
     app = console.app
     async with app.run_test(size=(120, 40)) as pilot:
@@ -318,7 +396,7 @@ async def test_the_dashboard_warns_when_the_backup_key_is_due_for_rotation(tmp_p
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     keygen(keys / "k1.key")
-    old = (NOW.timestamp() - 100 * 86400)
+    old = NOW.timestamp() - 100 * 86400
     os.utime(keys / "k1.key", (old, old))
     console = make_console(tmp_path, site_extra='\n[keys]\ndir = "keys"\nrotate_after = "90d"\n')
     app = console.app

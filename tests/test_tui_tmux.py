@@ -70,7 +70,9 @@ class Tmux:
         self.socket = socket
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
+        )
 
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "console").stdout
@@ -91,7 +93,9 @@ class Tmux:
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
     if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed (apt-get install tmux); the console is still tested with Pilot")
+        pytest.skip(
+            "tmux is not installed (apt-get install tmux); the console is still tested with Pilot"
+        )
     server = Tmux(f"kconsole-test-{os.getpid()}")
     yield server
     server("kill-server")
@@ -119,7 +123,9 @@ def test_palette_reaches_every_screen_and_ctrl_q_quits(tmp_path: Path, tmux: Tmu
         tmux.wait_for(screen_cls.HELP[:30])
         tmux("send-keys", "-t", "console", "Enter")
         tmux.wait_for(f"— {screen_cls.NAME} ·")
-    tmux("send-keys", "-t", "console", "Escape")  # the catalog's filter has focus: back to the table
+    tmux(
+        "send-keys", "-t", "console", "Escape"
+    )  # the catalog's filter has focus: back to the table
     time.sleep(0.3)  # an Escape followed at once by a letter reads as Alt+letter
     tmux("send-keys", "-t", "console", "d")
     shown = tmux.wait_for("— Dashboard ·")
@@ -157,13 +163,23 @@ def test_a_dropped_session_stops_the_run_resumable(tmp_path: Path, tmux: Tmux) -
     rb.write_text(HOLD_RUNBOOK.replace("{pid}", shlex.quote(str(pid_file))))
     cli = [sys.executable, "-m", "kconsole", "--site", str(site)]
     # No terminal: the run stops at its gate, waiting and resumable (exit 3).
-    first = subprocess.run([*cli, "run", str(rb)], stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=60)
+    first = subprocess.run(
+        [*cli, "run", str(rb)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
     assert first.returncode == 3, first.stdout + first.stderr
 
     env = f"-u COLUMNS -u LINES XDG_CONFIG_HOME={shlex.quote(str(tmp_path / 'config'))} TEXTUAL_ANIMATIONS=none"
-    started = tmux("new-session", "-d", "-s", "console", "-x", "120", "-y", "40",
-                   f"env {env} {console_command(site)}")
+    started = tmux(
+        "new-session",
+        "-d",
+        "-s",
+        "console",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        f"env {env} {console_command(site)}",
+    )
     assert started.returncode == 0, started.stderr
     tmux.wait_for("— Dashboard ·")
     tmux("send-keys", "-t", "console", "h")
@@ -179,7 +195,9 @@ def test_a_dropped_session_stops_the_run_resumable(tmp_path: Path, tmux: Tmux) -
     tmux("kill-session", "-t", "console")  # the terminal goes away: SIGHUP
 
     def run_record() -> dict:
-        out = subprocess.run([*cli, "runs", "--json"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            [*cli, "runs", "--json"], capture_output=True, text=True, timeout=30
+        ).stdout
         return json.loads(out.splitlines()[0])
 
     deadline = time.monotonic() + 20
@@ -187,7 +205,9 @@ def test_a_dropped_session_stops_the_run_resumable(tmp_path: Path, tmux: Tmux) -
         time.sleep(0.2)
     record = run_record()
     assert record["status"] == "interrupted", record
-    journal = (tmp_path / "state" / "runs" / record["id"] / "journal.jsonl").read_text().splitlines()
+    journal = (
+        (tmp_path / "state" / "runs" / record["id"] / "journal.jsonl").read_text().splitlines()
+    )
     last = json.loads(journal[-1])  # written by the console itself, not inferred from a free lock
     assert (last["type"], last["event"], last["status"]) == ("run", "stopped", "interrupted"), last
     deadline = time.monotonic() + 10

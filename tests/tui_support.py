@@ -188,7 +188,7 @@ checklist = ["block height advancing", "peers connected"]
 estimate = "5m"
 '''
 
-BACKUP_KEYS = '''
+BACKUP_KEYS = """
 [runbook]
 id = "backup-validator-keys"
 title = "Back up the validator keys"
@@ -203,9 +203,9 @@ action = "ssh.exec"
 for_each = "group:validator"
 command = "tar -czf - /etc/kaldrix/keys"
 estimate = "1m"
-'''
+"""
 
-VERIFY_BACKUPS = '''
+VERIFY_BACKUPS = """
 [runbook]
 id = "verify-backups"
 title = "Verify every backup decrypts and restores"
@@ -219,10 +219,13 @@ action = "ssh.exec"
 node = "api1"
 command = "true"
 estimate = "2m"
-'''
+"""
 
-RUNBOOKS = {"recover-single-node": RECOVER_SINGLE_NODE, "backup-validator-keys": BACKUP_KEYS,
-            "verify-backups": VERIFY_BACKUPS}
+RUNBOOKS = {
+    "recover-single-node": RECOVER_SINGLE_NODE,
+    "backup-validator-keys": BACKUP_KEYS,
+    "verify-backups": VERIFY_BACKUPS,
+}
 
 
 class FixedClock(Clock):
@@ -285,8 +288,9 @@ def fleet(down: Iterable[str] = (), unreachable: Iterable[str] = ()) -> HeldTran
     transport.reply("*", r"^systemctl is-active", stdout="active\n")
     transport.reply("*", r"systemctl (stop|start)", stdout="")
     transport.reply("*", r"^tar ", stdout="restored 1204 files\nchain state at height 1882211\n")
-    transport.latency_ms.update({"bootstrap1": 3.0, "validator1": 2.0, "validator2": 2.0, "validator3": 4.0,
-                                 "api1": 7.0})
+    transport.latency_ms.update(
+        {"bootstrap1": 3.0, "validator1": 2.0, "validator2": 2.0, "validator3": 4.0, "api1": 7.0}
+    )
     return transport
 
 
@@ -311,13 +315,26 @@ def catalog_rows(count: int = 40) -> list[dict[str, Any]]:
         age = 600 + i * 1800
         created = NOW - timedelta(seconds=age)
         kind = kinds[i % len(kinds)]
-        rpo = {"blockchain-state": 900, "validator-keys": 900, "transaction-logs": 3600}.get(kind, 86400)
+        rpo = {"blockchain-state": 900, "validator-keys": 900, "transaction-logs": 3600}.get(
+            kind, 86400
+        )
         status = "failed-verify" if i % 17 == 5 else ("ok" if age <= rpo * 4 else "stale")
         node = nodes[i % len(nodes)]
-        rows.append({"id": f"{kind}_{node}_{created:%Y%m%d_%H%M%S}", "kind": kind, "node": node,
-                     "location": locations[i % 3], "path": f"/backup/{kind}/{node}/{created:%Y%m%d_%H%M%S}.kdx",
-                     "size": 1_000_000 * (i + 1), "created": created.isoformat().replace("+00:00", "Z"),
-                     "age_s": age, "rpo_s": rpo, "status": status, "key_id": "k2026q4"})
+        rows.append(
+            {
+                "id": f"{kind}_{node}_{created:%Y%m%d_%H%M%S}",
+                "kind": kind,
+                "node": node,
+                "location": locations[i % 3],
+                "path": f"/backup/{kind}/{node}/{created:%Y%m%d_%H%M%S}.kdx",
+                "size": 1_000_000 * (i + 1),
+                "created": created.isoformat().replace("+00:00", "Z"),
+                "age_s": age,
+                "rpo_s": rpo,
+                "status": status,
+                "key_id": "k2026q4",
+            }
+        )
     return rows
 
 
@@ -325,10 +342,32 @@ def catalog_tiers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tier summary lines as the engine's `tier_summary` gives them, for the RPO strip."""
     if not rows:
         return []
-    return [{"tier": "critical", "rpo_s": 900, "status": "ok", "nodes": 4, "breached": 0, "max_loss_s": 600},
-            {"tier": "important", "rpo_s": 3600, "status": "stale", "nodes": 1, "breached": 1,
-             "max_loss_s": 12600},
-            {"tier": "standard", "rpo_s": 86400, "status": "none", "nodes": 5, "breached": 5, "max_loss_s": None}]
+    return [
+        {
+            "tier": "critical",
+            "rpo_s": 900,
+            "status": "ok",
+            "nodes": 4,
+            "breached": 0,
+            "max_loss_s": 600,
+        },
+        {
+            "tier": "important",
+            "rpo_s": 3600,
+            "status": "stale",
+            "nodes": 1,
+            "breached": 1,
+            "max_loss_s": 12600,
+        },
+        {
+            "tier": "standard",
+            "rpo_s": 86400,
+            "status": "none",
+            "nodes": 5,
+            "breached": 5,
+            "max_loss_s": None,
+        },
+    ]
 
 
 @dataclass
@@ -341,17 +380,31 @@ class Console:
     site_path: Path
 
 
-def make_console(root: Path, *, down: Iterable[str] = (), unreachable: Iterable[str] = (), user: str = "alice",
-                 catalog: list[dict[str, Any]] | None = None, keymap: dict[str, str] | None = None,
-                 site_extra: str = "") -> Console:
+def make_console(
+    root: Path,
+    *,
+    down: Iterable[str] = (),
+    unreachable: Iterable[str] = (),
+    user: str = "alice",
+    catalog: list[dict[str, Any]] | None = None,
+    keymap: dict[str, str] | None = None,
+    site_extra: str = "",
+) -> Console:
     """The console on a fresh site under `root`, every source of chance pinned."""
     site_path = write_site(root, site_extra)
     site = load_site(site_path)
     transport = fleet(down, unreachable)
     clock = FixedClock()
-    app = build_app(site, Services(transport=transport), clock, keymap=keymap, user=user,
-                    catalog=StaticCatalog(catalog, catalog_tiers(catalog)) if catalog is not None else None,
-                    runbook_dirs=[root / "runbooks"], poll_interval=0)
+    app = build_app(
+        site,
+        Services(transport=transport),
+        clock,
+        keymap=keymap,
+        user=user,
+        catalog=StaticCatalog(catalog, catalog_tiers(catalog)) if catalog is not None else None,
+        runbook_dirs=[root / "runbooks"],
+        poll_interval=0,
+    )
     counter = iter(range(1, 1000))
     app.make_run_id = lambda: f"20261126-031400-{next(counter):04d}"
     app.animation_level = "none"
@@ -368,8 +421,9 @@ def utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     time.tzset()
 
 
-async def wait_for(pilot: Pilot[Any], condition: Callable[[], object], what: str = "condition",
-                   limit: float = 10.0) -> None:
+async def wait_for(
+    pilot: Pilot[Any], condition: Callable[[], object], what: str = "condition", limit: float = 10.0
+) -> None:
     """Let the app run until `condition()` holds (a generous limit; never a fixed sleep)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
@@ -383,9 +437,14 @@ async def settle(pilot: Pilot[Any]) -> None:
     """Wait for the first poll, the runbooks and every read, then for the screen to redraw."""
     app = pilot.app
     assert isinstance(app, KconsoleApp)
-    await wait_for(pilot, lambda: app.fleet and app.runbooks_loaded, "the first poll and the runbooks")
-    await wait_for(pilot, lambda: not [w for w in app.workers if w.is_running and w.group != "run"],
-                   "background workers")
+    await wait_for(
+        pilot, lambda: app.fleet and app.runbooks_loaded, "the first poll and the runbooks"
+    )
+    await wait_for(
+        pilot,
+        lambda: not [w for w in app.workers if w.is_running and w.group != "run"],
+        "background workers",
+    )
     await pilot.pause()
     await pilot.wait_for_scheduled_animations()
 
@@ -399,8 +458,11 @@ def journal(console: Console, run_id: str = "20261126-031400-0001") -> list[dict
 
 def step_events(console: Console, run_id: str = "20261126-031400-0001") -> list[tuple[str, str]]:
     """(step, event) for every step record but output, in order."""
-    return [(r["step"], r["event"]) for r in journal(console, run_id)
-            if r.get("type") == "step" and r["event"] != "output"]
+    return [
+        (r["step"], r["event"])
+        for r in journal(console, run_id)
+        if r.get("type") == "step" and r["event"] != "output"
+    ]
 
 
 async def type_text(pilot: Pilot[Any], text: str) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from kconsole.actions.base import Action, ActionResult, Field, StepContext
 from kconsole.backups.selector import BackupSelector, parse_selector, pick
 from kconsole.errors import OperationFailed
 from kconsole.site import BACKUP_KINDS
+
+if TYPE_CHECKING:
+    from kconsole.backups.catalog import Backup
 
 
 def _transport(ctx: StepContext) -> object:
@@ -23,7 +26,7 @@ def _selector(wanted: str) -> BackupSelector:
         raise OperationFailed(f"backup {wanted!r}: {exc}.") from None
 
 
-async def resolve_backup(ctx: StepContext, wanted: str, kind: str, node: str) -> object:
+async def resolve_backup(ctx: StepContext, wanted: str, kind: str, node: str) -> Backup:
     """A catalog Backup: an id, the "latest" good one of `kind` from `node`, or the newest
     good one made "before:TIME"."""
     session = ctx.services.backups(ctx.site)
@@ -35,7 +38,9 @@ async def resolve_backup(ctx: StepContext, wanted: str, kind: str, node: str) ->
     if found is None:
         when = "" if selector.before is None else f" {selector.describe()}"
         where = f"; unreachable locations: {', '.join(catalog.errors)}" if catalog.errors else ""
-        raise OperationFailed(f"there is no good {kind} backup of {node}{when} in any location{where}.")
+        raise OperationFailed(
+            f"there is no good {kind} backup of {node}{when} in any location{where}."
+        )
     return found
 
 
@@ -47,11 +52,15 @@ class BackupCreate(Action):
     needs_node = True
     fields: ClassVar[dict[str, Field]] = {
         "kind": Field("str", required=True, choices=BACKUP_KINDS),
-        "paths": Field("list", help="absolute paths on the node, e.g. /var/lib/kaldrix/state (or give command)"),
+        "paths": Field(
+            "list", help="absolute paths on the node, e.g. /var/lib/kaldrix/state (or give command)"
+        ),
         "command": Field("command", help="instead of tar: a command whose stdout is the backup"),
         "locations": Field("list", help="location names; default every location"),
         "sudo": Field("bool", default=True, help="run the capture under sudo -n"),
-        "consistent": Field("bool", help="stop the service around the capture for a consistent copy"),
+        "consistent": Field(
+            "bool", help="stop the service around the capture for a consistent copy"
+        ),
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
@@ -62,16 +71,34 @@ class BackupCreate(Action):
         session = ctx.services.backups(ctx.site)
         if not ctx.values.get("paths") and not ctx.values.get("command"):
             raise OperationFailed(f"step {ctx.step.id}: backup.create needs paths or command.")
-        req = CreateRequest(node=node, kind=ctx.values["kind"], paths=list(ctx.values.get("paths") or []),
-                            command=ctx.values.get("command") or "", sudo=bool(ctx.values.get("sudo", True)),
-                            run_id=ctx.run_id, consistent=bool(ctx.values.get("consistent")))
-        manifest = await create_backup(ctx.site, req, transport=_transport(ctx),
-                                       stores=session.stores(ctx.values.get("locations")),
-                                       key=session.current_key(), emit=ctx.emit)
+        req = CreateRequest(
+            node=node,
+            kind=ctx.values["kind"],
+            paths=list(ctx.values.get("paths") or []),
+            command=ctx.values.get("command") or "",
+            sudo=bool(ctx.values.get("sudo", True)),
+            run_id=ctx.run_id,
+            consistent=bool(ctx.values.get("consistent")),
+        )
+        manifest = await create_backup(
+            ctx.site,
+            req,
+            transport=_transport(ctx),
+            stores=session.stores(ctx.values.get("locations")),
+            key=session.current_key(),
+            emit=ctx.emit,
+        )
         session.invalidate()
-        return ActionResult(exit_code=0, summary=f"{manifest.id} ({manifest.ciphertext_size} bytes, key {manifest.key_id[:8]})",
-                            data={"backup": manifest.id, "size": manifest.ciphertext_size, "key_id": manifest.key_id,
-                                  "chain_height": manifest.chain_height})
+        return ActionResult(
+            exit_code=0,
+            summary=f"{manifest.id} ({manifest.ciphertext_size} bytes, key {manifest.key_id[:8]})",
+            data={
+                "backup": manifest.id,
+                "size": manifest.ciphertext_size,
+                "key_id": manifest.key_id,
+                "chain_height": manifest.chain_height,
+            },
+        )
 
 
 class BackupRestore(Action):
@@ -82,8 +109,11 @@ class BackupRestore(Action):
     needs_node = True
     destructive = True
     fields: ClassVar[dict[str, Field]] = {
-        "backup": Field("text", default="latest",
-                        help='backup id, "latest" good one, or "before:TIME" (newest good one made before TIME)'),
+        "backup": Field(
+            "text",
+            default="latest",
+            help='backup id, "latest" good one, or "before:TIME" (newest good one made before TIME)',
+        ),
         "kind": Field("str", choices=BACKUP_KINDS, default="blockchain-state"),
         "location": Field("str", help="location to fetch from; default the fastest holding it"),
         "source_node": Field("text", help="restore another node's backup (default this node's)"),
@@ -97,15 +127,34 @@ class BackupRestore(Action):
         node = ctx.require_node()
         session = ctx.services.backups(ctx.site)
         source = ctx.values.get("source_node") or node.name
-        backup = await resolve_backup(ctx, str(ctx.values.get("backup") or "latest"),
-                                      ctx.values.get("kind") or "blockchain-state", source)
+        backup = await resolve_backup(
+            ctx,
+            str(ctx.values.get("backup") or "latest"),
+            ctx.values.get("kind") or "blockchain-state",
+            source,
+        )
         stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
-        report = await restore_backup(ctx.site, node, backup, transport=_transport(ctx),  # type: ignore[arg-type]
-                                      stores=stores, keyring=session.keyring(), run_id=ctx.run_id, emit=ctx.emit,
-                                      sudo=bool(ctx.values.get("sudo", True)))
-        return ActionResult(exit_code=0, summary=f"restored {report.backup} from {report.replica} ({report.members} files)",
-                            data={"backup": report.backup, "replica": report.replica, "members": report.members,
-                                  "key_id": report.key_id})
+        report = await restore_backup(
+            ctx.site,
+            node,
+            backup,
+            transport=_transport(ctx),
+            stores=stores,
+            keyring=session.keyring(),
+            run_id=ctx.run_id,
+            emit=ctx.emit,
+            sudo=bool(ctx.values.get("sudo", True)),
+        )
+        return ActionResult(
+            exit_code=0,
+            summary=f"restored {report.backup} from {report.replica} ({report.members} files)",
+            data={
+                "backup": report.backup,
+                "replica": report.replica,
+                "members": report.members,
+                "key_id": report.key_id,
+            },
+        )
 
 
 class BackupVerify(Action):
@@ -133,8 +182,14 @@ class BackupVerify(Action):
             targets = catalog.select(kind, node)
         elif wanted == "latest" or wanted.startswith("before:"):
             selector = _selector(wanted)
-            targets = [b for b in (pick(catalog, selector, k, n) for k, n in
-                                   sorted({(b.kind, b.node) for b in catalog.select(kind, node)})) if b]
+            targets = [
+                b
+                for b in (
+                    pick(catalog, selector, k, n)
+                    for k, n in sorted({(b.kind, b.node) for b in catalog.select(kind, node)})
+                )
+                if b
+            ]
         else:
             targets = [catalog.find(wanted)]
         if not targets:
@@ -148,8 +203,14 @@ class BackupVerify(Action):
         bad: list[str] = []
         incomplete: list[str] = []
         for backup in targets:
-            outcome = await verify_backup(ctx.site, backup, stores, keyring, ctx.emit,
-                                          unreachable={n: e for n, e in catalog.errors.items() if n in stores})
+            outcome = await verify_backup(
+                ctx.site,
+                backup,
+                stores,
+                keyring,
+                ctx.emit,
+                unreachable={n: e for n, e in catalog.errors.items() if n in stores},
+            )
             if not outcome.ok:
                 bad.append(backup.id)
             elif not outcome.complete:
@@ -158,8 +219,9 @@ class BackupVerify(Action):
             session.invalidate()  # verdicts changed: the next look at the catalog relists
         if bad or incomplete:
             raise OperationFailed(verify_failure(bad, incomplete, len(targets)))
-        return ActionResult(exit_code=0, summary=f"{len(targets)} backups verified",
-                            data={"verified": len(targets)})
+        return ActionResult(
+            exit_code=0, summary=f"{len(targets)} backups verified", data={"verified": len(targets)}
+        )
 
 
 class BackupPrune(Action):
@@ -194,19 +256,34 @@ class BackupPrune(Action):
         location = ctx.values.get("location") or None
         stores = session.stores([location] if location else None)
         catalog = await session.catalog(refresh=True)
-        plan = await plan_prune(ctx.site, catalog, stores, kind=ctx.values.get("kind") or None,
-                                node=ctx.node.name if ctx.node else None, location=location, retention=retention)
+        plan = await plan_prune(
+            ctx.site,
+            catalog,
+            stores,
+            kind=ctx.values.get("kind") or None,
+            node=ctx.node.name if ctx.node else None,
+            location=location,
+            retention=retention,
+        )
         for stream, line in plan.lines(dry_run):
             await ctx.emit(stream, line)
         data = {"dry_run": dry_run, **plan.as_data()}
         problems = []
         if not dry_run and plan.deletions:
-            result = await apply_prune(ctx.site, plan, stores, actor=user, emit=ctx.emit, catalog=catalog)
+            result = await apply_prune(
+                ctx.site, plan, stores, actor=user, emit=ctx.emit, catalog=catalog
+            )
             session.invalidate()
-            data.update(deleted=result.deleted, delete_markers=result.markers, failed=result.failed,
-                        deletions=[d.as_json() for d in plan.deletions])
+            data.update(
+                deleted=result.deleted,
+                delete_markers=result.markers,
+                failed=result.failed,
+                deletions=[d.as_json() for d in plan.deletions],
+            )
             if result.failed:
-                problems.append(f"{len(result.failed)} copies could not be deleted: {', '.join(result.failed[:5])}")
+                problems.append(
+                    f"{len(result.failed)} copies could not be deleted: {', '.join(result.failed[:5])}"
+                )
         # Objects lacking the Object Lock the site requires are reported (stderr lines, the
         # summary, `unlocked` in the data), not failed on: the backups themselves are fine, and a
         # failed retention step would tell the team a backup failed.

@@ -76,7 +76,9 @@ class StepContext:
         if self.node is None:
             from kconsole.errors import OperationFailed
 
-            raise OperationFailed(f"step {self.step.id} needs a node (for_each or node =) but has none.")
+            raise OperationFailed(
+                f"step {self.step.id} needs a node (for_each or node =) but has none."
+            )
         return self.node
 
 

@@ -27,11 +27,19 @@ class CryptoEncrypt(Action):
         """Encrypt; the output appears only when complete."""
         from kconsole.crypto import encrypt_file, read_key_file
 
-        key = read_key_file(ctx.values["key"]) if ctx.values.get("key") else \
-            ctx.services.backups(ctx.site).current_key()
-        result = await asyncio.to_thread(encrypt_file, key, ctx.values["input"], ctx.values["output"])
-        return ActionResult(exit_code=0, summary=f"encrypted with key {result.key_id[:8]}",
-                            data={"key_id": result.key_id, "sha256": result.ciphertext_sha256})
+        key = (
+            read_key_file(ctx.values["key"])
+            if ctx.values.get("key")
+            else ctx.services.backups(ctx.site).current_key()
+        )
+        result = await asyncio.to_thread(
+            encrypt_file, key, ctx.values["input"], ctx.values["output"]
+        )
+        return ActionResult(
+            exit_code=0,
+            summary=f"encrypted with key {result.key_id[:8]}",
+            data={"key_id": result.key_id, "sha256": result.ciphertext_sha256},
+        )
 
 
 class CryptoDecrypt(Action):
@@ -50,20 +58,29 @@ class CryptoDecrypt(Action):
         from kconsole.crypto import decrypt_file, decrypt_legacy_file, read_key_file
         from kconsole.crypto.cli import detect_format
 
-        keys = read_key_file(ctx.values["key"]) if ctx.values.get("key") else \
-            ctx.services.backups(ctx.site).keyring()
+        keys = (
+            read_key_file(ctx.values["key"])
+            if ctx.values.get("key")
+            else ctx.services.backups(ctx.site).keyring()
+        )
         src, dst = ctx.values["input"], ctx.values["output"]
         fmt = await asyncio.to_thread(detect_format, src)
         if fmt == "openssl-legacy":
             await ctx.emit("stderr", f"{src} is legacy, unauthenticated (openssl aes-256-cbc)")
             res = await asyncio.to_thread(decrypt_legacy_file, keys, src, dst)
-            return ActionResult(exit_code=0, summary="decrypted (legacy, unauthenticated)",
-                                data={"key_id": res.key_id})
+            return ActionResult(
+                exit_code=0,
+                summary="decrypted (legacy, unauthenticated)",
+                data={"key_id": res.key_id},
+            )
         if fmt is None:
             raise OperationFailed(f"{src} is neither a kconsole nor an openssl-encrypted file.")
         native = await asyncio.to_thread(decrypt_file, keys, src, dst)
-        return ActionResult(exit_code=0, summary=f"decrypted with key {native.key_id[:8]}",
-                            data={"key_id": native.key_id})
+        return ActionResult(
+            exit_code=0,
+            summary=f"decrypted with key {native.key_id[:8]}",
+            data={"key_id": native.key_id},
+        )
 
 
 class CryptoKeygen(Action):
@@ -73,7 +90,9 @@ class CryptoKeygen(Action):
     name = "crypto.keygen"
     help = "Generate a new backup key in the site's key directory (mode 0600)."
     fields: ClassVar[dict[str, Field]] = {
-        "name": Field("text", help="file name in the keyring, default backup_{now:%Y%m%d_%H%M%S}.key"),
+        "name": Field(
+            "text", help="file name in the keyring, default backup_{now:%Y%m%d_%H%M%S}.key"
+        ),
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
@@ -89,9 +108,13 @@ class CryptoKeygen(Action):
         from kconsole.backups.session import make_current
 
         make_current(ctx.site, name)
-        AuditLog(ctx.site.state_dir).append(ctx.user, "key.generate", name, key_id=key.key_id, run=ctx.run_id)
+        AuditLog(ctx.site.state_dir).append(
+            ctx.user, "key.generate", name, key_id=key.key_id, run=ctx.run_id
+        )
         await ctx.emit("stdout", f"new key {name}, key id {key.key_id}")
-        return ActionResult(exit_code=0, summary=f"key {key.key_id[:8]} in {name}", data={"key_id": key.key_id})
+        return ActionResult(
+            exit_code=0, summary=f"key {key.key_id[:8]} in {name}", data={"key_id": key.key_id}
+        )
 
 
 class CryptoRekey(Action):
@@ -117,7 +140,10 @@ class CryptoRekey(Action):
         done = skipped = 0
         for backup in catalog.select(ctx.values.get("kind")):
             if backup.legacy:
-                await ctx.emit("stderr", f"{backup.id}: legacy file left as it is (rekey writes native backups only)")
+                await ctx.emit(
+                    "stderr",
+                    f"{backup.id}: legacy file left as it is (rekey writes native backups only)",
+                )
                 skipped += 1
                 continue
             if backup.key_id == current.key_id:
@@ -125,7 +151,17 @@ class CryptoRekey(Action):
             await rekey_backup(ctx.site, backup, stores, keyring, current, ctx.emit)
             done += 1
         session.invalidate()
-        AuditLog(ctx.site.state_dir).append(ctx.user, "backup.rekey", ctx.values.get("kind") or "all",
-                                            to_key=current.key_id, count=done, run=ctx.run_id)
-        return ActionResult(exit_code=0, summary=f"{done} backups re-encrypted to key {current.key_id[:8]}"
-                            + (f", {skipped} legacy left" if skipped else ""), data={"rekeyed": done})
+        AuditLog(ctx.site.state_dir).append(
+            ctx.user,
+            "backup.rekey",
+            ctx.values.get("kind") or "all",
+            to_key=current.key_id,
+            count=done,
+            run=ctx.run_id,
+        )
+        return ActionResult(
+            exit_code=0,
+            summary=f"{done} backups re-encrypted to key {current.key_id[:8]}"
+            + (f", {skipped} legacy left" if skipped else ""),
+            data={"rekeyed": done},
+        )

@@ -45,5 +45,8 @@ class GateAction(Action):
         if not answer:
             raise GateRefused(f"the operator did not confirm {request.title!r}.")
         note = f" (note: {request.note})" if request.note else ""
-        return ActionResult(exit_code=0, summary=f"confirmed by {request.answered_by or ctx.user}{note}",
-                            data={"note": request.note})
+        return ActionResult(
+            exit_code=0,
+            summary=f"confirmed by {request.answered_by or ctx.user}{note}",
+            data={"note": request.note},
+        )

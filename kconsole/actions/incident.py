@@ -39,5 +39,9 @@ class IncidentEscalate(Action):
         target = pick_target(ctx.site, ctx.values.get("target"))
         outcome = await send_webhook(target, text) if target else "not sent: no [notify] target"
         await ctx.emit("stdout", f"{text} ({outcome})")
-        return ActionResult(exit_code=0, stdout=text, summary=f"L{level_no} {level.role}: {who}",
-                            data={"matrix": name, "level": level_no, "role": level.role})
+        return ActionResult(
+            exit_code=0,
+            stdout=text,
+            summary=f"L{level_no} {level.role}: {who}",
+            data={"matrix": name, "level": level_no, "role": level.role},
+        )

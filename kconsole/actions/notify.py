@@ -30,7 +30,9 @@ async def send_webhook(target: NotifyTarget, text: str, timeout: float = 10.0) -
             resp = await client.post(url, json={"text": text})
     except httpx.HTTPError as exc:
         # The exception text can embed the URL (a secret): name only its class.
-        raise OperationFailed(f"notify target {target.name} failed: {exc.__class__.__name__}.") from None
+        raise OperationFailed(
+            f"notify target {target.name} failed: {exc.__class__.__name__}."
+        ) from None
     if resp.status_code >= 300:
         raise OperationFailed(f"notify target {target.name} answered HTTP {resp.status_code}.")
     return f"sent to {target.name}"

@@ -12,8 +12,9 @@ from kconsole.actions.base import Action, ActionResult, Field, StepContext
 from kconsole.errors import OperationFailed
 
 
-async def run_local(command: str, ctx: StepContext, cwd: str | None = None,
-                    env: dict[str, str] | None = None) -> ActionResult:
+async def run_local(
+    command: str, ctx: StepContext, cwd: str | None = None, env: dict[str, str] | None = None
+) -> ActionResult:
     """Run `command` under /bin/sh locally, streaming output to the journal.
 
     The process gets its own process group so a timeout or cancellation kills the
@@ -24,7 +25,9 @@ async def run_local(command: str, ctx: StepContext, cwd: str | None = None,
         full_env.update(env)
     try:
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", command,
+            "/bin/sh",
+            "-c",
+            command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -70,7 +70,9 @@ class SshExec(Action):
 
     async def run(self, ctx: StepContext) -> ActionResult:
         """Run the command; the executor checks `expect`."""
-        return await run_on_node(ctx, with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))))
+        return await run_on_node(
+            ctx, with_sudo(ctx.values["command"], bool(ctx.values.get("sudo")))
+        )
 
 
 async def _file_chunks(path: Path, size: int = 1 << 18) -> AsyncIterator[bytes]:
@@ -98,13 +100,19 @@ class SshStream(Action):
             raise OperationFailed(f"local file {source} does not exist.")
         emitter = _LineEmitter(ctx)
         result = await transport_of(ctx).stream_in(
-            ctx.require_node(), with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
-            _file_chunks(source), timeout=0, on_output=emitter,
+            ctx.require_node(),
+            with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
+            _file_chunks(source),
+            timeout=0,
+            on_output=emitter,
         )
         await emitter.flush()
-        return ActionResult(exit_code=result.exit_status, stdout=result.stdout.decode("utf-8", "replace"),
-                            stderr=result.stderr.decode("utf-8", "replace"),
-                            summary=f"sent {source.stat().st_size} bytes")
+        return ActionResult(
+            exit_code=result.exit_status,
+            stdout=result.stdout.decode("utf-8", "replace"),
+            stderr=result.stderr.decode("utf-8", "replace"),
+            summary=f"sent {source.stat().st_size} bytes",
+        )
 
 
 class SshCapture(Action):
@@ -135,8 +143,11 @@ class SshCapture(Action):
         emitter = _LineEmitter(ctx)
         try:
             result = await transport_of(ctx).capture(
-                ctx.require_node(), with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
-                sink, timeout=0, on_output=emitter,
+                ctx.require_node(),
+                with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
+                sink,
+                timeout=0,
+                on_output=emitter,
             )
             fh.flush()
             os.fsync(fh.fileno())
@@ -147,5 +158,8 @@ class SshCapture(Action):
             tmp.unlink(missing_ok=True)
         else:
             os.replace(tmp, dest)
-        return ActionResult(exit_code=result.exit_status, stderr=result.stderr.decode("utf-8", "replace"),
-                            summary=f"captured {size} bytes into {dest}")
+        return ActionResult(
+            exit_code=result.exit_status,
+            stderr=result.stderr.decode("utf-8", "replace"),
+            summary=f"captured {size} bytes into {dest}",
+        )

@@ -49,13 +49,17 @@ class TransferCopy(Action):
                 from kconsole.site import Location
 
                 target = Path(dst)
-                await LocalStore(Location("copy", "local", str(target.parent))).put_file(local, target.name, sha)
+                await LocalStore(Location("copy", "local", str(target.parent))).put_file(
+                    local, target.name, sha
+                )
                 where = str(target)
             else:
                 await dst_store.put_file(local, dst, sha)
                 where = dst_store.describe(dst)
             await ctx.emit("stdout", f"copied {size} bytes to {where} (sha256 {sha[:12]}...)")
-            return ActionResult(exit_code=0, summary=f"{size} bytes to {where}", data={"sha256": sha, "size": size})
+            return ActionResult(
+                exit_code=0, summary=f"{size} bytes to {where}", data={"sha256": sha, "size": size}
+            )
         finally:
             if staged is not None:
                 staged.unlink(missing_ok=True)

@@ -62,7 +62,9 @@ class WaitUntil(Action):
                 await ctx.emit("stdout", f"condition met after {polls} poll(s): {last}")
                 return ActionResult(exit_code=0, stdout=last, summary=last)
             if clock.monotonic() + interval > deadline:
-                raise OperationFailed(f"condition not met within {format_duration(within)}; last: {last}.")
+                raise OperationFailed(
+                    f"condition not met within {format_duration(within)}; last: {last}."
+                )
             await clock.sleep(interval)
 
     async def _poll(self, ctx: StepContext) -> tuple[bool, str, float | None]:

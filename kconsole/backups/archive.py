@@ -68,10 +68,13 @@ class _Hashing(io.RawIOBase):
         return n
 
 
-def decrypting_reader(ciphertext: BinaryIO, keys: Key | Keyring, legacy: bool,
-                      name: str) -> tuple[BinaryIO, Decryptor | LegacyDecryptor]:
+def decrypting_reader(
+    ciphertext: BinaryIO, keys: Key | Keyring, legacy: bool, name: str
+) -> tuple[BinaryIO, Decryptor | LegacyDecryptor]:
     """A file-like reader of the plaintext of `ciphertext`, verified as it goes."""
-    decryptor: Decryptor | LegacyDecryptor = LegacyDecryptor(keys, name=name) if legacy else Decryptor(keys, name=name)
+    decryptor: Decryptor | LegacyDecryptor = (
+        LegacyDecryptor(keys, name=name) if legacy else Decryptor(keys, name=name)
+    )
     reader = io.BufferedReader(PlaintextReader(decryptor, ciphertext, 1 << 18), 1 << 18)
     return cast(BinaryIO, reader), decryptor
 
@@ -85,12 +88,20 @@ def check_member(member: tarfile.TarInfo, prefixes: list[str], where: str) -> No
     name = member.name
     norm = posixpath.normpath(name.lstrip("./") or ".")
     if name.startswith("/") or norm.startswith("..") or "/../" in f"/{name}/":
-        raise UnsafeArchive(f"{where}: member {name!r} escapes the restore directory; refusing to restore.")
+        raise UnsafeArchive(
+            f"{where}: member {name!r} escapes the restore directory; refusing to restore."
+        )
     if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
         raise UnsafeArchive(f"{where}: member {name!r} is a device or FIFO; refusing to restore.")
-    if norm != "." and not _allowed(norm, prefixes) and not any(p.startswith(norm + "/") for p in prefixes):
-        raise UnsafeArchive(f"{where}: member {name!r} is outside the backed-up paths "
-                            f"({', '.join(prefixes)}); refusing to restore.")
+    if (
+        norm != "."
+        and not _allowed(norm, prefixes)
+        and not any(p.startswith(norm + "/") for p in prefixes)
+    ):
+        raise UnsafeArchive(
+            f"{where}: member {name!r} is outside the backed-up paths "
+            f"({', '.join(prefixes)}); refusing to restore."
+        )
     if member.issym() or member.islnk():
         target = member.linkname
         if member.issym():
@@ -98,8 +109,10 @@ def check_member(member: tarfile.TarInfo, prefixes: list[str], where: str) -> No
         else:
             resolved = posixpath.normpath(target)
         if target.startswith("/") or resolved.startswith("..") or not _allowed(resolved, prefixes):
-            raise UnsafeArchive(f"{where}: link {name!r} -> {target!r} points outside the backed-up paths; "
-                                "refusing to restore.")
+            raise UnsafeArchive(
+                f"{where}: link {name!r} -> {target!r} points outside the backed-up paths; "
+                "refusing to restore."
+            )
 
 
 def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tuple[int, int, int]:
@@ -111,7 +124,12 @@ def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tup
         layers += 1
         if layers > MAX_LAYERS:
             raise BadArchive(f"{where} has more than {MAX_LAYERS} gzip layers.")
-        stream = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18))
+        stream = cast(
+            BinaryIO,
+            io.BufferedReader(
+                cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18
+            ),
+        )
         try:
             head = _peek(stream)
         except (OSError, EOFError) as exc:
@@ -145,7 +163,9 @@ def _peek(stream: BinaryIO) -> bytes:
     return bytes(peek(2)[:2])
 
 
-def verify_file(path: Path, keys: Key | Keyring, legacy: bool, prefixes: list[str], where: str) -> ArchiveReport:
+def verify_file(
+    path: Path, keys: Key | Keyring, legacy: bool, prefixes: list[str], where: str
+) -> ArchiveReport:
     """Decrypt and walk a local ciphertext file end to end; nothing is written."""
     try:
         fh = path.open("rb")
@@ -158,11 +178,14 @@ def verify_file(path: Path, keys: Key | Keyring, legacy: bool, prefixes: list[st
             pass
     result = decryptor.result
     assert result is not None
-    return ArchiveReport(layers, members, tar_bytes, result.plaintext_sha256, result.plaintext_size, result.key_id)
+    return ArchiveReport(
+        layers, members, tar_bytes, result.plaintext_sha256, result.plaintext_size, result.key_id
+    )
 
 
-def plaintext_chunks(path: Path, keys: Key | Keyring, legacy: bool, where: str,
-                     size: int = 1 << 18) -> Iterator[bytes]:
+def plaintext_chunks(
+    path: Path, keys: Key | Keyring, legacy: bool, where: str, size: int = 1 << 18
+) -> Iterator[bytes]:
     """The plaintext to send to a node: the gzip stream of a native backup, or the plain
     tar of a legacy one (its gzip layers inflated here, however many there are)."""
     with path.open("rb") as fh:
@@ -170,8 +193,12 @@ def plaintext_chunks(path: Path, keys: Key | Keyring, legacy: bool, where: str,
         stream: BinaryIO = reader
         if legacy:
             while _peek(stream)[:2] == b"\x1f\x8b":
-                stream = cast(BinaryIO, io.BufferedReader(
-                    cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18))
+                stream = cast(
+                    BinaryIO,
+                    io.BufferedReader(
+                        cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18
+                    ),
+                )
         while chunk := stream.read(size):
             yield chunk
         if legacy:

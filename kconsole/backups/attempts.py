@@ -43,7 +43,11 @@ def _create_steps(text: bytes) -> dict[str, str]:
     default = head.get("kind", "") if isinstance(head, dict) else ""
     out = {}
     for step in data.get("steps") or []:
-        if isinstance(step, dict) and step.get("action") == "backup.create" and isinstance(step.get("id"), str):
+        if (
+            isinstance(step, dict)
+            and step.get("action") == "backup.create"
+            and isinstance(step.get("id"), str)
+        ):
             kind = step.get("kind") or default
             if isinstance(kind, str) and kind:
                 out[step["id"]] = kind
@@ -55,8 +59,11 @@ def run_dirs(state_dir: Path, limit: int | None = None) -> list[Path]:
     runs = state_dir / "runs"
     if not runs.is_dir():
         return []
-    dirs = sorted((d for d in runs.iterdir() if (d / "journal.jsonl").is_file()), key=lambda d: d.name,
-                  reverse=True)
+    dirs = sorted(
+        (d for d in runs.iterdir() if (d / "journal.jsonl").is_file()),
+        key=lambda d: d.name,
+        reverse=True,
+    )
     return dirs[:limit] if limit else dirs
 
 
@@ -70,8 +77,9 @@ def _runbook_of(journal: Path) -> str:
     return str(head.get("runbook", "")) if isinstance(head, dict) else ""
 
 
-def backup_attempts(state_dir: Path, runs_per_runbook: int | None = 20,
-                    max_runs: int | None = None) -> list[Attempt]:
+def backup_attempts(
+    state_dir: Path, runs_per_runbook: int | None = 20, max_runs: int | None = None
+) -> list[Attempt]:
     """Every ended `backup.create` instance, newest run first, from at most the newest
     `runs_per_runbook` runs of each runbook (a run makes one attempt per node, so 20 runs
     fill a 20-attempt window; the journals of older runs are not read at all)."""
@@ -96,9 +104,25 @@ def backup_attempts(state_dir: Path, runs_per_runbook: int | None = 20,
         summary = summarise(d)
         taken[summary.runbook] = taken.get(summary.runbook, 0) + 1
         ended: list[Any] = sorted(
-            (i for i in summary.instances.values() if i.step in steps and i.node and i.last in ("finished", "failed")),
-            key=lambda i: i.finished, reverse=True)
+            (
+                i
+                for i in summary.instances.values()
+                if i.step in steps and i.node and i.last in ("finished", "failed")
+            ),
+            key=lambda i: i.finished,
+            reverse=True,
+        )
         for inst in ended:
-            out.append(Attempt(summary.id, summary.runbook, inst.step, steps[inst.step], str(inst.node),
-                               inst.last == "finished", inst.finished, summary.drill))
+            out.append(
+                Attempt(
+                    summary.id,
+                    summary.runbook,
+                    inst.step,
+                    steps[inst.step],
+                    str(inst.node),
+                    inst.last == "finished",
+                    inst.finished,
+                    summary.drill,
+                )
+            )
     return out

@@ -134,8 +134,9 @@ class Catalog:
     errors: dict[str, str] = field(default_factory=dict)
     locations: list[str] = field(default_factory=list)
     _by_id: dict[str, Backup] | None = field(default=None, init=False, repr=False, compare=False)
-    _by_group: dict[tuple[str, str], list[Backup]] | None = field(default=None, init=False, repr=False,
-                                                                 compare=False)
+    _by_group: dict[tuple[str, str], list[Backup]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
     _ordered: list[Backup] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def _index(self) -> tuple[dict[str, Backup], dict[tuple[str, str], list[Backup]]]:
@@ -154,8 +155,10 @@ class Catalog:
         found = self._index()[0].get(bid)
         if found is not None:
             return found
-        raise UsageError(f'no backup "{bid}" in the catalog{did_you_mean(bid, [b.id for b in self.backups])}; '
-                         "`kconsole catalog` lists them.")
+        raise UsageError(
+            f'no backup "{bid}" in the catalog{did_you_mean(bid, [b.id for b in self.backups])}; '
+            "`kconsole catalog` lists them."
+        )
 
     def groups(self) -> list[tuple[str, str]]:
         """Every (kind, node) that has backups."""
@@ -168,23 +171,41 @@ class Catalog:
                 return b
         return None
 
-    def select(self, kind: str | None = None, node: str | None = None, status: str | None = None,
-               location: str | None = None) -> list[Backup]:
+    def select(
+        self,
+        kind: str | None = None,
+        node: str | None = None,
+        status: str | None = None,
+        location: str | None = None,
+    ) -> list[Backup]:
         """Backups matching the filters, newest first."""
         _, by_group = self._index()
         if kind and node:
             out: Iterable[Backup] = by_group.get((kind, node), [])
         elif kind or node:
-            groups = [g for (k, n), g in by_group.items() if (not kind or k == kind) and (not node or n == node)]
+            groups = [
+                g
+                for (k, n), g in by_group.items()
+                if (not kind or k == kind) and (not node or n == node)
+            ]
             out = sorted((b for g in groups for b in g), key=lambda b: b.created, reverse=True)
         else:
             out = self._ordered
         if status or location:
-            out = [b for b in out if (not status or b.status == status) and (not location or location in b.replicas)]
+            out = [
+                b
+                for b in out
+                if (not status or b.status == status) and (not location or location in b.replicas)
+            ]
         return list(out)
 
-    def rows(self, kind: str | None = None, node: str | None = None,
-             location: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self,
+        kind: str | None = None,
+        node: str | None = None,
+        location: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
         """One row per (backup, location): the `catalog --json` lines."""
         out = []
         as_of = iso(self.as_of)
@@ -194,16 +215,34 @@ class Catalog:
             for loc, r in b.replicas.items():
                 if location and loc != location:
                     continue
-                out.append({
-                    "type": "backup", "id": b.id, "kind": b.kind, "node": b.node, "location": loc,
-                    "path": r.path, "size": r.size, "created": created, "age_s": age, "rpo_s": b.rpo_s,
-                    "status": b.status, "key_id": b.key_id, "chain_height": b.chain_height,
-                    "legacy": b.legacy, "reason": b.reason, "as_of": as_of,
-                })
+                out.append(
+                    {
+                        "type": "backup",
+                        "id": b.id,
+                        "kind": b.kind,
+                        "node": b.node,
+                        "location": loc,
+                        "path": r.path,
+                        "size": r.size,
+                        "created": created,
+                        "age_s": age,
+                        "rpo_s": b.rpo_s,
+                        "status": b.status,
+                        "key_id": b.key_id,
+                        "chain_height": b.chain_height,
+                        "legacy": b.legacy,
+                        "reason": b.reason,
+                        "as_of": as_of,
+                    }
+                )
         return out
 
-    def freshness(self, site: Site, live: dict[str, int | None] | None = None,
-                  expected: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    def freshness(
+        self,
+        site: Site,
+        live: dict[str, int | None] | None = None,
+        expected: dict[str, list[str]] | None = None,
+    ) -> list[dict[str, Any]]:
         """Per tier, kind and node: the newest good backup's age against the RPO, and the data
         a failure now would lose (`loss_s`, and `block_lag` against the live height in `live`).
 
@@ -226,16 +265,27 @@ class Catalog:
                     breached = age is None or (tier.rpo > 0 and age > tier.rpo)
                     height = best.chain_height if best else None
                     now_height = live.get(node)
-                    out.append({
-                        "type": "freshness", "as_of": as_of, "tier": tier.name, "kind": kind, "node": node,
-                        "rpo_s": tier.rpo, "newest": best.id if best else None,
-                        "created": iso(best.created) if best else None,
-                        "age_s": round(age) if age is not None else None,
-                        "status": "none" if best is None else ("stale" if breached else "ok"),
-                        "breached": breached, "chain_height": height, "live_height": now_height,
-                        "loss_s": round(max(0.0, age)) if age is not None else None,
-                        "block_lag": now_height - height if now_height is not None and height is not None else None,
-                    })
+                    out.append(
+                        {
+                            "type": "freshness",
+                            "as_of": as_of,
+                            "tier": tier.name,
+                            "kind": kind,
+                            "node": node,
+                            "rpo_s": tier.rpo,
+                            "newest": best.id if best else None,
+                            "created": iso(best.created) if best else None,
+                            "age_s": round(age) if age is not None else None,
+                            "status": "none" if best is None else ("stale" if breached else "ok"),
+                            "breached": breached,
+                            "chain_height": height,
+                            "live_height": now_height,
+                            "loss_s": round(max(0.0, age)) if age is not None else None,
+                            "block_lag": now_height - height
+                            if now_height is not None and height is not None
+                            else None,
+                        }
+                    )
         return out
 
 
@@ -244,9 +294,20 @@ def tier_summary(freshness: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rank = {"ok": 0, "stale": 1, "none": 2}
     tiers: dict[str, dict[str, Any]] = {}
     for row in freshness:
-        t = tiers.setdefault(row["tier"], {"type": "tier", "as_of": row["as_of"], "tier": row["tier"],
-                                           "rpo_s": row["rpo_s"], "status": "ok", "nodes": 0, "breached": 0,
-                                           "max_loss_s": None, "max_block_lag": None})
+        t = tiers.setdefault(
+            row["tier"],
+            {
+                "type": "tier",
+                "as_of": row["as_of"],
+                "tier": row["tier"],
+                "rpo_s": row["rpo_s"],
+                "status": "ok",
+                "nodes": 0,
+                "breached": 0,
+                "max_loss_s": None,
+                "max_block_lag": None,
+            },
+        )
         t["nodes"] += 1
         t["breached"] += int(row["breached"])
         if rank[row["status"]] > rank[t["status"]]:
@@ -302,10 +363,13 @@ def expected_nodes(site: Site) -> dict[str, list[str]]:
     return {k: sorted(v, key=_node_order(site)) for k, v in out.items()}
 
 
-async def live_heights(site: Site, nodes: Iterable[str] | None = None,
-                       timeout: float = 3.0) -> dict[str, int | None]:
+async def live_heights(
+    site: Site, nodes: Iterable[str] | None = None, timeout: float = 3.0
+) -> dict[str, int | None]:
     """Each node's chain height from its health URL, all at once; None when it does not answer."""
-    wanted = [site.nodes[n] for n in (nodes if nodes is not None else site.nodes) if n in site.nodes]
+    wanted = [
+        site.nodes[n] for n in (nodes if nodes is not None else site.nodes) if n in site.nodes
+    ]
 
     async def one(client: httpx.AsyncClient, url: str) -> int | None:
         try:
@@ -316,8 +380,9 @@ async def live_heights(site: Site, nodes: Iterable[str] | None = None,
         return height if isinstance(height, int) and not isinstance(height, bool) else None
 
     async with httpx.AsyncClient(timeout=timeout) as client:
-        heights = await asyncio.gather(*(one(client, n.health_url) if n.health_url else _none()
-                                         for n in wanted))
+        heights = await asyncio.gather(
+            *(one(client, n.health_url) if n.health_url else _none() for n in wanted)
+        )
     return {n.name: h for n, h in zip(wanted, heights, strict=True)}
 
 
@@ -345,8 +410,9 @@ def load_verify_state(site: Site) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def record_verification(site: Site, bid: str, ok: bool, reason: str = "",
-                        damaged: dict[str, str] | None = None) -> None:
+def record_verification(
+    site: Site, bid: str, ok: bool, reason: str = "", damaged: dict[str, str] | None = None
+) -> None:
     """Remember a verification result: not `ok` (no good copy) shows as failed-verify; a
     restorable backup with `damaged` copies (location -> why) shows as missing those replicas."""
     with locked(_verify_lock(site)):  # a cron verify and the console may record at once
@@ -354,7 +420,9 @@ def record_verification(site: Site, bid: str, ok: bool, reason: str = "",
         state[bid] = {"ok": ok, "reason": reason, "time": iso(datetime.now(UTC))}
         if damaged:
             state[bid]["damaged"] = dict(damaged)
-        atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
+        atomic_write(
+            _verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600
+        )
 
 
 def forget_verifications(site: Site, ids: Iterable[str]) -> None:
@@ -365,7 +433,9 @@ def forget_verifications(site: Site, ids: Iterable[str]) -> None:
         if gone:
             for i in gone:
                 del state[i]
-            atomic_write(_verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600)
+            atomic_write(
+                _verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600
+            )
 
 
 @dataclass(frozen=True)
@@ -415,7 +485,11 @@ def _parse_cache(raw: bytes) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError:
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("fields") != _FIELDS:
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != CACHE_VERSION
+        or data.get("fields") != _FIELDS
+    ):
         return {}
     manifests = data.get("manifests")
     return manifests if isinstance(manifests, dict) else {}
@@ -491,7 +565,9 @@ class _CollectorPaused:
 _bulk = _CollectorPaused()
 
 
-async def build_catalog(site: Site, stores: dict[str, Store], now: datetime | None = None) -> Catalog:
+async def build_catalog(
+    site: Site, stores: dict[str, Store], now: datetime | None = None
+) -> Catalog:
     """List every location at once and join what they hold."""
     with _bulk:
         return await _build(site, stores, now or datetime.now(UTC))
@@ -522,8 +598,9 @@ Misses = dict[str, list[tuple[ObjectInfo, str]]]
 """Location -> (listing entry, cache key) of every manifest the cache does not hold."""
 
 
-def _cached_manifests(listed: list[tuple[str, list[ObjectInfo]]],
-                      cache: dict[str, Any]) -> tuple[Found, Misses, dict[str, Any]]:
+def _cached_manifests(
+    listed: list[tuple[str, list[ObjectInfo]]], cache: dict[str, Any]
+) -> tuple[Found, Misses, dict[str, Any]]:
     """The listed manifests the cache holds, those it does not, and the cache entries still in use.
 
     A manifest is known by (location, key, size, mtime): one that changed is read again.
@@ -547,12 +624,14 @@ def _cached_manifests(listed: list[tuple[str, list[ObjectInfo]]],
     return found, misses, kept
 
 
-async def _read_manifests(stores: dict[str, Store], misses: Misses, found: Found,
-                          new_cache: dict[str, Any]) -> None:
+async def _read_manifests(
+    stores: dict[str, Store], misses: Misses, found: Found, new_cache: dict[str, Any]
+) -> None:
     """Read the manifests the cache did not hold, every location at once; add each one that
     parses to `found` and to `new_cache`. One that cannot be read or parsed is left out."""
-    raws = await asyncio.gather(*(stores[loc].read_many([info.key for info, _ in todo])
-                                  for loc, todo in misses.items()))
+    raws = await asyncio.gather(
+        *(stores[loc].read_many([info.key for info, _ in todo]) for loc, todo in misses.items())
+    )
     for (loc, todo), raw in zip(misses.items(), raws, strict=True):
         for info, ck in todo:
             data = raw.get(info.key)
@@ -573,14 +652,22 @@ async def _read_manifests(stores: dict[str, Store], misses: Misses, found: Found
             found[loc].append((info, m))
 
 
-def _start_cache_write(site: Site, now: datetime, manifests: dict[str, Any]) -> asyncio.Future[None]:
+def _start_cache_write(
+    site: Site, now: datetime, manifests: dict[str, Any]
+) -> asyncio.Future[None]:
     """Write the manifest cache in a worker thread, started now so the file is written and
     synced while the join runs; await the result."""
     return asyncio.get_running_loop().run_in_executor(None, _write_cache, site, now, manifests)
 
 
-def _join(site: Site, stores: dict[str, Store], listed: list[tuple[str, list[ObjectInfo]]],
-          found: Found, errors: dict[str, str], now: datetime) -> Catalog:
+def _join(
+    site: Site,
+    stores: dict[str, Store],
+    listed: list[tuple[str, list[ObjectInfo]]],
+    found: Found,
+    errors: dict[str, str],
+    now: datetime,
+) -> Catalog:
     """Backups by id from each location's manifests, objects and legacy files; then statuses."""
     by_id: dict[str, Backup] = {}
     for loc, listing in listed:
@@ -591,8 +678,13 @@ def _join(site: Site, stores: dict[str, Store], listed: list[tuple[str, list[Obj
     return Catalog(backups, now, errors, list(stores))
 
 
-def _add_location(by_id: dict[str, Backup], loc: str, store: Store, listing: list[ObjectInfo],
-                  manifests: list[tuple[ObjectInfo, Manifest]]) -> None:
+def _add_location(
+    by_id: dict[str, Backup],
+    loc: str,
+    store: Store,
+    listing: list[ObjectInfo],
+    manifests: list[tuple[ObjectInfo, Manifest]],
+) -> None:
     """Add what one location holds: a copy for each manifest whose object is there, and the
     legacy files recognised by name."""
     objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}

@@ -70,10 +70,17 @@ def capture_command(req: CreateRequest) -> str:
 
 async def _service(transport: Any, req: CreateRequest, verb: str, emit: Emit) -> None:
     sudo = "sudo -n " if req.sudo else ""
-    res = await transport.run(req.node, f"{sudo}systemctl {verb} {shlex.quote(req.node.service)}", timeout=120)
+    res = await transport.run(
+        req.node, f"{sudo}systemctl {verb} {shlex.quote(req.node.service)}", timeout=120
+    )
     if res.exit_status != 0:
-        raise OperationFailed(f"could not {verb} {req.node.service} on {req.node.name} for a consistent backup.")
-    await emit("stdout", f"{req.node.service} {'stopped' if verb == 'stop' else 'started'} on {req.node.name}")
+        raise OperationFailed(
+            f"could not {verb} {req.node.service} on {req.node.name} for a consistent backup."
+        )
+    await emit(
+        "stdout",
+        f"{req.node.service} {'stopped' if verb == 'stop' else 'started'} on {req.node.name}",
+    )
 
 
 def _staging(site: Site, stores: dict[str, Store], key: str) -> tuple[Path, LocalStore | None]:
@@ -83,8 +90,15 @@ def _staging(site: Site, stores: dict[str, Store], key: str) -> tuple[Path, Loca
     return site.state_dir / "staging" / Path(key).name, None
 
 
-async def create_backup(site: Site, req: CreateRequest, *, transport: Any, stores: dict[str, Store],
-                        key: Key, emit: Emit) -> Manifest:
+async def create_backup(
+    site: Site,
+    req: CreateRequest,
+    *,
+    transport: Any,
+    stores: dict[str, Store],
+    key: Key,
+    emit: Emit,
+) -> Manifest:
     """Make one backup; returns its manifest once every location holds a verified copy."""
     if not stores:
         raise OperationFailed("the site has no [locations]; there is nowhere to store a backup.")
@@ -96,7 +110,9 @@ async def create_backup(site: Site, req: CreateRequest, *, transport: Any, store
     partial = final.with_name(final.name + ".partial")
     height = await chain_height(req.node)
     command = capture_command(req)
-    await emit("stdout", f"capturing {', '.join(req.paths) or req.command} from {req.node.name} as {bid}")
+    await emit(
+        "stdout", f"capturing {', '.join(req.paths) or req.command} from {req.node.name} as {bid}"
+    )
     encryptor = Encryptor(key)
     gzipper = zlib.compressobj(6, zlib.DEFLATED, 31) if req.command else None
     t0 = time.monotonic()
@@ -105,9 +121,12 @@ async def create_backup(site: Site, req: CreateRequest, *, transport: Any, store
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
-        raise OperationFailed(f"cannot stage the backup in {final.parent}: {exc.strerror}.") from None
+        raise OperationFailed(
+            f"cannot stage the backup in {final.parent}: {exc.strerror}."
+        ) from None
     out = os.fdopen(fd, "wb")
     try:
+
         async def sink(data: bytes) -> None:
             nonlocal received, next_report
             received += len(data)
@@ -129,8 +148,11 @@ async def create_backup(site: Site, req: CreateRequest, *, transport: Any, store
                 await _service(transport, req, "start", emit)
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.exit_status == 1 and not req.command:
-            await emit("stderr", "tar: files changed while they were read; this copy may be inconsistent "
-                       "(stop the service first for a consistent one)")
+            await emit(
+                "stderr",
+                "tar: files changed while they were read; this copy may be inconsistent "
+                "(stop the service first for a consistent one)",
+            )
         elif result.exit_status != 0:
             last = stderr.splitlines()[-1] if stderr else f"exit {result.exit_status}"
             raise OperationFailed(f"capturing the backup on {req.node.name} failed: {last}.")
@@ -145,7 +167,9 @@ async def create_backup(site: Site, req: CreateRequest, *, transport: Any, store
         os.replace(partial, final)
         fsync_dir(final.parent)
     except OSError as exc:
-        raise OperationFailed(f"writing the backup to {final.parent} failed: {exc.strerror}.") from None
+        raise OperationFailed(
+            f"writing the backup to {final.parent} failed: {exc.strerror}."
+        ) from None
     finally:
         if not out.closed:
             out.close()
@@ -157,16 +181,28 @@ async def create_backup(site: Site, req: CreateRequest, *, transport: Any, store
     try:
         if not req.command:
             report = await asyncio.to_thread(verify_file, final, key, False, prefixes, bid)
-            await emit("stdout", f"verified: {report.members} files, {enc.ciphertext_size} bytes encrypted")
+            await emit(
+                "stdout", f"verified: {report.members} files, {enc.ciphertext_size} bytes encrypted"
+            )
     except OperationFailed:
         final.unlink(missing_ok=True)
         raise
     manifest = Manifest(
-        id=bid, kind=req.kind, node=req.node.name, created=iso(created), paths=list(req.paths),
-        key_id=enc.key_id, ciphertext_size=enc.ciphertext_size, ciphertext_sha256=enc.ciphertext_sha256,
-        plaintext_size=enc.plaintext_size, plaintext_sha256=enc.plaintext_sha256,
-        content="stream" if req.command else "tar", chain_height=height, run=req.run_id,
-        duration_s=round(time.monotonic() - t0, 3), tool=f"kconsole {__version__}",
+        id=bid,
+        kind=req.kind,
+        node=req.node.name,
+        created=iso(created),
+        paths=list(req.paths),
+        key_id=enc.key_id,
+        ciphertext_size=enc.ciphertext_size,
+        ciphertext_sha256=enc.ciphertext_sha256,
+        plaintext_size=enc.plaintext_size,
+        plaintext_sha256=enc.plaintext_sha256,
+        content="stream" if req.command else "tar",
+        chain_height=height,
+        run=req.run_id,
+        duration_s=round(time.monotonic() - t0, 3),
+        tool=f"kconsole {__version__}",
         extra={"command": req.command} if req.command else {},
     )
     errors: list[str] = []

@@ -41,24 +41,41 @@ WINDOW = 20
 
 METRICS: dict[str, tuple[str, str]] = {
     "backup_success_rate": (
-        "gauge", "Percent of backups that succeeded: source=runs over the last 20 backup.create attempts "
-                 "per kind and node in the run journal; source=catalog over the catalog's backups of the kind "
-                 "and node that should be in the location and are there, not failed verification."),
+        "gauge",
+        "Percent of backups that succeeded: source=runs over the last 20 backup.create attempts "
+        "per kind and node in the run journal; source=catalog over the catalog's backups of the kind "
+        "and node that should be in the location and are there, not failed verification.",
+    ),
     "backup_size_bytes": ("gauge", "Encrypted size of the newest good backup in the location."),
-    "backup_duration_seconds": ("gauge", "Seconds the newest good backup in the location took to make "
-                                         "(capture, encrypt, store; from its manifest)."),
-    "backup_timestamp_seconds": ("gauge", "Unix time the newest good backup in the location was made; 0 for "
-                                          "a node the backup runbooks cover that has no good backup anywhere."),
+    "backup_duration_seconds": (
+        "gauge",
+        "Seconds the newest good backup in the location took to make "
+        "(capture, encrypt, store; from its manifest).",
+    ),
+    "backup_timestamp_seconds": (
+        "gauge",
+        "Unix time the newest good backup in the location was made; 0 for "
+        "a node the backup runbooks cover that has no good backup anywhere.",
+    ),
     "backup_rpo_seconds": ("gauge", "Recovery point objective of the tier that holds the kind."),
-    "backup_chain_height": ("gauge", "Chain height recorded in the newest good backup in the location."),
+    "backup_chain_height": (
+        "gauge",
+        "Chain height recorded in the newest good backup in the location.",
+    ),
     "backup_catalog_backups": ("gauge", "Backups in the catalog by kind, node and status."),
     "backup_location_up": ("gauge", "1 if the backup location could be listed, 0 if not."),
-    "backup_metrics_generated_timestamp_seconds": ("gauge", "Unix time of the catalog listing these metrics "
-                                                            "were made from."),
-    "backup_encryption_key_age_seconds": ("gauge", "Age of the key new backups are encrypted with "
-                                                   "(since its key file was written)."),
-    "backup_encryption_key_rotate_after_seconds": ("gauge", "How long a key may stay current: the site's "
-                                                            "[keys] rotate_after."),
+    "backup_metrics_generated_timestamp_seconds": (
+        "gauge",
+        "Unix time of the catalog listing these metrics were made from.",
+    ),
+    "backup_encryption_key_age_seconds": (
+        "gauge",
+        "Age of the key new backups are encrypted with (since its key file was written).",
+    ),
+    "backup_encryption_key_rotate_after_seconds": (
+        "gauge",
+        "How long a key may stay current: the site's [keys] rotate_after.",
+    ),
 }
 
 
@@ -75,7 +92,9 @@ def _sample(name: str, value: float, **labels: str) -> Sample:
     return Sample(name, tuple(sorted(labels.items())), value)
 
 
-def runs_success(attempts: Iterable[Attempt], window: int = WINDOW) -> dict[tuple[str, str], tuple[int, int]]:
+def runs_success(
+    attempts: Iterable[Attempt], window: int = WINDOW
+) -> dict[tuple[str, str], tuple[int, int]]:
     """(kind, node) -> (finished, attempts) over the newest `window` attempts of each."""
     seen: dict[tuple[str, str], list[bool]] = {}
     for a in sorted(attempts, key=lambda a: a.finished, reverse=True):
@@ -85,40 +104,80 @@ def runs_success(attempts: Iterable[Attempt], window: int = WINDOW) -> dict[tupl
     return {k: (sum(v), len(v)) for k, v in seen.items()}
 
 
-def collect(site: Site, catalog: Catalog, attempts: Iterable[Attempt],
-            expected: dict[str, list[str]] | None = None, rotation: KeyRotation | None = None) -> list[Sample]:
+def collect(
+    site: Site,
+    catalog: Catalog,
+    attempts: Iterable[Attempt],
+    expected: dict[str, list[str]] | None = None,
+    rotation: KeyRotation | None = None,
+) -> list[Sample]:
     """Every sample, from the catalog (as of its listing), the journal's attempts and the
     current key's age against the site's rotation period."""
     expected = expected_nodes(site) if expected is None else expected
     s = site.name
-    out: list[Sample] = [_sample("backup_metrics_generated_timestamp_seconds", catalog.as_of.timestamp(), site=s)]
+    out: list[Sample] = [
+        _sample("backup_metrics_generated_timestamp_seconds", catalog.as_of.timestamp(), site=s)
+    ]
     if rotation is not None:
-        out.append(_sample("backup_encryption_key_age_seconds", round(rotation.age_s), site=s,
-                           key_id=rotation.key_id))
-        out.append(_sample("backup_encryption_key_rotate_after_seconds", rotation.rotate_after_s, site=s))
+        out.append(
+            _sample(
+                "backup_encryption_key_age_seconds",
+                round(rotation.age_s),
+                site=s,
+                key_id=rotation.key_id,
+            )
+        )
+        out.append(
+            _sample("backup_encryption_key_rotate_after_seconds", rotation.rotate_after_s, site=s)
+        )
     for loc in catalog.locations:
-        out.append(_sample("backup_location_up", 0.0 if loc in catalog.errors else 1.0, site=s, location=loc))
+        out.append(
+            _sample(
+                "backup_location_up", 0.0 if loc in catalog.errors else 1.0, site=s, location=loc
+            )
+        )
     for tier in site.tiers.values():
         for kind in tier.kinds:
             if tier.rpo:
-                out.append(_sample("backup_rpo_seconds", tier.rpo, site=s, kind=kind, tier=tier.name))
+                out.append(
+                    _sample("backup_rpo_seconds", tier.rpo, site=s, kind=kind, tier=tier.name)
+                )
     for (kind, node), (ok, total) in sorted(runs_success(attempts).items()):
-        out.append(_sample("backup_success_rate", round(100.0 * ok / total, 3), site=s, kind=kind, node=node,
-                           source="runs"))
+        out.append(
+            _sample(
+                "backup_success_rate",
+                round(100.0 * ok / total, 3),
+                site=s,
+                kind=kind,
+                node=node,
+                source="runs",
+            )
+        )
     reachable = [n for n in catalog.locations if n not in catalog.errors]
     groups = set(catalog.groups())
     for kind, node in sorted(groups):
         backups = catalog.select(kind, node)
         statuses = Counter(b.status for b in backups)
         for status, n in sorted(statuses.items()):
-            out.append(_sample("backup_catalog_backups", n, site=s, kind=kind, node=node, status=status))
+            out.append(
+                _sample("backup_catalog_backups", n, site=s, kind=kind, node=node, status=status)
+            )
         for loc in reachable:
             should = [b for b in backups if not b.legacy or loc in b.replicas]
             if not should:
                 continue
             there = sum(1 for b in should if loc in b.replicas and b.good)
-            out.append(_sample("backup_success_rate", round(100.0 * there / len(should), 3), site=s, kind=kind,
-                               node=node, location=loc, source="catalog"))
+            out.append(
+                _sample(
+                    "backup_success_rate",
+                    round(100.0 * there / len(should), 3),
+                    site=s,
+                    kind=kind,
+                    node=node,
+                    location=loc,
+                    source="catalog",
+                )
+            )
             newest = _newest_good_in(backups, loc)
             if newest is None:
                 continue
@@ -135,7 +194,11 @@ def collect(site: Site, catalog: Catalog, attempts: Iterable[Attempt],
         for node in nodes:
             if catalog.latest_good(kind, node) is None:
                 # No good backup anywhere: a timestamp of 0 makes the age alert fire ("never").
-                out.append(_sample("backup_timestamp_seconds", 0.0, site=s, kind=kind, node=node, location=""))
+                out.append(
+                    _sample(
+                        "backup_timestamp_seconds", 0.0, site=s, kind=kind, node=node, location=""
+                    )
+                )
     return out
 
 

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 _DONE = object()
 
 
-async def threaded_chunks(make: Callable[[], Iterator[bytes]], depth: int = 8) -> AsyncIterator[bytes]:
+async def threaded_chunks(
+    make: Callable[[], Iterator[bytes]], depth: int = 8
+) -> AsyncIterator[bytes]:
     """Run a blocking chunk generator in a thread and yield its chunks here, with
     back-pressure (at most `depth` chunks in flight). An error in the generator is
     raised here; leaving early stops the thread."""

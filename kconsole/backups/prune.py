@@ -75,11 +75,15 @@ def retention_for(site: Site, kind: str, override: float | None = None) -> Reten
             return Retention(kind, own, f"[tiers.{tier.name}] retention.{kind}")
         if tier.retention:
             if plan and len(tier.kinds) > 1 and tier.retention < plan:
-                return Retention(kind, plan, "the plan",
-                                 f"[tiers.{tier.name}] retention {format_duration(tier.retention)} is shared by "
-                                 f"{', '.join(tier.kinds)} and is shorter than the plan's "
-                                 f"{format_duration(plan)} for {kind}; set retention = {{ {kind} = \"...\" }} "
-                                 "in the tier to choose")
+                return Retention(
+                    kind,
+                    plan,
+                    "the plan",
+                    f"[tiers.{tier.name}] retention {format_duration(tier.retention)} is shared by "
+                    f"{', '.join(tier.kinds)} and is shorter than the plan's "
+                    f'{format_duration(plan)} for {kind}; set retention = {{ {kind} = "..." }} '
+                    "in the tier to choose",
+                )
             return Retention(kind, tier.retention, f"[tiers.{tier.name}] retention")
     if plan:
         return Retention(kind, plan, "the plan")
@@ -97,13 +101,17 @@ class ObjectLock:
 
     def locked(self, now: datetime) -> bool:
         """Whether S3 refuses to delete this version now."""
-        return self.legal_hold or (bool(self.mode) and self.retain_until is not None and self.retain_until > now)
+        return self.legal_hold or (
+            bool(self.mode) and self.retain_until is not None and self.retain_until > now
+        )
 
     def describe(self) -> str:
         """`COMPLIANCE until 2026-12-26T07:00:00Z`, `legal hold`, or `not locked`."""
         parts = []
         if self.mode:
-            parts.append(f"{self.mode} until {iso(self.retain_until) if self.retain_until else '(no date)'}")
+            parts.append(
+                f"{self.mode} until {iso(self.retain_until) if self.retain_until else '(no date)'}"
+            )
         if self.legal_hold:
             parts.append("legal hold")
         return ", ".join(parts) or "not locked"
@@ -134,17 +142,33 @@ class Deletion:
         if not self.versioning:
             return ""
         lock = self.locks.get(self.keys[0]) if self.keys else None
-        held = f"; the object is locked ({lock.describe()}), so S3 keeps that version until then" \
-            if lock and lock.locked(now) else ""
-        return ("versioned bucket: S3 adds a delete marker and keeps the data as an older version "
-                f"(a lifecycle rule expires it){held}")
+        held = (
+            f"; the object is locked ({lock.describe()}), so S3 keeps that version until then"
+            if lock and lock.locked(now)
+            else ""
+        )
+        return (
+            "versioned bucket: S3 adds a delete marker and keeps the data as an older version "
+            f"(a lifecycle rule expires it){held}"
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The deletion in the step's data and the audit log."""
-        return {"backup": self.backup, "kind": self.kind, "node": self.node, "location": self.location,
-                "keys": self.keys, "path": self.path, "size": self.size, "created": iso(self.created),
-                "age_s": round(self.age_s), "reason": self.reason, "versioning": self.versioning,
-                "locks": {k: lk.describe() for k, lk in self.locks.items()}, "outcome": self.outcome}
+        return {
+            "backup": self.backup,
+            "kind": self.kind,
+            "node": self.node,
+            "location": self.location,
+            "keys": self.keys,
+            "path": self.path,
+            "size": self.size,
+            "created": iso(self.created),
+            "age_s": round(self.age_s),
+            "reason": self.reason,
+            "versioning": self.versioning,
+            "locks": {k: lk.describe() for k, lk in self.locks.items()},
+            "outcome": self.outcome,
+        }
 
 
 @dataclass(frozen=True)
@@ -186,8 +210,13 @@ class PrunePlan:
 
     def lines(self, dry_run: bool = True) -> list[tuple[str, str]]:
         """(stream, text) lines: retention used, each deletion with its reason, what is kept, findings."""
-        out: list[tuple[str, str]] = [("stdout", f"prune plan as of {iso(self.as_of)}"
-                                       + (" (dry run: nothing is deleted)" if dry_run else ""))]
+        out: list[tuple[str, str]] = [
+            (
+                "stdout",
+                f"prune plan as of {iso(self.as_of)}"
+                + (" (dry run: nothing is deleted)" if dry_run else ""),
+            )
+        ]
         for r in self.retention.values():
             took = format_duration(r.seconds) if r.seconds else "none"
             out.append(("stdout", f"retention of {r.kind}: {took} (from {r.source})"))
@@ -196,25 +225,44 @@ class PrunePlan:
         for note in self.notes:
             out.append(("stderr", f"note: {note}"))
         for loc, err in self.errors.items():
-            out.append(("stderr", f"location {loc} could not be listed ({err}); nothing in it is pruned"))
+            out.append(
+                ("stderr", f"location {loc} could not be listed ({err}); nothing in it is pruned")
+            )
         verb = "would delete" if dry_run else "deleting"
         for i, d in enumerate(self.deletions):
             if i == MAX_LINES:
-                out.append(("stdout", f"... and {len(self.deletions) - MAX_LINES} more copies (listed in the step data)"))
+                out.append(
+                    (
+                        "stdout",
+                        f"... and {len(self.deletions) - MAX_LINES} more copies (listed in the step data)",
+                    )
+                )
                 break
             effect = d.effect(self.as_of)
-            out.append(("stdout", f"{verb} {d.backup} from {d.location} ({d.path}, {d.size} bytes): {d.reason}"
-                        + (f" [{effect}]" if effect else "")))
+            out.append(
+                (
+                    "stdout",
+                    f"{verb} {d.backup} from {d.location} ({d.path}, {d.size} bytes): {d.reason}"
+                    + (f" [{effect}]" if effect else ""),
+                )
+            )
         for bid, why in self.protected.items():
             out.append(("stdout", f"keeping {bid}: {why}"))
         if self.within:
             out.append(("stdout", f"keeping {self.within} backups younger than their retention"))
         for loc, status in self.versioning.items():
             if status:
-                out.append(("stdout", f"{loc}: bucket versioning is {status}; deleting adds delete markers, "
-                            "older versions stay until a lifecycle rule expires them after their Object Lock"))
+                out.append(
+                    (
+                        "stdout",
+                        f"{loc}: bucket versioning is {status}; deleting adds delete markers, "
+                        "older versions stay until a lifecycle rule expires them after their Object Lock",
+                    )
+                )
             else:
-                out.append(("stdout", f"{loc}: bucket is not versioned; deleting removes objects for good"))
+                out.append(
+                    ("stdout", f"{loc}: bucket is not versioned; deleting removes objects for good")
+                )
         for f in self.lock_findings:
             out.append(("stderr", f"immutability: {f.path} ({f.backup}) {f.problem}"))
         out.append(("stdout", self.summary(dry_run)))
@@ -223,21 +271,31 @@ class PrunePlan:
     def summary(self, dry_run: bool = True) -> str:
         """One line: how much would go (or went), how much stays."""
         verb = "would delete" if dry_run else "deletes"
-        text = (f"{verb} {len(self.deletions)} copies of {len(self.backups)} backups ({self.bytes} bytes); "
-                f"keeps {len(self.protected)} newest good and {self.within} within retention")
+        text = (
+            f"{verb} {len(self.deletions)} copies of {len(self.backups)} backups ({self.bytes} bytes); "
+            f"keeps {len(self.protected)} newest good and {self.within} within retention"
+        )
         if self.lock_findings:
             text += f"; {len(self.lock_findings)} objects lack the Object Lock the site requires"
         return text
 
     def as_data(self) -> dict[str, Any]:
         """The plan as step data (journaled, shown in reports)."""
-        return {"as_of": iso(self.as_of), "deletions": [d.as_json() for d in self.deletions],
-                "backups": self.backups, "bytes": self.bytes, "protected": self.protected,
-                "within_retention": self.within,
-                "retention": {k: r.seconds for k, r in self.retention.items()},
-                "unlocked": [{"location": f.location, "key": f.key, "backup": f.backup, "problem": f.problem}
-                             for f in self.lock_findings],
-                "versioning": self.versioning, "errors": self.errors}
+        return {
+            "as_of": iso(self.as_of),
+            "deletions": [d.as_json() for d in self.deletions],
+            "backups": self.backups,
+            "bytes": self.bytes,
+            "protected": self.protected,
+            "within_retention": self.within,
+            "retention": {k: r.seconds for k, r in self.retention.items()},
+            "unlocked": [
+                {"location": f.location, "key": f.key, "backup": f.backup, "problem": f.problem}
+                for f in self.lock_findings
+            ],
+            "versioning": self.versioning,
+            "errors": self.errors,
+        }
 
 
 def _lock_of(head: dict[str, Any]) -> ObjectLock:
@@ -246,8 +304,12 @@ def _lock_of(head: dict[str, Any]) -> ObjectLock:
         until = parse_iso(until)
     if isinstance(until, datetime) and until.tzinfo is None:
         until = until.replace(tzinfo=UTC)
-    return ObjectLock(str(head.get("ObjectLockMode") or ""), until if isinstance(until, datetime) else None,
-                      head.get("ObjectLockLegalHoldStatus") == "ON", str(head.get("VersionId") or ""))
+    return ObjectLock(
+        str(head.get("ObjectLockMode") or ""),
+        until if isinstance(until, datetime) else None,
+        head.get("ObjectLockLegalHoldStatus") == "ON",
+        str(head.get("VersionId") or ""),
+    )
 
 
 def _lock_cache_path(site: Site) -> Path:
@@ -267,9 +329,15 @@ def _save_lock_cache(site: Site, cache: dict[str, dict[str, Any]]) -> None:
         atomic_write(_lock_cache_path(site), json.dumps(cache, sort_keys=True).encode(), 0o600)
 
 
-async def _check_locks(site: Site, loc: str, store: S3Store, keys: dict[str, str], fresh: set[str],
-                       now: datetime, cache: dict[str, dict[str, Any]]) -> tuple[dict[str, ObjectLock],
-                                                                                  list[LockFinding]]:
+async def _check_locks(
+    site: Site,
+    loc: str,
+    store: S3Store,
+    keys: dict[str, str],
+    fresh: set[str],
+    now: datetime,
+    cache: dict[str, dict[str, Any]],
+) -> tuple[dict[str, ObjectLock], list[LockFinding]]:
     """HEAD each key (key -> backup id) not already confirmed locked; those in `fresh` always.
 
     Returns the locks read and the findings: no mode, no retain-until date, or a retention
@@ -284,8 +352,16 @@ async def _check_locks(site: Site, loc: str, store: S3Store, keys: dict[str, str
         hit = known.get(key)
         if hit is not None and key not in fresh:
             try:
-                return key, ObjectLock(str(hit["mode"]), parse_iso(str(hit["until"])), bool(hit.get("hold")),
-                                       str(hit.get("version", ""))), ""
+                return (
+                    key,
+                    ObjectLock(
+                        str(hit["mode"]),
+                        parse_iso(str(hit["until"])),
+                        bool(hit.get("hold")),
+                        str(hit.get("version", "")),
+                    ),
+                    "",
+                )
             except (KeyError, TypeError, ValueError):
                 pass  # a damaged cache entry: ask S3 again
         async with sem:
@@ -311,8 +387,12 @@ async def _check_locks(site: Site, loc: str, store: S3Store, keys: dict[str, str
             known.pop(key, None)
             findings.append(LockFinding(loc, key, path, keys[key], problem))
         elif lock.retain_until is not None:
-            known[key] = {"mode": lock.mode, "until": iso(lock.retain_until), "hold": lock.legal_hold,
-                          "version": lock.version_id}
+            known[key] = {
+                "mode": lock.mode,
+                "until": iso(lock.retain_until),
+                "hold": lock.legal_hold,
+                "version": lock.version_id,
+            }
     return locks, findings
 
 
@@ -326,15 +406,27 @@ def _copies(b: Backup, loc: str) -> list[str]:
     return keys
 
 
-async def plan_prune(site: Site, catalog: Catalog, stores: dict[str, Store], *, kind: str | None = None,
-                     node: str | None = None, location: str | None = None, retention: float | None = None,
-                     now: datetime | None = None, check_locks: bool = True) -> PrunePlan:
+async def plan_prune(
+    site: Site,
+    catalog: Catalog,
+    stores: dict[str, Store],
+    *,
+    kind: str | None = None,
+    node: str | None = None,
+    location: str | None = None,
+    retention: float | None = None,
+    now: datetime | None = None,
+    check_locks: bool = True,
+) -> PrunePlan:
     """Work out what retention removes from `stores` (restricted to `kind`, `node`, `location`)."""
     now = now or catalog.as_of
     scope = {n: s for n, s in stores.items() if not location or n == location}
     kinds = [kind] if kind else sorted({k for k, _ in catalog.groups()})
-    plan = PrunePlan(now, {k: retention_for(site, k, retention) for k in kinds},
-                     errors={n: e for n, e in catalog.errors.items() if n in scope})
+    plan = PrunePlan(
+        now,
+        {k: retention_for(site, k, retention) for k in kinds},
+        errors={n: e for n, e in catalog.errors.items() if n in scope},
+    )
     in_scope: dict[str, dict[str, str]] = {n: {} for n in scope}  # location -> key -> backup id
     for k, n in catalog.groups():
         if k not in plan.retention or (node and n != node):
@@ -344,8 +436,11 @@ async def plan_prune(site: Site, catalog: Catalog, stores: dict[str, Store], *, 
         newest_good = catalog.latest_good(k, n)
         protect = newest_good or (group[0] if group else None)
         if protect is not None:
-            plan.protected[protect.id] = (f"newest good backup of {k} on {n}" if newest_good is not None else
-                                          f"newest backup of {k} on {n}; none of them is good, so it is kept")
+            plan.protected[protect.id] = (
+                f"newest good backup of {k} on {n}"
+                if newest_good is not None
+                else f"newest backup of {k} on {n}; none of them is good, so it is kept"
+            )
         for b in group:
             for loc in scope:
                 for key in _copies(b, loc):
@@ -356,8 +451,10 @@ async def plan_prune(site: Site, catalog: Catalog, stores: dict[str, Store], *, 
             if age <= keep_for:
                 plan.within += 1
                 continue
-            reason = (f"{format_duration(age)} old, past the {format_duration(keep_for)} retention of {k} "
-                      f"(from {plan.retention[k].source})")
+            reason = (
+                f"{format_duration(age)} old, past the {format_duration(keep_for)} retention of {k} "
+                f"(from {plan.retention[k].source})"
+            )
             if b.status == "failed-verify":
                 reason += "; it also failed verification"
             for loc, store in scope.items():
@@ -365,8 +462,11 @@ async def plan_prune(site: Site, catalog: Catalog, stores: dict[str, Store], *, 
                 if not keys:
                     continue
                 size = b.replicas[loc].size if loc in b.replicas else 0
-                plan.deletions.append(Deletion(b.id, k, n, loc, keys, store.describe(keys[0]), size, b.created,
-                                               age, reason))
+                plan.deletions.append(
+                    Deletion(
+                        b.id, k, n, loc, keys, store.describe(keys[0]), size, b.created, age, reason
+                    )
+                )
     lock_cache = _load_lock_cache(site) if check_locks else {}
     for loc, store in scope.items():
         if not isinstance(store, S3Store) or loc in plan.errors:
@@ -374,8 +474,10 @@ async def plan_prune(site: Site, catalog: Catalog, stores: dict[str, Store], *, 
         try:
             plan.versioning[loc] = await store.versioning()
         except OperationFailed as exc:
-            plan.notes.append(f"the versioning of {loc} could not be read ({str(exc).rstrip('.')}); "
-                              "assuming deletes there are permanent")
+            plan.notes.append(
+                f"the versioning of {loc} could not be read ({str(exc).rstrip('.')}); "
+                "assuming deletes there are permanent"
+            )
             plan.versioning[loc] = ""
         for d in plan.deletions:
             if d.location == loc:
@@ -383,12 +485,16 @@ async def plan_prune(site: Site, catalog: Catalog, stores: dict[str, Store], *, 
         if not (check_locks and store.location.object_lock):
             continue
         doomed = {key for d in plan.deletions if d.location == loc for key in d.keys}
-        locks, findings = await _check_locks(site, loc, store, in_scope[loc], doomed, now, lock_cache)
+        locks, findings = await _check_locks(
+            site, loc, store, in_scope[loc], doomed, now, lock_cache
+        )
         plan.lock_findings.extend(findings)
         for d in plan.deletions:
             if d.location == loc:
                 d.locks = {key: locks[key] for key in d.keys if key in locks}
-    if check_locks and any(isinstance(s, S3Store) and s.location.object_lock for s in scope.values()):
+    if check_locks and any(
+        isinstance(s, S3Store) and s.location.object_lock for s in scope.values()
+    ):
         _save_lock_cache(site, lock_cache)
     return plan
 
@@ -404,8 +510,15 @@ class PruneResult:
     """Backups with no copy left anywhere in scope."""
 
 
-async def apply_prune(site: Site, plan: PrunePlan, stores: dict[str, Store], *, actor: str,
-                      emit: Emit, catalog: Catalog | None = None) -> PruneResult:
+async def apply_prune(
+    site: Site,
+    plan: PrunePlan,
+    stores: dict[str, Store],
+    *,
+    actor: str,
+    emit: Emit,
+    catalog: Catalog | None = None,
+) -> PruneResult:
     """Delete what `plan` lists (object before manifest, so a failure never leaves a hidden
     object behind a missing manifest), auditing every key. Only admins may delete backups."""
     site.access.require_admin(actor, "delete backups")
@@ -413,7 +526,9 @@ async def apply_prune(site: Site, plan: PrunePlan, stores: dict[str, Store], *, 
     result = PruneResult()
     for d in plan.deletions:
         if d.backup in plan.protected:  # belt and braces: a plan never lists these
-            raise OperationFailed(f"refusing to delete {d.backup}: it is the {plan.protected[d.backup]}.")
+            raise OperationFailed(
+                f"refusing to delete {d.backup}: it is the {plan.protected[d.backup]}."
+            )
     sem = asyncio.Semaphore(8)
     lock_cache = _load_lock_cache(site)
 
@@ -422,8 +537,13 @@ async def apply_prune(site: Site, plan: PrunePlan, stores: dict[str, Store], *, 
         async with sem:
             for key in d.keys:
                 lock = d.locks.get(key)
-                detail: dict[str, Any] = {"backup": d.backup, "location": d.location, "kind": d.kind,
-                                          "node": d.node, "reason": d.reason}
+                detail: dict[str, Any] = {
+                    "backup": d.backup,
+                    "location": d.location,
+                    "kind": d.kind,
+                    "node": d.node,
+                    "reason": d.reason,
+                }
                 if lock is not None:
                     detail.update(lock=lock.describe(), version_id=lock.version_id)
                 try:
@@ -438,12 +558,26 @@ async def apply_prune(site: Site, plan: PrunePlan, stores: dict[str, Store], *, 
                         effect = "deleted"
                 except OperationFailed as exc:
                     why = str(exc).rstrip(".")
-                    audit.append(actor, "backup.delete", store.describe(key), result="failed", error=why, **detail)
+                    audit.append(
+                        actor,
+                        "backup.delete",
+                        store.describe(key),
+                        result="failed",
+                        error=why,
+                        **detail,
+                    )
                     d.outcome = f"failed: {why}"
                     result.failed.append(f"{d.backup} in {d.location}")
                     await emit("stderr", f"could not delete {store.describe(key)}: {why}")
                     return  # keep the manifest while its object is still there
-                audit.append(actor, "backup.delete", store.describe(key), result="ok", effect=effect, **detail)
+                audit.append(
+                    actor,
+                    "backup.delete",
+                    store.describe(key),
+                    result="ok",
+                    effect=effect,
+                    **detail,
+                )
                 lock_cache.get(d.location, {}).pop(key, None)
                 if effect == "delete marker":
                     result.markers += 1
@@ -469,7 +603,15 @@ async def apply_prune(site: Site, plan: PrunePlan, stores: dict[str, Store], *, 
         if set(b.replicas) | set(b.manifests) <= locs:
             result.gone.append(bid)
     forget_verifications(site, result.gone)
-    audit.append(actor, "backup.prune", site.name, result="failed" if result.failed else "ok",
-                 deleted=result.deleted, delete_markers=result.markers, failed=len(result.failed),
-                 backups=len(plan.backups), bytes=plan.bytes)
+    audit.append(
+        actor,
+        "backup.prune",
+        site.name,
+        result="failed" if result.failed else "ok",
+        deleted=result.deleted,
+        delete_markers=result.markers,
+        failed=len(result.failed),
+        backups=len(plan.backups),
+        bytes=plan.bytes,
+    )
     return result

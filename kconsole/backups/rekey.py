@@ -37,8 +37,9 @@ def _reencrypt(src: Path, dst: Path, keyring: Keyring, key: Key) -> tuple[int, s
     return r.ciphertext_size, r.ciphertext_sha256, r.plaintext_size, r.plaintext_sha256
 
 
-async def rekey_backup(site: Site, backup: Backup, stores: dict[str, Store], keyring: Keyring, key: Key,
-                       emit: Emit) -> None:
+async def rekey_backup(
+    site: Site, backup: Backup, stores: dict[str, Store], keyring: Keyring, key: Key, emit: Emit
+) -> None:
     """Replace every replica of `backup` with one encrypted to `key`."""
     assert backup.manifest is not None
     local, _, temporary = await fetch_verified(site, backup, stores, emit)
@@ -47,18 +48,29 @@ async def rekey_backup(site: Site, backup: Backup, stores: dict[str, Store], key
     try:
         size, sha, pt_size, pt_sha = await asyncio.to_thread(_reencrypt, local, out, keyring, key)
         if pt_sha != backup.manifest.plaintext_sha256:
-            raise OperationFailed(f"{backup.id}: the plaintext changed while re-encrypting; nothing replaced.")
+            raise OperationFailed(
+                f"{backup.id}: the plaintext changed while re-encrypting; nothing replaced."
+            )
         if backup.manifest.content == "tar":
             await asyncio.to_thread(verify_file, out, key, False, backup_paths(backup), backup.id)
-        manifest = replace(backup.manifest, key_id=key.key_id, ciphertext_size=size, ciphertext_sha256=sha,
-                           plaintext_size=pt_size, extra={**backup.manifest.extra, "rekeyed_from": backup.manifest.key_id})
+        manifest = replace(
+            backup.manifest,
+            key_id=key.key_id,
+            ciphertext_size=size,
+            ciphertext_sha256=sha,
+            plaintext_size=pt_size,
+            extra={**backup.manifest.extra, "rekeyed_from": backup.manifest.key_id},
+        )
         for name in backup.replicas:
             if name not in stores:
                 continue
             store = stores[name]
             await store.put_file(out, backup.replicas[name].key, sha)
             await store.write_bytes(manifest.manifest_key(), manifest.to_json())
-        await emit("stdout", f"{backup.id}: re-encrypted from key {backup.manifest.key_id[:8]} to {key.key_id[:8]}")
+        await emit(
+            "stdout",
+            f"{backup.id}: re-encrypted from key {backup.manifest.key_id[:8]} to {key.key_id[:8]}",
+        )
     finally:
         out.unlink(missing_ok=True)
         if temporary:

@@ -56,7 +56,9 @@ def backup_paths(backup: Backup) -> list[str]:
     return LEGACY_PATHS.get(backup.kind, [])
 
 
-async def checked_copy(site: Site, backup: Backup, name: str, store: Store, purpose: str) -> tuple[Path, bool]:
+async def checked_copy(
+    site: Site, backup: Backup, name: str, store: Store, purpose: str
+) -> tuple[Path, bool]:
     """A local file holding the replica of `backup` in location `name`, its SHA-256 checked
     against the manifest: (path, whether it is a temporary download to remove after)."""
     replica = backup.replicas[name]
@@ -66,8 +68,10 @@ async def checked_copy(site: Site, backup: Backup, name: str, store: Store, purp
         if expected:
             _, got = await asyncio.to_thread(hash_file, path)
             if got != expected:
-                raise OperationFailed(f"{path} has SHA-256 {got[:12]}..., its manifest says "
-                                      f"{expected[:12]}...: the copy is corrupt")
+                raise OperationFailed(
+                    f"{path} has SHA-256 {got[:12]}..., its manifest says "
+                    f"{expected[:12]}...: the copy is corrupt"
+                )
         return path, False
     staging = site.state_dir / "staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,9 @@ async def checked_copy(site: Site, backup: Backup, name: str, store: Store, purp
     return local, True
 
 
-async def fetch_verified(site: Site, backup: Backup, stores: dict[str, Store], emit: Emit) -> tuple[Path, str, bool]:
+async def fetch_verified(
+    site: Site, backup: Backup, stores: dict[str, Store], emit: Emit
+) -> tuple[Path, str, bool]:
     """A local copy of the ciphertext that matches the manifest: (path, location, is_temporary).
 
     Replicas are tried fastest first; a corrupted or unreachable one is reported and the
@@ -94,70 +100,120 @@ async def fetch_verified(site: Site, backup: Backup, stores: dict[str, Store], e
         except (OperationFailed, OSError) as exc:
             problems.append(f"{name}: {str(exc).rstrip('.')}")
             await emit("stderr", f"replica in {name} unusable: {str(exc).rstrip('.')}")
-    raise OperationFailed(f"no good copy of {backup.id}: {'; '.join(problems) or 'it has no replicas'}.")
+    raise OperationFailed(
+        f"no good copy of {backup.id}: {'; '.join(problems) or 'it has no replicas'}."
+    )
 
 
-async def restore_backup(site: Site, node: Node, backup: Backup, *, transport: Any, stores: dict[str, Store],
-                         keyring: Keyring, run_id: str, emit: Emit, sudo: bool = True,
-                         require_stopped: bool = True) -> RestoreReport:
+async def restore_backup(
+    site: Site,
+    node: Node,
+    backup: Backup,
+    *,
+    transport: Any,
+    stores: dict[str, Store],
+    keyring: Keyring,
+    run_id: str,
+    emit: Emit,
+    sudo: bool = True,
+    require_stopped: bool = True,
+) -> RestoreReport:
     """Restore `backup` into `node` (it may be another node's backup: a rebuild)."""
     sudo_p = "sudo -n " if sudo else ""
     if backup.manifest is not None and backup.manifest.content != "tar":
-        raise OperationFailed(f"{backup.id} is a log stream, not a file archive; it cannot be restored into a node.")
+        raise OperationFailed(
+            f"{backup.id} is a log stream, not a file archive; it cannot be restored into a node."
+        )
     if backup.manifest is not None and backup.manifest.key_id not in keyring:
-        raise OperationFailed(f"{backup.id} was encrypted with key {backup.manifest.key_id}, which is not in "
-                              f"the keyring {keyring.name}; restore that key file first.")
+        raise OperationFailed(
+            f"{backup.id} was encrypted with key {backup.manifest.key_id}, which is not in "
+            f"the keyring {keyring.name}; restore that key file first."
+        )
     paths = backup_paths(backup)
     if not paths:
-        raise OperationFailed(f"kconsole does not know which paths a legacy {backup.kind} backup holds.")
+        raise OperationFailed(
+            f"kconsole does not know which paths a legacy {backup.kind} backup holds."
+        )
     if require_stopped:
-        check = await transport.run(node, f"systemctl is-active {shlex.quote(node.service)}", timeout=30)
+        check = await transport.run(
+            node, f"systemctl is-active {shlex.quote(node.service)}", timeout=30
+        )
         if check.stdout.decode("utf-8", "replace").strip() == "active":
-            raise OperationFailed(f"{node.service} is still running on {node.name}; stop it before restoring.")
+            raise OperationFailed(
+                f"{node.service} is still running on {node.name}; stop it before restoring."
+            )
     local, replica, temporary = await fetch_verified(site, backup, stores, emit)
     try:
         where = f"{backup.id}"
         report = await asyncio.to_thread(verify_file, local, keyring, backup.legacy, paths, where)
         if backup.manifest and report.plaintext_sha256 != backup.manifest.plaintext_sha256:
-            raise OperationFailed(f"{backup.id} decrypts to data whose SHA-256 differs from its manifest.")
-        await emit("stdout", f"verified {backup.id} from {replica}: {report.members} files, key {report.key_id}")
+            raise OperationFailed(
+                f"{backup.id} decrypts to data whose SHA-256 differs from its manifest."
+            )
+        await emit(
+            "stdout",
+            f"verified {backup.id} from {replica}: {report.members} files, key {report.key_id}",
+        )
         root = node.root or "/"
         staging = f"{root.rstrip('/')}/.kconsole-restore-{run_id}"
         q_staging = shlex.quote(staging)
-        prep = await transport.run(node, f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}", timeout=120)
+        prep = await transport.run(
+            node, f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}", timeout=120
+        )
         if prep.exit_status != 0:
-            raise OperationFailed(f"cannot create the staging directory {staging} on {node.name}: "
-                                  f"{prep.stderr.decode('utf-8', 'replace').strip()}.")
+            raise OperationFailed(
+                f"cannot create the staging directory {staging} on {node.name}: "
+                f"{prep.stderr.decode('utf-8', 'replace').strip()}."
+            )
         tar_flags = "-xf" if backup.legacy else "-xzf"
         extract = f"{sudo_p}tar --no-same-owner {tar_flags} - -C {q_staging}"
         await emit("stdout", f"streaming into {node.name}:{staging}")
         keys_for_stream = keyring
         result = await transport.stream_in(
-            node, extract,
+            node,
+            extract,
             threaded_chunks(lambda: plaintext_chunks(local, keys_for_stream, backup.legacy, where)),
             timeout=0,
         )
         if result.exit_status != 0:
             await transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=120)
             err = result.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise OperationFailed(f"extracting {backup.id} on {node.name} failed: {err[-1] if err else 'tar exit ' + str(result.exit_status)}.")
+            raise OperationFailed(
+                f"extracting {backup.id} on {node.name} failed: {err[-1] if err else 'tar exit ' + str(result.exit_status)}."
+            )
         swap = ["set -e"]
         for rel in paths:
             live = shlex.quote(f"{root.rstrip('/')}/{rel}")
             old = shlex.quote(f"{root.rstrip('/')}/{rel}{PRE_RESTORE}")
             new = shlex.quote(f"{staging}/{rel}")
-            swap.append(f"if [ -e {live} ] || [ -L {live} ]; then rm -rf {old}; mv {live} {old}; fi")
-            swap.append(f"mkdir -p \"$(dirname {live})\"; mv {new} {live}")
+            swap.append(
+                f"if [ -e {live} ] || [ -L {live} ]; then rm -rf {old}; mv {live} {old}; fi"
+            )
+            swap.append(f'mkdir -p "$(dirname {live})"; mv {new} {live}')
         swap.append(f"rm -rf {q_staging}")
-        done = await transport.run(node, f"{sudo_p}sh -c {shlex.quote('; '.join(swap))}", timeout=300)
+        done = await transport.run(
+            node, f"{sudo_p}sh -c {shlex.quote('; '.join(swap))}", timeout=300
+        )
         if done.exit_status != 0:
-            raise OperationFailed(f"swapping the restored files into place on {node.name} failed: "
-                                  f"{done.stderr.decode('utf-8', 'replace').strip()}; the previous state is "
-                                  f"kept as *{PRE_RESTORE}.")
-        await emit("stdout", f"restored {', '.join('/' + p for p in paths)} on {node.name}; previous state kept "
-                   f"as *{PRE_RESTORE}")
-        return RestoreReport(backup.id, node.name, replica, report.members, report.plaintext_size,
-                             report.key_id, paths)
+            raise OperationFailed(
+                f"swapping the restored files into place on {node.name} failed: "
+                f"{done.stderr.decode('utf-8', 'replace').strip()}; the previous state is "
+                f"kept as *{PRE_RESTORE}."
+            )
+        await emit(
+            "stdout",
+            f"restored {', '.join('/' + p for p in paths)} on {node.name}; previous state kept "
+            f"as *{PRE_RESTORE}",
+        )
+        return RestoreReport(
+            backup.id,
+            node.name,
+            replica,
+            report.members,
+            report.plaintext_size,
+            report.key_id,
+            paths,
+        )
     finally:
         if temporary:
             local.unlink(missing_ok=True)

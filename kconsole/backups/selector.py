@@ -33,7 +33,9 @@ def parse_time(text: str) -> datetime | None:
     try:
         when = datetime.fromisoformat(raw.replace("z", "Z"))
     except ValueError:
-        raise ValueError(f'"{text}" is not a time; write it as 2026-11-26T02:40Z (ISO 8601, UTC) or "now"') from None
+        raise ValueError(
+            f'"{text}" is not a time; write it as 2026-11-26T02:40Z (ISO 8601, UTC) or "now"'
+        ) from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
@@ -65,7 +67,7 @@ def parse_selector(text: str) -> BackupSelector:
     if raw in ("", LATEST):
         return BackupSelector()
     if raw.startswith(BEFORE):
-        return BackupSelector(before=parse_time(raw[len(BEFORE):]))
+        return BackupSelector(before=parse_time(raw[len(BEFORE) :]))
     return BackupSelector(backup_id=raw)
 
 

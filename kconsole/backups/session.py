@@ -33,13 +33,17 @@ class BackupSession:
             return dict(self._stores)
         unknown = [n for n in only if n not in self._stores]
         if unknown:
-            raise OperationFailed(f"unknown location {unknown[0]}; the site has {', '.join(self._stores)}.")
+            raise OperationFailed(
+                f"unknown location {unknown[0]}; the site has {', '.join(self._stores)}."
+            )
         return {n: self._stores[n] for n in only}
 
     def keyring(self) -> Keyring:
         """The site's key directory."""
         if self.site.keys_dir is None:
-            raise UsageError("the site has no [keys] dir; backups cannot be encrypted or read without keys.")
+            raise UsageError(
+                "the site has no [keys] dir; backups cannot be encrypted or read without keys."
+            )
         return Keyring(self.site.keys_dir)  # refuses a missing, empty or non-private keyring
 
     def current_key(self) -> Key:

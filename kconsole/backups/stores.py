@@ -135,12 +135,15 @@ class Store:
         """A small object, atomically."""
         raise NotImplementedError
 
-    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+    async def put_file(
+        self, local: Path, key: str, sha256: str, progress: Progress | None = None
+    ) -> None:
         """Upload `local` as `key`; fail unless it landed whole with this SHA-256."""
         raise NotImplementedError
 
-    async def get_file(self, key: str, local: Path, sha256: str | None = None,
-                       progress: Progress | None = None) -> None:
+    async def get_file(
+        self, key: str, local: Path, sha256: str | None = None, progress: Progress | None = None
+    ) -> None:
         """Download `key` to `local` (0600); fail unless it matches `sha256` when given."""
         raise NotImplementedError
 
@@ -213,7 +216,9 @@ class LocalStore(Store):
         except OSError as exc:
             raise OperationFailed(f"cannot write {self.describe(key)}: {exc.strerror}.") from None
 
-    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+    async def put_file(
+        self, local: Path, key: str, sha256: str, progress: Progress | None = None
+    ) -> None:
         dest = self.path(key)
 
         def copy() -> None:
@@ -249,8 +254,9 @@ class LocalStore(Store):
         except OSError as exc:
             raise OperationFailed(f"cannot write {dest}: {exc.strerror}.") from None
 
-    async def get_file(self, key: str, local: Path, sha256: str | None = None,
-                       progress: Progress | None = None) -> None:
+    async def get_file(
+        self, key: str, local: Path, sha256: str | None = None, progress: Progress | None = None
+    ) -> None:
         src = self.path(key)
 
         def copy() -> None:
@@ -261,7 +267,9 @@ class LocalStore(Store):
                 os.chmod(partial, 0o600)
                 _, got = hash_file(partial)
                 if sha256 and got != sha256:
-                    raise OperationFailed(f"{src} has SHA-256 {got}, its manifest says {sha256}: the object is corrupt.")
+                    raise OperationFailed(
+                        f"{src} has SHA-256 {got}, its manifest says {sha256}: the object is corrupt."
+                    )
                 os.replace(partial, local)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -322,8 +330,13 @@ class SftpLocationStore(Store):
                     if e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
                         subdirs.append(full)
                     else:
-                        out.append(ObjectInfo(posixpath.relpath(full, self.root), e.attrs.size or 0,
-                                              float(e.attrs.mtime or 0)))
+                        out.append(
+                            ObjectInfo(
+                                posixpath.relpath(full, self.root),
+                                e.attrs.size or 0,
+                                float(e.attrs.mtime or 0),
+                            )
+                        )
                 # Sibling directories (kind/node) are listed concurrently on the one SFTP session.
                 await asyncio.gather(*(walk(d) for d in subdirs))
 
@@ -341,7 +354,9 @@ class SftpLocationStore(Store):
         data = got if isinstance(got, bytes) else got.encode()
         # asyncssh reads have come up short on some servers (ronf/asyncssh#814): measure.
         if len(data) != size:
-            raise OperationFailed(f"reading {self.describe(key)} came up short ({len(data)} of {size} bytes).")
+            raise OperationFailed(
+                f"reading {self.describe(key)} came up short ({len(data)} of {size} bytes)."
+            )
         return data
 
     async def read_many(self, keys: Sequence[str], limit: int = 16) -> dict[str, bytes | None]:
@@ -372,16 +387,21 @@ class SftpLocationStore(Store):
             with contextlib.suppress(Exception):
                 await sftp.makedirs(path, exist_ok=True)
 
-    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+    async def put_file(
+        self, local: Path, key: str, sha256: str, progress: Progress | None = None
+    ) -> None:
         await self._mkdirs(posixpath.dirname(self._path(key)))
         done = await self.sftp.put(self.target, local, self._path(key), progress=progress)
         if done.sha256 != sha256:
             await self.delete(key)
             raise OperationFailed(f"{local} changed while it was copied to {self.describe(key)}.")
 
-    async def get_file(self, key: str, local: Path, sha256: str | None = None,
-                       progress: Progress | None = None) -> None:
-        await self.sftp.get(self.target, self._path(key), local, progress=progress, expected_sha256=sha256)
+    async def get_file(
+        self, key: str, local: Path, sha256: str | None = None, progress: Progress | None = None
+    ) -> None:
+        await self.sftp.get(
+            self.target, self._path(key), local, progress=progress, expected_sha256=sha256
+        )
 
     async def delete(self, key: str) -> None:
         await self.sftp.remove(self.target, self._path(key), missing_ok=True)
@@ -408,11 +428,20 @@ class S3Store(Store):
             if self.location.endpoint_url:
                 kwargs["endpoint_url"] = self.location.endpoint_url
             if self.location.credentials_file:
-                kwargs.update(read_credentials(Path(self.location.credentials_file), self.location.profile))
-            cfg = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
-                         max_pool_connections=32)
-            session = boto3.session.Session(profile_name=self.location.profile or None) \
-                if self.location.profile and not self.location.credentials_file else boto3.session.Session()
+                kwargs.update(
+                    read_credentials(Path(self.location.credentials_file), self.location.profile)
+                )
+            cfg = Config(
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+                max_pool_connections=32,
+            )
+            session = (
+                boto3.session.Session(profile_name=self.location.profile or None)
+                if self.location.profile and not self.location.credentials_file
+                else boto3.session.Session()
+            )
             self._client = session.client("s3", config=cfg, **kwargs)
         return self._client
 
@@ -431,45 +460,70 @@ class S3Store(Store):
             return await asyncio.to_thread(fn, *args, **kwargs)
         except Boto3Error as exc:  # S3UploadFailedError and friends wrap the real cause
             cause = str(exc).split(": ", 1)[-1].rstrip(".")
-            raise OperationFailed(f"S3 location {self.location.name}: {what} failed: {cause}.") from None
+            raise OperationFailed(
+                f"S3 location {self.location.name}: {what} failed: {cause}."
+            ) from None
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            raise OperationFailed(f"S3 location {self.location.name}: {what} failed: "
-                                  f"{err.get('Code', '?')} {err.get('Message', '')}".rstrip() + ".") from None
+            raise OperationFailed(
+                f"S3 location {self.location.name}: {what} failed: "
+                f"{err.get('Code', '?')} {err.get('Message', '')}".rstrip()
+                + "."
+            ) from None
         except BotoCoreError as exc:
-            raise OperationFailed(f"S3 location {self.location.name}: {what} failed: {exc}.") from None
+            raise OperationFailed(
+                f"S3 location {self.location.name}: {what} failed: {exc}."
+            ) from None
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         def run() -> list[ObjectInfo]:
             paginator = self.client().get_paginator("list_objects_v2")
             full = self._key(prefix) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
             out = []
-            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full,
-                                           PaginationConfig={"PageSize": self.page_size}):
+            for page in paginator.paginate(
+                Bucket=self.location.bucket,
+                Prefix=full,
+                PaginationConfig={"PageSize": self.page_size},
+            ):
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
+                    rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
                     out.append(ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp()))
             return out
 
         return list(await self._call("listing", run))
 
     async def read_bytes(self, key: str) -> bytes:
-        resp = await self._call(f"reading {key}", self.client().get_object, Bucket=self.location.bucket,
-                                Key=self._key(key))
+        resp = await self._call(
+            f"reading {key}",
+            self.client().get_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+        )
         return bytes(await asyncio.to_thread(resp["Body"].read))
 
     def _lock_args(self) -> dict[str, Any]:
         if not self.location.object_lock:
             return {}
         days = self.location.retention_days or 30
-        return {"ObjectLockMode": "COMPLIANCE",
-                "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=days)}
+        return {
+            "ObjectLockMode": "COMPLIANCE",
+            "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=days),
+        }
 
     async def write_bytes(self, key: str, data: bytes) -> None:
-        await self._call(f"writing {key}", self.client().put_object, Bucket=self.location.bucket,
-                         Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256", **self._lock_args())
+        await self._call(
+            f"writing {key}",
+            self.client().put_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            **self._lock_args(),
+        )
 
-    async def put_file(self, local: Path, key: str, sha256: str, progress: Progress | None = None) -> None:
+    async def put_file(
+        self, local: Path, key: str, sha256: str, progress: Progress | None = None
+    ) -> None:
         from boto3.s3.transfer import TransferConfig
 
         size = local.stat().st_size
@@ -483,29 +537,55 @@ class S3Store(Store):
 
         # Big backups: parts of at least size/9000 so we stay under S3's 10,000-part limit.
         chunk = max(64 << 20, -(-size // 9000))
-        cfg = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=chunk, max_concurrency=4)
+        cfg = TransferConfig(
+            multipart_threshold=64 << 20, multipart_chunksize=chunk, max_concurrency=4
+        )
         extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256", **self._lock_args()}
-        await self._call(f"uploading {key}", self.client().upload_file, str(local), self.location.bucket,
-                         self._key(key), ExtraArgs=extra, Callback=cb, Config=cfg)
-        head = await self._call(f"checking {key}", self.client().head_object, Bucket=self.location.bucket,
-                                Key=self._key(key))
+        await self._call(
+            f"uploading {key}",
+            self.client().upload_file,
+            str(local),
+            self.location.bucket,
+            self._key(key),
+            ExtraArgs=extra,
+            Callback=cb,
+            Config=cfg,
+        )
+        head = await self._call(
+            f"checking {key}",
+            self.client().head_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+        )
         if int(head["ContentLength"]) != size or head.get("Metadata", {}).get("sha256") != sha256:
-            raise OperationFailed(f"{self.describe(key)} did not land whole ({head['ContentLength']} of {size} bytes).")
+            raise OperationFailed(
+                f"{self.describe(key)} did not land whole ({head['ContentLength']} of {size} bytes)."
+            )
         if self.location.object_lock and not head.get("ObjectLockMode"):
-            raise OperationFailed(f"{self.describe(key)} was stored without Object Lock, which this site requires.")
+            raise OperationFailed(
+                f"{self.describe(key)} was stored without Object Lock, which this site requires."
+            )
 
-    async def get_file(self, key: str, local: Path, sha256: str | None = None,
-                       progress: Progress | None = None) -> None:
+    async def get_file(
+        self, key: str, local: Path, sha256: str | None = None, progress: Progress | None = None
+    ) -> None:
         partial = local.with_name(local.name + ".partial")
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await self._call(f"downloading {key}", self.client().download_file, self.location.bucket,
-                             self._key(key), str(partial))
+            await self._call(
+                f"downloading {key}",
+                self.client().download_file,
+                self.location.bucket,
+                self._key(key),
+                str(partial),
+            )
             os.chmod(partial, 0o600)
             _, got = await asyncio.to_thread(hash_file, partial)
             if sha256 and got != sha256:
-                raise OperationFailed(f"{self.describe(key)} has SHA-256 {got}, its manifest says {sha256}: "
-                                      "the object is corrupt.")
+                raise OperationFailed(
+                    f"{self.describe(key)} has SHA-256 {got}, its manifest says {sha256}: "
+                    "the object is corrupt."
+                )
             os.replace(partial, local)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -513,15 +593,27 @@ class S3Store(Store):
             raise
 
     async def delete(self, key: str) -> None:
-        await self._call(f"deleting {key}", self.client().delete_object, Bucket=self.location.bucket,
-                         Key=self._key(key))
+        await self._call(
+            f"deleting {key}",
+            self.client().delete_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+        )
 
     async def head(self, key: str) -> dict[str, Any]:
         """The object's metadata (lock mode, retention, version)."""
-        return dict(await self._call(f"checking {key}", self.client().head_object,
-                                     Bucket=self.location.bucket, Key=self._key(key)))
+        return dict(
+            await self._call(
+                f"checking {key}",
+                self.client().head_object,
+                Bucket=self.location.bucket,
+                Key=self._key(key),
+            )
+        )
 
-    async def read_versions(self, key: str, limit: int = 8) -> builtins.list[tuple[datetime, bytes]]:
+    async def read_versions(
+        self, key: str, limit: int = 8
+    ) -> builtins.list[tuple[datetime, bytes]]:
         """Every stored version of `key` (when it was written, its bytes), newest first; just
         the current one on an unversioned bucket. Reads `limit` versions at a time."""
         full = self._key(key)
@@ -540,23 +632,35 @@ class S3Store(Store):
 
         async def one(version_id: str, when: datetime) -> tuple[datetime, bytes]:
             async with gate:
-                resp = await self._call(f"reading {key}", self.client().get_object, Bucket=self.location.bucket,
-                                        Key=full, VersionId=version_id)
+                resp = await self._call(
+                    f"reading {key}",
+                    self.client().get_object,
+                    Bucket=self.location.bucket,
+                    Key=full,
+                    VersionId=version_id,
+                )
                 return when, bytes(await asyncio.to_thread(resp["Body"].read))
 
         return list(await asyncio.gather(*(one(v, w) for v, w in versions)))
 
     async def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""
-        resp = await self._call("reading the bucket's versioning", self.client().get_bucket_versioning,
-                                Bucket=self.location.bucket)
+        resp = await self._call(
+            "reading the bucket's versioning",
+            self.client().get_bucket_versioning,
+            Bucket=self.location.bucket,
+        )
         return str(resp.get("Status", ""))
 
     async def delete_current(self, key: str) -> dict[str, Any]:
         """Delete `key` without naming a version (never a locked version by id): on a versioned
         bucket S3 adds a delete marker and keeps the data; returns S3's answer."""
-        resp = await self._call(f"deleting {key}", self.client().delete_object, Bucket=self.location.bucket,
-                                Key=self._key(key))
+        resp = await self._call(
+            f"deleting {key}",
+            self.client().delete_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+        )
         return {k: v for k, v in dict(resp).items() if k != "ResponseMetadata"}
 
 
@@ -574,8 +678,10 @@ def read_credentials(path: Path, profile: str = "") -> dict[str, str]:
     if section not in parser:
         raise UsageError(f"S3 credentials file {path} has no [{section}] section.")
     s = parser[section]
-    out = {"aws_access_key_id": s.get("aws_access_key_id", ""),
-           "aws_secret_access_key": s.get("aws_secret_access_key", "")}
+    out = {
+        "aws_access_key_id": s.get("aws_access_key_id", ""),
+        "aws_secret_access_key": s.get("aws_secret_access_key", ""),
+    }
     if s.get("aws_session_token"):
         out["aws_session_token"] = s["aws_session_token"]
     return out
@@ -587,7 +693,9 @@ def open_store(location: Location, site: Site, transport: Any) -> Store:
         return LocalStore(location)
     if location.type == "sftp":
         if transport is None:
-            raise OperationFailed(f"location {location.name} needs SSH, and no transport is configured.")
+            raise OperationFailed(
+                f"location {location.name} needs SSH, and no transport is configured."
+            )
         return SftpLocationStore(location, site, transport)
     return S3Store(location)
 

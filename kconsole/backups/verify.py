@@ -50,7 +50,10 @@ def _verify_stream_file(path: Path, keyring: Keyring, where: str) -> int:
     """A log-stream backup: decrypt and inflate to the end; returns plaintext bytes."""
     with path.open("rb") as fh:
         reader, _ = decrypting_reader(fh, keyring, False, where)
-        inflated = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, gzip.GzipFile(fileobj=reader, mode="rb"))))
+        inflated = cast(
+            BinaryIO,
+            io.BufferedReader(cast(io.RawIOBase, gzip.GzipFile(fileobj=reader, mode="rb"))),
+        )
         total = 0
         try:
             while chunk := inflated.read(1 << 20):
@@ -60,9 +63,15 @@ def _verify_stream_file(path: Path, keyring: Keyring, where: str) -> int:
         return total
 
 
-async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], keyring: Keyring,
-                        emit: Emit, record: bool = True,
-                        unreachable: dict[str, str] | None = None) -> VerifyOutcome:
+async def verify_backup(
+    site: Site,
+    backup: Backup,
+    stores: dict[str, Store],
+    keyring: Keyring,
+    emit: Emit,
+    record: bool = True,
+    unreachable: dict[str, str] | None = None,
+) -> VerifyOutcome:
     """Check every replica's ciphertext, then the content once; remember the verdict.
 
     A location in `stores` that holds no copy is reported as a missing replica, and one in
@@ -98,10 +107,19 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
                 if backup.manifest is not None and backup.manifest.content == "stream":
                     await asyncio.to_thread(_verify_stream_file, good_copy, keyring, backup.id)
                 else:
-                    report = await asyncio.to_thread(verify_file, good_copy, keyring, backup.legacy,
-                                                     backup_paths(backup), backup.id)
+                    report = await asyncio.to_thread(
+                        verify_file,
+                        good_copy,
+                        keyring,
+                        backup.legacy,
+                        backup_paths(backup),
+                        backup.id,
+                    )
                     outcome.members = report.members
-                    if backup.manifest and report.plaintext_sha256 != backup.manifest.plaintext_sha256:
+                    if (
+                        backup.manifest
+                        and report.plaintext_sha256 != backup.manifest.plaintext_sha256
+                    ):
                         raise OperationFailed("the plaintext SHA-256 does not match the manifest")
             except OperationFailed as exc:
                 outcome.ok = False
@@ -114,8 +132,9 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
                 continue
             if name in unreachable:
                 outcome.unchecked.append(name)
-                outcome.problems.append(f"{name}: not checked, the location could not be listed "
-                                        f"({unreachable[name]})")
+                outcome.problems.append(
+                    f"{name}: not checked, the location could not be listed ({unreachable[name]})"
+                )
             elif not backup.legacy:
                 outcome.missing.append(name)
                 outcome.problems.append(f"{name}: replica missing")
@@ -125,9 +144,13 @@ async def verify_backup(site: Site, backup: Backup, stores: dict[str, Store], ke
     if record:
         # A damaged copy beside a good one leaves the backup restorable (restore skips the bad
         # copy); the catalog shows it as missing that replica, not as failed.
-        record_verification(site, backup.id, restorable, "; ".join(content_problems if not outcome.ok
-                                                                   else outcome.problems),
-                            damaged=outcome.damaged if restorable else None)
+        record_verification(
+            site,
+            backup.id,
+            restorable,
+            "; ".join(content_problems if not outcome.ok else outcome.problems),
+            damaged=outcome.damaged if restorable else None,
+        )
     if outcome.complete:
         verdict = "ok"
     elif outcome.ok:
@@ -151,6 +174,8 @@ def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int
     if bad:
         parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
     if incomplete:
-        parts.append(f"{len(incomplete)} of {total} backups are missing a replica or could not be checked "
-                     f"everywhere: {names(incomplete)}")
+        parts.append(
+            f"{len(incomplete)} of {total} backups are missing a replica or could not be checked "
+            f"everywhere: {names(incomplete)}"
+        )
     return "; ".join(parts)

@@ -24,7 +24,9 @@ def check_keys(
     for key in table:
         if key not in allowed:
             problems.append(
-                src.problem((*keypath, key), f'unknown key "{key}" in {what}{did_you_mean(key, allowed)}')
+                src.problem(
+                    (*keypath, key), f'unknown key "{key}" in {what}{did_you_mean(key, allowed)}'
+                )
             )
     for key in required:
         if key not in table:
@@ -49,7 +51,9 @@ def expect_type(
     else:
         ok = isinstance(value, kinds)
     if not ok:
-        problems.append(src.problem((*keypath, key), f'"{key}" must be {label}, not {_show(value)}'))
+        problems.append(
+            src.problem((*keypath, key), f'"{key}" must be {label}, not {_show(value)}')
+        )
     return ok
 
 

@@ -127,7 +127,7 @@ def _locate_keys(text: str) -> dict[KeyPath, tuple[int, int]]:
         keys = _split_dotted(assign.group(1))
         keypath = (*current, *keys)
         positions[keypath] = (lineno, assign.start(1) + 1)
-        rest = line[assign.end():]
+        rest = line[assign.end() :]
         offset = assign.end()
         _locate_inline(rest, offset, keypath, lineno, positions)
         for quote in ('"""', "'''"):

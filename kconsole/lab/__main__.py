@@ -20,19 +20,30 @@ from kconsole.lab.serve import serve
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kconsole.lab", description="The kconsole lab fleet.")
+    p = argparse.ArgumentParser(
+        prog="python -m kconsole.lab", description="The kconsole lab fleet."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the lab until SIGINT/SIGTERM")
-    s.add_argument("--dir", required=True, type=Path, help="lab directory (site.toml is written here)")
+    s.add_argument(
+        "--dir", required=True, type=Path, help="lab directory (site.toml is written here)"
+    )
     s.add_argument("--nodes", type=int, default=9, help="fleet size (default 9: the plan's nodes)")
-    s.add_argument("--faults", default="", help="faults to start with, e.g. down=validator2,slow=api1:0.5")
-    f = sub.add_parser("fault", help="change the faults of a running lab (edits DIR/faults.toml)",
-                       epilog="kinds:\n" + "\n".join(f"  {t}" for t in FAULT_KINDS.values()),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument(
+        "--faults", default="", help="faults to start with, e.g. down=validator2,slow=api1:0.5"
+    )
+    f = sub.add_parser(
+        "fault",
+        help="change the faults of a running lab (edits DIR/faults.toml)",
+        epilog="kinds:\n" + "\n".join(f"  {t}" for t in FAULT_KINDS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     f.add_argument("--dir", required=True, type=Path)
     f.add_argument("action", choices=("set", "clear", "list"))
     f.add_argument("spec", nargs="?", default=None)
-    h = sub.add_parser("history", help="write days of backups at the plan's cadence into a lab's locations")
+    h = sub.add_parser(
+        "history", help="write days of backups at the plan's cadence into a lab's locations"
+    )
     h.add_argument("--dir", required=True, type=Path)
     h.add_argument("--days", type=float, default=3)
     h.add_argument("--locations", default="primary,dr", help="comma-separated: primary, dr, cloud")
@@ -65,8 +76,11 @@ def _history(dir: Path, days: float, locations: str) -> int:
     from kconsole.lab.history import write_history
     from kconsole.site import load_site
 
-    summary = write_history(load_site(dir / "site.toml"), days=days,
-                            locations=[x.strip() for x in locations.split(",") if x.strip()])
+    summary = write_history(
+        load_site(dir / "site.toml"),
+        days=days,
+        locations=[x.strip() for x in locations.split(",") if x.strip()],
+    )
     for kind, n in summary.counts.items():
         print(f"{kind:<18} {n:>6}")
     print(f"{summary.total} backups written to {', '.join(summary.locations)}")

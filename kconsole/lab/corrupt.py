@@ -16,8 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NOT_BACKUPS = (".json", ".toml", ".manifest", ".sha256", ".sha256sum", ".sig", ".asc", ".txt", ".md",
-               ".tmp", ".part", ".partial", ".lock", ".log")
+NOT_BACKUPS = (
+    ".json",
+    ".toml",
+    ".manifest",
+    ".sha256",
+    ".sha256sum",
+    ".sig",
+    ".asc",
+    ".txt",
+    ".md",
+    ".tmp",
+    ".part",
+    ".partial",
+    ".lock",
+    ".log",
+)
 
 
 @dataclass(frozen=True)
@@ -150,5 +164,7 @@ def undo_object(s3: Any, bucket: str, damage: Damage) -> bool:
     if len(data) <= damage.offset or data[damage.offset] != damage.original ^ 0xFF:
         return False
     data[damage.offset] = damage.original
-    s3.put_object(Bucket=bucket, Key=damage.path, Body=bytes(data), Metadata=head.get("Metadata", {}))
+    s3.put_object(
+        Bucket=bucket, Key=damage.path, Body=bytes(data), Metadata=head.get("Metadata", {})
+    )
     return True

@@ -139,7 +139,13 @@ def parse_fault(item: str, *, pattern: bool = False) -> Fault:
         mode, _, value = arg.partition(":")
         if mode not in ("error", "down", "slow"):
             raise _bad(item, "s3 takes error, down or slow[:SECONDS]")
-        return Fault("s3", mode, _seconds(item, value) if mode == "slow" and value else ("0.5" if mode == "slow" else ""))
+        return Fault(
+            "s3",
+            mode,
+            _seconds(item, value)
+            if mode == "slow" and value
+            else ("0.5" if mode == "slow" else ""),
+        )
     if kind == "corrupt":
         sel, _, location = arg.partition("@")
         location = location or ("" if pattern else "primary")

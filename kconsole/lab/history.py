@@ -77,8 +77,13 @@ PLAN_CADENCE: tuple[Cadence, ...] = (
     Cadence("blockchain-state", ALL_GROUPS, STATE_PATHS, every=300),
     Cadence("validator-keys", ("validator",), KEY_PATHS, every=900),
     Cadence("transaction-logs", ("validator", "api"), TX_PATHS, every=3600),
-    Cadence("system-logs", ALL_GROUPS, ("/var/log/journal",), daily_at=2,
-            command="journalctl --since '1 day ago'"),
+    Cadence(
+        "system-logs",
+        ALL_GROUPS,
+        ("/var/log/journal",),
+        daily_at=2,
+        command="journalctl --since '1 day ago'",
+    ),
     Cadence("full-system", ALL_GROUPS, FULL_PATHS, daily_at=3, weekly=True),
     Cadence("archive", ALL_GROUPS, FULL_PATHS, daily_at=4, monthly=True),
 )
@@ -122,8 +127,10 @@ def run_times(c: Cadence, now: datetime, span: float) -> list[datetime]:
 
 def _tar_gz(files: dict[str, bytes], when: float) -> bytes:
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=int(when), compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=int(when), compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         dirs: set[str] = set()
         for name in sorted(files):
             parts = name.split("/")
@@ -140,32 +147,44 @@ def _tar_gz(files: dict[str, bytes], when: float) -> bytes:
     return buf.getvalue()
 
 
-def _payload(c: Cadence, node: str, role: str, when: datetime, height: int, rng: random.Random) -> bytes:
+def _payload(
+    c: Cadence, node: str, role: str, when: datetime, height: int, rng: random.Random
+) -> bytes:
     """The plaintext of one synthetic backup (gzip of a tar, or of a command's output)."""
     t = when.timestamp()
     stamp = labtool.now_iso(t)
     if c.command:
-        lines = [f"{time.strftime('%b %d %H:%M:%S', time.gmtime(t - 86400 + i * 900))} {node} "
-                 f"kaldrix-node[{rng.randint(300, 9000)}]: imported block #{height - 172800 + i * 1800}"
-                 for i in range(96)]
+        lines = [
+            f"{time.strftime('%b %d %H:%M:%S', time.gmtime(t - 86400 + i * 900))} {node} "
+            f"kaldrix-node[{rng.randint(300, 9000)}]: imported block #{height - 172800 + i * 1800}"
+            for i in range(96)
+        ]
         return gzip.compress(("\n".join(lines) + "\n").encode(), mtime=int(t))
     files: dict[str, bytes] = {}
     if c.kind in ("blockchain-state", "full-system", "archive"):
         # A small but consistent chain state (snapshot, linked blocks, index): it verifies
         # with `kaldrix-node verify-state`, and a node restored from it starts and advances.
-        state, _ = labtool.state_files(t, seed=f"{labtool.NETWORK}|{int(t)}", base_height=height - HISTORY_BLOCKS,
-                                       blocks=HISTORY_BLOCKS, snapshot_bytes=HISTORY_SNAPSHOT_BYTES,
-                                       extra={"synthetic": True})
+        state, _ = labtool.state_files(
+            t,
+            seed=f"{labtool.NETWORK}|{int(t)}",
+            base_height=height - HISTORY_BLOCKS,
+            blocks=HISTORY_BLOCKS,
+            snapshot_bytes=HISTORY_SNAPSHOT_BYTES,
+            extra={"synthetic": True},
+        )
         files.update({f"{labtool.STATE_DIR}/{name}": data for name, data in state.items()})
     if c.kind in ("validator-keys", "full-system", "archive"):
         keys = labtool.new_validator_keys(node, role)
         keys["created"] = stamp
         files["etc/kaldrix/validator_keys.json"] = json.dumps(keys, indent=2).encode()
-        files["etc/kaldrix/tls/node.crt"] = f"# synthetic certificate of {node} as of {stamp}\n".encode()
+        files["etc/kaldrix/tls/node.crt"] = (
+            f"# synthetic certificate of {node} as of {stamp}\n".encode()
+        )
     if c.kind in ("transaction-logs", "full-system", "archive"):
         day = time.strftime("%Y%m%d", time.gmtime(t))
         files[f"var/log/kaldrix/transactions/tx-{day}.log"] = "".join(
-            labtool.tx_lines(node, height - i, t - i, 1, rng)[0] for i in range(30, 0, -1)).encode()
+            labtool.tx_lines(node, height - i, t - i, 1, rng)[0] for i in range(30, 0, -1)
+        ).encode()
     if c.kind in ("full-system", "archive"):
         files["etc/kaldrix/node.toml"] = f'name = "{node}"\nrole = "{role}"\n'.encode()
     return _tar_gz(files, t)
@@ -200,7 +219,9 @@ class _Sink:
         elif loc.type == "sftp":
             node = site.nodes.get(loc.node)
             if node is None or node.root in ("", "/"):
-                raise UsageError(f"location {name} is not a lab sandbox; history writes only to the lab's DR host.")
+                raise UsageError(
+                    f"location {name} is not a lab sandbox; history writes only to the lab's DR host."
+                )
             self.base = Path(node.path(loc.path))
         else:
             import configparser
@@ -212,10 +233,13 @@ class _Sink:
                 ini = configparser.ConfigParser()
                 ini.read(loc.credentials_file)
                 section = ini[loc.profile or "default"]
-                creds = {"aws_access_key_id": section["aws_access_key_id"],
-                         "aws_secret_access_key": section["aws_secret_access_key"]}
-            self.s3 = boto3.session.Session().client("s3", endpoint_url=loc.endpoint_url or None,
-                                                     region_name=loc.region, **creds)
+                creds = {
+                    "aws_access_key_id": section["aws_access_key_id"],
+                    "aws_secret_access_key": section["aws_secret_access_key"],
+                }
+            self.s3 = boto3.session.Session().client(
+                "s3", endpoint_url=loc.endpoint_url or None, region_name=loc.region, **creds
+            )
 
     def put(self, key: str, data: bytes, when: float) -> None:
         if self.base is not None:
@@ -232,15 +256,24 @@ class _Sink:
             extra: dict[str, Any] = {}
             if self.lock_days:
                 # As the console stores them: immutable where the site requires it.
-                extra = {"ObjectLockMode": "COMPLIANCE", "ChecksumAlgorithm": "SHA256",
-                         "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=self.lock_days)}
+                extra = {
+                    "ObjectLockMode": "COMPLIANCE",
+                    "ChecksumAlgorithm": "SHA256",
+                    "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=self.lock_days),
+                }
             self.s3.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
 
 
-def write_history(site: Site, days: float = 3, locations: Iterable[str] = ("primary", "dr"),
-                  kinds: Iterable[str] | None = None, now: datetime | None = None,
-                  seed: int = 0, max_per_series: int | None = None,
-                  stale: dict[str, float] | None = None) -> HistorySummary:
+def write_history(
+    site: Site,
+    days: float = 3,
+    locations: Iterable[str] = ("primary", "dr"),
+    kinds: Iterable[str] | None = None,
+    now: datetime | None = None,
+    seed: int = 0,
+    max_per_series: int | None = None,
+    stale: dict[str, float] | None = None,
+) -> HistorySummary:
     """Write `days` of backups per kind at the plan's cadence into `locations` of the lab site.
 
     `max_per_series` keeps only the newest N runs of each (kind, node); `stale` maps a kind
@@ -281,12 +314,21 @@ def write_history(site: Site, days: float = 3, locations: Iterable[str] = ("prim
                 assert result is not None
                 bid = backup_id(node_name, c.kind, when)
                 manifest = Manifest(
-                    id=bid, kind=c.kind, node=node_name, created=iso(when), paths=list(c.paths),
-                    key_id=result.key_id, ciphertext_size=result.ciphertext_size,
-                    ciphertext_sha256=result.ciphertext_sha256, plaintext_size=result.plaintext_size,
-                    plaintext_sha256=result.plaintext_sha256, content="stream" if c.command else "tar",
-                    chain_height=height if c.kind != "system-logs" else None, run=HISTORY_RUN,
-                    duration_s=round(rng.uniform(0.5, 4.0), 3), tool="kconsole lab history",
+                    id=bid,
+                    kind=c.kind,
+                    node=node_name,
+                    created=iso(when),
+                    paths=list(c.paths),
+                    key_id=result.key_id,
+                    ciphertext_size=result.ciphertext_size,
+                    ciphertext_sha256=result.ciphertext_sha256,
+                    plaintext_size=result.plaintext_size,
+                    plaintext_sha256=result.plaintext_sha256,
+                    content="stream" if c.command else "tar",
+                    chain_height=height if c.kind != "system-logs" else None,
+                    run=HISTORY_RUN,
+                    duration_s=round(rng.uniform(0.5, 4.0), 3),
+                    tool="kconsole lab history",
                     extra={"synthetic": True, **({"command": c.command} if c.command else {})},
                 )
                 t = when.timestamp()

@@ -47,8 +47,14 @@ class LabContext:
 class LabHost:
     """One lab machine (a fleet node or the DR backup host)."""
 
-    def __init__(self, ctx: LabContext, name: str, groups: tuple[str, ...], root: Path,
-                 host_key: asyncssh.SSHKey) -> None:
+    def __init__(
+        self,
+        ctx: LabContext,
+        name: str,
+        groups: tuple[str, ...],
+        root: Path,
+        host_key: asyncssh.SSHKey,
+    ) -> None:
         self.ctx = ctx
         self.name = name
         self.groups = groups
@@ -81,7 +87,11 @@ class LabHost:
 
     def env(self, user: str) -> dict[str, str]:
         """The environment of a command run on this host (nothing leaks from the lab's own)."""
-        extra = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p not in _HOST_PATH.split(":")]
+        extra = [
+            p
+            for p in os.environ.get("PATH", "").split(os.pathsep)
+            if p and p not in _HOST_PATH.split(":")
+        ]
         path = os.pathsep.join([str(self.fault_bin), str(self.ctx.bin_dir), _HOST_PATH, *extra])
         return {
             "PATH": path,
@@ -104,10 +114,16 @@ class LabHost:
     async def start(self) -> None:
         """Open the SSH server, its relay and the health endpoint."""
         self.fault_bin.mkdir(parents=True, exist_ok=True)
-        sftp_factory = (functools.partial(_ChrootSftp, root=str(self.root).encode(),
-                                          disk_full=lambda: self.disk_full) if self.sftp else None)
+        sftp_factory = (
+            functools.partial(
+                _ChrootSftp, root=str(self.root).encode(), disk_full=lambda: self.disk_full
+            )
+            if self.sftp
+            else None
+        )
         self._acceptor = await asyncssh.listen(
-            "127.0.0.1", 0,
+            "127.0.0.1",
+            0,
             server_factory=functools.partial(_LabSshServer, self),
             server_host_keys=[self.host_key],
             authorized_client_keys=self.ctx.client_keys,
@@ -152,17 +168,28 @@ class LabHost:
     def health(self) -> tuple[int, dict[str, object]]:
         """HTTP status and body of the health endpoint (when the host is reachable)."""
         if self.service is None:
-            return 200, {"node": self.name, "state": "active", "height": None, "service": "sshd", "role": "dr"}
+            return 200, {
+                "node": self.name,
+                "state": "active",
+                "height": None,
+                "service": "sshd",
+                "role": "dr",
+            }
         height: int | None
         try:
-            height = int(json.loads((self.root / labtool.STATE_DIR / "index.json").read_text())["height"])
+            height = int(
+                json.loads((self.root / labtool.STATE_DIR / "index.json").read_text())["height"]
+            )
         except (OSError, ValueError, KeyError, TypeError):
             height = None
         try:
             fw = json.loads((self.root / labtool.UFW_STATE).read_text())
         except (OSError, ValueError):
             fw = {}
-        isolated = fw.get("incoming") in ("deny", "reject") and fw.get("outgoing") in ("deny", "reject")
+        isolated = fw.get("incoming") in ("deny", "reject") and fw.get("outgoing") in (
+            "deny",
+            "reject",
+        )
         state = "active" if self.service.state == "active" else "inactive"
         body: dict[str, object] = {
             "node": self.name,
@@ -197,14 +224,23 @@ class LabHost:
         """Run one exec (or shell) request through a real shell in the sandbox."""
         user = str(process.get_extra_info("username") or "root")
         command = process.command
-        argv = [SHELL, *_SHELL_ARGS, "-c", command] if command is not None else [SHELL, *_SHELL_ARGS, "-s"]
+        argv = (
+            [SHELL, *_SHELL_ARGS, "-c", command]
+            if command is not None
+            else [SHELL, *_SHELL_ARGS, "-s"]
+        )
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=in_r, stdout=out_w, stderr=err_w, cwd=self.root, env=self.env(user),
+                *argv,
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=self.root,
+                env=self.env(user),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -222,8 +258,10 @@ class LabHost:
             out_reader, out_pipe = await _pipe_reader(loop, out_r)
             err_reader, err_pipe = await _pipe_reader(loop, err_r)
             feeder = asyncio.create_task(_feed(process, stdin, proc.pid))
-            await asyncio.gather(_forward(out_reader, process.stdout, out_pipe),
-                                 _forward(err_reader, process.stderr, err_pipe))
+            await asyncio.gather(
+                _forward(out_reader, process.stdout, out_pipe),
+                _forward(err_reader, process.stderr, err_pipe),
+            )
             rc = await proc.wait()
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -250,16 +288,21 @@ class _LabSshServer(asyncssh.SSHServer):
         return True
 
     def auth_completed(self) -> None:
-        self._host.auth_log(f"Accepted publickey for {self._user} from 127.0.0.1 port 22 ssh2: ED25519")
-        self._host.auth_log(f"pam_unix(sshd:session): session {self._session} opened for user {self._user}")
+        self._host.auth_log(
+            f"Accepted publickey for {self._user} from 127.0.0.1 port 22 ssh2: ED25519"
+        )
+        self._host.auth_log(
+            f"pam_unix(sshd:session): session {self._session} opened for user {self._user}"
+        )
 
 
 class _ChrootSftp(asyncssh.SFTPServer):
     """SFTP confined to the host's root: `..` and symlinks cannot leave it; writes fail
     with "No space left on device" while the host's disk is full."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], *, root: bytes,
-                 disk_full: Callable[[], bool]) -> None:
+    def __init__(
+        self, chan: asyncssh.SSHServerChannel[bytes], *, root: bytes, disk_full: Callable[[], bool]
+    ) -> None:
         super().__init__(chan, chroot=root)
         self._real_root = os.path.realpath(root)
         self._disk_full = disk_full
@@ -279,21 +322,26 @@ class _ChrootSftp(asyncssh.SFTPServer):
         return result
 
 
-async def _pipe_reader(loop: asyncio.AbstractEventLoop, fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+async def _pipe_reader(
+    loop: asyncio.AbstractEventLoop, fd: int
+) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     reader = asyncio.StreamReader(limit=4 * CHUNK)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                os.fdopen(fd, "rb", buffering=0))
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
     return reader, transport
 
 
 async def _pipe_writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWriter:
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                        os.fdopen(fd, "wb", buffering=0))
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0)
+    )
     return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
-async def _forward(reader: asyncio.StreamReader, channel: asyncssh.SSHWriter[bytes],
-                   pipe: asyncio.BaseTransport) -> None:
+async def _forward(
+    reader: asyncio.StreamReader, channel: asyncssh.SSHWriter[bytes], pipe: asyncio.BaseTransport
+) -> None:
     """Command output -> SSH channel. If the client has gone, close the pipe so the command
     gets SIGPIPE on its next write, as under sshd (it is not killed outright)."""
     while True:
@@ -308,7 +356,9 @@ async def _forward(reader: asyncio.StreamReader, channel: asyncssh.SSHWriter[byt
             return
 
 
-async def _feed(process: asyncssh.SSHServerProcess[bytes], stdin: asyncio.StreamWriter, pgid: int) -> None:
+async def _feed(
+    process: asyncssh.SSHServerProcess[bytes], stdin: asyncio.StreamWriter, pgid: int
+) -> None:
     """SSH channel -> command stdin; SSH signal requests go to the command's process group."""
     broken = False
     try:

@@ -42,8 +42,15 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response | None]]
 """Answers a request; None closes the connection without an answer (a dead host)."""
 
-_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Payload Too Large", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    503: "Service Unavailable",
+}
 
 
 class HttpServer:
@@ -70,7 +77,10 @@ class HttpServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
-            headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if ":" in x)}
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (x.partition(":") for x in lines[1:] if ":" in x)
+            }
             length = int(headers.get("content-length", "0") or 0)
             if length > MAX_BODY:
                 resp: Response | None = Response(413, b"")
@@ -84,10 +94,17 @@ class HttpServer:
             payload = b"" if method.upper() == "HEAD" else resp.body
             writer.write(
                 f"HTTP/1.1 {resp.status} {reason}\r\nContent-Type: {resp.content_type}\r\n"
-                f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n".encode() + payload
+                f"Content-Length: {len(resp.body)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
             )
             await writer.drain()
-        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (
+            OSError,
+            ValueError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
             pass
         except asyncio.CancelledError:
             writer.transport.abort()  # shutting down mid-request (a slow fault's delay)

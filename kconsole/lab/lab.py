@@ -57,9 +57,15 @@ from kconsole.site import current_user
 log = logging.getLogger("kconsole.lab")
 
 BASE_FLEET: tuple[tuple[str, str], ...] = (
-    ("bootstrap1", "bootstrap"), ("bootstrap2", "bootstrap"), ("bootstrap3", "bootstrap"),
-    ("validator1", "validator"), ("validator2", "validator"), ("validator3", "validator"),
-    ("api1", "api"), ("api2", "api"), ("api3", "api"),
+    ("bootstrap1", "bootstrap"),
+    ("bootstrap2", "bootstrap"),
+    ("bootstrap3", "bootstrap"),
+    ("validator1", "validator"),
+    ("validator2", "validator"),
+    ("validator3", "validator"),
+    ("api1", "api"),
+    ("api2", "api"),
+    ("api3", "api"),
 )
 """The plan's nine nodes."""
 
@@ -81,7 +87,9 @@ def fleet(nodes: int) -> list[tuple[str, str]]:
     if not 1 <= nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, not {nodes}.")
     if nodes >= len(BASE_FLEET):
-        return list(BASE_FLEET) + [(f"validator{i}", "validator") for i in range(4, nodes - len(BASE_FLEET) + 4)]
+        return list(BASE_FLEET) + [
+            (f"validator{i}", "validator") for i in range(4, nodes - len(BASE_FLEET) + 4)
+        ]
     order = [BASE_FLEET[r * 3 + i] for i in range(3) for r in range(3)]
     chosen = set(order[:nodes])
     return [n for n in BASE_FLEET if n in chosen]
@@ -167,7 +175,9 @@ class Lab:
         try:
             return self.hosts[name]
         except KeyError:
-            raise UsageError(f'the lab has no node "{name}"{did_you_mean(name, self.hosts)}.') from None
+            raise UsageError(
+                f'the lab has no node "{name}"{did_you_mean(name, self.hosts)}.'
+            ) from None
 
     def environ(self) -> dict[str, str]:
         """Environment for a process that uses this lab (`kconsole` run from another shell)."""
@@ -193,7 +203,9 @@ class Lab:
             await lab.stop()
             raise
         lab.started_in = time.monotonic() - t0
-        lab._event(f"lab started in {lab.started_in:.2f}s: {len(lab.hosts)} hosts, site {lab.site_path}")
+        lab._event(
+            f"lab started in {lab.started_in:.2f}s: {len(lab.hosts)} hosts, site {lab.site_path}"
+        )
         return lab
 
     async def __aenter__(self) -> Lab:
@@ -228,8 +240,14 @@ class Lab:
             self._webhook = HttpServer(self._webhook_request)
             await self._webhook.start()
             ctx = LabContext(
-                dir=d, bin_dir=bin_dir, python=sys.executable, init_port=init_port, token=token,
-                client_keys=asyncssh.import_authorized_keys(client_key.export_public_key().decode()),
+                dir=d,
+                bin_dir=bin_dir,
+                python=sys.executable,
+                init_port=init_port,
+                token=token,
+                client_keys=asyncssh.import_authorized_keys(
+                    client_key.export_public_key().decode()
+                ),
             )
             created = time.time()
             peers = [n for n, _ in members]
@@ -238,7 +256,9 @@ class Lab:
                 build_sandbox(root, name, (group,), peers, created)
                 self.hosts[name] = LabHost(ctx, name, (group,), root, self._host_key(name))
             await asyncio.gather(*(h.start() for h in self.hosts.values()))
-            results = await asyncio.gather(*(h.service.start() for h in self.hosts.values() if h.service))
+            results = await asyncio.gather(
+                *(h.service.start() for h in self.hosts.values() if h.service)
+            )
             failed = [r.stderr for r in results if r.rc]
             if failed:
                 log.warning("%d kaldrix-node service(s) failed to start at boot", len(failed))
@@ -297,7 +317,9 @@ class Lab:
         alphabet = string.ascii_uppercase + string.digits
         access = "AKIALAB" + "".join(secrets.choice(alphabet) for _ in range(13))
         secret = secrets.token_urlsafe(30)[:40]
-        sitefile.write_text(self.credentials_path, sitefile.render_credentials(access, secret), mode=0o600)
+        sitefile.write_text(
+            self.credentials_path, sitefile.render_credentials(access, secret), mode=0o600
+        )
         return access, secret
 
     def _write_client_files(self) -> None:
@@ -305,22 +327,45 @@ class Lab:
         d = self.dir
         user = current_user()
         fleet_hosts = list(self.hosts.values())
-        sitefile.write_text(self.known_hosts_path, sitefile.render_known_hosts(
-            (h.name, h.ssh_port, h.host_key.export_public_key().decode()) for h in fleet_hosts))
-        sitefile.write_text(d / "ssh_config", sitefile.render_ssh_config(
-            ((h.name, h.ssh_port) for h in fleet_hosts), user, self.client_key_path, self.known_hosts_path))
+        sitefile.write_text(
+            self.known_hosts_path,
+            sitefile.render_known_hosts(
+                (h.name, h.ssh_port, h.host_key.export_public_key().decode()) for h in fleet_hosts
+            ),
+        )
+        sitefile.write_text(
+            d / "ssh_config",
+            sitefile.render_ssh_config(
+                ((h.name, h.ssh_port) for h in fleet_hosts),
+                user,
+                self.client_key_path,
+                self.known_hosts_path,
+            ),
+        )
         sitefile.write_text(d / "s3-config", "[default]\nregion = us-east-1\n")
         sitefile.write_text(self.env_path, sitefile.render_env(self.environ()), mode=0o600)
         dr = self.hosts[DR_NODE]
         text = sitefile.render_site(
             nodes=[
-                sitefile.NodeEntry(h.name, h.groups, h.ssh_port, h.root, h.health_url,
-                                   "sshd" if h.service is None else "kaldrix-node")
+                sitefile.NodeEntry(
+                    h.name,
+                    h.groups,
+                    h.ssh_port,
+                    h.root,
+                    h.health_url,
+                    "sshd" if h.service is None else "kaldrix-node",
+                )
                 for h in fleet_hosts
             ],
-            user=user, dr_node=dr.name, dr_port=dr.ssh_port, s3_endpoint=self.s3.endpoint_url,
-            bucket=BUCKET, object_lock=self.s3.object_lock, current_key=self._current_key(),
-            admins=[user], generated=labtool.now_iso(),
+            user=user,
+            dr_node=dr.name,
+            dr_port=dr.ssh_port,
+            s3_endpoint=self.s3.endpoint_url,
+            bucket=BUCKET,
+            object_lock=self.s3.object_lock,
+            current_key=self._current_key(),
+            admins=[user],
+            generated=labtool.now_iso(),
         )
         sitefile.write_text(self.site_path, text)
 
@@ -384,7 +429,11 @@ class Lab:
         if spec is None:
             keep: list[Fault] = []
         else:
-            patterns = [spec] if isinstance(spec, Fault) else [parse_fault(p, pattern=True) for p in split_spec(spec)]
+            patterns = (
+                [spec]
+                if isinstance(spec, Fault)
+                else [parse_fault(p, pattern=True) for p in split_spec(spec)]
+            )
             keep = [f for f in self.faults if not any(p.covers(f) for p in patterns)]
         await self._apply(keep, write=True)
         return self.faults
@@ -392,8 +441,10 @@ class Lab:
     def _check_node(self, fault: Fault, names: list[str]) -> None:
         node = fault.node
         if node and node not in names:
-            raise FaultSpecError(f'fault "{fault}" names node "{node}"{did_you_mean(node, names)}, '
-                                 f"which is not in this lab.")
+            raise FaultSpecError(
+                f'fault "{fault}" names node "{node}"{did_you_mean(node, names)}, '
+                f"which is not in this lab."
+            )
         if fault.kind in ("fail", "diskfull") or not node:
             return
         if node == DR_NODE and fault.kind in ("crash", "wipe", "compromise"):
@@ -509,7 +560,9 @@ class Lab:
             client = self.s3.client(internal=True)
             key = corrupt.newest_object(client, BUCKET, f.target)
             return corrupt.flip_object(client, BUCKET, key) if key else None
-        base = self.dir / "backups" if f.arg == "primary" else self.hosts[DR_NODE].root / DR_BACKUP_DIR
+        base = (
+            self.dir / "backups" if f.arg == "primary" else self.hosts[DR_NODE].root / DR_BACKUP_DIR
+        )
         path = corrupt.newest_file(base, f.target)
         return corrupt.flip_file(f.arg, path) if path else None
 
@@ -517,7 +570,9 @@ class Lab:
         if damage.location == "cloud":
             assert self.s3 is not None
             s3 = self.s3
-            return await asyncio.to_thread(lambda: corrupt.undo_object(s3.client(internal=True), BUCKET, damage))
+            return await asyncio.to_thread(
+                lambda: corrupt.undo_object(s3.client(internal=True), BUCKET, damage)
+            )
         return corrupt.undo_file(damage)
 
     async def _watch_faults(self) -> None:
@@ -543,7 +598,10 @@ class Lab:
 
     def _event(self, message: str, level: int = logging.INFO) -> None:
         log.log(level, message)
-        with contextlib.suppress(OSError), open(self.dir / "lab" / "events.log", "a", encoding="utf-8") as fh:
+        with (
+            contextlib.suppress(OSError),
+            open(self.dir / "lab" / "events.log", "a", encoding="utf-8") as fh,
+        ):
             fh.write(f"{labtool.now_iso()} {message}\n")
 
 
@@ -551,14 +609,22 @@ def _plant(root: Path) -> None:
     """The `compromise` fault: an implant in the state directory and a foreign validator key."""
     implant = root / labtool.BACKDOOR
     implant.parent.mkdir(parents=True, exist_ok=True)
-    implant.write_text("#!/bin/sh\n# kconsole lab fault compromise: a planted implant\nexec sleep 3600\n")
+    implant.write_text(
+        "#!/bin/sh\n# kconsole lab fault compromise: a planted implant\nexec sleep 3600\n"
+    )
     os.chmod(implant, 0o755)
     path = root / labtool.KEYS_FILE
     with contextlib.suppress(OSError, ValueError):
         keys = json.loads(path.read_text())
         pub = secrets.token_hex(32)
-        keys.setdefault("keys", []).append({"id": f"kdxval1{pub[:20]}", "public": pub,
-                                            "private": secrets.token_hex(64), "origin": "unknown"})
+        keys.setdefault("keys", []).append(
+            {
+                "id": f"kdxval1{pub[:20]}",
+                "public": pub,
+                "private": secrets.token_hex(64),
+                "origin": "unknown",
+            }
+        )
         atomic_write(path, (json.dumps(keys, indent=2) + "\n").encode(), mode=0o600)
 
 

@@ -123,14 +123,21 @@ def segment_name(height: int) -> str:
 
 def _block_line(height: int, prev: str, ts: float, txs: int) -> tuple[str, str]:
     h = block_hash(height, prev, ts, txs)
-    line = json.dumps({"h": height, "prev": prev, "ts": round(ts, 3), "txs": txs, "hash": h},
-                      separators=(",", ":"))
+    line = json.dumps(
+        {"h": height, "prev": prev, "ts": round(ts, 3), "txs": txs, "hash": h},
+        separators=(",", ":"),
+    )
     return h, line + "\n"
 
 
-def state_files(created: float, seed: str = NETWORK, base_height: int = BASE_HEIGHT,
-                blocks: int = INITIAL_BLOCKS, snapshot_bytes: int = SNAPSHOT_BYTES,
-                extra: dict[str, Any] | None = None) -> tuple[dict[str, bytes], dict[str, Any]]:
+def state_files(
+    created: float,
+    seed: str = NETWORK,
+    base_height: int = BASE_HEIGHT,
+    blocks: int = INITIAL_BLOCKS,
+    snapshot_bytes: int = SNAPSHOT_BYTES,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, bytes], dict[str, Any]]:
     """A consistent chain state as files (path under the state dir -> bytes) and its index:
     a snapshot at `base_height`, then `blocks` blocks every BLOCK_INTERVAL up to `created`.
 
@@ -207,7 +214,9 @@ def _last_block(root: Path, height: int) -> dict[str, Any]:
     try:
         lines = seg.read_text().splitlines()
     except OSError as exc:
-        raise StateError(f"block file {segment_name(height)} is unreadable ({exc.strerror})") from None
+        raise StateError(
+            f"block file {segment_name(height)} is unreadable ({exc.strerror})"
+        ) from None
     if not lines:
         raise StateError(f"block file {segment_name(height)} is empty")
     try:
@@ -262,8 +271,11 @@ def recover_state(root: Path) -> tuple[dict[str, Any], str]:
         for n, line in enumerate(lines):
             try:
                 b = json.loads(line)
-                ok = (b["h"] == expect and b["prev"] == prev
-                      and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"])
+                ok = (
+                    b["h"] == expect
+                    and b["prev"] == prev
+                    and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"]
+                )
             except (ValueError, KeyError, TypeError):
                 ok = False
             if not ok:
@@ -279,8 +291,11 @@ def recover_state(root: Path) -> tuple[dict[str, Any], str]:
     height = expect - 1
     said = index["height"]
     index = {**index, "height": height, "tip": prev}
-    write_atomic(state / "index.json", (json.dumps(index, indent=2) + "\n").encode(),
-                 staging=root / STAGING_DIR)
+    write_atomic(
+        state / "index.json",
+        (json.dumps(index, indent=2) + "\n").encode(),
+        staging=root / STAGING_DIR,
+    )
     return index, f"index said height {said}, the block files verify to {height}; index rewritten"
 
 
@@ -307,18 +322,29 @@ def verify_state(root: Path) -> tuple[bool, list[str]]:
         for n, line in enumerate(seg.read_text().splitlines(), 1):
             try:
                 b = json.loads(line)
-                ok = (b["h"] == expect and b["prev"] == prev
-                      and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"])
+                ok = (
+                    b["h"] == expect
+                    and b["prev"] == prev
+                    and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"]
+                )
             except (ValueError, KeyError, TypeError):
                 ok = False
             if not ok:
-                return False, [*out, f"FAIL block file blocks/{seg.name} line {n}: broken block (expected height {expect})"]
+                return False, [
+                    *out,
+                    f"FAIL block file blocks/{seg.name} line {n}: broken block (expected height {expect})",
+                ]
             prev = b["hash"]
             expect += 1
     height = expect - 1
     if height != index.get("height") or prev != index.get("tip"):
-        return False, [*out, f"FAIL index.json says height {index.get('height')}, blocks end at {height}"]
-    out.append(f"ok   {len(segs)} block files, heights {meta.get('height')}..{height}, every link verified")
+        return False, [
+            *out,
+            f"FAIL index.json says height {index.get('height')}, blocks end at {height}",
+        ]
+    out.append(
+        f"ok   {len(segs)} block files, heights {meta.get('height')}..{height}, every link verified"
+    )
     out.append(f"ok   tip {prev[:16]} matches index.json")
     return True, out
 
@@ -337,7 +363,9 @@ def append_block(root: Path, index: dict[str, Any], ts: float, txs: int) -> dict
         old = b""
     write_atomic(seg, old + line.encode(), staging=staging)
     index = {**index, "height": height, "tip": h, "updated": now_iso(ts)}
-    write_atomic(state / "index.json", (json.dumps(index, indent=2) + "\n").encode(), staging=staging)
+    write_atomic(
+        state / "index.json", (json.dumps(index, indent=2) + "\n").encode(), staging=staging
+    )
     return index
 
 
@@ -349,8 +377,10 @@ def tx_lines(node: str, height: int, ts: float, count: int, rng: random.Random) 
         src = f"kdx1{rng.getrandbits(152):038x}"
         dst = f"kdx1{rng.getrandbits(152):038x}"
         amount = rng.randint(1, 500_000) / 100
-        out.append(f"{now_iso(ts)} height={height} tx={txid} from={src} to={dst} "
-                   f"amount={amount:.2f} fee=0.0010 status=confirmed via={node}\n")
+        out.append(
+            f"{now_iso(ts)} height={height} tx={txid} from={src} to={dst} "
+            f"amount={amount:.2f} fee=0.0010 status=confirmed via={node}\n"
+        )
     return out
 
 
@@ -372,8 +402,9 @@ def init_tx_logs(root: Path, node: str, created: float, days: int = 3) -> None:
         (tx_dir / f"tx-{day}.log").write_text("".join(lines))
 
 
-def new_validator_keys(node: str, role: str, version: int = 1,
-                       revoked: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def new_validator_keys(
+    node: str, role: str, version: int = 1, revoked: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """A fresh validator key set (stand-in for the plan's quantum-resistant keys)."""
     private = os.urandom(64).hex()
     public = hashlib.sha256(bytes.fromhex(private)).hexdigest()
@@ -402,6 +433,7 @@ def _ufw_state(root: Path) -> dict[str, Any]:
 
 def node_run(root: Path, name: str) -> int:
     """The service: load the state, say READY=1 on stdout, add a block every 0.5 s until TERM."""
+
     def log(msg: str) -> None:
         append_log(root, NODE_LOG, "kaldrix-node", msg)
 
@@ -484,8 +516,10 @@ def node_run(root: Path, name: str) -> int:
             rc = fatal(f"chain state at /{STATE_DIR} disappeared underneath the running node")
             break
         if (st.st_ino, st.st_mtime_ns) != stamp:
-            rc = fatal(f"chain state at /{STATE_DIR} was changed underneath the running node "
-                       "(stop the service before restoring)")
+            rc = fatal(
+                f"chain state at /{STATE_DIR} was changed underneath the running node "
+                "(stop the service before restoring)"
+            )
             break
         if _ufw_state(root).get("outgoing") in ("deny", "reject"):
             stalled += 1
@@ -534,17 +568,27 @@ def rotate_keys(root: Path, name: str, emergency: bool) -> int:
     except (OSError, ValueError):
         old = {}
     if disk_full():
-        print(f"kaldrix-node: cannot write /{KEYS_FILE}: [Errno 28] No space left on device", file=sys.stderr)
+        print(
+            f"kaldrix-node: cannot write /{KEYS_FILE}: [Errno 28] No space left on device",
+            file=sys.stderr,
+        )
         return 1
     reason = "emergency rotation" if emergency else "scheduled rotation"
     revoked = list(old.get("revoked", [])) + [
         {"id": k.get("id"), "public": k.get("public"), "revoked": now_iso(), "reason": reason}
         for k in old.get("keys", [])
     ]
-    new = new_validator_keys(name, str(old.get("role", "validator")), int(old.get("version", 0)) + 1, revoked)
+    new = new_validator_keys(
+        name, str(old.get("role", "validator")), int(old.get("version", 0)) + 1, revoked
+    )
     write_atomic(path, (json.dumps(new, indent=2) + "\n").encode(), mode=0o600)
-    append_log(root, NODE_LOG, "kaldrix-node", f"validator keys rotated ({reason}): new key {new['keys'][0]['id']}, "
-               f"{len(old.get('keys', []))} key(s) revoked")
+    append_log(
+        root,
+        NODE_LOG,
+        "kaldrix-node",
+        f"validator keys rotated ({reason}): new key {new['keys'][0]['id']}, "
+        f"{len(old.get('keys', []))} key(s) revoked",
+    )
     print(f"Rotated validator keys for {name} ({reason}).")
     print(f"  new key:  {new['keys'][0]['id']}")
     print(f"  revoked:  {', '.join(str(k.get('id')) for k in old.get('keys', [])) or 'none'}")
@@ -557,7 +601,9 @@ def cmd_kaldrix_node(argv: list[str]) -> int:
     root, name = node_root(), node_name()
     args = argv[1:]
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: kaldrix-node run | status | verify-state | rotate-keys [--emergency] | --version")
+        print(
+            "usage: kaldrix-node run | status | verify-state | rotate-keys [--emergency] | --version"
+        )
         return 0 if args else 2
     cmd = args[0]
     if cmd in ("--version", "version"):
@@ -592,10 +638,16 @@ def cmd_systemctl(argv: list[str]) -> int:
     addr = os.environ.get("KALDRIX_LAB_INIT", "")
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
-        print("System has not been booted with systemd as init system (PID 1). Can't operate.",
-              file=sys.stderr)
+        print(
+            "System has not been booted with systemd as init system (PID 1). Can't operate.",
+            file=sys.stderr,
+        )
         return 1
-    request = {"token": os.environ.get("KALDRIX_LAB_TOKEN", ""), "node": node_name(), "argv": argv[1:]}
+    request = {
+        "token": os.environ.get("KALDRIX_LAB_TOKEN", ""),
+        "node": node_name(),
+        "argv": argv[1:],
+    }
     try:
         with socket.create_connection((host, int(port)), timeout=120) as sock:
             sock.sendall(json.dumps(request).encode() + b"\n")
@@ -625,12 +677,14 @@ _SYSTEM_EVENTS = (
     ("kernel", "[UFW BLOCK] IN=eth0 OUT= SRC=198.51.100.{a} DST=10.20.1.{b} PROTO=TCP DPT=22"),
     ("systemd", "Starting logrotate.service - Rotate log files..."),
     ("systemd", "logrotate.service: Deactivated successfully."),
-    ("node_exporter", "level=info msg=\"textfile collector: read {n} bytes\""),
+    ("node_exporter", 'level=info msg="textfile collector: read {n} bytes"'),
     ("rsyslogd", "action 'action-1-builtin:omfwd' resumed (module 'builtin:omfwd') [v8.2302.0]"),
 )
 
 
-def _synthetic_system_log(name: str, since: float, until: float) -> Iterator[tuple[float, str, int, str]]:
+def _synthetic_system_log(
+    name: str, since: float, until: float
+) -> Iterator[tuple[float, str, int, str]]:
     slot = 300
     t = (int(since) // slot + 1) * slot
     while t <= until:
@@ -638,8 +692,13 @@ def _synthetic_system_log(name: str, since: float, until: float) -> Iterator[tup
         batch = []
         for _ in range(rng.randint(1, 3)):
             ident, text = rng.choice(_SYSTEM_EVENTS)
-            msg = text.format(a=rng.randint(2, 250), b=rng.randint(2, 250), p=rng.randint(30000, 65000),
-                              fp=f"{rng.getrandbits(172):043x}", n=rng.randint(100, 9999))
+            msg = text.format(
+                a=rng.randint(2, 250),
+                b=rng.randint(2, 250),
+                p=rng.randint(30000, 65000),
+                fp=f"{rng.getrandbits(172):043x}",
+                n=rng.randint(100, 9999),
+            )
             batch.append((t + rng.random() * 60, ident, rng.randint(300, 60000), msg))
         yield from (r for r in sorted(batch) if since <= r[0] <= until)
         t += slot
@@ -668,13 +727,31 @@ def _file_log(path: Path, since: float, until: float) -> Iterator[tuple[float, s
 def parse_since(text: str, now: float) -> float:
     """journalctl's time specs: `1 day ago`, `-2h`, `today`, `yesterday`, `YYYY-MM-DD [HH:MM[:SS]]`, `@EPOCH`."""
     t = text.strip().lower()
-    units = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "minute": 60, "minutes": 60,
-             "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
-             "w": 604800, "week": 604800, "weeks": 604800}
+    units = {
+        "s": 1,
+        "sec": 1,
+        "second": 1,
+        "seconds": 1,
+        "m": 60,
+        "min": 60,
+        "minute": 60,
+        "minutes": 60,
+        "h": 3600,
+        "hour": 3600,
+        "hours": 3600,
+        "d": 86400,
+        "day": 86400,
+        "days": 86400,
+        "w": 604800,
+        "week": 604800,
+        "weeks": 604800,
+    }
     if t == "now":
         return now
     if t in ("today", "yesterday", "tomorrow"):
-        midnight = _dt.datetime.fromtimestamp(now, _dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        midnight = _dt.datetime.fromtimestamp(now, _dt.UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
         return midnight.timestamp() + {"today": 0, "yesterday": -86400, "tomorrow": 86400}[t]
     if t.startswith("@"):
         return float(t[1:])
@@ -686,7 +763,7 @@ def parse_since(text: str, now: float) -> float:
             return _dt.datetime.strptime(text.strip(), fmt).replace(tzinfo=_dt.UTC).timestamp()
         except ValueError:
             pass
-    raise ValueError(f'Failed to parse timestamp: {text}')
+    raise ValueError(f"Failed to parse timestamp: {text}")
 
 
 def cmd_journalctl(argv: list[str]) -> int:
@@ -698,7 +775,16 @@ def cmd_journalctl(argv: list[str]) -> int:
     lines: int | None = None
     output = "short"
     long_opts = {"--since": "S", "--until": "U", "--unit": "u", "--lines": "n", "--output": "o"}
-    flags = {"--no-pager", "--quiet", "--all", "--boot", "--utc", "--catalog", "--pager-end", "--no-hostname"}
+    flags = {
+        "--no-pager",
+        "--quiet",
+        "--all",
+        "--boot",
+        "--utc",
+        "--catalog",
+        "--pager-end",
+        "--no-hostname",
+    }
     args = argv[1:]
     i = 0
     try:
@@ -721,7 +807,7 @@ def cmd_journalctl(argv: list[str]) -> int:
                 letters = a[1:]
                 for j, ch in enumerate(letters):
                     if ch in "SUuno":
-                        opts.append((ch, letters[j + 1:] or None))
+                        opts.append((ch, letters[j + 1 :] or None))
                         break
                     if ch == "f":
                         raise ValueError("--follow is not available in the kconsole lab")
@@ -730,7 +816,9 @@ def cmd_journalctl(argv: list[str]) -> int:
                     elif ch not in "xeqabr":
                         raise ValueError(f"invalid option -- '{ch}'")
             else:
-                raise ValueError(f"unsupported argument {a!r} (match filters are not available in the lab)")
+                raise ValueError(
+                    f"unsupported argument {a!r} (match filters are not available in the lab)"
+                )
             for opt, given in opts:
                 if given is None:
                     if i >= len(args):
@@ -751,7 +839,9 @@ def cmd_journalctl(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"journalctl: {exc}", file=sys.stderr)
         return 1
-    sources: list[Iterator[tuple[float, str, int, str]]] = [_file_log(root / NODE_LOG, since, until)]
+    sources: list[Iterator[tuple[float, str, int, str]]] = [
+        _file_log(root / NODE_LOG, since, until)
+    ]
     if unit != "kaldrix-node":
         sources.append(_file_log(root / AUTH_LOG, since, until))
         sources.append(_synthetic_system_log(name, since, until))
@@ -759,7 +849,9 @@ def cmd_journalctl(argv: list[str]) -> int:
 
     records = list(heapq.merge(*sources, key=lambda r: r[0]))
     if unit:
-        records = [r for r in records if r[1] == unit or (unit in ("ssh", "sshd") and r[1] == "sshd")]
+        records = [
+            r for r in records if r[1] == unit or (unit in ("ssh", "sshd") and r[1] == "sshd")
+        ]
     if lines is not None:
         records = records[-lines:] if lines else []
     if not records:
@@ -768,8 +860,18 @@ def cmd_journalctl(argv: list[str]) -> int:
     out = sys.stdout
     for ts, ident, pid, msg in records:
         if output == "json":
-            out.write(json.dumps({"__REALTIME_TIMESTAMP": str(int(ts * 1e6)), "_HOSTNAME": name,
-                                  "SYSLOG_IDENTIFIER": ident, "_PID": str(pid), "MESSAGE": msg}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "__REALTIME_TIMESTAMP": str(int(ts * 1e6)),
+                        "_HOSTNAME": name,
+                        "SYSLOG_IDENTIFIER": ident,
+                        "_PID": str(pid),
+                        "MESSAGE": msg,
+                    }
+                )
+                + "\n"
+            )
         elif output == "cat":
             out.write(msg + "\n")
         elif output == "short-iso":
@@ -787,12 +889,19 @@ def cmd_ufw(argv: list[str]) -> int:
     """A firewall whose rules live in /etc/ufw/ufw.json; a denied outgoing policy stalls the node."""
     root = node_root()
     path = root / UFW_STATE
-    state: dict[str, Any] = {"enabled": True, "incoming": "allow", "outgoing": "allow", "routed": "disabled",
-                             "rules": []}
+    state: dict[str, Any] = {
+        "enabled": True,
+        "incoming": "allow",
+        "outgoing": "allow",
+        "routed": "disabled",
+        "rules": [],
+    }
     state.update(_ufw_state(root))
     args = [a for a in argv[1:] if a not in ("--force", "-f")]
     if not args or args[0] in ("-h", "--help"):
-        print("Usage: ufw COMMAND\n  enable | disable | default ARG DIRECTION | allow|deny|reject RULE | status [verbose] | reset")
+        print(
+            "Usage: ufw COMMAND\n  enable | disable | default ARG DIRECTION | allow|deny|reject RULE | status [verbose] | reset"
+        )
         return 0 if args else 1
 
     def save() -> bool:
@@ -810,23 +919,38 @@ def cmd_ufw(argv: list[str]) -> int:
             return 0
         print("Status: active")
         if "verbose" in args[1:]:
-            print(f"Logging: on (low)\nDefault: {state['incoming']} (incoming), {state['outgoing']} (outgoing), "
-                  f"{state['routed']} (routed)\nNew profiles: skip")
+            print(
+                f"Logging: on (low)\nDefault: {state['incoming']} (incoming), {state['outgoing']} (outgoing), "
+                f"{state['routed']} (routed)\nNew profiles: skip"
+            )
         rules = state["rules"]
         if rules:
-            print("\nTo                         Action      From\n--                         ------      ----")
+            print(
+                "\nTo                         Action      From\n--                         ------      ----"
+            )
             for r in rules:
-                print(f"{r.get('to', 'Anywhere'):<27}{r['action'].upper() + ' IN':<12}{r.get('from', 'Anywhere')}")
+                print(
+                    f"{r.get('to', 'Anywhere'):<27}{r['action'].upper() + ' IN':<12}{r.get('from', 'Anywhere')}"
+                )
         return 0
     if cmd in ("enable", "disable"):
         state["enabled"] = cmd == "enable"
         if not save():
             return 1
-        print("Firewall is active and enabled on system startup" if cmd == "enable"
-              else "Firewall stopped and disabled on system startup")
+        print(
+            "Firewall is active and enabled on system startup"
+            if cmd == "enable"
+            else "Firewall stopped and disabled on system startup"
+        )
         return 0
     if cmd == "reset":
-        state = {"enabled": False, "incoming": "allow", "outgoing": "allow", "routed": "disabled", "rules": []}
+        state = {
+            "enabled": False,
+            "incoming": "allow",
+            "outgoing": "allow",
+            "routed": "disabled",
+            "rules": [],
+        }
         if not save():
             return 1
         print("Resetting all rules to installed defaults.")
@@ -842,7 +966,9 @@ def cmd_ufw(argv: list[str]) -> int:
         state[direction] = args[1]
         if not save():
             return 1
-        print(f"Default {direction} policy changed to '{args[1]}'\n(be sure to update your rules accordingly)")
+        print(
+            f"Default {direction} policy changed to '{args[1]}'\n(be sure to update your rules accordingly)"
+        )
         return 0
     if cmd in ("allow", "deny", "reject", "limit"):
         rest = args[1:]
@@ -870,8 +996,12 @@ def cmd_ufw(argv: list[str]) -> int:
 
 def _cert_days_left(cert: Path) -> float | None:
     try:
-        out = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", str(cert)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["openssl", "x509", "-enddate", "-noout", "-in", str(cert)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     end = out.strip().split("=", 1)[-1]
@@ -889,45 +1019,81 @@ def cmd_certbot(argv: list[str]) -> int:
     tls = root / TLS_DIR
     cert, key = tls / "node.crt", tls / "node.key"
     domain = f"{name}.kaldrix.lab"
-    append_log(root, "var/log/letsencrypt/letsencrypt.log", "certbot", " ".join(args) or "(no arguments)")
+    append_log(
+        root, "var/log/letsencrypt/letsencrypt.log", "certbot", " ".join(args) or "(no arguments)"
+    )
     print("Saving debug log to /var/log/letsencrypt/letsencrypt.log")
     if not args or args[0] not in ("renew", "certificates"):
-        print("certbot: the kconsole lab supports `certbot renew [--force-renewal]` and `certbot certificates`",
-              file=sys.stderr)
+        print(
+            "certbot: the kconsole lab supports `certbot renew [--force-renewal]` and `certbot certificates`",
+            file=sys.stderr,
+        )
         return 1
     days = _cert_days_left(cert)
     if args[0] == "certificates":
-        print(f"Found the following certs:\n  Certificate Name: {domain}\n    Domains: {domain}\n"
-              f"    Expiry Date: {'unknown' if days is None else f'in {days:.0f} days'}\n"
-              f"    Certificate Path: /{TLS_DIR}/node.crt\n    Private Key Path: /{TLS_DIR}/node.key")
+        print(
+            f"Found the following certs:\n  Certificate Name: {domain}\n    Domains: {domain}\n"
+            f"    Expiry Date: {'unknown' if days is None else f'in {days:.0f} days'}\n"
+            f"    Certificate Path: /{TLS_DIR}/node.crt\n    Private Key Path: /{TLS_DIR}/node.key"
+        )
         return 0
     rule = "- " * 40
     print(f"\n{rule}\nProcessing /etc/letsencrypt/renewal/{domain}.conf\n{rule}")
     force = "--force-renewal" in args or "--force-renew" in args
     if not force and days is not None and days > 30:
-        print(f"Certificate not yet due for renewal\n\n{rule}\nThe following certificates are not due for "
-              f"renewal yet:\n  /{TLS_DIR}/node.crt expires in {days:.0f} days (skipped)\nNo renewals were attempted.")
+        print(
+            f"Certificate not yet due for renewal\n\n{rule}\nThe following certificates are not due for "
+            f"renewal yet:\n  /{TLS_DIR}/node.crt expires in {days:.0f} days (skipped)\nNo renewals were attempted."
+        )
         return 0
     if disk_full():
-        print(f"Failed to renew certificate {domain} with error: [Errno 28] No space left on device", file=sys.stderr)
+        print(
+            f"Failed to renew certificate {domain} with error: [Errno 28] No space left on device",
+            file=sys.stderr,
+        )
         return 1
     tls.mkdir(parents=True, exist_ok=True)
     staging = root / "tmp"
     staging.mkdir(parents=True, exist_ok=True)
-    new_key, new_cert = staging / f".certbot-{os.getpid()}.key", staging / f".certbot-{os.getpid()}.crt"
+    new_key, new_cert = (
+        staging / f".certbot-{os.getpid()}.key",
+        staging / f".certbot-{os.getpid()}.crt",
+    )
     try:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                        "-nodes", "-keyout", str(new_key), "-out", str(new_cert), "-days", "90",
-                        "-subj", f"/CN={domain}", "-addext", f"subjectAltName=DNS:{domain},IP:127.0.0.1"],
-                       capture_output=True, check=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(new_key),
+                "-out",
+                str(new_cert),
+                "-days",
+                "90",
+                "-subj",
+                f"/CN={domain}",
+                "-addext",
+                f"subjectAltName=DNS:{domain},IP:127.0.0.1",
+            ],
+            capture_output=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"Failed to renew certificate {domain}: {exc}", file=sys.stderr)
         return 1
     os.chmod(new_key, 0o600)
     os.replace(new_key, key)
     os.replace(new_cert, cert)
-    print(f"Renewing an existing certificate for {domain}\n\n{rule}\nCongratulations, all renewals succeeded:\n"
-          f"  /{TLS_DIR}/node.crt (success)\n{rule}")
+    print(
+        f"Renewing an existing certificate for {domain}\n\n{rule}\nCongratulations, all renewals succeeded:\n"
+        f"  /{TLS_DIR}/node.crt (success)\n{rule}"
+    )
     return 0
 
 
@@ -959,9 +1125,13 @@ def cmd_security_scan(argv: list[str]) -> int:
         keys = json.loads((root / KEYS_FILE).read_text())
         foreign = [k.get("id") for k in keys.get("keys", []) if k.get("origin") == "unknown"]
         if foreign:
-            findings.append(f"validator key file holds key(s) this node never generated: {', '.join(map(str, foreign))}")
+            findings.append(
+                f"validator key file holds key(s) this node never generated: {', '.join(map(str, foreign))}"
+            )
         else:
-            passes.append(f"validator keys: {len(keys.get('keys', []))} active, {len(keys.get('revoked', []))} revoked")
+            passes.append(
+                f"validator keys: {len(keys.get('keys', []))} active, {len(keys.get('revoked', []))} revoked"
+            )
     except (OSError, ValueError, AttributeError):
         findings.append(f"/{KEYS_FILE} is unreadable")
     if (root / BACKDOOR).exists():
@@ -970,15 +1140,23 @@ def cmd_security_scan(argv: list[str]) -> int:
     for rel in ("tmp", "root", "var/tmp"):
         d = root / rel
         if d.is_dir():
-            stray += [p for p in d.rglob("*") if p.is_file() and re.search(r"\.(tar|tgz|tar\.gz|tar\.zst)$", p.name)]
+            stray += [
+                p
+                for p in d.rglob("*")
+                if p.is_file() and re.search(r"\.(tar|tgz|tar\.gz|tar\.zst)$", p.name)
+            ]
     for p in stray:
         findings.append(f"plaintext archive left behind: /{p.relative_to(root)}")
     if not stray:
         passes.append("no plaintext archives in /tmp, /var/tmp or /root")
     ok, lines = verify_state(root)
-    (passes if ok else findings).append("chain state: " + ("verified" if ok else lines[-1].removeprefix("FAIL ")))
+    (passes if ok else findings).append(
+        "chain state: " + ("verified" if ok else lines[-1].removeprefix("FAIL "))
+    )
     fw = _ufw_state(root)
-    passes.append(f"firewall: incoming {fw.get('incoming', 'allow')}, outgoing {fw.get('outgoing', 'allow')}")
+    passes.append(
+        f"firewall: incoming {fw.get('incoming', 'allow')}, outgoing {fw.get('outgoing', 'allow')}"
+    )
     report = [f"kali-security-scan on {name} at {now_iso()}"]
     report += [f"[PASS] {p}" for p in passes] + [f"[FAIL] {f}" for f in findings]
     report.append(f"{len(findings)} finding(s)" if findings else "no findings")
@@ -1029,7 +1207,7 @@ def _tar_writes(args: list[str]) -> bool:
             extract |= "x" in letters
             create |= bool(set(letters) & set("cru"))
             if "f" in letters:
-                rest = letters[letters.index("f") + 1:]
+                rest = letters[letters.index("f") + 1 :]
                 archive = rest if rest else (args[i + 1] if i + 1 < len(args) else None)
                 if not rest:
                     i += 1
@@ -1046,7 +1224,9 @@ def cmd_diskfull(argv: list[str]) -> int:
     if cmd == "tar":
         writes = _tar_writes(args)
     elif cmd in ("gzip", "gunzip", "zstd", "xz", "bzip2"):
-        writes = bool(files) and not ({"-c", "--stdout", "-t", "--test", "-l", "--list"} & set(args))
+        writes = bool(files) and not (
+            {"-c", "--stdout", "-t", "--test", "-l", "--list"} & set(args)
+        )
     elif cmd == "dd":
         writes = any(a.startswith("of=") for a in args)
     elif cmd == "tee":

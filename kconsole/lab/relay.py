@@ -115,8 +115,13 @@ class Relay:
             for w in pair:
                 w.close()
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter], passed: list[int]) -> None:
+    async def _pipe(
+        self,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        passed: list[int],
+    ) -> None:
         try:
             while True:
                 data = await src.read(CHUNK)
@@ -156,18 +161,28 @@ async def _answer_503(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         headers = {
             k.strip().lower(): v.strip()
-            for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:] if b":" in line)
+            for k, _, v in (
+                line.partition(b":") for line in head.split(b"\r\n")[1:] if b":" in line
+            )
         }
         length = int(headers.get(b"content-length", b"0") or 0)
         if length and headers.get(b"expect", b"").lower() != b"100-continue" and length <= 64 << 20:
             await asyncio.wait_for(reader.readexactly(length), 30)
         writer.write(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
-            b"Content-Length: " + str(len(_S3_ERROR_BODY)).encode() + b"\r\nConnection: close\r\n\r\n"
+            b"Content-Length: "
+            + str(len(_S3_ERROR_BODY)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
             + _S3_ERROR_BODY
         )
         await writer.drain()
-    except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+    except (
+        OSError,
+        ValueError,
+        TimeoutError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+    ):
         pass
     finally:
         writer.close()

@@ -50,8 +50,10 @@ class S3Endpoint:
         try:
             from moto.server import ThreadedMotoServer
         except ImportError:
-            raise OperationFailed("the lab's S3 endpoint needs moto; install kconsole[lab] "
-                                  "(pip install 'kconsole[lab]').") from None
+            raise OperationFailed(
+                "the lab's S3 endpoint needs moto; install kconsole[lab] "
+                "(pip install 'kconsole[lab]')."
+            ) from None
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
@@ -66,11 +68,16 @@ class S3Endpoint:
         try:
             s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if exc.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise
         with contextlib.suppress(ClientError):
             lock = s3.get_object_lock_configuration(Bucket=BUCKET)
-            self.object_lock = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            self.object_lock = (
+                lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            )
         if not self.object_lock:
             s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
 
@@ -82,8 +89,11 @@ class S3Endpoint:
 
         port = self.internal_port if internal else self.port
         return boto3.session.Session().client(
-            "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name=REGION,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
             config=Config(retries={"max_attempts": 2, "mode": "standard"}),
         )
 

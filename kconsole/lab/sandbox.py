@@ -36,11 +36,14 @@ def _tls_pair(name: str, days: int = 90) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.kaldrix.lab")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(f"{name}.kaldrix.lab")]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -55,10 +58,18 @@ def _write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def build_sandbox(root: Path, name: str, groups: tuple[str, ...], peers: list[str], created: float) -> None:
+def build_sandbox(
+    root: Path, name: str, groups: tuple[str, ...], peers: list[str], created: float
+) -> None:
     """Create whatever is missing of host `name`'s sandbox at `root`."""
     role = groups[0] if groups else "node"
-    for rel, mode in (("etc", 0o755), ("run", 0o755), ("tmp", 0o1777), ("root", 0o700), ("var/log", 0o755)):
+    for rel, mode in (
+        ("etc", 0o755),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("var/log", 0o755),
+    ):
         (root / rel).mkdir(parents=True, exist_ok=True)
         os.chmod(root / rel, mode)
     hostname = root / "etc" / "hostname"
@@ -69,7 +80,10 @@ def build_sandbox(root: Path, name: str, groups: tuple[str, ...], peers: list[st
         backup.mkdir(exist_ok=True)
         os.chmod(backup, 0o750)
         return
-    if not (root / labtool.STATE_DIR / "index.json").exists() and not (root / labtool.STATE_DIR).exists():
+    if (
+        not (root / labtool.STATE_DIR / "index.json").exists()
+        and not (root / labtool.STATE_DIR).exists()
+    ):
         labtool.init_state(root, created)
     keys = root / labtool.KEYS_FILE
     if not keys.exists():
@@ -82,13 +96,16 @@ def build_sandbox(root: Path, name: str, groups: tuple[str, ...], peers: list[st
     config = root / "etc" / "kaldrix" / "node.toml"
     if not config.exists():
         peer_list = ", ".join(f'"{p}.kaldrix.lab:30303"' for p in peers if p != name)
-        _write(config, (
-            f"# /etc/kaldrix/node.toml on {name}\n"
-            f'name = "{name}"\nrole = "{role}"\nnetwork = "{labtool.NETWORK}"\n'
-            f'data_dir = "/{labtool.STATE_DIR}"\nkeys = "/{labtool.KEYS_FILE}"\n'
-            f'tls_cert = "/{labtool.TLS_DIR}/node.crt"\ntls_key = "/{labtool.TLS_DIR}/node.key"\n'
-            f'p2p_listen = "0.0.0.0:30303"\npeers = [{peer_list}]\n'
-        ))
+        _write(
+            config,
+            (
+                f"# /etc/kaldrix/node.toml on {name}\n"
+                f'name = "{name}"\nrole = "{role}"\nnetwork = "{labtool.NETWORK}"\n'
+                f'data_dir = "/{labtool.STATE_DIR}"\nkeys = "/{labtool.KEYS_FILE}"\n'
+                f'tls_cert = "/{labtool.TLS_DIR}/node.crt"\ntls_key = "/{labtool.TLS_DIR}/node.key"\n'
+                f'p2p_listen = "0.0.0.0:30303"\npeers = [{peer_list}]\n'
+            ),
+        )
     tx = root / labtool.TX_DIR
     if not tx.is_dir() or not any(tx.iterdir()):
         labtool.init_tx_logs(root, name, created)

@@ -35,8 +35,14 @@ async def _write_history(lab: Lab) -> None:
     from kconsole.site import load_site
 
     site = load_site(lab.site_path)
-    await asyncio.to_thread(write_history, site, days=2, locations=("primary", "dr"), max_per_series=6,
-                            stale={STALE_KIND: 3 * 3600.0})
+    await asyncio.to_thread(
+        write_history,
+        site,
+        days=2,
+        locations=("primary", "dr"),
+        max_per_series=6,
+        stale={STALE_KIND: 3 * 3600.0},
+    )
 
 
 async def _mirror_history(lab: Lab) -> None:

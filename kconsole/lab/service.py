@@ -81,7 +81,12 @@ class Service:
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            detail = {"result": self.result, "since": self.since, "pid": self.main_pid, "enabled": self.enabled}
+            detail = {
+                "result": self.result,
+                "since": self.since,
+                "pid": self.main_pid,
+                "enabled": self.enabled,
+            }
             tmp.write_text(f"{self.state}\n{json.dumps(detail)}\n")
             os.replace(tmp, path)
 
@@ -96,8 +101,13 @@ class Service:
             log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=log_fd, cwd=self.root, env=self.env, start_new_session=True,
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log_fd,
+                    cwd=self.root,
+                    env=self.env,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 self._set("failed", "resources")
@@ -218,8 +228,11 @@ class Service:
                 f"   Main PID: {self.last_pid} (code={code}, status={status})",
             ]
         else:
-            lines.append(f"     Active: {self.state} (dead) since {since}; {ago} ago" if self.state == "inactive"
-                         else f"     Active: {self.state}")
+            lines.append(
+                f"     Active: {self.state} (dead) since {since}; {ago} ago"
+                if self.state == "inactive"
+                else f"     Active: {self.state}"
+            )
         tail = _tail(self.root / labtool.NODE_LOG, 10, self.node)
         if tail:
             lines.append("")
@@ -262,8 +275,10 @@ async def systemctl(service: Service | None, argv: list[str]) -> Reply:
     if not words:
         state = service.state if service else "inactive"
         sub = "running" if state == "active" else "dead"
-        text = ("  UNIT                 LOAD   ACTIVE SUB     DESCRIPTION\n"
-                "  sshd.service         loaded active running OpenBSD Secure Shell server\n")
+        text = (
+            "  UNIT                 LOAD   ACTIVE SUB     DESCRIPTION\n"
+            "  sshd.service         loaded active running OpenBSD Secure Shell server\n"
+        )
         if service:
             text += f"  kaldrix-node.service loaded {state:<6} {sub:<7} {DESCRIPTION}\n"
         return Reply(0, text)
@@ -285,9 +300,17 @@ async def _one(service: Service | None, verb: str, unit: str, quiet: bool) -> Re
     known = unit == UNIT and service is not None
     if unit in ALWAYS_ACTIVE:
         if verb in ("is-active", "status"):
-            return Reply(0, "" if quiet else ("active\n" if verb == "is-active" else
-                                                "● sshd.service - OpenBSD Secure Shell server\n"
-                                                "     Active: active (running)\n"))
+            return Reply(
+                0,
+                ""
+                if quiet
+                else (
+                    "active\n"
+                    if verb == "is-active"
+                    else "● sshd.service - OpenBSD Secure Shell server\n"
+                    "     Active: active (running)\n"
+                ),
+            )
         if verb == "is-enabled":
             return Reply(0, "enabled\n")
         return Reply()
@@ -298,7 +321,10 @@ async def _one(service: Service | None, verb: str, unit: str, quiet: bool) -> Re
             "stop": (5, f"Failed to stop {unit}.service: Unit {unit}.service not loaded.\n"),
             "reload": (5, f"Failed to reload {unit}.service: Unit {unit}.service not found.\n"),
             "status": (4, f"Unit {unit}.service could not be found.\n"),
-            "is-enabled": (1, f"Failed to get unit file state for {unit}.service: No such file or directory\n"),
+            "is-enabled": (
+                1,
+                f"Failed to get unit file state for {unit}.service: No such file or directory\n",
+            ),
         }
         if verb == "is-active":
             return Reply(3, "" if quiet else "inactive\n")
@@ -330,15 +356,21 @@ async def _one(service: Service | None, verb: str, unit: str, quiet: bool) -> Re
         service.enabled = verb == "enable"
         service._write_state()
         link = "/etc/systemd/system/multi-user.target.wants/kaldrix-node.service"
-        msg = (f"Created symlink {link} → /etc/systemd/system/kaldrix-node.service.\n" if service.enabled
-               else f"Removed \"{link}\".\n")
+        msg = (
+            f"Created symlink {link} → /etc/systemd/system/kaldrix-node.service.\n"
+            if service.enabled
+            else f'Removed "{link}".\n'
+        )
         return Reply(0, "", msg)
     if verb == "reset-failed":
         service.reset_failed()
         return Reply()
     if verb == "show":
-        return Reply(0, f"Id=kaldrix-node.service\nActiveState={service.state}\nResult={service.result}\n"
-                        f"MainPID={service.main_pid or 0}\nUnitFileState={'enabled' if service.enabled else 'disabled'}\n")
+        return Reply(
+            0,
+            f"Id=kaldrix-node.service\nActiveState={service.state}\nResult={service.result}\n"
+            f"MainPID={service.main_pid or 0}\nUnitFileState={'enabled' if service.enabled else 'disabled'}\n",
+        )
     return Reply(1, "", f"Unknown command verb '{verb}'.\n")
 
 
@@ -366,9 +398,17 @@ class Init:
             else:
                 exists, service = self._lookup(str(req.get("node", "")))
                 argv = [str(a) for a in req.get("argv", [])]
-                reply = (await systemctl(service, argv) if exists
-                         else Reply(1, "", "Failed to connect to bus: No such host\n"))
-            writer.write(json.dumps({"rc": reply.rc, "stdout": reply.stdout, "stderr": reply.stderr}).encode() + b"\n")
+                reply = (
+                    await systemctl(service, argv)
+                    if exists
+                    else Reply(1, "", "Failed to connect to bus: No such host\n")
+                )
+            writer.write(
+                json.dumps(
+                    {"rc": reply.rc, "stdout": reply.stdout, "stderr": reply.stderr}
+                ).encode()
+                + b"\n"
+            )
             await writer.drain()
         except (OSError, ValueError, TimeoutError, AttributeError):
             pass

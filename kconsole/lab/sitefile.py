@@ -49,9 +49,19 @@ def qlist(values: Iterable[str]) -> str:
     return "[" + ", ".join(q(v) for v in values) + "]"
 
 
-def render_site(*, nodes: Iterable[NodeEntry], user: str, dr_node: str, dr_port: int, s3_endpoint: str,
-                bucket: str, object_lock: bool, current_key: str, admins: Iterable[str],
-                generated: str) -> str:
+def render_site(
+    *,
+    nodes: Iterable[NodeEntry],
+    user: str,
+    dr_node: str,
+    dr_port: int,
+    s3_endpoint: str,
+    bucket: str,
+    object_lock: bool,
+    current_key: str,
+    admins: Iterable[str],
+    generated: str,
+) -> str:
     """The text of the lab's site.toml."""
     nodes = list(nodes)
     public = next((n.health_url for n in nodes if n.name.startswith("api")), "")
@@ -145,7 +155,11 @@ def render_site(*, nodes: Iterable[NodeEntry], user: str, dr_node: str, dr_port:
     for key, title, levels in ESCALATION:
         out += ["", f"[escalation.{key}]", f"title = {q(title)}", "levels = ["]
         for role, wait in levels:
-            out.append(f"  {{ role = {q(role)}, wait = {q(wait)} }}," if wait else f"  {{ role = {q(role)} }},")
+            out.append(
+                f"  {{ role = {q(role)}, wait = {q(wait)} }},"
+                if wait
+                else f"  {{ role = {q(role)} }},"
+            )
         out.append("]")
     out += [
         "",
@@ -169,7 +183,9 @@ def render_known_hosts(entries: Iterable[tuple[str, int, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_ssh_config(entries: Iterable[tuple[str, int]], user: str, identity: Path, known_hosts: Path) -> str:
+def render_ssh_config(
+    entries: Iterable[tuple[str, int]], user: str, identity: Path, known_hosts: Path
+) -> str:
     """An OpenSSH client config with a Host per node (`ssh -F DIR/ssh_config validator1 ...`)."""
     lines = [
         "# kconsole lab: OpenSSH client configuration for the lab's nodes.",
@@ -206,7 +222,9 @@ def read_credentials(path: Path) -> tuple[str, str] | None:
     except OSError:
         return None
     values = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition("=") for line in text.splitlines()) if _
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition("=") for line in text.splitlines())
+        if _
     )
     ak, sk = values.get("aws_access_key_id"), values.get("aws_secret_access_key")
     return (ak, sk) if ak and sk else None
@@ -214,7 +232,9 @@ def read_credentials(path: Path) -> tuple[str, str] | None:
 
 def render_env(env: Mapping[str, str]) -> str:
     """`export NAME=VALUE` lines (for `. DIR/lab.env` in another shell)."""
-    lines = ["# kconsole lab environment: `. lab.env` in a shell that runs kconsole against this lab."]
+    lines = [
+        "# kconsole lab environment: `. lab.env` in a shell that runs kconsole against this lab."
+    ]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     return "\n".join(lines) + "\n"
 

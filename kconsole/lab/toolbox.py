@@ -20,8 +20,21 @@ LABTOOL_COMMANDS = ("kaldrix-node", "journalctl", "ufw", "certbot", "kali-securi
 """Commands served by `labtool.py`."""
 
 DISKFULL_COMMANDS = (
-    "tar", "cp", "mv", "dd", "tee", "install", "mkdir", "touch", "ln", "gzip", "gunzip",
-    "rsync", "truncate", "fallocate", "openssl",
+    "tar",
+    "cp",
+    "mv",
+    "dd",
+    "tee",
+    "install",
+    "mkdir",
+    "touch",
+    "ln",
+    "gzip",
+    "gunzip",
+    "rsync",
+    "truncate",
+    "fallocate",
+    "openssl",
 )
 """Commands that write files and so fail on a node whose disk is full."""
 
@@ -104,7 +117,10 @@ def install_tools(bin_dir: Path, python: str | None = None) -> None:
     (bin_dir / "labtool.py").write_text(source, encoding="utf-8")
     run = labtool_command(bin_dir, python)
     for name in LABTOOL_COMMANDS:
-        _write_exec(bin_dir / name, f'#!/bin/sh\n# kconsole lab: {name} (see labtool.py)\nexec {run} {name} "$@"\n')
+        _write_exec(
+            bin_dir / name,
+            f'#!/bin/sh\n# kconsole lab: {name} (see labtool.py)\nexec {run} {name} "$@"\n',
+        )
     _write_exec(bin_dir / "sudo", _SUDO)
     _write_exec(bin_dir / "systemctl", _SYSTEMCTL.replace("@LABTOOL@", run))
 

@@ -33,8 +33,21 @@ _TOP = ("runbook", "params", "steps")
 _HEAD = ("id", "title", "rto", "rpo", "scenario", "description", "kind")
 _PARAM_KEYS = ("type", "help", "default", "choices")
 _COMMON = (
-    "id", "title", "action", "needs", "gate", "for_each", "node", "concurrency", "timeout",
-    "retries", "backoff", "on_failure", "expect", "guide", "estimate",
+    "id",
+    "title",
+    "action",
+    "needs",
+    "gate",
+    "for_each",
+    "node",
+    "concurrency",
+    "timeout",
+    "retries",
+    "backoff",
+    "on_failure",
+    "expect",
+    "guide",
+    "estimate",
 )
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PARAM_ATTRS: dict[str, tuple[str, ...]] = {"node": NODE_ATTRS, "backup": BACKUP_ATTRS}
@@ -58,8 +71,10 @@ def resolve_runbook_path(name: str, extra_dirs: Iterable[Path] = ()) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.toml")})
-    raise UsageError(f'no runbook "{name}"{did_you_mean(name, known)}; run `kconsole validate` on a path, '
-                     f"or use one of: {', '.join(known)}.")
+    raise UsageError(
+        f'no runbook "{name}"{did_you_mean(name, known)}; run `kconsole validate` on a path, '
+        f"or use one of: {', '.join(known)}."
+    )
 
 
 def load_runbook(path: str | Path, shown_as: str | None = None) -> Runbook:
@@ -118,8 +133,12 @@ def build_runbook(src: SourceFile, problems: list[Problem]) -> Runbook | None:
     rpo = expect_duration(src, head, ("runbook",), "rpo", problems)
     scenario = head.get("scenario", "")
     if scenario and scenario not in SCENARIOS:
-        problems.append(src.problem(("runbook", "scenario"),
-                                    f'unknown scenario "{scenario}"{did_you_mean(str(scenario), SCENARIOS)}'))
+        problems.append(
+            src.problem(
+                ("runbook", "scenario"),
+                f'unknown scenario "{scenario}"{did_you_mean(str(scenario), SCENARIOS)}',
+            )
+        )
 
     params = _params(src, data.get("params", {}), problems)
     steps = _steps(src, data.get("steps", []), params, problems)
@@ -144,7 +163,9 @@ def build_runbook(src: SourceFile, problems: list[Problem]) -> Runbook | None:
 def _params(src: SourceFile, table: Any, problems: list[Problem]) -> dict[str, Param]:
     out: dict[str, Param] = {}
     if not isinstance(table, dict):
-        problems.append(src.problem(("params",), "[params] must be a table of [params.NAME] tables"))
+        problems.append(
+            src.problem(("params",), "[params] must be a table of [params.NAME] tables")
+        )
         return out
     for name, spec in table.items():
         kp: KeyPath = ("params", name)
@@ -156,8 +177,13 @@ def _params(src: SourceFile, table: Any, problems: list[Problem]) -> dict[str, P
         check_keys(src, spec, kp, _PARAM_KEYS, ("type",), f'param "{name}"', problems)
         ptype = spec.get("type")
         if ptype is not None and ptype not in PARAM_TYPES:
-            problems.append(src.problem((*kp, "type"), f'param "{name}" has unknown type "{ptype}"'
-                                        f"{did_you_mean(str(ptype), PARAM_TYPES)}; use one of {', '.join(PARAM_TYPES)}"))
+            problems.append(
+                src.problem(
+                    (*kp, "type"),
+                    f'param "{name}" has unknown type "{ptype}"'
+                    f"{did_you_mean(str(ptype), PARAM_TYPES)}; use one of {', '.join(PARAM_TYPES)}",
+                )
+            )
             continue
         if ptype == "duration" and "default" in spec:
             expect_duration(src, spec, kp, "default", problems)
@@ -166,17 +192,28 @@ def _params(src: SourceFile, table: Any, problems: list[Problem]) -> dict[str, P
                 canonical_time(str(spec["default"]))
             except ValueError as exc:
                 problems.append(src.problem((*kp, "default"), f'param "{name}": {exc}'))
-        out[name] = Param(name, ptype or "string", str(spec.get("help", "")), spec.get("default"),
-                          tuple(str(c) for c in spec.get("choices", [])))
+        out[name] = Param(
+            name,
+            ptype or "string",
+            str(spec.get("help", "")),
+            spec.get("default"),
+            tuple(str(c) for c in spec.get("choices", [])),
+        )
     return out
 
 
-def _check_field(src: SourceFile, kp: KeyPath, key: str, value: Any, spec: Field,
-                 problems: list[Problem]) -> None:
+def _check_field(
+    src: SourceFile, kp: KeyPath, key: str, value: Any, spec: Field, problems: list[Problem]
+) -> None:
     kinds: dict[str, tuple[tuple[type, ...], str]] = {
-        "command": ((str,), "a string"), "text": ((str,), "a string"), "str": ((str,), "a string"),
-        "int": ((int,), "an integer"), "bool": ((bool,), "true or false"), "list": ((list,), "a list"),
-        "table": ((dict,), "a table"), "number": ((int, float), "a number"),
+        "command": ((str,), "a string"),
+        "text": ((str,), "a string"),
+        "str": ((str,), "a string"),
+        "int": ((int,), "an integer"),
+        "bool": ((bool,), "true or false"),
+        "list": ((list,), "a list"),
+        "table": ((dict,), "a table"),
+        "number": ((int, float), "a number"),
     }
     if spec.kind == "duration":
         try:
@@ -189,19 +226,31 @@ def _check_field(src: SourceFile, kp: KeyPath, key: str, value: Any, spec: Field
         problems.append(src.problem((*kp, key), f'"{key}" must be {label}'))
         return
     if spec.choices and isinstance(value, str) and "{" not in value and value not in spec.choices:
-        problems.append(src.problem((*kp, key), f'"{key}" = "{value}" is not one of {", ".join(spec.choices)}'
-                                    f"{did_you_mean(value, spec.choices)}"))
+        problems.append(
+            src.problem(
+                (*kp, key),
+                f'"{key}" = "{value}" is not one of {", ".join(spec.choices)}'
+                f"{did_you_mean(value, spec.choices)}",
+            )
+        )
 
 
-def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list[Problem]) -> list[Step]:
+def _steps(
+    src: SourceFile, table: Any, params: dict[str, Param], problems: list[Problem]
+) -> list[Step]:
     if not isinstance(table, list) or not table:
         problems.append(src.problem(("steps",), "a runbook needs at least one [[steps]] table"))
         return []
     steps: list[Step] = []
     seen: set[str] = set()
     # A rollback step runs on the node whose step failed, so {node} is defined in it.
-    node_rollbacks = {r["on_failure"] for r in table if isinstance(r, dict) and isinstance(r.get("on_failure"), str)
-                      and ("for_each" in r or "node" in r)}
+    node_rollbacks = {
+        r["on_failure"]
+        for r in table
+        if isinstance(r, dict)
+        and isinstance(r.get("on_failure"), str)
+        and ("for_each" in r or "node" in r)
+    }
     for i, raw in enumerate(table):
         kp: KeyPath = ("steps", i)
         if not isinstance(raw, dict):
@@ -210,9 +259,11 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
         sid = raw.get("id")
         label = f'step "{sid}"' if isinstance(sid, str) else f"step #{i + 1}"
         if "id" not in raw:
-            problems.append(src.problem(kp, f"{label} is missing required key \"id\""))
+            problems.append(src.problem(kp, f'{label} is missing required key "id"'))
         elif not isinstance(sid, str) or not _ID.match(sid):
-            problems.append(src.problem((*kp, "id"), f"{label}: id must be lowercase letters, digits, - or _"))
+            problems.append(
+                src.problem((*kp, "id"), f"{label}: id must be lowercase letters, digits, - or _")
+            )
         elif sid in seen:
             problems.append(src.problem((*kp, "id"), f'duplicate step id "{sid}"'))
         action_name = raw.get("action")
@@ -220,28 +271,55 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
         if "action" not in raw:
             problems.append(src.problem(kp, f'{label} is missing required key "action"'))
         elif action is None:
-            problems.append(src.problem((*kp, "action"), f'{label}: unknown action "{action_name}"'
-                                        f"{did_you_mean(str(action_name), REGISTRY)}"))
+            problems.append(
+                src.problem(
+                    (*kp, "action"),
+                    f'{label}: unknown action "{action_name}"'
+                    f"{did_you_mean(str(action_name), REGISTRY)}",
+                )
+            )
         fields = action.fields if action else {}
         allowed = (*_COMMON, *fields)
         if action is not None:
             check_keys(src, raw, kp, allowed, (), label, problems)
             for fname, spec in fields.items():
                 if spec.required and fname not in raw:
-                    problems.append(src.problem(kp, f'{label}: action {action_name} needs "{fname}"'))
+                    problems.append(
+                        src.problem(kp, f'{label}: action {action_name} needs "{fname}"')
+                    )
                 elif fname in raw:
                     _check_field(src, kp, fname, raw[fname], spec, problems)
-        common_ok = all([
-            expect_type(src, raw, kp, "title", str, "a string", problems),
-            expect_type(src, raw, kp, "needs", list, "a list of step ids", problems),
-            expect_type(src, raw, kp, "gate", str, 'a string ("confirm" or "type:{node}")', problems),
-            expect_type(src, raw, kp, "node", str, "a string", problems),
-            expect_type(src, raw, kp, "concurrency", int, "an integer", problems),
-            expect_type(src, raw, kp, "retries", int, "an integer", problems),
-            expect_type(src, raw, kp, "on_failure", str, 'a string ("abort", "continue" or a step id)', problems),
-            expect_type(src, raw, kp, "expect", dict, "a table like { exit = 0, stdout = \"regex\" }", problems),
-            expect_type(src, raw, kp, "guide", str, "a Markdown string", problems),
-        ])
+        common_ok = all(
+            [
+                expect_type(src, raw, kp, "title", str, "a string", problems),
+                expect_type(src, raw, kp, "needs", list, "a list of step ids", problems),
+                expect_type(
+                    src, raw, kp, "gate", str, 'a string ("confirm" or "type:{node}")', problems
+                ),
+                expect_type(src, raw, kp, "node", str, "a string", problems),
+                expect_type(src, raw, kp, "concurrency", int, "an integer", problems),
+                expect_type(src, raw, kp, "retries", int, "an integer", problems),
+                expect_type(
+                    src,
+                    raw,
+                    kp,
+                    "on_failure",
+                    str,
+                    'a string ("abort", "continue" or a step id)',
+                    problems,
+                ),
+                expect_type(
+                    src,
+                    raw,
+                    kp,
+                    "expect",
+                    dict,
+                    'a table like { exit = 0, stdout = "regex" }',
+                    problems,
+                ),
+                expect_type(src, raw, kp, "guide", str, "a Markdown string", problems),
+            ]
+        )
         timeout = expect_duration(src, raw, kp, "timeout", problems)
         backoff = expect_duration(src, raw, kp, "backoff", problems)
         estimate = expect_duration(src, raw, kp, "estimate", problems)
@@ -251,38 +329,70 @@ def _steps(src: SourceFile, table: Any, params: dict[str, Param], problems: list
             problems.append(src.problem((*kp, "retries"), "retries must be 0 or more"))
         gate = raw.get("gate")
         if isinstance(gate, str) and gate != "confirm" and not gate.startswith("type:"):
-            problems.append(src.problem((*kp, "gate"), f'gate must be "confirm" or "type:VALUE", not "{gate}"'))
+            problems.append(
+                src.problem((*kp, "gate"), f'gate must be "confirm" or "type:VALUE", not "{gate}"')
+            )
         if isinstance(gate, str) and gate.startswith("type:") and not gate[5:].strip():
-            problems.append(src.problem((*kp, "gate"), 'a typed gate needs the value to type, e.g. "type:{node}"'))
+            problems.append(
+                src.problem(
+                    (*kp, "gate"), 'a typed gate needs the value to type, e.g. "type:{node}"'
+                )
+            )
         for_each = raw.get("for_each")
         _check_for_each(src, kp, for_each, params, problems)
-        has_node = "for_each" in raw or "node" in raw or (isinstance(sid, str) and sid in node_rollbacks)
+        has_node = (
+            "for_each" in raw or "node" in raw or (isinstance(sid, str) and sid in node_rollbacks)
+        )
         if action is not None and action.needs_node and not has_node:
-            problems.append(src.problem(kp, f"{label}: action {action_name} runs on a node; "
-                                        "add for_each or node"))
-        if action is not None and action.destructive and not gate and not (
-            action_name == "backup.prune" and raw.get("dry_run", True) is True
+            problems.append(
+                src.problem(
+                    kp, f"{label}: action {action_name} runs on a node; add for_each or node"
+                )
+            )
+        if (
+            action is not None
+            and action.destructive
+            and not gate
+            and not (action_name == "backup.prune" and raw.get("dry_run", True) is True)
         ):
-            problems.append(src.problem(kp, f"{label}: action {action_name} is destructive and needs a gate "
-                                        '(gate = "confirm" or "type:{node}")'))
+            problems.append(
+                src.problem(
+                    kp,
+                    f"{label}: action {action_name} is destructive and needs a gate "
+                    '(gate = "confirm" or "type:{node}")',
+                )
+            )
         expect = _expect(src, kp, raw.get("expect"), problems)
         _check_templates(src, kp, raw, fields, params, has_node, problems)
         if not isinstance(sid, str) or action is None or not common_ok:
             continue
         seen.add(sid)
-        steps.append(Step(
-            id=sid, action=str(action_name), title=str(raw.get("title", "")),
-            fields={k: v for k, v in raw.items() if k in fields},
-            needs=tuple(raw.get("needs", [])), gate=gate, for_each=for_each, node=raw.get("node"),
-            concurrency=int(raw.get("concurrency", 0)), timeout=timeout, retries=int(raw.get("retries", 0)),
-            backoff=backoff if backoff is not None else 1.0, on_failure=str(raw.get("on_failure", "abort")),
-            expect=expect, guide=str(raw.get("guide", "")), estimate=estimate,
-        ))
+        steps.append(
+            Step(
+                id=sid,
+                action=str(action_name),
+                title=str(raw.get("title", "")),
+                fields={k: v for k, v in raw.items() if k in fields},
+                needs=tuple(raw.get("needs", [])),
+                gate=gate,
+                for_each=for_each,
+                node=raw.get("node"),
+                concurrency=int(raw.get("concurrency", 0)),
+                timeout=timeout,
+                retries=int(raw.get("retries", 0)),
+                backoff=backoff if backoff is not None else 1.0,
+                on_failure=str(raw.get("on_failure", "abort")),
+                expect=expect,
+                guide=str(raw.get("guide", "")),
+                estimate=estimate,
+            )
+        )
     return steps
 
 
-def _check_for_each(src: SourceFile, kp: KeyPath, value: Any, params: dict[str, Param],
-                    problems: list[Problem]) -> None:
+def _check_for_each(
+    src: SourceFile, kp: KeyPath, value: Any, params: dict[str, Param], problems: list[Problem]
+) -> None:
     if value is None:
         return
     where = (*kp, "for_each")
@@ -291,7 +401,9 @@ def _check_for_each(src: SourceFile, kp: KeyPath, value: Any, params: dict[str, 
             problems.append(src.problem(where, "for_each list must hold node names"))
         return
     if not isinstance(value, str):
-        problems.append(src.problem(where, 'for_each must be a node list, "group:NAME" or a param name'))
+        problems.append(
+            src.problem(where, 'for_each must be a node list, "group:NAME" or a param name')
+        )
         return
     if value.startswith("group:"):
         if not value[6:]:
@@ -299,10 +411,17 @@ def _check_for_each(src: SourceFile, kp: KeyPath, value: Any, params: dict[str, 
         return
     name = value.strip("{}")
     if name not in params:
-        problems.append(src.problem(where, f'for_each "{value}" is not a node list, "group:NAME" or a param'
-                                    f"{did_you_mean(name, params)}"))
+        problems.append(
+            src.problem(
+                where,
+                f'for_each "{value}" is not a node list, "group:NAME" or a param'
+                f"{did_you_mean(name, params)}",
+            )
+        )
     elif params[name].type not in ("node", "nodes", "group"):
-        problems.append(src.problem(where, f'for_each param "{name}" must be of type node, nodes or group'))
+        problems.append(
+            src.problem(where, f'for_each param "{name}" must be of type node, nodes or group')
+        )
 
 
 def _expect(src: SourceFile, kp: KeyPath, value: Any, problems: list[Problem]) -> Expect | None:
@@ -317,23 +436,36 @@ def _expect(src: SourceFile, kp: KeyPath, value: Any, problems: list[Problem]) -
     elif isinstance(raw_exit, list) and raw_exit and all(isinstance(c, int) for c in raw_exit):
         exit_codes = tuple(raw_exit)
     else:
-        problems.append(src.problem((*ekp, "exit"), "expect.exit must be an exit code or a list of them"))
+        problems.append(
+            src.problem((*ekp, "exit"), "expect.exit must be an exit code or a list of them")
+        )
     for key in ("stdout", "stderr"):
         pattern = value.get(key)
         if pattern is None:
             continue
         if not isinstance(pattern, str):
-            problems.append(src.problem((*ekp, key), f"expect.{key} must be a regular expression string"))
+            problems.append(
+                src.problem((*ekp, key), f"expect.{key} must be a regular expression string")
+            )
             continue
         try:
             re.compile(pattern)
         except re.error as exc:
-            problems.append(src.problem((*ekp, key), f"expect.{key} is not a valid regular expression: {exc}"))
+            problems.append(
+                src.problem((*ekp, key), f"expect.{key} is not a valid regular expression: {exc}")
+            )
     return Expect(exit_codes, value.get("stdout"), value.get("stderr"))
 
 
-def _check_templates(src: SourceFile, kp: KeyPath, raw: dict[str, Any], fields: dict[str, Field],
-                     params: dict[str, Param], has_node: bool, problems: list[Problem]) -> None:
+def _check_templates(
+    src: SourceFile,
+    kp: KeyPath,
+    raw: dict[str, Any],
+    fields: dict[str, Field],
+    params: dict[str, Param],
+    has_node: bool,
+    problems: list[Problem],
+) -> None:
     keys = [k for k, spec in fields.items() if spec.templated and k in raw]
     keys += [k for k in ("title", "gate", "node") if isinstance(raw.get(k), str)]
     for key in keys:
@@ -393,15 +525,25 @@ def _graph(src: SourceFile, steps: list[Step], problems: list[Problem]) -> None:
             if need == s.id:
                 problems.append(src.problem(at(s.id, "needs"), f'step "{s.id}" needs itself'))
             elif need not in ids:
-                problems.append(src.problem(at(s.id, "needs"), f'step "{s.id}" needs unknown step "{need}"'
-                                            f"{did_you_mean(need, ids)}"))
+                problems.append(
+                    src.problem(
+                        at(s.id, "needs"),
+                        f'step "{s.id}" needs unknown step "{need}"{did_you_mean(need, ids)}',
+                    )
+                )
         if s.on_failure not in ("abort", "continue"):
             if s.on_failure == s.id:
-                problems.append(src.problem(at(s.id, "on_failure"), f'step "{s.id}" cannot be its own rollback'))
+                problems.append(
+                    src.problem(at(s.id, "on_failure"), f'step "{s.id}" cannot be its own rollback')
+                )
             elif s.on_failure not in ids:
-                problems.append(src.problem(at(s.id, "on_failure"),
-                                            f'on_failure must be "abort", "continue" or a step id; '
-                                            f'"{s.on_failure}" is none{did_you_mean(s.on_failure, ids)}'))
+                problems.append(
+                    src.problem(
+                        at(s.id, "on_failure"),
+                        f'on_failure must be "abort", "continue" or a step id; '
+                        f'"{s.on_failure}" is none{did_you_mean(s.on_failure, ids)}',
+                    )
+                )
     by_id = {s.id: s for s in steps}
     # Cycles: depth-first search, reporting each cycle once at its first step in file order.
     state: dict[str, int] = {}
@@ -414,12 +556,14 @@ def _graph(src: SourceFile, steps: list[Step], problems: list[Problem]) -> None:
             if need not in by_id or need == sid:
                 continue
             if state.get(need) == 1:
-                cycle = path[path.index(need):] + [need]
+                cycle = path[path.index(need) :] + [need]
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
                     first = min(cycle[:-1], key=lambda x: index.get(x, 0))
-                    problems.append(src.problem(at(first, "needs"), "cycle in needs: " + " -> ".join(cycle)))
+                    problems.append(
+                        src.problem(at(first, "needs"), "cycle in needs: " + " -> ".join(cycle))
+                    )
             elif state.get(need) is None:
                 visit(need, path)
         path.pop()
@@ -431,8 +575,12 @@ def _graph(src: SourceFile, steps: list[Step], problems: list[Problem]) -> None:
     rollback = {s.on_failure for s in steps if s.on_failure in ids}
     for sid in rollback:
         if by_id[sid].needs:
-            problems.append(src.problem(at(sid, "needs"), f'rollback step "{sid}" must not have needs: '
-                                        "it runs only when a step fails"))
+            problems.append(
+                src.problem(
+                    at(sid, "needs"),
+                    f'rollback step "{sid}" must not have needs: it runs only when a step fails',
+                )
+            )
     # Unreachable: anything that (transitively) needs a rollback-only step never runs normally.
     blocked: set[str] = set()
     changed = True
@@ -445,8 +593,13 @@ def _graph(src: SourceFile, steps: list[Step], problems: list[Problem]) -> None:
             if bad:
                 blocked.add(s.id)
                 changed = True
-                problems.append(src.problem(at(s.id, "needs"), f'step "{s.id}" is unreachable: it needs '
-                                            f'"{bad[0]}", which runs only as a rollback'))
+                problems.append(
+                    src.problem(
+                        at(s.id, "needs"),
+                        f'step "{s.id}" is unreachable: it needs '
+                        f'"{bad[0]}", which runs only as a rollback',
+                    )
+                )
 
 
 def _all_raw_steps(src: SourceFile) -> list[Step]:

@@ -90,7 +90,9 @@ class Runbook:
         def finish(sid: str) -> float:
             if sid not in memo:
                 step = self.steps[sid]
-                memo[sid] = (step.estimate or 0.0) + max((finish(n) for n in step.needs), default=0.0)
+                memo[sid] = (step.estimate or 0.0) + max(
+                    (finish(n) for n in step.needs), default=0.0
+                )
             return memo[sid]
 
         return max((finish(s.id) for s in self.main_steps()), default=0.0)

@@ -39,8 +39,10 @@ def nodes_named(site: Site, names: list[str], what: str) -> NodesRef:
         if not name:
             continue
         if name not in site.nodes:
-            raise UsageError(f'{what}: unknown node "{name}"{did_you_mean(name, site.nodes)}; '
-                             f"this site has: {', '.join(site.nodes)}.")
+            raise UsageError(
+                f'{what}: unknown node "{name}"{did_you_mean(name, site.nodes)}; '
+                f"this site has: {', '.join(site.nodes)}."
+            )
         out.append(NodeRef(site.nodes[name]))
     if not out:
         raise UsageError(f"{what}: no nodes given.")
@@ -51,19 +53,27 @@ def group_nodes(site: Site, group: str, what: str) -> NodesRef:
     """The nodes of a group; UsageError if the site has no such group."""
     groups = site.groups()
     if group not in groups:
-        raise UsageError(f'{what}: unknown group "{group}"{did_you_mean(group, groups)}; '
-                         f"this site has: {', '.join(groups)}.")
+        raise UsageError(
+            f'{what}: unknown group "{group}"{did_you_mean(group, groups)}; '
+            f"this site has: {', '.join(groups)}."
+        )
     return NodesRef(NodeRef(site.nodes[n]) for n in groups[group])
 
 
-def resolve_params(runbook: Runbook, site: Site, given: Mapping[str, Any],
-                   backup_resolver: BackupResolver | None = None) -> dict[str, Any]:
+def resolve_params(
+    runbook: Runbook,
+    site: Site,
+    given: Mapping[str, Any],
+    backup_resolver: BackupResolver | None = None,
+) -> dict[str, Any]:
     """Check and resolve every parameter; UsageError (exit 2) before anything runs."""
     for name in given:
         if name not in runbook.params:
             known = ", ".join(runbook.params) or "none"
-            raise UsageError(f'runbook {runbook.id} has no parameter "{name}"'
-                             f"{did_you_mean(name, runbook.params)}; it takes: {known}.")
+            raise UsageError(
+                f'runbook {runbook.id} has no parameter "{name}"'
+                f"{did_you_mean(name, runbook.params)}; it takes: {known}."
+            )
     resolved: dict[str, Any] = {}
     backups: list[str] = []
     for name, param in runbook.params.items():
@@ -93,7 +103,7 @@ def resolve_params(runbook: Runbook, site: Site, given: Mapping[str, Any],
         elif param.type == "backup":
             if str(raw).startswith(BEFORE):
                 try:
-                    raw = BEFORE + canonical_time(str(raw)[len(BEFORE):])
+                    raw = BEFORE + canonical_time(str(raw)[len(BEFORE) :])
                 except ValueError as exc:
                     raise UsageError(f"{what}: {exc}.") from None
             backups.append(name)
@@ -108,8 +118,12 @@ def resolve_params(runbook: Runbook, site: Site, given: Mapping[str, Any],
     return resolved
 
 
-def step_nodes(step: Step, site: Site, params: Mapping[str, Any],
-               render_node: Callable[[str], str] | None = None) -> list[NodeRef | None]:
+def step_nodes(
+    step: Step,
+    site: Site,
+    params: Mapping[str, Any],
+    render_node: Callable[[str], str] | None = None,
+) -> list[NodeRef | None]:
     """The nodes a step runs on: its for_each, its node, or [None] for a local step."""
     what = f"step {step.id}"
     fe = step.for_each

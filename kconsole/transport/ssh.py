@@ -70,8 +70,13 @@ def remote_command(command: str, tag: str, limit: float) -> str:
     the server accepting our environment request (`AcceptEnv`); with a limit, coreutils
     `timeout` bounds it on the node as well, so it stops even if this console vanishes.
     """
-    inner = bounded_command(command, limit + REMOTE_BOUND_MARGIN) if limit > 0 else quote_argv(["sh", "-c", command])
+    inner = (
+        bounded_command(command, limit + REMOTE_BOUND_MARGIN)
+        if limit > 0
+        else quote_argv(["sh", "-c", command])
+    )
     return f"exec env {RUN_TAG}={tag} {inner}"
+
 
 log = logging.getLogger(__name__)
 
@@ -555,7 +560,9 @@ class SshTransport:
             link.active += 1
             try:
                 tag = secrets.token_hex(16)
-                conn, proc = await self._open_process(node, remote_command(command, tag, limit), tag)
+                conn, proc = await self._open_process(
+                    node, remote_command(command, tag, limit), tag
+                )
                 return await self._drive(
                     node,
                     command,

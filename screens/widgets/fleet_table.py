@@ -14,8 +14,14 @@ from screens.widgets.labels import plain, state_label
 GROUP_ORDER = ("bootstrap", "validator", "api", "dr")
 """The order groups are shown in; any other group follows, then nodes in no group."""
 
-COLUMNS = (("Group", "group", 9), ("Node", "node", 14), ("State", "state", 14),
-           ("Latency", "latency", 8), ("Height", "height", 9), ("Detail", "detail", 40))
+COLUMNS = (
+    ("Group", "group", 9),
+    ("Node", "node", 14),
+    ("State", "state", 14),
+    ("Latency", "latency", 8),
+    ("Height", "height", 9),
+    ("Detail", "detail", 40),
+)
 
 
 def primary_group(node: Node) -> str:
@@ -54,8 +60,15 @@ class FleetTable(DataTable[Text | str]):
         last_group = None
         for node in fleet_order(self.site):
             group = primary_group(node)
-            self.add_row(plain(group if group != last_group else ""), plain(node.name),
-                         state_label(self.app, "polling"), "", "", plain(f"{node.host}:{node.port}"), key=node.name)
+            self.add_row(
+                plain(group if group != last_group else ""),
+                plain(node.name),
+                state_label(self.app, "polling"),
+                "",
+                "",
+                plain(f"{node.host}:{node.port}"),
+                key=node.name,
+            )
             last_group = group
 
     def show_statuses(self, statuses: Iterable[NodeStatus]) -> None:

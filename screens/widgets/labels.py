@@ -60,8 +60,10 @@ def _colours(app: App[Any], theme: str) -> dict[str, str]:
     key = (id(app), theme)
     if key not in _CACHE:
         variables = app.get_css_variables()
-        found = {tone: variables.get(f"text-{tone}") or variables.get(tone) or ""
-                 for tone in ("success", "warning", "error", "accent")}
+        found = {
+            tone: variables.get(f"text-{tone}") or variables.get(tone) or ""
+            for tone in ("success", "warning", "error", "accent")
+        }
         _CACHE[key] = {tone: colour for tone, colour in found.items() if colour.startswith("#")}
     return _CACHE[key]
 

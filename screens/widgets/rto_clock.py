@@ -78,7 +78,9 @@ class RtoClock(Static):
             self.remove_class(f"-{level}")
         if reading is None:
             self.add_class("-idle")
-            self.update("RTO clock: no run active" if self.model is None else "RTO clock: not started")
+            self.update(
+                "RTO clock: no run active" if self.model is None else "RTO clock: not started"
+            )
             return
         if reading.level != "ok":
             self.add_class(f"-{reading.level}")
@@ -90,8 +92,16 @@ def render_reading(reading: RtoReading, status: str = "") -> Text:
     rto = format_duration(reading.rto) if reading.rto else "none"
     filled = min(BAR_WIDTH, int(reading.fraction * BAR_WIDTH)) if reading.rto else 0
     bar = "▓" * filled + "░" * (BAR_WIDTH - filled)
-    word = {"ok": "on track", "amber": "AMBER: tight", "red": "RED: will breach",
-            "breached": "RTO BREACHED"}[reading.level]
+    word = {
+        "ok": "on track",
+        "amber": "AMBER: tight",
+        "red": "RED: will breach",
+        "breached": "RTO BREACHED",
+    }[reading.level]
     over = status in ("succeeded", "failed", "aborted")
-    tail = f"took {format_duration(reading.elapsed)}" if over else f"projected {format_duration(reading.projected)}"
+    tail = (
+        f"took {format_duration(reading.elapsed)}"
+        if over
+        else f"projected {format_duration(reading.projected)}"
+    )
     return Text(f"RTO {format_duration(reading.elapsed)} of {rto} {bar} {tail} · {word}")
