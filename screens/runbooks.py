@@ -23,7 +23,13 @@ from kconsole.runbook.params import resolve_params
 from screens.base import ConsoleScreen
 from screens.run_model import RunModel
 from screens.runbook_library import RunbookEntry
-from screens.suggest import default_params, scenario_for, suggest_runbook
+from screens.suggest import (
+    backup_choice,
+    chosen_node,
+    default_params,
+    scenario_for,
+    suggest_runbook,
+)
 from screens.widgets import TickBox, plain, short_duration
 
 
@@ -199,6 +205,8 @@ class ParamsScreen(ConsoleScreen):
         """Pre-filled values, by parameter name."""
         self.fields: dict[str, Select[str] | Input] = {}
         """Each parameter's field, by parameter name."""
+        self.backup_notes: dict[str, Static] = {}
+        """Under each backup parameter: the backup it will restore, as the catalog says."""
 
     def compose_body(self) -> Iterable[Widget]:
         """One field per parameter, the drill switch, Back and Review plan."""
@@ -238,6 +246,10 @@ class ParamsScreen(ConsoleScreen):
                     )
                 self.fields[name] = field  # ids by position: parameter names need not be valid ids
                 yield field
+                if param.type == "backup":
+                    note = Static("", id=f"note-{i}", classes="param-note")
+                    self.backup_notes[name] = note
+                    yield note
             yield TickBox(
                 "Drill: mark this run as a drill (journal, report, notifications)",
                 id="drill",
@@ -247,6 +259,27 @@ class ParamsScreen(ConsoleScreen):
         with Horizontal(classes="buttons"):
             yield Button("Back", id="back", compact=True)
             yield Button("Review plan ▶", id="review", variant="primary", compact=True)
+
+    def on_mount(self) -> None:
+        """Say which backup each backup parameter means, and keep saying it as fields change."""
+        self._describe_backups()
+        self.console.catalog_signal.subscribe(self, lambda _data: self._describe_backups())
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _describe_backups(self) -> None:
+        if not self.backup_notes:
+            return
+        raw = self.raw_values()
+        node = chosen_node(self.runbook, raw)
+        reading = self.console.catalog_reading
+        rows = reading.rows if reading is not None else None
+        for name, note in self.backup_notes.items():
+            value = str(raw.get(name) or self.runbook.params[name].default or "latest")
+            if node is None:
+                note.update("→ choose the node first")
+            else:
+                note.update(f"→ {backup_choice(value, node, rows, self.console.clock.now())}")
 
     def raw_values(self) -> dict[str, Any]:
         """What the operator set, as `--param` values; empty fields fall back to defaults."""
@@ -320,8 +353,16 @@ class PlanScreen(ConsoleScreen):
         )
         params = " ".join(f"{k}={v}" for k, v in self.raw.items()) or "defaults"
         drill = " · DRILL" if self.drill else ""
+        node = chosen_node(rb, self.raw)
+        reading = self.console.catalog_reading
+        backups = [
+            f"\n{name}: {backup_choice(str(self.raw.get(name) or p.default or 'latest'), node, reading.rows if reading else None, self.console.clock.now())}"
+            for name, p in rb.params.items()
+            if p.type == "backup" and node is not None
+        ]
         yield Static(
-            f"{rb.title}{drill} · {params}\nestimate {short_duration(estimate)} of RTO {short_duration(rb.rto)}{fits}",
+            f"{rb.title}{drill} · {params}{''.join(backups)}\n"
+            f"estimate {short_duration(estimate)} of RTO {short_duration(rb.rto)}{fits}",
             id="plan-head",
         )
         table: DataTable[str] = DataTable(id="plan", cursor_type="row")

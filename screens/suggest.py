@@ -4,12 +4,16 @@ parameters pre-filled. Suggestions only; the operator confirms every one of them
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
+from kconsole.backups.selector import parse_selector
 from kconsole.fleet import NodeStatus
 from kconsole.runbook.model import Runbook
 from kconsole.site import Site
 from screens.runbook_library import RunbookEntry
+from screens.widgets import short_duration
 
 PREFERRED_FOR_DOWN = ("validator", "bootstrap", "api", "dr")
 """Which down node to pre-select first: a validator outage costs the most."""
@@ -69,3 +73,63 @@ def default_params(runbook: Runbook, site: Site, down: Sequence[str]) -> dict[st
             value = "latest"
         out[name] = value
     return out
+
+
+RESTORABLE = ("ok", "stale")
+"""Catalog statuses of a copy that can be restored (stale only means old)."""
+
+
+def backup_choice(
+    value: str,
+    node: str,
+    rows: Sequence[Mapping[str, Any]] | None,
+    now: datetime,
+    kind: str = "blockchain-state",
+) -> str:
+    """What a backup parameter will restore, in words: which backup, how old, where it is.
+
+    The engine decides at run time (the newest good one may change meanwhile); this is
+    what the catalog as last read says, so the operator sees the choice before starting.
+    """
+    if rows is None:
+        return "the catalog has not been read yet"
+    try:
+        selector = parse_selector(value)
+    except ValueError as exc:
+        return str(exc)
+    mine = [r for r in rows if r.get("node") == node and r.get("kind") == kind]
+    if selector.backup_id:
+        chosen = [r for r in rows if r.get("id") == selector.backup_id]
+    else:
+        good = [r for r in mine if r.get("status") in RESTORABLE]
+        if selector.before is not None:
+            good = [r for r in good if _created(r) < selector.before]
+        newest = max((_created(r) for r in good), default=None)
+        chosen = [r for r in good if _created(r) == newest] if newest is not None else []
+    if not chosen:
+        what = f"{kind} backup of {node}" + (
+            f" {selector.describe()}" if selector.before is not None else ""
+        )
+        return f"no good {what} in the catalog"
+    first = chosen[0]
+    age = (now - _created(first)).total_seconds()
+    where = ", ".join(sorted({str(r.get("location")) for r in chosen}))
+    return f"{first.get('id')} · {short_duration(age)} old · in {where}"
+
+
+def _created(row: Mapping[str, Any]) -> datetime:
+    text = str(row.get("created", ""))
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def chosen_node(runbook: Runbook, raw: Mapping[str, Any]) -> str | None:
+    """The node a runbook's backup parameter is about: its first node (or nodes) parameter."""
+    for name, param in runbook.params.items():
+        if param.type in ("node", "nodes"):
+            value = str(raw.get(name) or param.default or "")
+            first = value.split(",")[0].strip()
+            return first or None
+    return None

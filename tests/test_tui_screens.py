@@ -405,3 +405,33 @@ async def test_the_dashboard_warns_when_the_backup_key_is_due_for_rotation(tmp_p
         await settle(pilot)
         assert app.key_rotation is not None and round(app.key_rotation.age_s / 86400) == 100
         assert "backup key rotation" in _text(app, "#run-title")
+
+
+async def test_the_parameters_say_which_backup_will_be_restored(tmp_path: Path) -> None:
+    rows = catalog_rows(40)
+    mine = sorted(
+        (r for r in rows if r["node"] == "validator2" and r["kind"] == "blockchain-state"),
+        key=lambda r: r["created"],
+        reverse=True,
+    )
+    newest, older = mine[0], mine[1]
+    console = make_console(tmp_path, down=["validator2"], catalog=rows)
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await wait_for(pilot, lambda: app.catalog_reading is not None, "the catalog")
+        await pilot.press("r", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ParamsScreen), "the parameters")
+        await settle(pilot)
+        note = str(app.screen.backup_notes["backup"].render())
+        assert newest["id"] in note and "old" in note and newest["location"] in note
+        field = app.screen.fields["backup"]
+        assert isinstance(field, Input)
+        field.value = f"before:{newest['created']}"
+        await settle(pilot)
+        assert older["id"] in str(app.screen.backup_notes["backup"].render())
+        field.value = "before:1999-01-01T00:00Z"
+        await settle(pilot)
+        assert "no good blockchain-state backup of validator2 made before 1999-01-01" in str(
+            app.screen.backup_notes["backup"].render()
+        )
