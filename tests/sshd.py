@@ -259,8 +259,8 @@ def start_sshd(directory: Path, *, extra: dict[str, str] | None = None, attempts
             known_hosts_path=known_hosts,
             drop_command=(  # kill this session's sshd, however deep the transport's wrapper nests us
                 "head -c 1048576 /dev/zero; p=$$; "
-                "while p=$(ps -o ppid= -p $p | tr -d ' ') && [ \"$p\" -gt 1 ]; do "
-                "case $(ps -o comm= -p $p) in sshd*) kill -9 $p; break;; esac; done; sleep 30"
+                "while p=$(cut -d' ' -f4 /proc/$p/stat) && [ \"$p\" -gt 1 ]; do "
+                "case $(cat /proc/$p/comm) in sshd*) kill -9 $p; break;; esac; done; sleep 30"
             ),
             kind="sshd",
             process=proc,
