@@ -217,6 +217,66 @@ def test_damage_is_reported_opaquely(tmp_path: Path, lf_key: Path, backup: Path)
         decrypt_legacy_stream(key, io.BytesIO(b"not salted data" * 4), io.BytesIO())
 
 
+class ShortReads:
+    """A pipe-like source: `read` only, at most 1000 bytes a call."""
+
+    def __init__(self, data: bytes) -> None:
+        self._src = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._src.read(min(size, 1000) if size >= 0 else 1000)
+
+
+PIECE = 1 << 20  # what decrypt_legacy_stream decrypts per step
+
+
+@pytest.mark.parametrize(
+    "size", [PIECE - 17, PIECE - 1, PIECE, 2 * PIECE - 16, 2 * PIECE + 5], ids=str
+)
+def test_streaming_matches_openssl_and_the_incremental_decryptor_at_piece_edges(
+    tmp_path: Path, lf_key: Path, size: int
+) -> None:
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(size))
+    enc = tmp_path / "plain.enc"
+    openssl_enc(lf_key, plain, enc)
+    blob, key = enc.read_bytes(), read_key_file(lf_key)
+    dec = LegacyDecryptor(key, LegacyKdf.SHA256)
+    incremental = dec.update(blob) + dec.finalize()
+    assert incremental == plain.read_bytes()
+    for src in (io.BytesIO(blob), ShortReads(blob)):
+        out = io.BytesIO()
+        result = decrypt_legacy_stream(key, src, out, LegacyKdf.SHA256)  # type: ignore[arg-type]
+        assert out.getvalue() == plain.read_bytes()
+        assert result == dec.result
+        assert (result.plaintext_size, result.ciphertext_size) == (size, len(blob))
+
+
+@pytest.mark.parametrize("cut", [16, PIECE, PIECE + 16, PIECE + 24])
+def test_a_cut_at_or_past_a_piece_edge_fails_the_padding_check(
+    tmp_path: Path, lf_key: Path, cut: int
+) -> None:
+    # Zeros inside: a cut at a block boundary leaves a last block of zeros, which is never
+    # valid padding, so the error is certain rather than 255 times in 256.
+    plain = tmp_path / "zeros.bin"
+    plain.write_bytes(bytes(2 * PIECE))
+    enc = tmp_path / "zeros.enc"
+    openssl_enc(lf_key, plain, enc)
+    damaged = enc.read_bytes()[: 16 + cut]
+    for src in (io.BytesIO(damaged), ShortReads(damaged)):
+        with pytest.raises(LegacyDecryptError, match="truncated or damaged"):
+            decrypt_legacy_stream(read_key_file(lf_key), src, io.BytesIO(), LegacyKdf.SHA256)  # type: ignore[arg-type]
+
+
+def test_wrong_key_writes_nothing_to_the_stream(tmp_path: Path, lf_key: Path, backup: Path) -> None:
+    enc = tmp_path / "b.enc"
+    openssl_enc(lf_key, backup, enc)
+    out = io.BytesIO()
+    with enc.open("rb") as src, pytest.raises(WrongKeyError, match="wrong key"):
+        decrypt_legacy_stream(Key.from_bytes(b"ab" * 32), src, out)
+    assert out.getvalue() == b""
+
+
 def test_unauthenticated_damage_is_caught_by_the_archive_check(
     tmp_path: Path, lf_key: Path, backup: Path
 ) -> None:

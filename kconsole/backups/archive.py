@@ -10,7 +10,6 @@ of `kconsole verify`.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import posixpath
 import tarfile
@@ -47,13 +46,12 @@ class ArchiveReport:
     key_id: str
 
 
-class _Hashing(io.RawIOBase):
-    """Pass-through reader that hashes and counts what is read."""
+class _Counting(io.RawIOBase):
+    """Pass-through reader that counts what is read (the tar's size, for the report)."""
 
     def __init__(self, src: BinaryIO) -> None:
         super().__init__()
         self.src = src
-        self.digest = hashlib.sha256()
         self.size = 0
 
     def readable(self) -> bool:
@@ -63,7 +61,6 @@ class _Hashing(io.RawIOBase):
         data = self.src.read(len(buffer))
         n = len(data)
         buffer[:n] = data
-        self.digest.update(data)
         self.size += n
         return n
 
@@ -135,7 +132,7 @@ def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tup
         except (OSError, EOFError) as exc:
             raise BadArchive(f"{where}: gzip layer {layers} is damaged ({exc}).") from None
     members = 0
-    counted = _Hashing(stream)
+    counted = _Counting(stream)
     try:
         with tarfile.open(fileobj=cast(BinaryIO, counted), mode="r|") as tar:
             for member in tar:

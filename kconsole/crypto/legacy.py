@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import tarfile
 import zlib
@@ -34,7 +35,7 @@ from kconsole.crypto.errors import (
     os_errors_as_failure,
 )
 from kconsole.crypto.keys import Key, Keyring
-from kconsole.crypto.stream import open_input, staged_output
+from kconsole.crypto.stream import open_input, pump, read_exact, staged_output
 from kconsole.errors import UsageError
 
 SALTED = b"Salted__"
@@ -50,6 +51,8 @@ _BLOCK = 16
 _DETECT_BYTES = 8 + 16 + _BLOCK
 """Enough for the first ciphertext block even with a 16-byte salt (`-saltlen 16`)."""
 _MAX_GZIP_LAYERS = 8
+_PIECE = 1 << 20
+"""Ciphertext decrypted per step of `decrypt_legacy_stream`: 1 MiB, whole AES blocks."""
 
 
 class LegacyKdf(StrEnum):
@@ -185,6 +188,32 @@ def detect_params(
     )
 
 
+def _open_cipher(
+    head: bytes,
+    keys: Key | Keyring | Iterable[Key],
+    kdf: LegacyKdf | None,
+    iterations: int | None,
+    name: str,
+) -> tuple[LegacyParams, CipherContext, int]:
+    """Choose the parameters from a file's first bytes (`detect_params`); return them, the
+    CBC decryptor they give, and the offset at which the ciphertext starts."""
+    params = detect_params(head, keys, kdf, iterations, name)
+    start = len(SALTED) + params.salt_len
+    aes_key, iv = derive_key_iv(
+        params.password, head[len(SALTED) : start], params.kdf, params.iterations
+    )
+    return params, Cipher(algorithms.AES(aes_key), modes.CBC(iv)).decryptor(), start
+
+
+def _bad_padding(name: str) -> LegacyDecryptError:
+    # One message for bad length and bad padding alike: telling them apart is what a
+    # padding oracle needs.
+    return LegacyDecryptError(
+        f"{name} does not end in valid padding: it is truncated or damaged, or "
+        f"the key or KDF is wrong ({LABEL}, so kconsole cannot tell which)"
+    )
+
+
 class LegacyDecryptor:
     """Incremental legacy decryption: `update` with ciphertext, then `finalize`.
 
@@ -235,12 +264,7 @@ class LegacyDecryptor:
             out += self._unpadder.update(self._cipher.finalize())
             out += self._unpadder.finalize()
         except ValueError:
-            # One message for bad length and bad padding alike: telling them apart is what
-            # a padding oracle needs.
-            raise LegacyDecryptError(
-                f"{self._name} does not end in valid padding: it is truncated or damaged, or "
-                f"the key or KDF is wrong ({LABEL}, so kconsole cannot tell which)"
-            ) from None
+            raise _bad_padding(self._name) from None
         self._count(out)
         self.result = LegacyResult(
             params=self.params,
@@ -255,19 +279,75 @@ class LegacyDecryptor:
     def _start(self) -> bytes:
         head = bytes(self._head)
         self._head.clear()
-        params = detect_params(head, self._keys, self._kdf, self._iterations, self._name)
-        salt_end = len(SALTED) + params.salt_len
-        aes_key, iv = derive_key_iv(
-            params.password, head[len(SALTED) : salt_end], params.kdf, params.iterations
+        self.params, self._cipher, start = _open_cipher(
+            head, self._keys, self._kdf, self._iterations, self._name
         )
-        self.params = params
-        self._cipher = Cipher(algorithms.AES(aes_key), modes.CBC(iv)).decryptor()
-        return self._count(self._unpadder.update(self._cipher.update(head[salt_end:])))
+        return self._count(self._unpadder.update(self._cipher.update(head[start:])))
 
     def _count(self, pt: bytes) -> bytes:
         self._pt_hash.update(pt)
         self._pt_size += len(pt)
         return pt
+
+
+class _Replayed(io.RawIOBase):
+    """`src` with the bytes already read from it (to detect the KDF) put back in front.
+
+    So `pump` sees the ciphertext from its first byte and every piece it decrypts,
+    except the last, is a whole number of AES blocks.
+    """
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._src = src
+
+    def readable(self) -> bool:
+        """Always: this is a reader."""
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """The replayed bytes first, then straight from `src` into `buffer`."""
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        readinto = getattr(self._src, "readinto", None)
+        if readinto is not None:
+            return int(readinto(buffer))
+        data = self._src.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _CbcPieces:
+    """The `transform` for `pump`: CBC-decrypt each piece in place, unpad the last one."""
+
+    def __init__(self, cipher: CipherContext, name: str) -> None:
+        self._cipher = cipher
+        self._name = name
+
+    def __call__(self, piece: memoryview, out: memoryview, last: bool) -> int:
+        """Decrypt `piece` into `out` (a block longer than it); return the bytes written."""
+        n = self._cipher.update_into(piece, out)
+        if not last:
+            return n
+        try:
+            self._cipher.finalize()  # raises if the ciphertext is not whole blocks
+            return n - _padding_length(out[:n])
+        except ValueError:
+            raise _bad_padding(self._name) from None
+
+
+def _padding_length(plaintext: memoryview) -> int:
+    """How many PKCS#7 padding bytes end `plaintext`; ValueError if they are not valid."""
+    if len(plaintext) < _BLOCK:
+        raise ValueError("no whole block to hold the padding")
+    # The library's unpadder on the last block alone: its checks, not a copy of them.
+    unpadder = padding.PKCS7(128).unpadder()
+    unpadded = unpadder.update(bytes(plaintext[-_BLOCK:])) + unpadder.finalize()
+    return _BLOCK - len(unpadded)
 
 
 def decrypt_legacy_stream(
@@ -278,13 +358,36 @@ def decrypt_legacy_stream(
     iterations: int | None = None,
     name: str = "input",
 ) -> LegacyResult:
-    """Decrypt a legacy openssl stream byte-exact with `openssl enc -d`, in constant memory."""
-    decryptor = LegacyDecryptor(keys, kdf, iterations, name)
-    while data := src.read(1 << 20):
-        dst.write(decryptor.update(data))
-    dst.write(decryptor.finalize())
-    assert decryptor.result is not None
-    return decryptor.result
+    """Decrypt a legacy openssl stream byte-exact with `openssl enc -d`, in constant memory.
+
+    The KDF and key are chosen from the first bytes before anything is written, so a
+    wrong key writes nothing. The rest runs through `pump`, like KDXENC: buffers made
+    once and decrypted into with `update_into`, the two SHA-256s and the writes on
+    worker threads. (Going through `LegacyDecryptor` instead, fresh bytes for every piece
+    read, decrypted and unpadded cost more in page faults than AES-CBC itself, and the
+    hashing ran serially.) The padding is checked on the final piece; plaintext written
+    before that is staging (`decrypt_legacy_file` renames it into place only on success).
+    """
+    head = read_exact(src, _DETECT_BYTES)
+    params, cipher, start = _open_cipher(head, keys, kdf, iterations, name)
+    ct_hash, pt_hash = hashlib.sha256(head[:start]), hashlib.sha256()
+    ct_size, pt_size = pump(
+        cast(BinaryIO, _Replayed(head[start:], src)),
+        dst,
+        _PIECE,
+        _PIECE + _BLOCK,  # update_into wants room for a block more than it is given
+        _CbcPieces(cipher, name),
+        ct_hash,
+        pt_hash,
+    )
+    return LegacyResult(
+        params=params,
+        plaintext_sha256=pt_hash.hexdigest(),
+        ciphertext_sha256=ct_hash.hexdigest(),
+        plaintext_size=pt_size,
+        ciphertext_size=start + ct_size,
+        key_id=params.key.key_id,
+    )
 
 
 def decrypt_legacy_file(

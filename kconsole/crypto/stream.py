@@ -171,8 +171,8 @@ def read_header(src: BinaryIO | str | os.PathLike[str], name: str | None = None)
     """Read a file's header (from a stream or a path) to learn its key id; no key needed."""
     if isinstance(src, str | os.PathLike):
         with open_input(src) as fh:
-            return parse_header(_read_exact(fh, PREAMBLE_LEN), name or str(src))
-    return parse_header(_read_exact(src, PREAMBLE_LEN), name or "input")
+            return parse_header(read_exact(fh, PREAMBLE_LEN), name or str(src))
+    return parse_header(read_exact(src, PREAMBLE_LEN), name or "input")
 
 
 def _mac_ok(master: bytes, header: Header, raw: bytes) -> bool:
@@ -339,7 +339,7 @@ class _ChunkOpener:
         return None
 
 
-def _read_exact(src: BinaryIO, size: int) -> bytes:
+def read_exact(src: BinaryIO, size: int) -> bytes:
     """Up to `size` bytes, fewer only at end of file (pipes return short reads)."""
     parts: list[bytes] = []
     got = 0
@@ -375,7 +375,7 @@ _BLOCK_BYTES = 1 << 20
 """Read and write about 1 MiB at a time: fewer system calls and thread hand-offs."""
 
 
-def _pump(
+def pump(
     src: BinaryIO,
     dst: BinaryIO,
     in_size: int,
@@ -388,9 +388,11 @@ def _pump(
 
     Input comes in blocks of whole chunks. A full block may end with the final chunk
     only if nothing follows it, so the loop reads one block ahead. Hashing the input and
-    writing the output each cost several times the AES-GCM itself, so each runs on its
+    writing the output each cost several times the cipher itself, so each runs on its
     own worker thread (hashlib and file writes release the GIL) over a small ring of
-    buffers, while this thread reads, seals and hashes the output.
+    buffers, while this thread reads, runs `transform` and hashes the output. The
+    buffers are allocated once: fresh ones per block would cost a page fault per 4 KiB.
+    Shared by KDXENC (`encrypt_stream`, `decrypt_stream`) and legacy CBC decryption.
     """
     per_block = max(1, _BLOCK_BYTES // in_size)
     slots = [
@@ -454,7 +456,7 @@ def encrypt_stream(
     chunk = 1 << chunk_log2
     pt_hash, ct_hash = hashlib.sha256(), hashlib.sha256(preamble)
     dst.write(preamble)
-    pt_size, ct_size = _pump(src, dst, chunk, chunk + TAG_LEN, sealer.seal_into, pt_hash, ct_hash)
+    pt_size, ct_size = pump(src, dst, chunk, chunk + TAG_LEN, sealer.seal_into, pt_hash, ct_hash)
     return EncryptResult(
         pt_hash.hexdigest(), ct_hash.hexdigest(), pt_size, ct_size + PREAMBLE_LEN, key.key_id
     )
@@ -468,12 +470,12 @@ def decrypt_stream(
     Plaintext reaches `dst` chunk by chunk, before the end is verified: treat `dst` as
     staging until this returns (`decrypt_file` does).
     """
-    preamble = _read_exact(src, PREAMBLE_LEN)
+    preamble = read_exact(src, PREAMBLE_LEN)
     header = parse_header(preamble, name)
     key, aead = _unlock(header, keys, name)
     opener = _ChunkOpener(aead, header.chunk_log2, name)
     pt_hash, ct_hash = hashlib.sha256(), hashlib.sha256(preamble)
-    ct_size, pt_size = _pump(
+    ct_size, pt_size = pump(
         src,
         dst,
         header.chunk_size + TAG_LEN,
