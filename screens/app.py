@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -387,7 +389,7 @@ class KconsoleApp(App[int]):
                     self.session.run_id,
                     signal=signal.Signals(sig).name,
                 )
-        self._stop_and_exit()
+        self._stop_and_exit(terminal_gone=sig == signal.SIGHUP)
 
     async def on_unmount(self) -> None:
         """Close pooled connections."""
@@ -729,18 +731,33 @@ class KconsoleApp(App[int]):
             self._stop_and_exit()
 
     @work(group="quit", exit_on_error=False, description="stop the run and quit")
-    async def _stop_and_exit(self) -> None:
+    async def _stop_and_exit(self, terminal_gone: bool = False) -> None:
         worker = self._run_worker
         if worker is not None and worker.is_running:
             worker.cancel()
             with contextlib.suppress(Exception):
                 await worker.wait()
             self.interrupted_run = True
-        self.exit(EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK)
+        code = EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK
+        if terminal_gone:
+            # The journal and audit log are durable by now. Restoring a terminal that is gone
+            # would block for good in the driver's writer thread, so leave without it.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.services.close(), 5)
+            os._exit(code)
+        if self._hung_up:
+            # Told to stop (SIGTERM): a wedged terminal must not keep the console alive.
+            timer = threading.Timer(EXIT_GRACE, os._exit, args=(code,))
+            timer.daemon = True
+            timer.start()
+        self.exit(code)
 
 
 SCHEDULE_INTERVAL = 60.0
 """Seconds between readings of the schedule (next due times move on by the minute)."""
+
+EXIT_GRACE = 10.0
+"""Seconds the real program gives Textual to restore the terminal after a signal, then exits."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 """What a dropped SSH session or a service manager sends: stop the run resumable, then exit."""

@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -216,3 +217,23 @@ def test_a_dropped_session_stops_the_run_resumable(tmp_path: Path, tmux: Tmux) -
     assert not Path(f"/proc/{step_pid}").exists(), "the step's process outlived the console"
     audit = (tmp_path / "state" / "audit.jsonl").read_text()
     assert "console.hangup" in audit and "SIGHUP" in audit
+
+    def consoles() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if str(site).encode() in cmdline and b"runs" not in cmdline:
+                    found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 15
+    while consoles() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = consoles()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the console kept running after its terminal went away"
