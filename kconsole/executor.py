@@ -21,7 +21,7 @@ from kconsole.actions.base import ActionResult, Confirm, StepContext
 from kconsole.actions.gate import GateRefused, GateUnanswered
 from kconsole.audit import AuditLog
 from kconsole.config import format_duration
-from kconsole.errors import OperationFailed
+from kconsole.errors import KconsoleError
 from kconsole.gates import GateRequest
 from kconsole.journal import InstanceState, RunJournal, iso
 from kconsole.runbook.model import Runbook, Step
@@ -482,7 +482,7 @@ class Executor:
             except TimeoutError:
                 reason = f"timed out after {format_duration(step.timeout or 0)}"
                 result = None
-            except OperationFailed as exc:
+            except KconsoleError as exc:  # OperationFailed, or a bad value only known now
                 reason = str(exc).rstrip(".")
                 result = None
             except asyncio.CancelledError:

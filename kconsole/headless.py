@@ -15,7 +15,7 @@ from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
 from kconsole.journal import RunJournal, new_run_id
 from kconsole.runbook import load_runbook, resolve_runbook_path
 from kconsole.runbook.params import parse_param_args, resolve_params
-from kconsole.runs import open_resume
+from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services
 from kconsole.site import Site, current_user
 
@@ -118,6 +118,7 @@ def run_headless(
         rb = load_runbook(resolve_runbook_path(runbook, [site_runbooks]))
         raw_params = parse_param_args(params)
         resolved = resolve_params(rb, site, raw_params)
+        check_named_backups(site, rb, raw_params)
         run_id = new_run_id()
         journal = RunJournal.create(site.state_dir, run_id, rb.text)
 

@@ -42,3 +42,33 @@ def open_resume(site: Site, run_id: str, user: str) -> ResumePoint:
     journal = RunJournal(site.state_dir, run_id)
     journal.open()
     return ResumePoint(runbook, summary, params, journal)
+
+
+def check_named_backups(site: Site, runbook: Runbook, raw_params: dict[str, Any]) -> None:
+    """Before a run starts: every backup parameter that names a backup by id must name one
+    the catalog holds (UsageError with a suggestion, exit 2). `latest` and `before:TIME`
+    are chosen per node when the step runs."""
+    values = {
+        name: str(raw_params.get(name, p.default) or "")
+        for name, p in runbook.params.items()
+        if p.type == "backup"
+    }
+    named = {
+        name: value
+        for name, value in values.items()
+        if value not in ("", "latest") and not value.startswith("before:")
+    }
+    if not named:
+        return
+    from kconsole.services import run_once
+
+    async def listing(services: Any) -> Any:
+        return await services.backups(site).catalog()
+
+    catalog = run_once(site, listing)
+    for name, bid in named.items():
+        try:
+            catalog.find(bid)
+        except UsageError as exc:
+            where = f" (not listed: {', '.join(catalog.errors)})" if catalog.errors else ""
+            raise UsageError(f"parameter {name}: {str(exc).rstrip('.')}{where}.") from None

@@ -158,3 +158,27 @@ def test_a_bad_time_default_is_a_validation_problem(cli, tmp_path: Path) -> None
     code, _, err = cli("validate", rb)
     assert code == 2
     assert f"{rb}:9:" in err and "ISO 8601" in err
+
+
+def test_a_backup_id_that_is_not_in_the_catalog_stops_before_anything_runs(
+    cli, tmp_path: Path
+) -> None:
+    site = make_site(tmp_path)
+    stores = open_stores(site, None)
+    made = plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=1))
+    rb = tmp_path / "named.toml"
+    rb.write_text(
+        RUNBOOK.replace(
+            '[params.known_good_before]\ntype = "time"\ndefault = "now"\nhelp = "time of compromise"',
+            '[params.backup]\ntype = "backup"\ndefault = "latest"',
+        ).replace('backup = "before:{known_good_before}"', 'backup = "{backup}"')
+    )
+    typo = made.id[:-2] + "9Z"
+    code, out, err = cli("--site", site.path, "run", rb, "--param", f"backup={typo}")
+    assert code == 2, out + err
+    assert "parameter backup: no backup" in err and made.id in err  # the suggestion
+    assert not (tmp_path / "state" / "runs").exists() or not any(
+        (tmp_path / "state" / "runs").iterdir()
+    )
+    code, out, err = cli("--site", site.path, "run", rb, "--param", f"backup={made.id}")
+    assert code == 0, out + err
