@@ -399,7 +399,10 @@ def test_cli_verify_exit_1_names_missing_replicas(site: Site, cli) -> None:
     code, out, err = cli("--site", site.path, "verify", m.id)
     assert code == 1
     assert "content ok, INCOMPLETE: dr: replica missing" in err
-    assert f"1 of 1 backups are missing a replica or could not be checked everywhere: {m.id}" in err
+    assert (
+        f"1 of 1 backups have a missing or damaged replica or could not be checked everywhere: {m.id}"
+        in err
+    )
     code, _, err = cli("--site", site.path, "verify", "nope")
     assert code == 2 and 'no backup "nope"' in err
 

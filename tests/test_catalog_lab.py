@@ -240,7 +240,7 @@ async def test_verify_finds_a_missing_replica(world: World) -> None:
     assert code == 1
     assert (
         "dr: replica missing" in err
-        and f"missing a replica or could not be checked everywhere: {m.id}" in err
+        and f"have a missing or damaged replica or could not be checked everywhere: {m.id}" in err
     )
     code, out, _ = await kconsole(
         w, "catalog", "--json", "--kind", "validator-keys", "--node", "validator2"

@@ -135,6 +135,20 @@ def test_scenario_1_single_node(cli, lab: LiveLab) -> None:
     assert "| validator1 | validator1_blockchain-state_" in md
 
 
+def test_a_corrupt_primary_copy_does_not_block_a_recovery(cli, lab: LiveLab) -> None:
+    """The pre-restore check needs one good copy: the damaged primary is reported, the restore
+    takes the DR or cloud copy, and the node comes back."""
+    lab.fault("set", "corrupt=latest:validator3:blockchain-state@primary")
+    try:
+        code, out, err = run(cli, lab, "recover-single-node", "--param", "node=validator3", "--yes")
+    finally:
+        lab.fault("clear", "corrupt=latest:validator3:blockchain-state@primary")
+    assert code == 0, out + err
+    assert "have a missing or damaged replica or could not be checked everywhere" in out
+    assert "replica in primary unusable" in out
+    assert status(cli, lab)["validator3"]["state"] == "active"
+
+
 def test_a_node_restored_from_the_labs_history_starts(cli, lab: LiveLab) -> None:
     """The backups the lab starts with hold consistent chain states: restoring the oldest
     one (point in time, as after a compromise) gives a node that starts and advances."""

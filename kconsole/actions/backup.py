@@ -166,10 +166,17 @@ class BackupVerify(Action):
         "backup": Field("text", help='backup id, "latest", "before:TIME" or "all" (default all)'),
         "kind": Field("str", choices=BACKUP_KINDS),
         "location": Field("str"),
+        "require": Field(
+            "str",
+            choices=("every", "one"),
+            default="every",
+            help='"every" replica must verify, or "one" good copy is enough (before a restore)',
+        ),
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
-        """Verify; any bad backup fails the step, naming each."""
+        """Verify; a bad backup fails the step, naming each (and with require = "every", so
+        does a replica that is missing or damaged)."""
         from kconsole.backups.verify import verify_backup, verify_failure
 
         session = ctx.services.backups(ctx.site)
@@ -211,12 +218,17 @@ class BackupVerify(Action):
                 ctx.emit,
                 unreachable={n: e for n, e in catalog.errors.items() if n in stores},
             )
-            if not outcome.ok:
+            if not outcome.restorable:
                 bad.append(backup.id)
             elif not outcome.complete:
-                incomplete.append(backup.id)
+                incomplete.append(backup.id)  # a damaged, missing or unchecked replica
         if bad or incomplete:
             session.invalidate()  # verdicts changed: the next look at the catalog relists
+        if ctx.values.get("require") == "one" and incomplete and not bad:
+            # A restore needs one good copy; the damaged or missing replicas are for the
+            # backup runbooks to repair, not a reason to leave a node down.
+            await ctx.emit("stderr", verify_failure([], incomplete, len(targets)))
+            incomplete = []
         if bad or incomplete:
             raise OperationFailed(verify_failure(bad, incomplete, len(targets)))
         return ActionResult(

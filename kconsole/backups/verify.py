@@ -39,6 +39,8 @@ class VerifyOutcome:
     """Locations that could not be listed, so their copy was not checked."""
     damaged: dict[str, str] = field(default_factory=dict)
     """Location -> why its copy is bad (checksum, unreadable)."""
+    restorable: bool = False
+    """Whether at least one copy and the content verified (a restore can use it)."""
 
     @property
     def complete(self) -> bool:
@@ -141,6 +143,7 @@ async def verify_backup(
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
+    outcome.restorable = restorable
     if record:
         # A damaged copy beside a good one leaves the backup restorable (restore skips the bad
         # copy); the catalog shows it as missing that replica, not as failed.
@@ -155,6 +158,8 @@ async def verify_backup(
         verdict = "ok"
     elif outcome.ok:
         verdict = "content ok, INCOMPLETE: " + "; ".join(outcome.problems)
+    elif restorable:  # as the catalog says: restorable, missing the damaged replica(s)
+        verdict = "restorable, DAMAGED REPLICA: " + "; ".join(outcome.problems)
     else:
         verdict = "FAILED: " + "; ".join(outcome.problems)
     label = " (legacy, unauthenticated)" if backup.legacy else ""
@@ -175,7 +180,7 @@ def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int
         parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
     if incomplete:
         parts.append(
-            f"{len(incomplete)} of {total} backups are missing a replica or could not be checked "
-            f"everywhere: {names(incomplete)}"
+            f"{len(incomplete)} of {total} backups have a missing or damaged replica or could not "
+            f"be checked everywhere: {names(incomplete)}"
         )
     return "; ".join(parts)
