@@ -556,3 +556,29 @@ def test_verification_results_from_several_processes_are_all_kept(tmp_path: Path
     from kconsole.backups.catalog import load_verify_state
 
     assert len(load_verify_state(site)) == 160
+
+
+async def test_a_listing_that_a_new_backup_overtook_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step stores a backup while another step's catalog listing is under way: that listing
+    may predate the backup, so the session lists again instead of caching it."""
+    from kconsole.backups import session as session_module
+
+    site = make_site(tmp_path)
+    session = session_module.BackupSession(site, transport=None)
+    real = session_module.build_catalog
+    calls = 0
+
+    async def listing_overtaken_once(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        result = await real(*args, **kwargs)  # type: ignore[arg-type]
+        if calls == 1:
+            session.invalidate()  # backup.create finished meanwhile
+        return result
+
+    monkeypatch.setattr(session_module, "build_catalog", listing_overtaken_once)
+    first = await session.catalog()
+    assert calls == 2
+    assert await session.catalog() is first and calls == 2  # the second listing was kept

@@ -14,6 +14,9 @@ from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write
 from kconsole.site import Site
 
+LISTING_ATTEMPTS = 3
+"""Listings tried while backups keep changing underneath; the last one is used, not kept."""
+
 
 class BackupSession:
     """Stores, keys and a catalog for one site, built lazily and cached."""
@@ -23,6 +26,8 @@ class BackupSession:
         self.transport = transport
         self._stores: dict[str, Store] | None = None
         self._catalog: Catalog | None = None
+        self._generation = 0
+        """Bumped by invalidate(); a listing that saw it change is not kept."""
         self._lock = asyncio.Lock()
 
     def stores(self, only: list[str] | None = None) -> dict[str, Store]:
@@ -60,13 +65,22 @@ class BackupSession:
     async def catalog(self, refresh: bool = False) -> Catalog:
         """The catalog, listed once per session unless refreshed."""
         async with self._lock:
-            if self._catalog is None or refresh:
-                self._catalog = await build_catalog(self.site, self.stores())
-            return self._catalog
+            if self._catalog is not None and not refresh:
+                return self._catalog
+            for _ in range(LISTING_ATTEMPTS):
+                generation = self._generation
+                built = await build_catalog(self.site, self.stores())
+                if generation == self._generation:
+                    self._catalog = built
+                    break
+                # A backup was made or deleted while the locations were being listed: this
+                # listing may predate it, so list again rather than keep it.
+            return built
 
     def invalidate(self) -> None:
-        """Forget the catalog (a backup was made or deleted)."""
+        """Forget the catalog (a backup was made or deleted), even one being listed now."""
         self._catalog = None
+        self._generation += 1
 
     async def close(self) -> None:
         """Close the stores."""
