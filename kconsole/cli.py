@@ -676,6 +676,10 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     path = find_site_path(args.site)
     load_site(path)
+    try:
+        import textual_serve  # noqa: F401 - only to say so before announcing anything
+    except ImportError:
+        raise UsageError("kconsole web needs textual-serve: pip install 'kconsole[web]'.") from None
     _out(f"serving the console on http://127.0.0.1:{args.port}/ (localhost only; Ctrl+C stops)")
     return int(_screens_app().serve_web(path, args.port))
 

@@ -61,6 +61,10 @@ async def confirm_unattended(request: GateRequest) -> None:
     return None
 
 
+TYPED_TRIES = 3
+"""Answers a typed gate takes on the terminal before a mismatch counts as a refusal."""
+
+
 async def confirm_on_terminal(request: GateRequest) -> bool:
     """Ask on the controlling terminal; a typed gate needs the exact value."""
     print(f"\n== gate: {request.question()}", file=sys.stderr)
@@ -73,6 +77,20 @@ async def confirm_on_terminal(request: GateRequest) -> bool:
     if answer is None:
         return False
     ok = request.accepts(answer)
+    tries = 1
+    while request.kind == "type" and not ok and answer.strip() and tries < TYPED_TRIES:
+        # A slip of the finger at 3 a.m. (validator2 for validator3) is not a refusal: say
+        # so and ask again. An empty line still refuses.
+        print(
+            f"'{answer.strip()}' does not match {request.expected!r}; type it again, "
+            "or press Enter to refuse.",
+            file=sys.stderr,
+        )
+        answer = await _ask("> ")
+        if answer is None:
+            return False
+        ok = request.accepts(answer)
+        tries += 1
     if ok and request.kind == "checklist":
         note = await _ask("note (optional)> ")
         request.note = (note or "").strip()

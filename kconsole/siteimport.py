@@ -132,7 +132,7 @@ def _locations(ini: configparser.ConfigParser, path: Path, notes: list[str]) -> 
         out["primary"] = {"type": "local", "path": primary, "role": "primary"}
     secondary = ini.get("backup", "secondary_location", fallback="").strip()
     if secondary:
-        m = _SFTP.match(secondary)
+        m = None if "://" in secondary else _SFTP.match(secondary)
         if m is None:
             raise UsageError(
                 f"{path}: [backup] secondary_location must be HOST:/PATH (as rsync and scp "

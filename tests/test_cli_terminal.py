@@ -95,7 +95,9 @@ def test_confirm_and_typed_gates_on_a_terminal(site_path: Path, tmp_path: Path) 
         term.wait_for("[y/N]")
         term.keys("y", "Enter")
         term.wait_for("type 'validator1' to confirm")
-        term.keys("validator2", "Enter")  # the wrong node refuses
+        term.keys("validator2", "Enter")  # a slip: asked again
+        term.wait_for("'validator2' does not match 'validator1'")
+        term.keys("Enter")  # an empty answer refuses
         term.wait_for("EXITED 1")
         assert "typed done" not in term.screen()
     finally:
@@ -105,6 +107,8 @@ def test_confirm_and_typed_gates_on_a_terminal(site_path: Path, tmp_path: Path) 
         term.wait_for("[y/N]")
         term.keys("y", "Enter")
         term.wait_for("to confirm")
+        term.keys("validatr1", "Enter")
+        term.wait_for("does not match")
         term.keys("validator1", "Enter")
         term.wait_for("EXITED 0")
         assert "typed done on validator1" in term.screen()

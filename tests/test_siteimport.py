@@ -126,6 +126,11 @@ def test_an_existing_site_file_is_not_replaced_without_force(
             "[backup]\nsecondary_location = /backup/secondary\n",
             "secondary_location must be HOST:/PATH",
         ),
+        (
+            "[backup]\nsecondary_location = ftp://dr/backup\n",
+            "secondary_location must be HOST:/PATH",
+        ),
+        ("[backup]\nsecondary_location = https://x/y\n", "secondary_location must be HOST:/PATH"),
         ("[backup]\ntertiary_location = https://bucket\n", "tertiary_location must be s3://BUCKET"),
         ("[backup]\nprimary_location = backup/primary\n", "must be an absolute path"),
         (

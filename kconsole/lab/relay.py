@@ -33,7 +33,7 @@ class Link:
 
 _S3_ERROR_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
-    b"<Message>Service is unable to handle request (kconsole lab fault s3=error).</Message>"
+    b"<Message>Service is unable to handle request (injected by the kconsole lab: fault s3=error).</Message>"
     b"<RequestId>kconsole-lab</RequestId></Error>"
 )
 

@@ -130,7 +130,7 @@ def failing_command(node: str, command: str) -> str:
     return (
         "#!/bin/sh\n"
         f"# kconsole lab fault fail={node}:{command}: this command fails until the fault is cleared.\n"
-        f"echo {shlex.quote(f'{command}: injected failure (kconsole lab fault fail={node}:{command})')} >&2\n"
+        f"echo {shlex.quote(f'{command}: injected failure (kconsole lab: fault fail={node}:{command})')} >&2\n"
         "exit 1\n"
     )
 
