@@ -265,6 +265,19 @@ def test_scenario_4_stops_before_reconnecting_a_compromised_fleet(cli, lab: Live
     assert "reconnect-api [api2] skipped" in out
 
 
+def test_a_second_security_run_after_a_failed_one_reconnects_the_fleet(cli, lab: LiveLab) -> None:
+    """The failed run left the fleet isolated (containment holds). Once the implant is dealt
+    with, a new run restores the firewall as it was before the incident, not the isolation."""
+    lab.fault("clear", "compromise=api2")
+    code, out, err = run(
+        cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes"
+    )
+    assert code == 0, out + err
+    assert all(s["state"] == "active" for n, s in status(cli, lab).items() if n != "backup-dr")
+    ufw = json.loads((lab.dir / "nodes" / "api2" / "etc" / "ufw" / "ufw.json").read_text())
+    assert ufw.get("outgoing") not in ("deny", "reject"), ufw
+
+
 def test_audit_cut_off_locally_is_caught_by_the_off_host_checkpoint(cli, lab: LiveLab) -> None:
     """Dropping the newest audit entries leaves a valid chain; the checkpoints say otherwise."""
     log = lab.dir / "state" / "audit.jsonl"
