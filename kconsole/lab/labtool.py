@@ -244,6 +244,22 @@ def load_state(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return index, block
 
 
+def _linked_block(line: str, height: int, prev: str) -> str | None:
+    """The hash of the block record on `line` if it is block `height`, links to `prev` and
+    hashes right; None for anything else (a torn, damaged or out-of-place record)."""
+    try:
+        b = json.loads(line)
+        if (
+            b["h"] == height
+            and b["prev"] == prev
+            and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"]
+        ):
+            return str(b["hash"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def recover_state(root: Path) -> tuple[dict[str, Any], str]:
     """Bring the index back in line with the block files, as a node does after an unclean copy.
 
@@ -269,19 +285,11 @@ def recover_state(root: Path) -> tuple[dict[str, Any], str]:
             continue
         lines = seg.read_text().splitlines()
         for n, line in enumerate(lines):
-            try:
-                b = json.loads(line)
-                ok = (
-                    b["h"] == expect
-                    and b["prev"] == prev
-                    and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"]
-                )
-            except (ValueError, KeyError, TypeError):
-                ok = False
-            if not ok:
+            linked = _linked_block(line, expect, prev)
+            if linked is None:
                 cut = (seg, lines[:n])
                 break
-            prev, expect = b["hash"], expect + 1
+            prev, expect = linked, expect + 1
     if cut is not None:
         seg, kept = cut
         if kept:
@@ -320,22 +328,13 @@ def verify_state(root: Path) -> tuple[bool, list[str]]:
     segs = sorted((state / "blocks").glob("*.seg"))
     for seg in segs:
         for n, line in enumerate(seg.read_text().splitlines(), 1):
-            try:
-                b = json.loads(line)
-                ok = (
-                    b["h"] == expect
-                    and b["prev"] == prev
-                    and block_hash(b["h"], b["prev"], b["ts"], b["txs"]) == b["hash"]
-                )
-            except (ValueError, KeyError, TypeError):
-                ok = False
-            if not ok:
+            linked = _linked_block(line, expect, prev)
+            if linked is None:
                 return False, [
                     *out,
                     f"FAIL block file blocks/{seg.name} line {n}: broken block (expected height {expect})",
                 ]
-            prev = b["hash"]
-            expect += 1
+            prev, expect = linked, expect + 1
     height = expect - 1
     if height != index.get("height") or prev != index.get("tip"):
         return False, [
