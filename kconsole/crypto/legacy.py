@@ -184,7 +184,8 @@ def detect_params(
         )
     raise WrongKeyError(
         f"wrong key: {name} does not decrypt to gzip with {who} under any KDF tried ({tried}); "
-        "if it is not a gzip backup, name its KDF (e.g. --pbkdf2)"
+        "if it is not a gzip backup, name its KDF (e.g. --pbkdf2), and if it was made with "
+        "-pbkdf2 -iter N, pass --iter N"
     )
 
 
