@@ -173,7 +173,7 @@ def test_a_backup_id_that_is_not_in_the_catalog_stops_before_anything_runs(
             '[params.backup]\ntype = "backup"\ndefault = "latest"',
         ).replace('backup = "before:{known_good_before}"', 'backup = "{backup}"')
     )
-    typo = made.id[:-2] + "9Z"
+    typo = made.id[:-1] + "Q"  # one character off, never the id itself
     code, out, err = cli("--site", site.path, "run", rb, "--param", f"backup={typo}")
     assert code == 2, out + err
     assert "parameter backup: no backup" in err and made.id in err  # the suggestion
@@ -182,3 +182,36 @@ def test_a_backup_id_that_is_not_in_the_catalog_stops_before_anything_runs(
     )
     code, out, err = cli("--site", site.path, "run", rb, "--param", f"backup={made.id}")
     assert code == 0, out + err
+
+
+def test_the_console_refuses_a_backup_id_that_is_not_in_the_catalog(tmp_path: Path) -> None:
+    from kconsole.errors import UsageError
+    from kconsole.gates import confirm_yes
+    from kconsole.runbook import load_runbook
+    from kconsole.services import Services
+    from screens.run_session import RunSession
+
+    site = make_site(tmp_path)
+    made = plant_sync(site, open_stores(site, None), "validator1", "blockchain-state", NOW)
+    rb = tmp_path / "named.toml"
+    rb.write_text(
+        RUNBOOK.replace(
+            '[params.known_good_before]\ntype = "time"\ndefault = "now"\nhelp = "time of compromise"',
+            '[params.backup]\ntype = "backup"\ndefault = "latest"',
+        ).replace('backup = "before:{known_good_before}"', 'backup = "{backup}"')
+    )
+    with pytest.raises(UsageError, match="parameter backup: no backup"):
+        RunSession.start(
+            site,
+            load_runbook(rb),
+            {"backup": made.id + "x"},
+            run_id="20261126-031400-0001",
+            services=Services(),
+            user="alice",
+            drill=False,
+            confirm=confirm_yes,
+            on_event=lambda _record: None,
+        )
+    assert not (tmp_path / "state" / "runs").exists() or not any(
+        (tmp_path / "state" / "runs").iterdir()
+    )
