@@ -19,7 +19,7 @@ from kconsole.journal import RunJournal, run_dir, summarise
 from kconsole.runbook import load_runbook
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
-from kconsole.runs import open_resume
+from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services
 from kconsole.site import Site
 from screens.run_model import RunModel
@@ -60,6 +60,7 @@ class RunSession:
         """A new run: parameters resolved (UsageError before anything is written), journal created."""
         site.access.require_operate(user, "run runbooks")
         params = resolve_params(runbook, site, dict(raw_params))
+        check_named_backups(site, runbook, dict(raw_params))
         journal = RunJournal.create(site.state_dir, run_id, runbook.text)
         model = RunModel.planned(runbook, site, params, run_id)
         executor = Executor(
