@@ -226,7 +226,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     """`kconsole site import PRIMARY_CONF [-o FILE] [--force]`: the notes go to stderr, the
     site file to FILE (atomically, never over an existing one without --force) or stdout."""
 
-    from kconsole.fsutil import atomic_write
+    from kconsole.fsutil import atomic_write, refuse_overwriting_input
     from kconsole.site import load_site
     from kconsole.siteimport import import_plan_config
 
@@ -234,6 +234,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     imported = import_plan_config(source)
     text = imported.toml(source)
     out = Path(args.output) if args.output else None
+    if out is not None:
+        refuse_overwriting_input(out, plan_configuration=source)
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} already exists; pass --force to replace it.")
     if out is not None and not out.parent.is_dir():
