@@ -46,7 +46,8 @@ from kconsole.fsutil import atomic_write, atomic_writer, locked
 from kconsole.site import Site
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
-CACHE_VERSION = 3
+CACHE_VERSION = 4
+"""4: manifests carry a `mac`."""
 _FIELDS = list(Manifest.__dataclass_fields__)
 """The order manifest values are cached in (one list per manifest: a third of the JSON of dicts)."""
 _cache_values = operator.attrgetter(*_FIELDS)
@@ -83,6 +84,10 @@ class Backup:
     """Location -> key of the manifest there (what prune removes after the object)."""
     missing: list[str] = field(default_factory=list)
     """Listed locations that hold no copy of it (unlistable ones are in Catalog.errors)."""
+    conflicts: list[str] = field(default_factory=list)
+    """`location:key` of each other manifest of this id that says something else than
+    `manifest`, or sits beside it in one location (forged, swapped or replayed); verification
+    refuses such a backup."""
 
     @property
     def key_id(self) -> str:
@@ -646,10 +651,23 @@ async def _read_manifests(
                 continue
             try:
                 m = Manifest.from_json(data)
+                if not _joinable(m):
+                    continue
             except ValueError:
                 continue
             new_cache[ck] = _cache_values(m)
             found[loc].append((info, m))
+
+
+def _joinable(m: Manifest) -> bool:
+    """Whether the catalog can file `m` at all (its id, kind, node and time are text, the time
+    parses); what else it says is checked before verify or restore believes it."""
+    if not all(isinstance(v, str) for v in (m.id, m.kind, m.node, m.created)):
+        return False
+    try:
+        return m.created_at.tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _start_cache_write(
@@ -693,6 +711,10 @@ def _add_location(
         b = by_id.get(m.id)
         if b is None:
             b = by_id[m.id] = Backup(m.id, m.kind, m.node, m.created_at, m)
+        elif loc in b.manifests or (b.manifest is not None and _differs(b.manifest, m)):
+            b.conflicts.append(f"{loc}:{info.key}")
+            if loc in b.manifests:
+                continue  # a second manifest of one id in one location: keep the first
         b.manifests[loc] = info.key
         obj = objects.get(obj_key)
         if obj is not None:
@@ -711,6 +733,19 @@ def _add_location(
         if b is None:
             b = by_id[bid] = Backup(bid, kind, node, created, None, legacy=True)
         b.replicas[loc] = Replica(loc, o.key, o.size, o.mtime, store.describe(o.key))
+
+
+def _differs(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests of one id disagree on what matters (cheap: runs per copy)."""
+    return (a.mac, a.ciphertext_sha256, a.plaintext_sha256, a.key_id, a.paths, a.kind, a.node) != (
+        b.mac,
+        b.ciphertext_sha256,
+        b.plaintext_sha256,
+        b.key_id,
+        b.paths,
+        b.kind,
+        b.node,
+    )
 
 
 def _set_statuses(site: Site, backups: list[Backup], reachable: list[str], now: datetime) -> None:

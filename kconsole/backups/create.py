@@ -24,7 +24,14 @@ import httpx
 
 from kconsole import __version__
 from kconsole.backups.archive import verify_file
-from kconsole.backups.manifest import Manifest, backup_id, iso, object_key
+from kconsole.backups.manifest import (
+    Manifest,
+    backup_id,
+    iso,
+    object_key,
+    path_allowed,
+    sign_manifest,
+)
 from kconsole.backups.stores import LocalStore, Store
 from kconsole.crypto import Encryptor, Key
 from kconsole.errors import OperationFailed
@@ -83,6 +90,15 @@ async def _service(transport: Any, req: CreateRequest, verb: str, emit: Emit) ->
     )
 
 
+def check_request(req: CreateRequest) -> None:
+    """Refuse paths a backup of this kind may not hold: verification refuses a manifest naming
+    them (a restore would write there), so such a backup could never be restored."""
+    for p in req.paths:
+        why = path_allowed(req.kind, p)
+        if why is not None:
+            raise OperationFailed(f"cannot back up {why}.")
+
+
 def _staging(site: Site, stores: dict[str, Store], key: str) -> tuple[Path, LocalStore | None]:
     for store in stores.values():
         if isinstance(store, LocalStore):
@@ -102,6 +118,7 @@ async def create_backup(
     """Make one backup; returns its manifest once every location holds a verified copy."""
     if not stores:
         raise OperationFailed("the site has no [locations]; there is nowhere to store a backup.")
+    check_request(req)
     created = datetime.now(UTC).replace(microsecond=0)
     bid = backup_id(req.node.name, req.kind, created)
     okey = object_key(req.kind, req.node.name, bid)
@@ -205,6 +222,7 @@ async def create_backup(
         tool=f"kconsole {__version__}",
         extra={"command": req.command} if req.command else {},
     )
+    manifest = sign_manifest(manifest, key.master)
     errors: list[str] = []
 
     async def replicate(name: str, store: Store) -> None:

@@ -16,6 +16,7 @@ from kconsole.backups.archive import decrypting_reader, verify_file
 from kconsole.backups.catalog import Backup, record_verification
 from kconsole.backups.restore import backup_paths, checked_copy
 from kconsole.backups.stores import Store
+from kconsole.backups.trust import check_backup
 from kconsole.crypto import Keyring
 from kconsole.errors import OperationFailed
 from kconsole.site import Site
@@ -81,6 +82,22 @@ async def verify_backup(
     bad (the catalog keeps the backup restorable), but neither is a complete verification.
     """
     outcome = VerifyOutcome(backup.id, True, legacy=backup.legacy)
+    try:
+        signed = check_backup(site, backup, keyring)
+    except OperationFailed as exc:
+        # Nothing of a refused manifest is used: no copy is fetched, nothing decrypted.
+        outcome.ok = False
+        outcome.problems.append(str(exc).rstrip("."))
+        if record:
+            record_verification(site, backup.id, False, outcome.problems[0])
+        await emit("stderr", f"{backup.id}: FAILED: {outcome.problems[0]}")
+        return outcome
+    if backup.manifest is not None and not signed:
+        await emit(
+            "stderr",
+            f"{backup.id}: its manifest is unsigned (written before manifests were signed); "
+            "its fields were checked against the site, its origin cannot be",
+        )
     good_copy: Path | None = None
     temps: list[Path] = []
     try:
