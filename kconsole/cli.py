@@ -427,11 +427,20 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     ]
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
+    orphans = [
+        o
+        for o in catalog.orphans
+        if (not args.location or o.location == args.location)
+        and (not args.kind or o.key.startswith(f"{args.kind}/"))
+        and (not args.node or f"/{args.node}/" in f"/{o.key}")
+    ]
     if args.json:
         for row in rows:
             _out(json.dumps(row))
         for f in fresh:
             _out(json.dumps(f))
+        for o in orphans:
+            _out(json.dumps(o.as_json()))
         return EXIT_OK
     _out(f"catalog of {site.name} as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC")
     _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
@@ -442,6 +451,13 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}"
         )
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
+    if orphans:
+        _out(
+            f"{len(orphans)} orphaned objects (no manifest beside them, left by a backup that "
+            "failed or was interrupted; backup.prune removes them):"
+        )
+        for o in orphans:
+            _out(f"  {o.path} ({o.size} bytes)")
     if not fresh:
         return EXIT_OK
     _out("")
