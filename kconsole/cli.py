@@ -602,7 +602,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if bad or incomplete:
         from kconsole.backups.verify import verify_failure
 
-        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), limit=None)}.")
+        why = {o.id: o.problems[0] for o in outcomes if not o.ok and o.problems}
+        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), None, why)}.")
         return EXIT_FAILED
     _out(f"{len(outcomes)} backups verified.")
     return EXIT_OK

@@ -353,3 +353,69 @@ async def test_sshd_a_symlink_out_of_the_root_is_not_followed(node: Node, tmp_pa
         await node.restore(m.id, run_id="symlink")
     assert tree(outside) == {"state/precious": hashlib.sha256(b"keep me\n").hexdigest()}
     assert not list(node.root.glob(".kconsole-restore-*"))
+
+
+# -- on the lab, through the recovery runbook ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.lablive import live_lab
+
+    with live_lab(tmp_path_factory.mktemp("manifestlab")) as running:
+        yield running
+
+
+def test_lab_a_forged_newest_manifest_stops_the_recovery_before_the_service(
+    cli: Any, lab: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone with write access to the backup locations (no key) rewrites the newest
+    blockchain-state manifest of validator1 in every location to restore over /etc. The
+    recovery runbook fails at its verification step naming the field; the service was never
+    stopped and nothing on the node moved."""
+    for key, value in lab.env().items():
+        monkeypatch.setenv(key, value)
+    code, out, err = cli("--site", lab.site, "catalog", "--json", "--node", "validator1")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    newest = max(
+        (r for r in rows if r.get("type") == "backup" and r["kind"] == "blockchain-state"),
+        key=lambda r: r["id"],
+    )
+    forged = 0
+    for manifest in lab.dir.rglob(f"{newest['id']}.kdx.json"):
+        data = json.loads(manifest.read_text())
+        data.update(paths=["/etc"], mac="")
+        manifest.write_text(json.dumps(data))
+        forged += 1
+    assert forged >= 2  # the primary and the DR host's copy (S3 keeps its own: see below)
+    root = lab.root("validator1")
+    before = tree(root / "etc")
+    code, out, err = cli(
+        "--site",
+        lab.site,
+        "run",
+        "recover-single-node",
+        "--param",
+        "node=validator1",
+        "--param",
+        f"backup={newest['id']}",
+        "--yes",
+        "--json",
+    )
+    assert code == 1, out + err
+    events = [json.loads(line) for line in out.splitlines()]
+    failed = [e for e in events if e.get("event") == "failed"]
+    assert failed[0]["step"] == "check-backup"
+    reason = failed[0]["reason"]
+    assert reason.startswith(f"1 of 1 backups failed verification: {newest['id']} (the manifest")
+    assert (
+        "refused: paths '/etc' is outside what a blockchain-state backup may hold" in reason
+        or "refused: id is claimed by another, different manifest" in reason  # S3's differs
+    )
+    assert not any(e.get("step") == "stop-service" and e.get("event") == "started" for e in events)
+    code, out, _ = cli("--site", lab.site, "status", "--json")
+    state = {s["name"]: s for s in map(json.loads, out.splitlines())}["validator1"]["state"]
+    assert state == "active"
+    assert tree(root / "etc") == before
+    assert not list(root.glob(".kconsole-restore-*"))

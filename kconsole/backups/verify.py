@@ -184,9 +184,16 @@ async def verify_backup(
     return outcome
 
 
-def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int | None = 5) -> str:
+def verify_failure(
+    bad: list[str],
+    incomplete: list[str],
+    total: int,
+    limit: int | None = 5,
+    why: dict[str, str] | None = None,
+) -> str:
     """One sentence naming the backups that failed verification or miss a replica
-    (the first `limit` of each; all with None)."""
+    (the first `limit` of each; all with None). With `why` (id -> its first problem) and a
+    single failed backup, the sentence says why it failed."""
 
     def names(ids: list[str]) -> str:
         shown = ids if limit is None else ids[:limit]
@@ -194,7 +201,11 @@ def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int
 
     parts = []
     if bad:
-        parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
+        reason = (why or {}).get(bad[0], "") if len(bad) == 1 else ""
+        parts.append(
+            f"{len(bad)} of {total} backups failed verification: {names(bad)}"
+            + (f" ({reason})" if reason else "")
+        )
     if incomplete:
         parts.append(
             f"{len(incomplete)} of {total} backups have a missing or damaged replica or could not "
