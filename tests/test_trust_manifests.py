@@ -8,6 +8,7 @@ everything it moved and leaves no staging directory."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -353,6 +354,67 @@ async def test_sshd_a_symlink_out_of_the_root_is_not_followed(node: Node, tmp_pa
         await node.restore(m.id, run_id="symlink")
     assert tree(outside) == {"state/precious": hashlib.sha256(b"keep me\n").hexdigest()}
     assert not list(node.root.glob(".kconsole-restore-*"))
+
+
+@pytest.mark.parametrize("moment", ["fails", "is cancelled"])
+async def test_sshd_a_restore_stopped_after_staging_leaves_no_staging_directory(
+    node: Node, moment: str
+) -> None:
+    """The restore stops right after it created the staging directory on the node (an error,
+    or the step's task cancelled): the directory is removed before the error goes up."""
+    m = await node.backup("blockchain-state", ["/" + STATE])
+    backup = (await build_catalog(node.site, node.stores)).find(m.id)
+    before = tree(node.root)
+
+    async def emit(stream: str, text: str) -> None:
+        if text.startswith("streaming into"):
+            assert list(node.root.glob(".kconsole-restore-*"))  # it was there
+            if moment == "fails":
+                raise OperationFailed("the operator's terminal went away.")
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+
+    expected = OperationFailed if moment == "fails" else asyncio.CancelledError
+    with pytest.raises(expected):
+        await restore_backup(
+            node.site,
+            node.site.nodes["node1"],
+            backup,
+            transport=node.transport,
+            stores=node.stores,
+            keyring=node.keyring,
+            run_id="stopped",
+            emit=emit,
+            sudo=False,
+            require_stopped=False,
+        )
+    assert not list(node.root.glob(".kconsole-restore-*"))
+    assert tree(node.root) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"format": "kconsole-backup/1", "id": ["x"], "kind": "blockchain-state"}',
+        json.dumps({**sample().to_dict(), "created": 5}).encode(),
+        json.dumps({**sample().to_dict(), "created": "2026-11-26T10:00:00"}).encode(),
+        json.dumps({**sample().to_dict(), "id": {"a": 1}}).encode(),
+        b"\xff\xfe not json",
+    ],
+)
+async def test_a_malformed_manifest_does_not_break_the_catalog(
+    node_site: Site, body: bytes
+) -> None:
+    """Types a forger picks (a list for the id, a number or a naive time for `created`): the
+    catalog leaves that manifest out, and its object is not called an orphan either (a
+    manifest is there; prune must not delete what someone may still read by hand)."""
+    store = open_stores(node_site, None)["primary"]
+    m = sample(node="node1", id=backup_id("node1", "blockchain-state", NOW - timedelta(hours=1)))
+    await store.write_bytes(m.object_key(), b"x" * 64)
+    await store.write_bytes(m.manifest_key(), body)
+    catalog = await build_catalog(node_site, {"primary": store}, now=NOW + timedelta(days=1))
+    assert catalog.backups == [] and catalog.orphans == []
 
 
 # -- on the lab, through the recovery runbook ------------------------------------------------
