@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from kconsole.crypto.stream import MIN_CHUNK_LOG2, PREAMBLE_LEN, TAG_LEN
 from kconsole.site import BACKUP_KINDS
 
 FORMAT = "kconsole-backup/1"
@@ -190,9 +191,6 @@ MAX_SIZE = 1 << 50
 """1 PiB: a size beyond it is not a backup of a node, it is a manifest lying."""
 FUTURE_SKEW_S = 86_400.0
 """How far in the future `created` may be (a node's clock ahead of the console's)."""
-_KDX_PREAMBLE = 80 + 32
-_KDX_TAG = 16
-_KDX_MIN_CHUNK = 1 << 12
 _MAC_INFO = b"kconsole manifest v1"
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -285,8 +283,8 @@ def check_manifest(
         if not _is_int(value) or not 0 <= value <= MAX_SIZE:
             raise bad(name, f"{str(value)[:40]} is not a size between 0 and 1 PiB")
     overhead = m.ciphertext_size - m.plaintext_size
-    most = _KDX_PREAMBLE + _KDX_TAG * (m.plaintext_size // _KDX_MIN_CHUNK + 2)
-    if not _KDX_PREAMBLE <= overhead <= most:
+    most = PREAMBLE_LEN + TAG_LEN * (m.plaintext_size // (1 << MIN_CHUNK_LOG2) + 2)
+    if not PREAMBLE_LEN <= overhead <= most:
         raise bad(
             "ciphertext_size",
             f"{m.ciphertext_size} cannot hold {m.plaintext_size} bytes of plaintext in KDXENC v1",
