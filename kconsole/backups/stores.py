@@ -461,7 +461,9 @@ class SftpLocationStore(Store):
         )
 
     async def delete(self, key: str) -> None:
-        await self.sftp.remove(self.target, self._path(key), missing_ok=True)
+        await self._bounded(
+            f"deleting {key}", self.sftp.remove(self.target, self._path(key), missing_ok=True), 0
+        )
 
 
 class S3Store(Store):
