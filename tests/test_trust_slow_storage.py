@@ -196,3 +196,30 @@ async def test_sshd_an_sftp_upload_past_its_bound_is_abandoned_without_debris(
         assert left == ["first.kdx"]
     finally:
         await transport.close()
+
+
+def test_catalog_lists_orphans(cli, lab: LiveLab, env: None) -> None:
+    """`kconsole catalog` names an old object without a manifest after the copies, and
+    `--json` has it as an `"orphan"` line; a young one may still be being stored: not listed."""
+    base = lab.dir / "backups" / "blockchain-state" / "api1"
+    old = base / "api1_blockchain-state_20261102T000000Z.kdx"
+    young = base / "api1_blockchain-state_20261103T000000Z.kdx"
+    for p in (old, young):
+        p.write_bytes(os.urandom(512))
+    hours_ago = time.time() - ORPHAN_AGE_S - 3600
+    os.utime(old, (hours_ago, hours_ago))
+    try:
+        code, out, err = cli(
+            "--site", lab.site, "catalog", "--node", "api1", "--location", "primary"
+        )
+        assert code == 0, err
+        assert "1 orphaned objects (no manifest beside them" in out
+        assert f"  {old} (512 bytes)" in out and str(young) not in out
+        code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state")
+        orphans = [json.loads(line) for line in out.splitlines() if '"orphan"' in line]
+        assert [(o["location"], o["key"], o["size"]) for o in orphans] == [
+            ("primary", "blockchain-state/api1/api1_blockchain-state_20261102T000000Z.kdx", 512)
+        ]
+    finally:
+        old.unlink()
+        young.unlink()
