@@ -7,17 +7,18 @@ it: a webhook URL is named by the environment variable that holds it.
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 import os
-from dataclasses import dataclass, field
+import pwd
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from kconsole.config import Problem, ProblemList, SourceFile, load_toml
 from kconsole.config.problems import did_you_mean
 from kconsole.config.schema import check_keys, expect_duration, expect_type
 from kconsole.config.source import TomlFileError
-from kconsole.errors import AccessDenied, UsageError
+from kconsole.errors import AccessDenied, KconsoleError, UsageError
 
 BACKUP_KINDS = (
     "blockchain-state",
@@ -158,6 +159,8 @@ class Access:
     operator: tuple[str, ...] = ()
     auditor: tuple[str, ...] = ()
     configured: bool = False
+    audit_dir: Path | None = field(default=None, compare=False)
+    """The state_dir whose audit log records every refusal (None: not recorded)."""
 
     def role_of(self, user: str) -> Role | None:
         """The user's role, or None if the site grants them nothing."""
@@ -174,23 +177,46 @@ class Access:
         if role in ("admin", "operator"):
             return role
         if role == "auditor":
-            raise AccessDenied(
-                f"{user} is an auditor and may not {what}; auditors can look, not change."
+            self._refuse(
+                user,
+                what,
+                f"{user} is an auditor and may not {what}; auditors can look, not change.",
             )
-        raise AccessDenied(f"{user} has no role in this site's [access] table and may not {what}.")
+        self._refuse(
+            user, what, f"{user} has no role in this site's [access] table and may not {what}."
+        )
 
     def require_admin(self, user: str, what: str) -> None:
         """Raise AccessDenied unless `user` is an admin."""
         if self.role_of(user) != "admin":
-            raise AccessDenied(f"{user} is not a backup admin and may not {what}.")
+            self._refuse(user, what, f"{user} is not a backup admin and may not {what}.")
+
+    def _refuse(self, user: str, what: str, why: str) -> NoReturn:
+        """Record the refusal in the audit log (who, what, why), then raise it. A log that
+        cannot be written does not turn a refusal into a permission."""
+        if self.audit_dir is not None:
+            from kconsole.audit import AuditLog
+
+            with contextlib.suppress(OSError, KconsoleError):
+                AuditLog(self.audit_dir).append(
+                    user,
+                    "access-denied",
+                    what,
+                    result="refused",
+                    role=self.role_of(user) or "none",
+                    reason=why,
+                )
+        raise AccessDenied(why)
 
 
 def current_user() -> str:
-    """The operator's login name, as recorded in journal and audit."""
+    """The operator's OS account (the effective uid's passwd entry), as recorded in journal
+    and audit and checked against [access]. Never $USER or $LOGNAME: anyone can set those."""
+    uid = os.geteuid()
     try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        return f"uid{os.getuid()}"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (some containers): the uid itself is the identity
+        return f"uid{uid}"
 
 
 @dataclass
@@ -546,13 +572,16 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             auditor=tuple(access_t.get("auditor", [])),
             configured=True,
         )
+    state_value = site_t.get("state_dir", "state")
+    state_dir = rel(state_value if isinstance(state_value, str) else "state")
+    access = replace(access, audit_dir=state_dir)
 
     if not isinstance(site_t.get("name"), str):
         return None
     return Site(
         path=Path(src.path).resolve(),
         name=site_t["name"],
-        state_dir=rel(site_t.get("state_dir", "state")),
+        state_dir=state_dir,
         ssh=ssh,
         nodes=nodes,
         locations=locations,
