@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -187,12 +188,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("kconsole: interrupted.")
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in _SETUP_ERRNOS:
+            return _internal_error(exc)
+        # A path the operator gave or configured (state_dir, -o FILE) cannot be used.
+        where = f" {exc.filename}" if exc.filename else ""
+        _err(f"kconsole: cannot use{where}: {exc.strerror}; check the path and its permissions.")
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - the operator gets one sentence, the log the rest
-        fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
-        with os.fdopen(fd, "w") as fh:
-            traceback.print_exc(file=fh)
-        _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
-        return EXIT_FAILED
+        return _internal_error(exc)
+
+
+_SETUP_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS}
+)
+"""OSErrors that mean a configured or given path is unusable (bad input, exit 2)."""
+
+
+def _internal_error(exc: BaseException) -> int:
+    """One sentence on stderr, the traceback in a crash log."""
+    fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
+    return EXIT_FAILED
 
 
 def _looks_located(line: str) -> bool:
@@ -203,7 +222,9 @@ def _looks_located(line: str) -> bool:
 def _site(args: argparse.Namespace) -> Any:
     from kconsole.site import find_site_path, load_site
 
-    return load_site(find_site_path(args.site))
+    site = load_site(find_site_path(args.site))
+    site.check_state_dir()
+    return site
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -703,7 +724,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     from kconsole.site import find_site_path, load_site
 
     path = find_site_path(args.site)
-    load_site(path)  # a bad site file is one sentence here, before the screen takes over
+    # a bad site file is one sentence here, before the screen takes over
+    load_site(path).check_state_dir()
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise UsageError(
             "the console needs a terminal; the headless commands are listed by `kconsole --help`."
@@ -716,7 +738,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from kconsole.site import find_site_path, load_site
 
     path = find_site_path(args.site)
-    load_site(path)
+    load_site(path).check_state_dir()
     try:
         import textual_serve  # noqa: F401 - only to say so before announcing anything
     except ImportError:
