@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -187,12 +188,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("kconsole: interrupted.")
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in _SETUP_ERRNOS:
+            return _internal_error(exc)
+        # A path the operator gave or configured (state_dir, -o FILE) cannot be used.
+        where = f" {exc.filename}" if exc.filename else ""
+        _err(f"kconsole: cannot use{where}: {exc.strerror}; check the path and its permissions.")
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - the operator gets one sentence, the log the rest
-        fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
-        with os.fdopen(fd, "w") as fh:
-            traceback.print_exc(file=fh)
-        _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
-        return EXIT_FAILED
+        return _internal_error(exc)
+
+
+_SETUP_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS}
+)
+"""OSErrors that mean a configured or given path is unusable (bad input, exit 2)."""
+
+
+def _internal_error(exc: BaseException) -> int:
+    """One sentence on stderr, the traceback in a crash log."""
+    fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
+    return EXIT_FAILED
 
 
 def _looks_located(line: str) -> bool:
@@ -203,7 +222,9 @@ def _looks_located(line: str) -> bool:
 def _site(args: argparse.Namespace) -> Any:
     from kconsole.site import find_site_path, load_site
 
-    return load_site(find_site_path(args.site))
+    site = load_site(find_site_path(args.site))
+    site.check_state_dir()
+    return site
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -316,16 +337,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _err(f"kconsole: audit log {log.path} is tampered: {result.message}.")
         return EXIT_FAILED
     _out(f"audit log {log.path}: {result.message}.")
-    if result.position and any(loc.type != "local" for loc in site.locations.values()):
-        from kconsole.anchor import check
+    # An emptied or deleted log verifies as a chain; only an off-host head can contradict it.
+    if not any(loc.type != "local" for loc in site.locations.values()):
+        _err(
+            "kconsole: warning: this site has no off-host backup location to keep audit "
+            "checkpoints in, so a cut-off or deleted audit log cannot be detected."
+        )
+        return EXIT_OK
+    from kconsole.anchor import check
 
-        anchors = _with_backups(site, lambda session: check(log, session.stores()))
-        for a in anchors:
-            (_out if a.ok else _err)(
-                f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}."
-            )
-        if not all(a.ok for a in anchors):
-            return EXIT_FAILED
+    anchors = _with_backups(site, lambda session: check(log, session.stores()))
+    for a in anchors:
+        (_out if a.ok else _err)(
+            f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}."
+        )
+    if not all(a.ok for a in anchors):
+        return EXIT_FAILED
+    if not any(a.found for a in anchors):
+        _err(
+            "kconsole: warning: no off-host location holds a checkpoint of this console's "
+            "audit log, so a cut-off or deleted log cannot be detected."
+        )
     return EXIT_OK
 
 
@@ -629,7 +661,17 @@ def cmd_crypto(args: argparse.Namespace) -> int:
     from kconsole.crypto import cli as crypto_cli
 
     if args.crypto_command == "keygen":
-        return crypto_cli.cmd_keygen(Path(args.output))
+        site = _site_owning_keys(args, Path(args.output))
+        if site is None:
+            return crypto_cli.cmd_keygen(Path(args.output))
+        from kconsole.audit import AuditLog
+        from kconsole.site import current_user
+
+        user = current_user()
+        site.access.require_admin(user, "write a key into the site's key directory")
+        code = crypto_cli.cmd_keygen(Path(args.output))
+        AuditLog(site.state_dir).append(user, "crypto-keygen", str(Path(args.output).resolve()))
+        return code
     if args.crypto_command == "encrypt":
         return crypto_cli.cmd_encrypt(Path(args.key), Path(args.input), Path(args.output))
     return crypto_cli.cmd_decrypt(
@@ -640,6 +682,23 @@ def cmd_crypto(args: argparse.Namespace) -> int:
         pbkdf2=args.pbkdf2 or args.iter is not None,
         iterations=args.iter,
     )
+
+
+def _site_owning_keys(args: argparse.Namespace, out: Path) -> Any:
+    """The site whose key directory `out` is in, or None: a key written there becomes one
+    the site encrypts with (the newest key file is current), so only an admin may put it
+    there. A key written anywhere else is just a file of the caller's."""
+    from kconsole.site import find_site_path
+
+    path = find_site_path(getattr(args, "site", None))
+    if not path.exists():
+        return None
+    site = _site(args)
+    if site.keys_dir is None:
+        return None
+    keys_dir = site.keys_dir.resolve()
+    target = out.resolve().parent
+    return site if target == keys_dir or keys_dir in target.parents else None
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -684,7 +743,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     from kconsole.site import find_site_path, load_site
 
     path = find_site_path(args.site)
-    load_site(path)  # a bad site file is one sentence here, before the screen takes over
+    # a bad site file is one sentence here, before the screen takes over
+    load_site(path).check_state_dir()
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise UsageError(
             "the console needs a terminal; the headless commands are listed by `kconsole --help`."
@@ -697,7 +757,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from kconsole.site import find_site_path, load_site
 
     path = find_site_path(args.site)
-    load_site(path)
+    load_site(path).check_state_dir()
     try:
         import textual_serve  # noqa: F401 - only to say so before announcing anything
     except ImportError:

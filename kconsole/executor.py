@@ -172,6 +172,14 @@ class Executor:
         """Run to the end, a stop at a gate, or cancellation (re-raised after journaling)."""
         # The role check lives here, not only in the CLI or the console: every way in meets it.
         self.site.access.require_operate(self.user, "run runbooks")
+        # An operator is stopped before the first step, not halfway through an incident.
+        for step in self.runbook.steps.values():
+            action = REGISTRY.get(step.action)
+            if action is not None and action.admin_only:
+                self.site.access.require_admin(
+                    self.user,
+                    f"run {self.runbook.id}, whose step {step.id} would {action.admin_only}",
+                )
         self._started_at = self.services.clock.monotonic()
         now = iso(self.services.clock.now())
         if resumed:

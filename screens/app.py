@@ -52,7 +52,7 @@ from screens.catalog_source import CatalogReading, CatalogSource, EngineCatalog
 from screens.commands import ConsoleCommands
 from screens.contacts import ContactsScreen
 from screens.dashboard import DashboardScreen
-from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
+from screens.dialogs import ChooseNodeScreen, ConfirmScreen, GateScreen, NoteScreen
 from screens.keys import check_keymap, default_keymap_path, load_keymap
 from screens.report_source import engine_reports
 from screens.run import RunScreen
@@ -303,6 +303,7 @@ class KconsoleApp(App[int]):
             GateScreen,
             ConfirmScreen,
             NoteScreen,
+            ChooseNodeScreen,
         ]
 
     def key_for(self, binding_id: str) -> str:
@@ -580,8 +581,7 @@ class KconsoleApp(App[int]):
     async def confirm_gate(self, request: GateRequest) -> bool | None:
         """The executor's `confirm`: a gate dialog, one at a time, over the Run screen."""
         async with self._gate_lock:
-            if self.read_only:
-                self.notify("An auditor cannot answer gates; the run stops here.", severity="error")
+            if not self.may_operate("answer gates"):  # the engine's check, audited
                 return None
             if self.current_mode != "run":
                 await self.switch_mode("run")

@@ -148,6 +148,11 @@ class TestDashboard:
         )
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then())
 
+    def test_choose_down_node_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """Two nodes down, Enter on a healthy row: the console asks which down node to recover."""
+        console = make_console(tmp_path, down=["validator2"], unreachable=["api1"])
+        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("enter")))
+
 
 class TestRunbooks:
     """Choosing, preparing and reviewing a runbook with a validator down."""
@@ -156,6 +161,19 @@ class TestRunbooks:
         """recover-single-node is highlighted because validator2 is down."""
         console = make_console(tmp_path, down=["validator2"])
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("r")))
+
+    def test_params_healthy_node_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """A recovery's node set to one that is active: the warning under the field."""
+        console = make_console(tmp_path, down=["validator2"])
+
+        async def healthy(pilot: Pilot[Any]) -> None:
+            await settle(pilot)
+            pilot.app.screen.fields["node"].value = "validator1"  # type: ignore[attr-defined]
+            await pilot.pause()
+
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_keys("r", "enter"), healthy)
+        )
 
     def test_plan_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The plan: steps, nodes, gates, estimate against the RTO; Start focused."""
