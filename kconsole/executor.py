@@ -23,6 +23,7 @@ from kconsole.audit import AuditLog
 from kconsole.config import format_duration
 from kconsole.errors import KconsoleError
 from kconsole.gates import GateRequest
+from kconsole.incidents.desk import IncidentDesk, incident_of_run
 from kconsole.journal import InstanceState, RunJournal, iso
 from kconsole.runbook.model import Runbook, Step
 from kconsole.runbook.params import step_nodes
@@ -76,6 +77,7 @@ class Executor:
         on_event: EventSink | None = None,
         prior: dict[tuple[str, str | None], InstanceState] | None = None,
         raw_params: dict[str, Any] | None = None,
+        incident: str = "",
     ) -> None:
         self.runbook = runbook
         self.site = site
@@ -97,6 +99,10 @@ class Executor:
         self._resume.set()
         self._failed: list[str] = []
         self._started_at = 0.0
+        self.incident = incident
+        """The incident this run belongs to ("" for none); a resumed run keeps its own."""
+        self.announce = True
+        """Tell the channel how the run ended (through the outbox)."""
 
     # -- operator controls (the TUI calls these) --------------------------------------
 
@@ -174,6 +180,11 @@ class Executor:
         self.site.access.require_operate(self.user, "run runbooks")
         self._started_at = self.services.clock.monotonic()
         now = iso(self.services.clock.now())
+        if resumed and not self.incident:
+            self.incident = incident_of_run(self.journal.path)
+        desk = IncidentDesk(self.site, self.services.clock, self.user)
+        if self.incident:
+            desk.get(self.incident)  # an unknown id is refused before anything runs
         if resumed:
             self._emit(
                 {
@@ -199,8 +210,11 @@ class Executor:
                     "time": now,
                     "rto_s": self.runbook.rto,
                     "site": self.site.name,
+                    "incident": self.incident or None,
                 }
             )
+        if self.incident:
+            desk.link_run(self.incident, self.run_id, self.runbook.id)
         self.audit.append(
             self.user,
             "run.resume" if resumed else "run.start",
@@ -217,10 +231,47 @@ class Executor:
                 f"stopped by a signal or a closed session; resume with --resume {self.run_id}",
                 final=False,
             )
+            # Queued only: whoever delivers next (the console, a run, `incident tick`) sends it.
+            self._announce(desk)
             raise
         self._finish(status, reason, final=status not in ("waiting", "interrupted"))
+        if status != "waiting":
+            self._announce(desk)
+            await self._deliver(desk)
         await self._anchor_audit()
         return RunOutcome(self.run_id, status, reason, list(self._failed), self.elapsed())
+
+    def _announce(self, desk: IncidentDesk) -> None:
+        """Queue how the run ended for the channel and its incident (never fails the run)."""
+        if not self.announce:
+            return
+        try:
+            desk.run_ended(self.journal.path)
+        except (OSError, KconsoleError) as exc:
+            self._warn(f"the run's ending was not queued for the channel: {exc}")
+
+    async def _deliver(self, desk: IncidentDesk) -> None:
+        """Try the outbox once; what is not delivered stays there for the next try."""
+        try:
+            results = await desk.deliver()
+        except (OSError, KconsoleError) as exc:
+            self._warn(f"notifications not sent yet: {exc}")
+            return
+        for r in results:
+            if not r.delivered:
+                self._warn(f"notification not delivered yet ({r.error}); kept in the outbox")
+
+    def _warn(self, reason: str) -> None:
+        if self.on_event is not None:
+            self.on_event(
+                {
+                    "type": "run",
+                    "event": "warning",
+                    "run": self.run_id,
+                    "time": iso(self.services.clock.now()),
+                    "reason": reason,
+                }
+            )
 
     def _finish(self, status: str, reason: str, final: bool) -> None:
         self._emit(

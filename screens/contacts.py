@@ -10,8 +10,8 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from kconsole.incidents.oncall import CallNow, call_now, is_on_call
 from screens.base import ConsoleScreen
-from screens.oncall import CallNow, call_now, is_on_call
 from screens.widgets import plain, short_duration, toned
 
 

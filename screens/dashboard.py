@@ -11,9 +11,9 @@ from textual.containers import Container
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from kconsole.incidents.oncall import call_now
 from kconsole.schedule import ScheduleStatus
 from screens.base import ConsoleScreen
-from screens.oncall import call_now
 from screens.run_model import RunModel
 from screens.widgets import FleetTable, RtoClock, short_duration
 
