@@ -95,6 +95,7 @@ class Executor:
         self._aborting: str = ""
         self._abort_status = "failed"
         self._stopped: str = ""
+        self._abort_asked = False
         self._resume = asyncio.Event()
         self._resume.set()
         self._failed: list[str] = []
@@ -452,16 +453,45 @@ class Executor:
         answer = await self.confirm(request)
         if answer is None:
             raise _StopRun(f"waiting at gate {step.id}: {request.question()}")
+        if not answer and not self._abort_asked:
+            answer = await self._confirm_abort(step, node_name, request)
         by = request.answered_by or self.user
         if not answer:
             self._step_event(step, node_name, "refused", by=by)
             self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
-            self.abort(f"the operator refused the gate of {step.id}")
+            self.abort(f"{self.user} refused the gate of {step.id} and chose to abort the run")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
         self.audit.append(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
         )
+
+    async def _confirm_abort(self, step: Step, node_name: str | None, gate: GateRequest) -> bool:
+        """The run's first refused gate asks "abort the run?" (a reflexive Enter on Cancel
+        must not end a recovery): yes aborts; no asks the gate again, and a second refusal
+        aborts. Returns the gate's final answer."""
+        self._abort_asked = True
+        ask = GateRequest(
+            run_id=self.run_id,
+            step_id=step.id,
+            title=gate.title,
+            kind="confirm",
+            node=gate.node,
+            prompt=f"You refused {gate.title}{' on ' + gate.node if gate.node else ''}. "
+            "Abort the run? (no: back to the gate)",
+        )
+        self._step_event(step, node_name, "gate", question=ask.question(), kind="abort")
+        really = await self.confirm(ask)
+        if really is None:
+            raise _StopRun(f"waiting at gate {step.id}: {ask.question()}")
+        if really:
+            gate.answered_by = ask.answered_by or gate.answered_by
+            return False
+        self._step_event(step, node_name, "gate", question=gate.question(), kind=gate.kind)
+        again = await self.confirm(gate)
+        if again is None:
+            raise _StopRun(f"waiting at gate {step.id}: {gate.question()}")
+        return bool(again)
 
     async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
         what = (
