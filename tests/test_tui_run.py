@@ -74,7 +74,7 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
         await pilot.press("enter")
         await wait_for(
             pilot,
-            lambda: (g := _gate(console.app)) is not None and not _asks_abort(console.app),
+            lambda: _gate(console.app) is not None and not _asks_abort(console.app),
             "the gate again",
         )
         await pilot.press("enter")  # refused a second time: no more questions
