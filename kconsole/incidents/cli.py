@@ -50,6 +50,11 @@ def add_incident_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     no.add_argument("id", metavar="ID")
     no.add_argument("text", metavar="TEXT")
     ins.add_parser("tick", parents=[common], help="page what is due, retry the outbox")
+    al = ins.add_parser("alerts", parents=[common], help="alerts firing in Alertmanager")
+    al.add_argument("--json", action="store_true")
+    al.add_argument(
+        "--open", metavar="FINGERPRINT", help="open the incident this firing alert suggests"
+    )
     rep = ins.add_parser("report", parents=[common], help="the filled emergency notification")
     rep.add_argument("id", metavar="ID")
     rep.add_argument("--format", choices=["md", "json"], default="md")
@@ -151,7 +156,43 @@ def cmd_incident(args: argparse.Namespace, site: Site, out: Printer) -> int:
         return EXIT_OK
     elif cmd == "report":
         return _report(args, site, desk, out)
+    elif cmd == "alerts":
+        return _alerts(args, site, desk, out)
     _report_deliveries(desk, out)
+    return EXIT_OK
+
+
+def _alerts(args: argparse.Namespace, site: Site, desk: IncidentDesk, out: Printer) -> int:
+    from kconsole.incidents.alerts import firing_alerts, suggest
+
+    if not site.alertmanager_url:
+        raise UsageError("the site has no [alertmanager] url; add one to read firing alerts.")
+    alerts = asyncio.run(firing_alerts(site))
+    if args.open:
+        alert = next((a for a in alerts if a.fingerprint == args.open), None)
+        if alert is None:
+            raise UsageError(f"no alert with fingerprint {args.open} is firing now.")
+        inc = desk.open_from_alert(alert)
+        out(inc.id)
+        _report_deliveries(desk, out)
+        return EXIT_OK
+    for a in alerts:
+        hint = suggest(a, site)
+        if args.json:
+            row = {
+                "name": a.name,
+                "severity": a.severity,
+                "summary": a.summary,
+                "starts_at": a.starts_at,
+                "fingerprint": a.fingerprint,
+                "labels": a.labels,
+                "suggested": {"type": hint.type, "runbook": hint.runbook, "nodes": hint.nodes},
+            }
+            out(json.dumps(row))
+        else:
+            out(f"{a.fingerprint:18} {a.line()}  -> {hint.type} incident, runbook {hint.runbook}")
+    if not alerts and not args.json:
+        out("no alert is firing.")
     return EXIT_OK
 
 

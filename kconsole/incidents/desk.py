@@ -16,6 +16,7 @@ import httpx
 
 from kconsole.audit import AuditLog
 from kconsole.errors import UsageError
+from kconsole.incidents.alerts import Alert, suggest
 from kconsole.incidents.announce import RunEnding, read_ending
 from kconsole.incidents.model import (
     INCIDENT_TYPES,
@@ -146,6 +147,20 @@ class IncidentDesk:
         )
         self._page(self.get(incident_id), 1, now)
         return self.get(incident_id)
+
+    def open_from_alert(self, alert: Alert, drill: bool = False) -> Incident:
+        """Open the backup incident a firing alert suggests (its runbook the suggested one)."""
+        hint = suggest(alert, self.site)
+        return self.open(
+            hint.type,
+            hint.severity,
+            hint.summary,
+            nodes=list(hint.nodes),
+            detected=alert_time(alert.starts_at),
+            drill=drill,
+            runbook=hint.runbook,
+            source=f"alertmanager:{alert.name}:{alert.fingerprint}",
+        )
 
     def acknowledge(self, incident_id: str) -> Incident:
         """Acknowledge: the escalation clock stops (once; a second ack says who did it)."""
@@ -357,6 +372,17 @@ class IncidentDesk:
                     text=f"not delivered to {r.message.target} ({r.error}); kept in the outbox and retried",
                 )
         return results
+
+
+def alert_time(text: str) -> datetime | None:
+    """An Alertmanager timestamp (nanoseconds cut to microseconds), or None."""
+    if not text:
+        return None
+    head, dot, frac = text.rstrip("Z").partition(".")
+    try:
+        return parse_time(f"{head}.{frac[:6]}Z" if dot else f"{head}Z")
+    except ValueError:
+        return None
 
 
 def incident_of_run(journal: Path) -> str:
