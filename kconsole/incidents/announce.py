@@ -33,7 +33,6 @@ class RunEnding:
     failed_step: str = ""
     failed_node: str = ""
     failed_reason: str = ""
-    refused_by: str = ""
     elapsed_s: float = 0.0
 
     def line(self) -> str:
@@ -59,10 +58,10 @@ class RunEnding:
             why = self.failed_reason or self.reason or "no reason recorded"
             return f"{tag}{what} FAILED at {step}{node}: {why}{backups}{inc}."
         if self.status == "aborted":
-            who = self.refused_by or self.user or "the operator"
-            return (
-                f"{tag}{what} ABORTED by {who}: {self.reason or 'no reason given'}{backups}{inc}."
-            )
+            # The reason names who (the console's abort, a refused gate); else say who ran it.
+            why = self.reason or "no reason given"
+            who = f" (run by {self.user})" if self.user and self.user not in why else ""
+            return f"{tag}{what} ABORTED: {why}{who}{backups}{inc}."
         if self.status == "interrupted":
             return (
                 f"{tag}{what} INTERRUPTED ({self.reason or 'stopped'}); it is not running now, "
@@ -121,6 +120,4 @@ def read_ending(journal: Path) -> RunEnding | None:
             ending.failed_step = str(r.get("step", ""))
             ending.failed_node = str(r.get("node") or "")
             ending.failed_reason = str(r.get("reason", ""))
-        elif ev == "refused" and not ending.refused_by:
-            ending.refused_by = str(r.get("by", ""))
     return ending
