@@ -6,6 +6,7 @@ node and the reason), aborted (who and why) or interrupted (and how to resume).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ class RunEnding:
             step = self.failed_step or "a step"
             node = f" on {self.failed_node}" if self.failed_node else ""
             why = self.failed_reason or self.reason or "no reason recorded"
-            return f"{tag}{what} FAILED at {step}{node}: {why}{backups}{inc}."
+            nxt = f" Next: {WHAT_NEXT_UNREACHABLE}." if host_unreachable(why) else ""
+            return f"{tag}{what} FAILED at {step}{node}: {why}{backups}{inc}.{nxt}"
         if self.status == "aborted":
             # The reason names who (the console's abort, a refused gate); else say who ran it.
             why = self.reason or "no reason given"
@@ -68,6 +70,21 @@ class RunEnding:
                 f"resume with `kconsole run {self.runbook} --resume {self.run_id}`{inc}."
             )
         return f"{tag}{what} {self.status}{inc}: {self.reason}."
+
+
+_UNREACHABLE = re.compile(r"node (\S+) is unreachable")
+
+WHAT_NEXT_UNREACHABLE = (
+    "the host itself is gone: replace it (a spare host under the same name in the site file, "
+    "then run the recovery again) or escalate"
+)
+"""What to do when a recovery cannot reach its node (the console and the channel say it)."""
+
+
+def host_unreachable(reason: str) -> str:
+    """The node a failure reason says could not be reached, or ""."""
+    m = _UNREACHABLE.search(reason or "")
+    return m.group(1) if m else ""
 
 
 def _secs(s: float) -> str:

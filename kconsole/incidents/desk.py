@@ -7,6 +7,7 @@ notification goes through the outbox.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,8 @@ class IncidentDesk:
         self.site = site
         self.clock = clock or Clock()
         self.user = user or current_user()
+        self.make_id: Callable[[datetime], str] = new_incident_id
+        """New incident ids (tests pin them)."""
         self.store = IncidentStore(site.state_dir)
         self.outbox = Outbox(site.state_dir)
         self.audit = AuditLog(site.state_dir)
@@ -122,7 +125,7 @@ class IncidentDesk:
         matrix = MATRIX_FOR_SCENARIO.get(type, "recovery")
         if matrix not in self.site.escalation and self.site.escalation:
             matrix = next(iter(self.site.escalation))
-        incident_id = new_incident_id(now)
+        incident_id = self.make_id(now)
         self.store.create(
             incident_id,
             {
@@ -160,6 +163,33 @@ class IncidentDesk:
             drill=drill,
             runbook=hint.runbook,
             source=f"alertmanager:{alert.name}:{alert.fingerprint}",
+        )
+
+    def for_recovery(
+        self, scenario: str, runbook: str, title: str, raw_params: dict[str, Any], drill: bool
+    ) -> Incident | None:
+        """The incident a recovery started without one belongs to: an open incident of its
+        kind on the same nodes, else a new one (paging level 1). None for runbooks that are
+        not recoveries (backups, verification)."""
+        if scenario not in RECOVERY_SCENARIOS:
+            return None
+        kind = "security" if scenario == "security-incident" else "recovery"
+        nodes = _param_nodes(raw_params, self.site)
+        for inc in self.incidents():
+            if (
+                inc.type == kind
+                and inc.drill == drill
+                and (set(inc.nodes) & set(nodes) or not nodes)
+            ):
+                return inc
+        where = f" of {', '.join(nodes)}" if nodes else ""
+        return self.open(
+            kind,
+            "critical" if scenario in ("complete-network", "security-incident") else "high",
+            f"{title}{where}: started from the console",
+            nodes=nodes,
+            drill=drill,
+            runbook=runbook,
         )
 
     def acknowledge(self, incident_id: str) -> Incident:
@@ -372,6 +402,20 @@ class IncidentDesk:
                     text=f"not delivered to {r.message.target} ({r.error}); kept in the outbox and retried",
                 )
         return results
+
+
+RECOVERY_SCENARIOS = ("single-node", "multiple-nodes", "complete-network", "security-incident")
+"""Runbook scenarios that are recoveries: started from the console, each belongs to an incident."""
+
+
+def _param_nodes(raw: dict[str, Any], site: Site) -> list[str]:
+    """The site nodes a run's `node` / `nodes` parameters name."""
+    names: list[str] = []
+    for key in ("node", "nodes"):
+        value = raw.get(key)
+        items = value if isinstance(value, list) else str(value or "").split(",")
+        names += [str(n).strip() for n in items if str(n).strip() in site.nodes]
+    return list(dict.fromkeys(names))
 
 
 def alert_time(text: str) -> datetime | None:
