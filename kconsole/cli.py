@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--drill", action="store_true", help="mark the run as a drill")
     r.add_argument("--json", action="store_true", help="one JSON event per line")
     r.add_argument("--resume", metavar="RUN_ID")
+    r.add_argument("--incident", metavar="ID", help="the incident this run belongs to")
 
     runs = sub.add_parser("runs", parents=[common], help="runs in the journal, newest first")
     runs.add_argument("--json", action="store_true")
@@ -145,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("contacts", parents=[common], help="contacts and escalation matrices")
     co.add_argument("--json", action="store_true")
+    co.add_argument("--now", action="store_true", help="who to call now, per open incident")
+
+    from kconsole.incidents.cli import add_incident_parser
+
+    add_incident_parser(sub, common)
 
     me = sub.add_parser("metrics", parents=[common], help="backup metrics, Prometheus text format")
     me.add_argument("-o", dest="output", metavar="FILE")
@@ -294,6 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         as_json=args.json,
         resume=args.resume,
         printer=_out,
+        incident=args.incident or "",
     )
 
 
@@ -362,8 +369,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:
-    """`kconsole contacts`"""
+    """`kconsole contacts [--now]`"""
     site = _site(args)
+    if args.now:
+        from kconsole.incidents.cli import print_call_now
+
+        return print_call_now(site, args.json, _out)
     if args.json:
         for c in site.contacts:
             _out(json.dumps({"type": "contact", **c.__dict__}))
@@ -656,6 +667,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_incident(args: argparse.Namespace) -> int:
+    """`kconsole incident open|list|show|ack|escalate|update|note|tick|report`"""
+    from kconsole.incidents.cli import cmd_incident as run
+
+    return run(args, _site(args), _out)
+
+
 def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
@@ -772,6 +790,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "audit": cmd_audit,
     "contacts": cmd_contacts,
+    "incident": cmd_incident,
     "site": cmd_site,
     "status": cmd_status,
     "catalog": cmd_catalog,
