@@ -468,7 +468,11 @@ class Executor:
                     inst, inst.node_name, "retrying", attempt=attempt, reason=reason, delay_s=delay
                 )
                 await self.services.clock.sleep(delay)
-            self._step_event(inst, inst.node_name, "started", attempt=attempt, action=step.action)
+            started: dict[str, Any] = {"attempt": attempt, "action": step.action}
+            command = self.rendered_command(step, inst.node)
+            if command:
+                started["command"] = command  # the report's timeline shows it as run
+            self._step_event(inst, inst.node_name, "started", **started)
             t0 = self.services.clock.monotonic()
             try:
                 result = await self._attempt(inst, action_cls())
@@ -540,6 +544,18 @@ class Executor:
                 )
                 await self._run_instance(_Instance(rollback, target), rollback=True)
         return "failed"
+
+    def rendered_command(self, step: Step, node: NodeRef | None) -> str | None:
+        """The step's `command` as it runs on `node` (journaled with `started`, shown in the
+        drill walkthrough and the report's timeline); None for steps without one."""
+        raw = step.fields.get("command")
+        spec = REGISTRY[step.action].fields.get("command")
+        if not isinstance(raw, str) or spec is None:
+            return None
+        try:
+            return str(render_value(raw, self._context(node), quote=spec.kind == "command"))
+        except Exception:  # noqa: BLE001 - the step itself reports a bad template when it runs
+            return None
 
     async def _attempt(self, inst: _Instance, action: Any) -> ActionResult:
         step = inst.step
