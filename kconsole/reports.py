@@ -142,7 +142,7 @@ def _detection(
     seen = evidence.get("detected") or {}
     if _t(seen.get("time")):
         return _t(seen["time"]), str(seen.get("source") or "the first failure the console saw")
-    return _t(summary.started), "the run's start (no detection time was recorded)"
+    return _t(summary.started), "the run's start, as no detection time was recorded"
 
 
 def _runbook_nodes(summary: RunSummary) -> list[str]:
@@ -610,8 +610,10 @@ def _rto_line(rep: dict[str, Any]) -> str:
     if not rep["rto_s"]:
         return "not measured (the runbook sets no RTO)"
     target = _dur(rep["rto_s"])
-    if rep["status"] != "succeeded":
+    if rep["status"] in ("failed", "aborted"):
         return f"No (the recovery {rep['status']}; target {target})"
+    if rep["status"] != "succeeded":
+        return f"No (the recovery has not finished: {rep['status']}; target {target})"
     return f"{'Yes' if rep['rto_met'] else 'No'} ({_dur(rep['recovery_s'])} from detection against {target})"
 
 
@@ -670,11 +672,10 @@ def render_markdown(rep: dict[str, Any]) -> str:
     title = (
         "Backup and Recovery Test Report" if rep["drill"] else "Backup and Recovery Incident Report"
     )
-    elapsed = (
-        _dur(rep["elapsed_s"])
-        if rep["elapsed_s"] is not None
-        else f"not measured (the run is {rep['status']})"
-    )
+    if rep["elapsed_s"] is not None:
+        elapsed = f"{_dur(rep['elapsed_s'])} ({rep['started']} to {rep['finished']})"
+    else:
+        elapsed = f"not measured (the run is {rep['status']}; it started {rep['started']})"
     objectives = [
         (rep["backup_integrity"] is not None, "Verify backup integrity"),
         (rep["status"] not in ("running", "waiting"), "Test recovery procedures"),
@@ -690,7 +691,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- **Test Date**: {rep['started'][:10] or 'not recorded'}",
         f"- **Test Type**: {rep['test_type']} ({kind}; run `{rep['run']}` by {rep['user'] or 'unknown'} on site {rep['site']})",
         f"- **Test Scenario**: {rep['scenario_name']} — {rep['title']} (`{rep['runbook']}`)",
-        f"- **Test Duration**: {elapsed} ({rep['started']} to {rep['finished'] or 'not finished'})",
+        f"- **Test Duration**: {elapsed}",
         f"- **Outcome**: {rep['status']}" + (f" — {rep['reason']}" if rep["reason"] else ""),
         f"- **Detected**: {rep['detected'] or 'not recorded'} (from {rep['detected_source']})",
         f"- **Parameters**: {', '.join(f'{k}={v}' for k, v in rep['params'].items()) or 'none'}",

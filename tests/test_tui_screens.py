@@ -221,6 +221,14 @@ async def test_runs_list_timelines_open_read_only_and_show_the_report(tmp_path: 
         await pilot.press("p")
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen), "the report")
         assert "Backup and Recovery" in app.screen.markdown and "refused" in app.screen.markdown
+        await pilot.press("s")  # saved from the report view with one key
+        report_screen = app.screen
+        await wait_for(pilot, lambda: len(report_screen.saved) == 2, "the report saved")
+        md_path, html_path = report_screen.saved
+        assert md_path == console.app.site.state_dir / "reports" / "20261126-031400-0001.md"
+        assert md_path.read_text() == app.screen.markdown
+        assert "- **RTO Met**: No (the recovery aborted" in md_path.read_text()
+        assert html_path.read_text().startswith("<!DOCTYPE html>")
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, ReportScreen), "back to the runs")
         app.session = None  # as if another console had run it: opened from its journal
