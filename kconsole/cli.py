@@ -502,8 +502,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """`kconsole metrics [-o FILE]`: the backup metrics, Prometheus text format; a file is
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
-    from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
+    from kconsole.backups.metrics import (
+        WINDOW,
+        collect,
+        recovery_samples,
+        render,
+        write_textfile,
+    )
     from kconsole.backups.rotation import key_rotation
+    from kconsole.reports import recent_reports
     from kconsole.runbook.coverage import expected_nodes
 
     site = _site(args)
@@ -516,6 +523,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             expected=expected_nodes(site),
             rotation=key_rotation(site),
         )
+        + recovery_samples(site, recent_reports(site))
     )
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")

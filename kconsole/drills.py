@@ -158,6 +158,15 @@ CRON = {
 }
 
 
+TEST_SCENARIOS = ("recovery-test", "drill")
+"""Runbook scenarios that exist to rehearse (their runs are drills by default)."""
+
+
+def is_test_runbook(rb: Runbook) -> bool:
+    """Whether a runbook is a recovery test or drill (the plan's test procedures)."""
+    return rb.scenario in TEST_SCENARIOS or rb.id.startswith("test-")
+
+
 def scenario(name: str) -> Scenario:
     """The scenario called `name`; UsageError naming the known ones otherwise."""
     try:

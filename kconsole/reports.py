@@ -599,6 +599,18 @@ def previous_drills(
     return out
 
 
+def recent_reports(site: Site, limit: int = 100) -> list[dict[str, Any]]:
+    """Reports of the newest `limit` runs, newest first (unreadable runs left out), for the
+    recovery metrics."""
+    out = []
+    for s in list_runs(site.state_dir)[:limit]:
+        try:
+            out.append(build_report(site, s.id, compare=False))
+        except Exception:  # noqa: BLE001 - one damaged journal must not hide the others
+            continue
+    return out
+
+
 # -- rendering -------------------------------------------------------------------------------
 
 

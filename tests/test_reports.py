@@ -226,3 +226,11 @@ def test_a_drill_refuses_a_production_site(cli, site_path: Path) -> None:
     assert "neither the lab nor marked `staging = true`" in err
     code, _, err = cli("--site", site_path, "drill", "everything", "--yes")
     assert code == 2 and "unknown scenario" in err
+
+
+def test_test_runbooks_are_drills_by_default() -> None:
+    from kconsole.drills import is_test_runbook
+    from kconsole.runbook import load_runbook, resolve_runbook_path
+
+    assert is_test_runbook(load_runbook(resolve_runbook_path("test-single-node-recovery", [])))
+    assert not is_test_runbook(load_runbook(resolve_runbook_path("recover-single-node", [])))
