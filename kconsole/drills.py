@@ -239,6 +239,10 @@ def expected_outcome(step: Step) -> str:
     return ", ".join(parts)
 
 
+_ACTION_FIELDS = ("backup", "kind", "url", "json", "text", "prompt")
+"""What a step without a command shows of its action in a briefing."""
+
+
 def briefing(executor: Executor, step: Step) -> dict[str, Any]:
     """Before a step: its guide, the exact commands per node, and the expected outcome."""
     try:
@@ -248,10 +252,14 @@ def briefing(executor: Executor, step: Step) -> dict[str, Any]:
     commands = []
     for node in nodes:
         cmd = executor.rendered_command(step, node if isinstance(node, NodeRef) else None)
-        commands.append({"node": node.name if node else None, "command": cmd or f"({step.action})"})
+        if cmd is None:
+            shown = ", ".join(f"{k}={step.fields[k]}" for k in _ACTION_FIELDS if k in step.fields)
+            cmd = f"({step.action}{': ' + shown if shown else ''})"
+        commands.append({"node": node.name if node else None, "command": cmd})
+    first = nodes[0] if nodes and isinstance(nodes[0], NodeRef) else None
     return {
         "step": step.id,
-        "title": step.title or step.id,
+        "title": executor.rendered_text(step.title, first) if step.title else step.id,
         "guide": step.guide.strip(),
         "commands": commands,
         "expected": expected_outcome(step),
@@ -323,9 +331,9 @@ async def _inject_staging(
         result = await services.transport.run(
             node, f"sudo -n systemctl stop {node.service}", timeout=120
         )
-        if result.exit_code != 0:
+        if result.exit_status != 0:
             raise UsageError(
-                f"could not stop {node.service} on {name} for the drill (exit {result.exit_code})."
+                f"could not stop {node.service} on {name} for the drill (exit {result.exit_status})."
             )
         done.append(f"stopped {node.service} on {name}")
     return done
@@ -335,9 +343,7 @@ async def _detect(
     site: Site, nodes: list[str], services: Services, within: float
 ) -> datetime | None:
     """The time of the first poll that saw every target node not active (None: never)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
+    for _ in range(max(1, int(within / 0.5))):
         statuses = await poll_fleet(site, services, timeout=5)
         seen = services.clock.now()
         states = {s.name: s.state for s in statuses}
@@ -350,18 +356,153 @@ async def _detect(
 async def _consistency(
     site: Site, nodes: list[str], services: Services, within: float
 ) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
+    for _ in range(max(1, int(within / 2) + 1)):
         statuses = await poll_fleet(site, services, timeout=5)
         heights = {s.name: s.height for s in statuses if s.state == "active"}
         check = consistency_check(heights, nodes, iso(services.clock.now()))
-        if all(n["ok"] for n in check["nodes"]) or loop.time() >= deadline:
-            return check
+        if all(n["ok"] for n in check["nodes"]):
+            break
         await services.clock.sleep(2)
+    return check
 
 
 # -- the drill -------------------------------------------------------------------------------
+
+
+@dataclass
+class DrillPlan:
+    """What a drill will do: the scenario, its recovery runbook, the nodes it fails and the
+    runbook's parameters."""
+
+    scenario: Scenario
+    runbook: Runbook
+    nodes: list[str]
+    raw_params: dict[str, str]
+    params: dict[str, Any]
+    on_lab: bool
+    user: str
+    exercise: str = ""
+
+    @property
+    def injects(self) -> list[str]:
+        """The failure, as the lab's fault spec (or what is done on a staging site)."""
+        if self.on_lab:
+            return [f"{self.scenario.fault}={n}" for n in self.nodes]
+        return [f"stop kaldrix-node on {n}" for n in self.nodes]
+
+
+def plan_drill(
+    site: Site,
+    name: str,
+    *,
+    lab: bool = False,
+    params: list[str] | None = None,
+    exercise: str = "",
+    user: str | None = None,
+    check_site: bool = True,
+) -> DrillPlan:
+    """Check the drill may run here and resolve its runbook and parameters (nothing is
+    touched yet). `check_site=False` only previews (the console shows the walkthrough of any
+    site, and starts it only on the lab or a staging site)."""
+    sc = scenario(name)
+    if exercise and exercise not in EXERCISES:
+        raise UsageError(f"--exercise must be one of {', '.join(EXERCISES)}, not {exercise!r}.")
+    on_lab = is_lab(site)
+    if check_site:
+        if lab and not on_lab:
+            raise UsageError(
+                f"--lab needs the lab's site file; {site.path} is not one "
+                "(start it with `kconsole lab serve`)."
+            )
+        if not on_lab and not is_staging(site):
+            raise UsageError(
+                f"site {site.name} is neither the lab nor marked `staging = true`: "
+                "a drill injects real failures, so it refuses."
+            )
+    who = user if user is not None else current_user()
+    if check_site:
+        site.access.require_operate(who, "run drills")
+    rb = load_runbook(resolve_runbook_path(sc.runbook, [site.base_dir / "runbooks"]))
+    nodes = targets(site, sc)
+    raw_params = drill_params(site, sc, nodes, parse_param_args(params or []), on_lab)
+    resolved = resolve_params(rb, site, raw_params)
+    return DrillPlan(sc, rb, nodes, raw_params, resolved, on_lab, who, exercise)
+
+
+def walkthrough(site: Site, plan: DrillPlan, services: Services) -> list[dict[str, Any]]:
+    """Every step's briefing before the drill starts (commands rendered for a run id to be
+    given: `{run.id}` shows as `preview`)."""
+    executor = Executor(
+        plan.runbook,
+        site,
+        plan.params,
+        journal=RunJournal(site.state_dir, "preview"),  # never opened: nothing is written
+        confirm=confirm_yes,
+        services=services,
+        user=plan.user,
+        drill=True,
+        raw_params=plan.raw_params,
+    )
+    return [briefing(executor, step) for step in plan.runbook.steps.values()]
+
+
+def briefing_text(b: dict[str, Any]) -> str:
+    """A briefing as plain text (the gate dialog's guide during a drill)."""
+    lines = [b["guide"]] if b["guide"] else []
+    lines.append("Commands:")
+    lines += [f"  {c['node'] or 'console'}$ {c['command']}" for c in b["commands"]]
+    lines.append(f"Expected: {b['expected']}")
+    return "\n".join(lines)
+
+
+async def inject_and_detect(
+    site: Site, plan: DrillPlan, services: Services
+) -> tuple[list[str], datetime | None]:
+    """Inject the scenario's failure (audited) and poll until the console sees it."""
+    if plan.on_lab:
+        injected = _inject_lab(site, plan.scenario, plan.nodes)
+    else:
+        injected = await _inject_staging(site, plan.scenario, plan.nodes, services)
+    AuditLog(site.state_dir).append(
+        plan.user, "drill.inject", plan.scenario.id, injected=injected, lab=plan.on_lab
+    )
+    detected = await _detect(site, plan.nodes, services, DETECT_WITHIN)
+    if plan.on_lab:
+        # The damage is done (wiped state, killed unit, planted implant): clear the fault
+        # so the recovery meets a node that can come back.
+        _clear_lab(site, injected)
+    return injected, detected
+
+
+def record_start(
+    site: Site, run_id: str, plan: DrillPlan, injected: list[str], detected: datetime | None
+) -> None:
+    """The drill's evidence beside the run's journal: scenario, injection, detection."""
+    write_evidence(
+        site,
+        run_id,
+        scenario=plan.scenario.id,
+        exercise=plan.exercise,
+        injected=injected,
+        detected={
+            "time": iso(detected),
+            "source": f"the first failure the console saw on {', '.join(plan.nodes)} "
+            "(drill poll after injection)",
+        }
+        if detected
+        else None,
+    )
+
+
+async def check_after(
+    site: Site, run_id: str, plan: DrillPlan, services: Services, catchup: float | None = None
+) -> dict[str, Any]:
+    """After a successful recovery: the nodes' heights against their peers, kept as evidence."""
+    check = await _consistency(
+        site, plan.nodes, services, CATCHUP_WITHIN if catchup is None else catchup
+    )
+    write_evidence(site, run_id, consistency=check)
+    return check
 
 
 def run_drill(
@@ -377,30 +518,13 @@ def run_drill(
     catchup: float | None = None,
 ) -> tuple[int, str]:
     """Inject, detect, recover as a drill, check, compare; (exit code, run id)."""
-    sc = scenario(name)
-    if exercise and exercise not in EXERCISES:
-        raise UsageError(f"--exercise must be one of {', '.join(EXERCISES)}, not {exercise!r}.")
-    on_lab = is_lab(site)
-    if lab and not on_lab:
-        raise UsageError(
-            f"--lab needs the lab's site file; {site.path} is not one (start it with `kconsole lab serve`)."
-        )
-    if not on_lab and not is_staging(site):
-        raise UsageError(
-            f"site {site.name} is neither the lab nor marked `staging = true`: a drill injects real failures, so it refuses."
-        )
-    user = current_user()
-    site.access.require_operate(user, "run drills")
-    rb = load_runbook(resolve_runbook_path(sc.runbook, [site.base_dir / "runbooks"]))
-    nodes = targets(site, sc)
-    raw_params = drill_params(site, sc, nodes, parse_param_args(params or []), on_lab)
-    resolved = resolve_params(rb, site, raw_params)
-    check_named_backups(site, rb, raw_params)
-    audit = AuditLog(site.state_dir)
+    plan = plan_drill(site, name, lab=lab, params=params, exercise=exercise)
+    check_named_backups(site, plan.runbook, plan.raw_params)
+    sc = plan.scenario
 
-    def say(text: str, **extra: Any) -> None:
+    def say(text: str) -> None:
         if as_json:
-            printer(json.dumps({"drill": sc.id, "event": "info", "text": text, **extra}))
+            printer(json.dumps({"drill": sc.id, "event": "info", "text": text}))
         else:
             printer(text)
 
@@ -408,44 +532,23 @@ def run_drill(
 
     async def main() -> tuple[int, str]:
         try:
-            if on_lab:
-                injected = _inject_lab(site, sc, nodes)
-            else:
-                injected = await _inject_staging(site, sc, nodes, services)
-            audit.append(user, "drill.inject", sc.id, injected=injected, lab=on_lab)
-            say(f"drill {sc.id}: injected {', '.join(injected)}; waiting for the console to see it")
-            detected = await _detect(site, nodes, services, DETECT_WITHIN)
-            if on_lab:
-                # The damage is done (wiped state, killed unit, planted implant): clear the
-                # fault so the recovery meets a node that can come back.
-                _clear_lab(site, injected)
+            say(f"drill {sc.id}: injecting {', '.join(plan.injects)}")
+            injected, detected = await inject_and_detect(site, plan, services)
             say(
-                f"detected at {iso(detected)}"
+                f"injected {', '.join(injected)}; detected at {iso(detected)}"
                 if detected
-                else f"the failure was not seen within {DETECT_WITHIN:g}s"
+                else f"injected {', '.join(injected)}; not seen within {DETECT_WITHIN:g}s"
             )
             run_id = new_run_id()
-            journal = RunJournal.create(site.state_dir, run_id, rb.text)
-            write_evidence(
-                site,
-                run_id,
-                scenario=sc.id,
-                exercise=exercise,
-                injected=injected,
-                detected={
-                    "time": iso(detected),
-                    "source": f"the first failure the console saw on {', '.join(nodes)} (drill poll after injection)",
-                }
-                if detected
-                else None,
-            )
+            journal = RunJournal.create(site.state_dir, run_id, plan.runbook.text)
+            record_start(site, run_id, plan, injected, detected)
             ref: list[Executor] = []
             confirm: Confirm
-            runbook = rb
+            runbook = plan.runbook
             if yes:
                 confirm = confirm_yes
             elif _tty():
-                runbook = gated_for_walkthrough(rb)
+                runbook = gated_for_walkthrough(plan.runbook)
                 confirm = terminal_walkthrough(ref, printer)
             else:
                 confirm = confirm_unattended
@@ -462,14 +565,14 @@ def run_drill(
             executor = Executor(
                 runbook,
                 site,
-                resolved,
+                plan.params,
                 journal=journal,
                 confirm=confirm,
                 services=services,
-                user=user,
+                user=plan.user,
                 drill=True,
                 on_event=on_event,
-                raw_params=raw_params,
+                raw_params=plan.raw_params,
             )
             ref.append(executor)
             try:
@@ -479,10 +582,7 @@ def run_drill(
             finally:
                 journal.close()
             if outcome.status == "succeeded":
-                check = await _consistency(
-                    site, nodes, services, CATCHUP_WITHIN if catchup is None else catchup
-                )
-                write_evidence(site, run_id, consistency=check)
+                await check_after(site, run_id, plan, services, catchup)
             return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED), run_id
         finally:
             await services.close()

@@ -545,6 +545,14 @@ class Executor:
                 await self._run_instance(_Instance(rollback, target), rollback=True)
         return "failed"
 
+    def rendered_text(self, text: str, node: NodeRef | None = None) -> str:
+        """A template (a step's title, say) as this run renders it on `node`; the text as
+        written if it cannot be rendered."""
+        try:
+            return render(text, self._context(node))
+        except Exception:  # noqa: BLE001 - shown to the operator as written instead
+            return text
+
     def rendered_command(self, step: Step, node: NodeRef | None) -> str | None:
         """The step's `command` as it runs on `node` (journaled with `started`, shown in the
         drill walkthrough and the report's timeline); None for steps without one."""

@@ -244,3 +244,18 @@ class TestRunsAndAudit:
         assert snap_compare(
             console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _keys("u"))
         )
+
+
+class TestDrills:
+    """A drill's walkthrough before it starts: what is injected, each step's guide, the
+    exact command per node and the expected outcome."""
+
+    def test_walkthrough_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """80x24 on a staging site: the scenarios, then the single-node walkthrough."""
+        console = make_console(tmp_path, staging=True)
+        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("i")))
+
+    def test_walkthrough_large(self, snap_compare: Any, tmp_path: Path) -> None:
+        """120x40: the same, with room for every step."""
+        console = make_console(tmp_path, staging=True)
+        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_keys("i")))
