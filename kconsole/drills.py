@@ -26,7 +26,13 @@ from kconsole.audit import AuditLog
 from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
 from kconsole.executor import Executor
 from kconsole.fleet import poll_fleet
-from kconsole.gates import GateRequest, confirm_on_terminal, confirm_unattended, confirm_yes
+from kconsole.gates import (
+    GateRequest,
+    ask_line,
+    confirm_on_terminal,
+    confirm_unattended,
+    confirm_yes,
+)
 from kconsole.headless import EXIT_FOR_STATUS, human_line
 from kconsole.journal import RunJournal, iso, list_runs, new_run_id
 from kconsole.reports import (
@@ -288,7 +294,15 @@ def terminal_walkthrough(executor_ref: list[Executor], printer: Callable[[str], 
             for c in b["commands"]:
                 printer(f"  {c['node'] or 'console'}$ {c['command']}")
             printer(f"  expected: {b['expected']}")
-            printer("  proceed: y (or the typed value); stop the drill: Enter")
+        if request.kind == "confirm" and request.skippable:
+            printer("  y: proceed · s: skip this step (recorded) · Enter: stop the drill")
+            answer = (await ask_line("> ") or "").strip().lower()
+            request.answered_by = "terminal"
+            if answer in ("s", "skip"):
+                request.skipped = True
+                return True
+            return answer in ("y", "yes")
+        printer("  proceed: the typed value (or y); stop the drill: Enter")
         return await confirm_on_terminal(request)
 
     return confirm

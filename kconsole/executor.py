@@ -38,6 +38,10 @@ class _StopRun(Exception):
     """Internal: a gate could not be answered; stop the run resumable."""
 
 
+class _SkipStep(Exception):
+    """Internal: at a drill's gate the operator chose to skip the step (later steps run)."""
+
+
 @dataclass
 class RunOutcome:
     """How a run ended."""
@@ -342,6 +346,10 @@ class Executor:
         if step.gate and "{node" not in step.gate:
             try:
                 await self._gate(step, None, nodes)
+            except _SkipStep as exc:
+                for node in nodes:
+                    self._step_event(step, node.name if node else None, "skipped", reason=str(exc))
+                return "continued"
             except GateRefused as exc:
                 for node in nodes:
                     self._step_event(
@@ -396,6 +404,7 @@ class Executor:
             expected=expected,
             guide=step.guide,
             destructive=REGISTRY[step.action].destructive,
+            skippable=self.drill,
         )
         self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
         answer = await self.confirm(request)
@@ -407,6 +416,9 @@ class Executor:
             self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
             self.abort(f"the operator refused the gate of {step.id}")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
+        if request.skipped and request.skippable:
+            self.audit.append(self.user, "gate.skip", f"{self.run_id}/{step.id}", node=node_name)
+            raise _SkipStep(f"skipped by {by} in the drill walkthrough")
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
         self.audit.append(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
@@ -455,6 +467,9 @@ class Executor:
         try:
             if step.gate and "{node" in step.gate:
                 await self._gate(step, inst.node, [inst.node])
+        except _SkipStep as exc:
+            self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
+            return "continued"
         except GateRefused as exc:
             self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
             return "failed"

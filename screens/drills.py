@@ -179,7 +179,7 @@ class DrillScreen(ConsoleScreen):
             info.update(
                 Text(
                     f"{plan.scenario.title} on {where}: injects {inject}, then runs "
-                    f"{plan.runbook.id} as a drill; every step asks first (y proceed, esc stop)."
+                    f"{plan.runbook.id} as a drill; every step asks first (y proceed, s skip, esc stop)."
                 )
             )
         else:

@@ -487,6 +487,12 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         await wait_for(pilot, lambda: app.gate_open, "the first step's gate")
         guide = app.screen.request.guide
         assert "Commands:" in guide and "Expected: exit code 0" in guide
+        assert "validator1$ systemctl stop kaldrix-node" in guide
+        first = app.screen
+        await pilot.press("s")  # skip this step: recorded, the drill goes on
+        await wait_for(
+            pilot, lambda: app.gate_open and app.screen is not first, "the next step's gate"
+        )
         await pilot.press("escape")  # stop the drill here
         await wait_for(pilot, lambda: not app.run_active, "the drill to stop")
         await wait_for(pilot, lambda: drills.last_drill is not None, "the drill's run id")
@@ -504,3 +510,10 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         assert md.startswith("# Backup and Recovery Test Report")
         assert "- **Injected Failure**: stopped kaldrix-node on validator1" in md
         assert "- **RTO Met**: No (the recovery aborted" in md
+        assert (
+            "Step isolate on validator1 was skipped: skipped by alice in the drill walkthrough."
+            in md
+        )
+        assert not any(
+            c.command == "systemctl stop kaldrix-node" for c in console.transport.calls
+        )  # the skipped step did not run
