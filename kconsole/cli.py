@@ -134,9 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report", parents=[common], help="the filled incident / drill report of a run"
     )
-    rep.add_argument("run_id", metavar="RUN_ID")
-    rep.add_argument("--format", choices=["md", "json"], default="md")
+    rep.add_argument("run_id", metavar="RUN_ID", help="a run id, or `sign` then the run id")
+    rep.add_argument("sign_run", nargs="?", metavar="SIGN_RUN_ID", help=argparse.SUPPRESS)
+    rep.add_argument("--format", choices=["md", "json", "html"], default="md")
     rep.add_argument("-o", dest="output", metavar="FILE")
+    rep.add_argument(
+        "--role",
+        choices=["test-engineer", "operations-lead"],
+        help="with `report sign RUN_ID`: the sign-off role",
+    )
+
+    dr = sub.add_parser(
+        "drill", parents=[common], help="a guided drill of one of the plan's scenarios"
+    )
+    dr.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="single-node | multiple-nodes | complete-network | security-incident",
+    )
+    dr.add_argument("--lab", action="store_true", help="the site is the lab (required there)")
+    dr.add_argument("--yes", action="store_true", help="unattended: confirm every step")
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--param", action="append", default=[], metavar="K=V")
+    dr.add_argument(
+        "--exercise",
+        choices=["dr-drill", "full-scale"],
+        default="",
+        help="count this drill as the plan's quarterly DR drill or bi-annual full-scale exercise",
+    )
+    drs = sub.add_parser(
+        "drills", parents=[common], help="drill history and the plan's testing schedule"
+    )
+    drs.add_argument("--json", action="store_true")
+    drs.add_argument("--crontab", action="store_true", help="cron lines for the automated tests")
 
     au = sub.add_parser("audit", parents=[common], help="the audit log")
     aus = au.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
@@ -533,8 +563,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """`kconsole metrics [-o FILE]`: the backup metrics, Prometheus text format; a file is
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
-    from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
+    from kconsole.backups.metrics import (
+        WINDOW,
+        collect,
+        recovery_samples,
+        render,
+        write_textfile,
+    )
     from kconsole.backups.rotation import key_rotation
+    from kconsole.reports import recent_reports
     from kconsole.runbook.coverage import expected_nodes
 
     site = _site(args)
@@ -547,6 +584,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             expected=expected_nodes(site),
             rotation=key_rotation(site),
         )
+        + recovery_samples(site, recent_reports(site))
     )
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
@@ -653,10 +691,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """`kconsole report RUN_ID [--format md|json] [-o FILE]`"""
+    """`kconsole report RUN_ID [--format md|json|html] [-o FILE]`, and
+    `kconsole report sign RUN_ID --role test-engineer|operations-lead`."""
     from kconsole.fsutil import atomic_write
-    from kconsole.reports import render_report
+    from kconsole.reports import render_report, sign_report
+    from kconsole.site import current_user
 
+    if args.run_id == "sign":
+        if not args.sign_run or not args.role:
+            raise UsageError(
+                "usage: kconsole report sign RUN_ID --role test-engineer|operations-lead."
+            )
+        site = _site(args)
+        entry = sign_report(site, args.sign_run, args.role, current_user())
+        _out(
+            f"{entry['actor']} signed the report of run {args.sign_run} as {args.role} at {entry['ts']}"
+        )
+        return EXIT_OK
+    if args.sign_run or args.role:
+        raise UsageError("--role and a second run id go with `kconsole report sign RUN_ID`.")
     site = _site(args)
     text = render_report(site, args.run_id, args.format)
     if args.output:
@@ -672,6 +725,64 @@ def cmd_incident(args: argparse.Namespace) -> int:
     from kconsole.incidents.cli import cmd_incident as run
 
     return run(args, _site(args), _out)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """`kconsole drill SCENARIO [--lab] [--yes] [--json]`"""
+    from kconsole.drills import run_drill
+
+    code, _ = run_drill(
+        site=_site(args),
+        name=args.scenario,
+        lab=args.lab,
+        yes=args.yes,
+        as_json=args.json,
+        printer=_out,
+        params=args.param,
+        exercise=args.exercise,
+    )
+    return code
+
+
+def cmd_drills(args: argparse.Namespace) -> int:
+    """`kconsole drills [--json] [--crontab]`: drill history per scenario and the plan's
+    testing schedule with next due and overdue."""
+    from kconsole.config import format_duration
+    from kconsole.drills import drills_crontab, drills_status
+
+    site = _site(args)
+    if args.crontab:
+        _out(drills_crontab(str(site.path)).rstrip("\n"))
+        return EXIT_OK
+    status = drills_status(site)
+    if args.json:
+        for row in status["schedule"]:
+            _out(json.dumps({"schedule": row}))
+        for name, runs in status["history"].items():
+            _out(json.dumps({"scenario": name, "drills": runs}, default=str))
+        return EXIT_OK
+    _out("Testing schedule (the plan's):")
+    _out(f"  {'CADENCE':<12} {'MODE':<10} {'TEST':<40} {'LAST':<26} NEXT DUE")
+    for row in status["schedule"]:
+        due = row["next_due"] or "now (never run)"
+        flag = "  OVERDUE" if row["overdue"] else ""
+        _out(
+            f"  {row['cadence']:<12} {row['mode']:<10} {row['test']:<40} {row['last'] or '-':<26} {due}{flag}"
+        )
+    _out("")
+    _out("Drill history:")
+    for name, runs in status["history"].items():
+        if not runs:
+            _out(f"  {name}: no drill yet")
+            continue
+        _out(f"  {name}:")
+        for r in runs:
+            rec = format_duration(r["recovery_s"]) if r["recovery_s"] is not None else "-"
+            met = {True: "met", False: "missed", None: "-"}[r["rto_met"]]
+            _out(
+                f"    {r['run']}  {r['status']:<11} recovery {rec:<7} RTO {met:<6} issues {r['issues']}"
+            )
+    return EXIT_OK
 
 
 def cmd_crypto(args: argparse.Namespace) -> int:
@@ -801,5 +912,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab": cmd_lab,
     "console": cmd_console,
     "report": cmd_report,
+    "drill": cmd_drill,
+    "drills": cmd_drills,
     "web": cmd_web,
 }

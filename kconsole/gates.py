@@ -33,6 +33,10 @@ class GateRequest:
     destructive: bool = False
     note: str = ""
     answered_by: str = ""
+    skippable: bool = False
+    """A drill's gate: the operator may skip the step (recorded; later steps still run)."""
+    skipped: bool = False
+    """Set with a True answer: skip the step instead of running it."""
 
     def question(self) -> str:
         """The one-line question shown to the operator."""
@@ -96,6 +100,11 @@ async def confirm_on_terminal(request: GateRequest) -> bool:
         request.note = (note or "").strip()
     request.answered_by = "terminal"
     return ok
+
+
+async def ask_line(prompt: str) -> str | None:
+    """One line from the terminal without blocking the loop (None at end of input)."""
+    return await _ask(prompt)
 
 
 async def _ask(prompt: str) -> str | None:

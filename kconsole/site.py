@@ -353,7 +353,7 @@ _TOP = (
     "access",
     "alertmanager",
 )
-_SITE_KEYS = ("name", "state_dir", "description", "health_url")
+_SITE_KEYS = ("name", "state_dir", "description", "health_url", "staging")
 _SSH_KEYS = (
     "user",
     "identity",
@@ -442,6 +442,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     check_keys(src, site_t, ("site",), _SITE_KEYS, ("name",), "[site]", problems)
     expect_type(src, site_t, ("site",), "name", str, "a string", problems)
     expect_type(src, site_t, ("site",), "state_dir", str, "a path string", problems)
+    expect_type(src, site_t, ("site",), "staging", bool, "true or false", problems)
 
     ssh_t = _table(src, data, (), "ssh", "[ssh]", problems)
     check_keys(src, ssh_t, ("ssh",), _SSH_KEYS, (), "[ssh]", problems)
