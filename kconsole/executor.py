@@ -396,6 +396,8 @@ class Executor:
             expected=expected,
             guide=step.guide,
             destructive=REGISTRY[step.action].destructive,
+            approvers=step.approvers,
+            approved_by=list(prior.approved_by) if prior is not None else [],
         )
         self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
         answer = await self.confirm(request)
@@ -407,10 +409,46 @@ class Executor:
             self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
             self.abort(f"the operator refused the gate of {step.id}")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
+        if step.approvers > 1:
+            self._approve(step, node_name, request, by)
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
         self.audit.append(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
         )
+
+    def _approve(self, step: Step, node_name: str | None, request: GateRequest, by: str) -> None:
+        """One approval of a two-person gate, by the acting account (`--yes` included: it
+        approves as the account that gave it). Returns once the gate has all it needs;
+        until then the run stops there, waiting for another account."""
+        approved = request.approved_by
+        if self.user in approved:
+            raise _StopRun(
+                f"waiting at gate {step.id}: {self.user} approved it already and cannot approve "
+                f"it twice; {request.approval_line()}"
+            )
+        approved.append(self.user)
+        self._step_event(
+            step,
+            node_name,
+            "approved",
+            by=self.user,
+            via=by,
+            count=len(approved),
+            of=step.approvers,
+        )
+        self.audit.append(
+            self.user,
+            "gate.approve",
+            f"{self.run_id}/{step.id}",
+            node=node_name,
+            count=len(approved),
+            of=step.approvers,
+        )
+        prior = self.prior.get((step.id, node_name))
+        if prior is not None:
+            prior.approved_by = list(approved)
+        if len(approved) < step.approvers:
+            raise _StopRun(f"waiting at gate {step.id}: {request.approval_line()}")
 
     async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
         what = (
