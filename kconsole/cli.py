@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import traceback
@@ -414,6 +413,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     good backup against the RPO and what a failure now would lose."""
     from kconsole.backups.catalog import live_heights, tier_summary
     from kconsole.config import format_duration
+    from kconsole.runbook.coverage import expected_nodes
     from kconsole.site import BACKUP_KINDS
 
     site = _site(args)
@@ -436,7 +436,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     rows = catalog.rows(args.kind, args.node, args.location)
     fresh = [
         f
-        for f in catalog.freshness(site, heights)
+        for f in catalog.freshness(site, heights, expected=expected_nodes(site))
         if (not args.kind or f["kind"] == args.kind) and (not args.node or f["node"] == args.node)
     ]
     for loc, err in catalog.errors.items():
@@ -489,7 +489,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
     from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
-    from kconsole.schedule import key_rotation
+    from kconsole.backups.rotation import key_rotation
+    from kconsole.runbook.coverage import expected_nodes
 
     site = _site(args)
     catalog = _with_backups(site, lambda s: s.catalog())
@@ -498,6 +499,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             site,
             catalog,
             backup_attempts(site.state_dir, runs_per_runbook=WINDOW),
+            expected=expected_nodes(site),
             rotation=key_rotation(site),
         )
     )
@@ -525,7 +527,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     """`kconsole schedule [--crontab]`: next due, last run and overdue per scheduled runbook;
     or the crontab that runs them. Exit 0 whatever is overdue (it says so)."""
-    from kconsole.schedule import crontab, key_rotation, schedule_status
+    from kconsole.backups.rotation import key_rotation
+    from kconsole.schedule import crontab, schedule_status
 
     site = _site(args)
     if args.crontab:
@@ -718,10 +721,3 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "web": cmd_web,
 }
-
-
-def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
-    """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
-    itself as interrupted and resumable."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)
