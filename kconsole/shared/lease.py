@@ -151,18 +151,30 @@ class Lease:
             return True
 
     def keep(self) -> None:
-        """Renew every third of the lease in a daemon thread until `release`."""
+        """Hold the lease from a daemon thread until `release`: take it first if it is not
+        held yet (a new run: nobody else knows its id, so its start need not wait for the
+        store), then renew it every third of its duration."""
 
         def loop() -> None:
-            while not self._stop.wait(self.lease_s / 3):
+            wait = 0.0
+            while not self._stop.wait(wait):
                 try:
+                    if not self.etag:
+                        self.acquire()
+                        wait = self.lease_s / 3
+                        continue
                     ok = self.renew()
                 except StoreUnavailable:
-                    continue  # try again next time; the lease may expire meanwhile
+                    wait = min(self.lease_s / 3, 5.0)
+                    continue  # try again; meanwhile the lease may expire
+                except LeaseHeld as exc:
+                    self.lost = str(exc)
+                    ok = False
                 if not ok:
                     if self.on_lost is not None:
                         self.on_lost(self.lost)
                     return
+                wait = self.lease_s / 3
 
         self._thread = threading.Thread(target=loop, name=f"lease-{self.run_id}", daemon=True)
         self._thread.start()

@@ -53,20 +53,15 @@ class SharedRun:
 
 
 def share_new_run(site: Site, journal: RunJournal, runbook_text: str, user: str) -> None:
-    """Take the lease of a run this console just created and copy its journal from now on.
-    With the store unreachable the run goes on locally (said on stderr)."""
+    """Copy a run this console just created to the store, and hold its lease. Both happen
+    in the background: the id is new, so no other console can contend for it, and the run
+    starts without waiting for the store (an unreachable one is tried again later)."""
     store = SharedStore.for_site(site)
     if store is None:
         return
     me = console_name(site)
-    lease: Lease | None = Lease(store, journal.run_id, me, user, site.lease)
-    try:
-        assert lease is not None
-        lease.acquire()
-        lease.keep()
-    except StoreUnavailable as exc:
-        _warn(f"{exc} The run goes on here; other consoles will not see it until it catches up.")
-        lease = None
+    lease = Lease(store, journal.run_id, me, user, site.lease)
+    lease.keep()
     mirror = StreamMirror(
         store, f"runs/{journal.run_id}", next_batch=1, console=me, header={"runbook": runbook_text}
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -26,6 +27,8 @@ from kconsole.errors import OperationFailed, UsageError
 from kconsole.site import Location, Site
 
 DEFAULT_PREFIX = "kconsole-shared"
+_CLIENTS: dict[tuple[Location, int], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 class StoreUnavailable(OperationFailed):
@@ -73,32 +76,41 @@ class SharedStore:
 
     def client(self) -> Any:
         """A boto3 client with short timeouts and no retries: the callers retry themselves,
-        in the background, and a dead store must cost a run seconds, not minutes."""
+        in the background, and a dead store must cost a run seconds, not minutes. Built
+        once per location and process (boto3 clients are thread-safe; building one takes
+        about half a second here, which a run's start should not pay every time)."""
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            from kconsole.backups.stores import read_credentials
-
-            kwargs: dict[str, Any] = {"region_name": self.location.region or "us-east-1"}
-            if self.location.endpoint_url:
-                kwargs["endpoint_url"] = self.location.endpoint_url
-            if self.location.credentials_file:
-                kwargs.update(
-                    read_credentials(Path(self.location.credentials_file), self.location.profile)
-                )
-            cfg = Config(
-                connect_timeout=3,
-                read_timeout=10,
-                retries={"max_attempts": 1, "mode": "standard"},
-            )
-            session = (
-                boto3.session.Session(profile_name=self.location.profile or None)
-                if self.location.profile and not self.location.credentials_file
-                else boto3.session.Session()
-            )
-            self._client = session.client("s3", config=cfg, **kwargs)
+            key = (self.location, os.getpid())
+            with _CLIENTS_LOCK:
+                if key not in _CLIENTS:
+                    _CLIENTS[key] = self._new_client()
+                self._client = _CLIENTS[key]
         return self._client
+
+    def _new_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        from kconsole.backups.stores import read_credentials
+
+        kwargs: dict[str, Any] = {"region_name": self.location.region or "us-east-1"}
+        if self.location.endpoint_url:
+            kwargs["endpoint_url"] = self.location.endpoint_url
+        if self.location.credentials_file:
+            kwargs.update(
+                read_credentials(Path(self.location.credentials_file), self.location.profile)
+            )
+        cfg = Config(
+            connect_timeout=3,
+            read_timeout=10,
+            retries={"max_attempts": 1, "mode": "standard"},
+        )
+        session = (
+            boto3.session.Session(profile_name=self.location.profile or None)
+            if self.location.profile and not self.location.credentials_file
+            else boto3.session.Session()
+        )
+        return session.client("s3", config=cfg, **kwargs)
 
     def key(self, name: str) -> str:
         """The full S3 key of a shared object."""
