@@ -262,3 +262,25 @@ def test_resume_of_an_unknown_run_names_the_store(lab: LiveLab) -> None:
     b = console(lab, "b6")
     with pytest.raises(UsageError, match="no run 20200101-000000-dead"):
         drive(b, Path("shared-demo"), "bob", yes=True, resume="20200101-000000-dead")
+
+
+def test_a_console_that_lost_the_store_works_locally_and_catches_up(
+    lab: LiveLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = console(lab, "a7"), console(lab, "b7")
+    rb = runbook(tmp_path)
+    lab.fault("set", "s3=down")
+    try:
+        code, lines = drive(a, rb, "alice", yes=True)
+        assert code == 0, lines
+        run_id = run_id_of(lines)
+        assert "not yet in the shared store (unreachable)" in capsys.readouterr().err
+        runs, problem = merged_runs(b, list_runs(b.state_dir))
+        assert problem and run_id not in {r.id for r in runs}
+    finally:
+        lab.fault("clear", "s3=down")
+    # The store is back: A's next listing sends what it missed; B then sees the run.
+    assert shared_view(a, run_id).status == "succeeded"
+    seen = shared_view(b, run_id)
+    assert seen.status == "succeeded" and seen.console == console_name(a)
+    assert len(seen.records) == len(summarise(a.state_dir / "runs" / run_id).records)

@@ -162,10 +162,13 @@ def _holder(lease: LeaseView | None) -> str:
 
 def merged_runs(site: Site, local: list[RunSummary]) -> tuple[list[RunSummary], str]:
     """This console's runs and the shared ones, newest first: for a run in both, the copy
-    with more records wins (the other console went on with it). Also a problem sentence
+    with more records wins (the other console went on with it). Runs of this console the
+    store is behind on (it was unreachable) are caught up first. Also a problem sentence
     when the store could not be read ("" otherwise)."""
     try:
         shared = shared_runs(site)
+        if catch_up(site, local, {r.id: r for r in shared}):
+            shared = shared_runs(site)
     except StoreUnavailable as exc:
         return local, str(exc)
     by_id = {r.id: r for r in local}
@@ -177,3 +180,31 @@ def merged_runs(site: Site, local: list[RunSummary]) -> tuple[list[RunSummary], 
             mine.console, mine.holder = r.console, r.holder
     runs = sorted(by_id.values(), key=lambda s: (s.started, s.id), reverse=True)
     return runs, ""
+
+
+def catch_up(site: Site, local: list[RunSummary], shared: dict[str, RunSummary]) -> int:
+    """Send the store the records of this console's runs it missed while unreachable
+    (runs not going on here right now, whose shared copy is a prefix of the local
+    journal); the number of runs caught up."""
+    store = SharedStore.for_site(site)
+    if store is None:
+        return 0
+    me = console_name(site)
+    done = 0
+    for mine in local:
+        theirs = shared.get(mine.id)
+        have = theirs.records if theirs is not None else []
+        if len(mine.records) <= len(have) or mine.records[: len(have)] != have:
+            continue  # nothing missing, or the runs went separate ways: leave both as they are
+        rdir = site.state_dir / "runs" / mine.id
+        if is_locked(rdir):
+            continue  # running here: its own mirror is sending them
+        view = store.read_stream(f"runs/{mine.id}")
+        if len(view.records) != len(have):
+            continue
+        header = None
+        if view.batches == 0:
+            header = {"runbook": (rdir / "runbook.toml").read_text(encoding="utf-8")}
+        if store.append(f"runs/{mine.id}", mine.records[len(have) :], view.batches + 1, me, header):
+            done += 1
+    return done
