@@ -284,3 +284,23 @@ def test_a_console_that_lost_the_store_works_locally_and_catches_up(
     seen = shared_view(b, run_id)
     assert seen.status == "succeeded" and seen.console == console_name(a)
     assert len(seen.records) == len(summarise(a.state_dir / "runs" / run_id).records)
+
+
+def test_a_console_cut_off_from_the_store_gives_its_lease_up(lab: LiveLab) -> None:
+    """Renewals failing for a whole lease: the holder says it lost the run (a headless run
+    then stops, resumable), before or as the store would let another console take it."""
+    a = console(lab, "a8", lease="1s")
+    store = SharedStore.for_site(a)
+    assert store is not None
+    lease = Lease(store, f"cut-off-{time.time_ns()}", console_name(a), "alice", a.lease)
+    lease.acquire()
+    lost = threading.Event()
+    lease.on_lost = lambda _why: lost.set()
+    lab.fault("set", "s3=down")
+    try:
+        lease.keep()
+        assert lost.wait(60), "the lease was never given up"
+        assert "could not be renewed for 1s" in lease.lost
+    finally:
+        lab.fault("clear", "s3=down")
+        lease.release()

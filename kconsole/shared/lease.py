@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -157,16 +158,27 @@ class Lease:
 
         def loop() -> None:
             wait = 0.0
+            sent = time.monotonic()  # when the last write that succeeded was sent
             while not self._stop.wait(wait):
+                attempt = time.monotonic()
                 try:
                     if not self.etag:
                         self.acquire()
-                        wait = self.lease_s / 3
+                        sent, wait = attempt, self.lease_s / 3
                         continue
                     ok = self.renew()
+                    sent = attempt if ok else sent
                 except StoreUnavailable:
                     wait = min(self.lease_s / 3, 5.0)
-                    continue  # try again; meanwhile the lease may expire
+                    if not self.etag or time.monotonic() - sent < self.lease_s:
+                        continue  # try again; the lease still holds
+                    # Not renewed for a whole lease (elapsed time on this host's monotonic
+                    # clock, which skew does not touch): another console may have it now.
+                    self.lost = (
+                        f"the lease could not be renewed for {self.lease_s:g}s (store "
+                        "unreachable); another console may take the run over"
+                    )
+                    ok = False
                 except LeaseHeld as exc:
                     self.lost = str(exc)
                     ok = False
