@@ -337,9 +337,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """`kconsole runs`"""
     from kconsole.journal import list_runs
+    from kconsole.shared.runs import merged_runs
 
     site = _site(args)
-    runs = list_runs(site.state_dir)
+    runs, problem = merged_runs(site, list_runs(site.state_dir))
+    if problem:
+        _err(f"kconsole: warning: {problem} Showing this console's runs only.")
     if args.json:
         for r in runs:
             _out(json.dumps(r.as_json()))
@@ -347,9 +350,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         _out("no runs yet.")
         return EXIT_OK
-    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+    if not site.shared:
+        _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+        for r in runs:
+            _out(
+                f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}"
+            )
+        return EXIT_OK
+    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} {'DRILL':5} {'USER':10} CONSOLE")
     for r in runs:
-        _out(f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}")
+        console = r.console or "this console"
+        if r.holder:
+            console += f" (lease: {r.holder})"
+        _out(
+            f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} "
+            f"{'yes' if r.drill else '':5} {r.user:10} {console}"
+        )
     return EXIT_OK
 
 

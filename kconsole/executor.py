@@ -465,6 +465,8 @@ class Executor:
             guide=step.guide,
             destructive=REGISTRY[step.action].destructive,
             skippable=self.drill,
+            approvers=step.approvers,
+            approved_by=list(prior.approved_by) if prior is not None else [],
         )
         self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
         answer = await self.confirm(request)
@@ -481,6 +483,8 @@ class Executor:
         if request.skipped and request.skippable:
             self.audit.append(self.user, "gate.skip", f"{self.run_id}/{step.id}", node=node_name)
             raise _SkipStep(f"skipped by {by} in the drill walkthrough")
+        if step.approvers > 1:
+            self._approve(step, node_name, request, by)
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
         self.audit.append(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
@@ -512,6 +516,40 @@ class Executor:
         if again is None:
             raise _StopRun(f"waiting at gate {step.id}: {gate.question()}")
         return bool(again)
+
+    def _approve(self, step: Step, node_name: str | None, request: GateRequest, by: str) -> None:
+        """One approval of a two-person gate, by the acting account (`--yes` included: it
+        approves as the account that gave it). Returns once the gate has all it needs;
+        until then the run stops there, waiting for another account."""
+        approved = request.approved_by
+        if self.user in approved:
+            raise _StopRun(
+                f"waiting at gate {step.id}: {self.user} approved it already and cannot approve "
+                f"it twice; {request.approval_line()}"
+            )
+        approved.append(self.user)
+        self._step_event(
+            step,
+            node_name,
+            "approved",
+            by=self.user,
+            via=by,
+            count=len(approved),
+            of=step.approvers,
+        )
+        self.audit.append(
+            self.user,
+            "gate.approve",
+            f"{self.run_id}/{step.id}",
+            node=node_name,
+            count=len(approved),
+            of=step.approvers,
+        )
+        prior = self.prior.get((step.id, node_name))
+        if prior is not None:
+            prior.approved_by = list(approved)
+        if len(approved) < step.approvers:
+            raise _StopRun(f"waiting at gate {step.id}: {request.approval_line()}")
 
     async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
         what = (

@@ -262,6 +262,11 @@ class Site:
     """The network's public health URL (the API behind its load balancer), for end checks."""
     alertmanager_url: str = ""
     """Alertmanager's base URL (`[alertmanager] url`): the console reads firing alerts there."""
+    shared: str = ""
+    """The S3 location runs are shared through (`[site] shared`: a location name, optionally
+    followed by `/prefix`), or "" for this console only."""
+    lease: float = 60.0
+    """Seconds a run's lease lasts without renewal before another console may take it over."""
 
     @property
     def base_dir(self) -> Path:
@@ -353,7 +358,7 @@ _TOP = (
     "access",
     "alertmanager",
 )
-_SITE_KEYS = ("name", "state_dir", "description", "health_url", "staging")
+_SITE_KEYS = ("name", "state_dir", "description", "health_url", "staging", "shared", "lease")
 _SSH_KEYS = (
     "user",
     "identity",
@@ -711,6 +716,22 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     state_dir = rel(state_value if isinstance(state_value, str) else "state")
     access = replace(access, audit_dir=state_dir)
 
+    shared = site_t.get("shared", "")
+    if expect_type(src, site_t, ("site",), "shared", str, "a location name", problems) and shared:
+        loc = locations.get(shared.split("/", 1)[0])
+        if loc is None or loc.type != "s3":
+            s3 = sorted(n for n, loc_ in locations.items() if loc_.type == "s3")
+            problems.append(
+                src.problem(
+                    ("site", "shared"),
+                    f"[site] shared must name an s3 location ({', '.join(s3) or 'none defined'}), "
+                    f"not {shared!r}",
+                )
+            )
+    lease = expect_duration(src, site_t, ("site",), "lease", problems)
+    if lease is not None and lease < 1:
+        problems.append(src.problem(("site", "lease"), "[site] lease must be at least 1s"))
+
     if not isinstance(site_t.get("name"), str):
         return None
     return Site(
@@ -731,4 +752,6 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         raw=data,
         health_url=str(site_t.get("health_url", "")),
         alertmanager_url=str(am_t.get("url", "")).rstrip("/") if isinstance(am_t, dict) else "",
+        shared=shared if isinstance(shared, str) else "",
+        lease=lease if lease is not None and lease >= 1 else 60.0,
     )

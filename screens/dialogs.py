@@ -88,6 +88,8 @@ class GateScreen(ModalScreen[bool | None]):
         with Vertical(id="dialog"):
             yield Static(f"GATE ({kind[request.kind]}){badge} · {request.step_id}", id="gate-title")
             yield Static(request.question(), id="question")
+            if request.approval_line():
+                yield Static(f"Two-person gate: {request.approval_line()}.", id="approvals")
             if request.guide:
                 with VerticalScroll(id="gate-guide"):
                     yield Markdown(request.guide)
