@@ -100,11 +100,14 @@ def _runbook_of(size: int) -> str:
 
 def _validate_peak_mb(path: Path) -> tuple[int, float]:
     """`kconsole validate PATH` in a fresh interpreter: its exit code and peak RSS in MB."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a large pytest
+    # process would report the parent's size; VmHWM belongs to the new address space.
     probe = (
-        "import resource, sys\n"
+        "import sys\n"
         "from kconsole.cli import main\n"
         "code = main(['validate', sys.argv[1]])\n"
-        "print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "print(code, hwm)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300
