@@ -381,6 +381,7 @@ def build_report(site: Site, run_id: str, *, compare: bool = True) -> dict[str, 
         "started": summary.started,
         "finished": summary.finished or None,
         "elapsed_s": elapsed,
+        "incident": head.get("incident") or summary.params.get("incident") or None,
         "detected": iso(detected) if detected else None,
         "detected_source": detected_source,
         "recovery_s": recovery_s,
@@ -708,6 +709,10 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- **Detected**: {rep['detected'] or 'not recorded'} (from {rep['detected_source']})",
         f"- **Parameters**: {', '.join(f'{k}={v}' for k, v in rep['params'].items()) or 'none'}",
     ]
+    if rep["incident"]:
+        out.append(
+            f"- **Incident**: {rep['incident']} (`kconsole incident report {rep['incident']}`)"
+        )
     if rep["injected"]:
         out.append(f"- **Injected Failure**: {', '.join(rep['injected'])}")
     out += ["", "## Test Objectives"]

@@ -234,3 +234,70 @@ def test_test_runbooks_are_drills_by_default() -> None:
 
     assert is_test_runbook(load_runbook(resolve_runbook_path("test-single-node-recovery", [])))
     assert not is_test_runbook(load_runbook(resolve_runbook_path("recover-single-node", [])))
+
+
+async def test_a_drill_gate_can_skip_a_step_and_the_report_says_so(site_path: Path) -> None:
+    """Only a drill's gates are skippable; a skipped step does not run, is journaled and
+    audited, later steps still run, and the report lists it as an issue."""
+    from kconsole.audit import AuditLog
+    from kconsole.executor import Executor
+    from kconsole.gates import GateRequest
+    from kconsole.journal import RunJournal, new_run_id
+    from kconsole.reports import build_report
+    from kconsole.runbook import load_runbook
+    from kconsole.services import Services
+    from kconsole.site import load_site
+
+    site = load_site(site_path)
+    rb_path = site_path.parent / "skip.toml"
+    rb_path.write_text(
+        FAILING.replace("exit 5", "exit 0").replace(
+            'command = "echo stopping"', 'command = "echo stopping"\ngate = "confirm"'
+        )
+    )
+    rb = load_runbook(rb_path)
+    asked: list[GateRequest] = []
+
+    async def skip_first(request: GateRequest) -> bool:
+        asked.append(request)
+        request.answered_by = "tester"
+        request.skipped = request.skippable
+        return True
+
+    for drill in (False, True):
+        run_id = new_run_id()
+        journal = RunJournal.create(site.state_dir, run_id, rb.text)
+        events: list[dict] = []
+        executor = Executor(
+            rb,
+            site,
+            {},
+            journal=journal,
+            confirm=skip_first,
+            services=Services(),
+            user="tester",
+            drill=drill,
+            on_event=events.append,
+        )
+        try:
+            outcome = await executor.run()
+        finally:
+            journal.close()
+        assert outcome.status == "succeeded"
+        stop = [e for e in events if e.get("step") == "stop" and e.get("type") == "step"]
+        if not drill:
+            assert asked[-1].skippable is False
+            assert any(e["event"] == "finished" for e in stop)
+            continue
+        assert asked[-1].skippable is True
+        assert [e["event"] for e in stop] == ["gate", "skipped"]
+        assert stop[-1]["reason"] == "skipped by tester in the drill walkthrough"
+        assert any(e.get("step") == "restore" and e["event"] == "finished" for e in events)
+        rep = build_report(site, run_id)
+        assert any(
+            i["kind"] == "skipped"
+            and i["severity"] == "Medium"
+            and "Step stop was skipped" in i["text"]
+            for i in rep["issues"]
+        )
+        assert any(e["action"] == "gate.skip" for e in AuditLog(site.state_dir).read())
