@@ -6,6 +6,7 @@ each starts with focus on Cancel: a reflexive Enter at 3 a.m. never confirms any
 | `GateScreen` | True confirmed, False refused (the run aborts), None later (the run stops, resumable) |
 | `ConfirmScreen` | True to go ahead (abort a run, quit during one) |
 | `NoteScreen` | the operator's note, or None |
+| `ChooseNodeScreen` | the down node to recover, `ALL_DOWN` for all of them, or None |
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Footer, Input, Markdown, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Markdown, OptionList, Static
+from textual.widgets.option_list import Option
 
 from kconsole.gates import GateRequest
 from screens.widgets import TickBox
@@ -86,6 +88,8 @@ class GateScreen(ModalScreen[bool | None]):
         with Vertical(id="dialog"):
             yield Static(f"GATE ({kind[request.kind]}){badge} · {request.step_id}", id="gate-title")
             yield Static(request.question(), id="question")
+            if request.approval_line():
+                yield Static(f"Two-person gate: {request.approval_line()}.", id="approvals")
             if request.guide:
                 with VerticalScroll(id="gate-guide"):
                     yield Markdown(request.guide)
@@ -266,4 +270,54 @@ class NoteScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         """No note."""
+        self.dismiss(None)
+
+
+ALL_DOWN = "*"
+"""ChooseNodeScreen's answer for "every down node" (no node can be called `*`)."""
+
+
+class ChooseNodeScreen(ModalScreen[str | None]):
+    """Several nodes are down: which one to recover (or all of them). No node is chosen
+    until the operator picks one; the list starts on the first down node, never on a
+    healthy one, and Escape chooses nothing.
+
+    | Key | Action |
+    | :- | :- |
+    | `enter` | recover the highlighted choice |
+    | `escape` | cancel |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="choose-node-cancel"),
+    ]
+    CSS_PATH = "dialogs.tcss"
+
+    def __init__(self, down: list[str], states: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.down = down
+        """The down nodes, in the order the console ranks them (validators first)."""
+        self.states = states or {}
+        """What the last poll said of each (inactive, unreachable...)."""
+
+    def compose(self) -> ComposeResult:
+        """The question and one line per down node, then all of them."""
+        with Vertical(id="dialog"):
+            yield Static(f"{len(self.down)} nodes are down: which to recover?", id="gate-title")
+            yield OptionList(
+                *(
+                    Option(f"{name} ({self.states.get(name, 'down')})", id=name)
+                    for name in self.down
+                ),
+                Option(f"all {len(self.down)} down nodes", id=ALL_DOWN),
+                id="choose-node",
+            )
+        yield Footer(compact=True)
+
+    @on(OptionList.OptionSelected)
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        """Recover nothing."""
         self.dismiss(None)

@@ -57,6 +57,24 @@ async def _still(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
+async def _open_incident(pilot: Pilot[Any]) -> None:
+    """A recovery incident on validator3, opened through the console's desk, then ticked."""
+    app = pilot.app
+    app.desk.open(  # type: ignore[attr-defined]
+        "recovery", "critical", "validator3 does not answer", nodes=["validator3"]
+    )
+    await _ticked(pilot)
+
+
+async def _ticked(pilot: Pilot[Any]) -> None:
+    """Let the console's incident tick run and its result reach the screens."""
+    app = pilot.app
+    await wait_for(pilot, lambda: not app._ticking, "the incident tick")  # type: ignore[attr-defined]
+    app.tick_incidents()  # type: ignore[attr-defined]
+    await wait_for(pilot, lambda: not app._ticking and app.incidents, "the incidents")  # type: ignore[attr-defined]
+    await pilot.pause()
+
+
 def _then(*steps: Script) -> Script:
     async def run(pilot: Pilot[Any]) -> None:
         for step in steps:
@@ -156,6 +174,11 @@ class TestDashboard:
         )
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then())
 
+    def test_choose_down_node_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """Two nodes down, Enter on a healthy row: the console asks which down node to recover."""
+        console = make_console(tmp_path, down=["validator2"], unreachable=["api1"])
+        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("enter")))
+
 
 class TestRunbooks:
     """Choosing, preparing and reviewing a runbook with a validator down."""
@@ -164,6 +187,19 @@ class TestRunbooks:
         """recover-single-node is highlighted because validator2 is down."""
         console = make_console(tmp_path, down=["validator2"])
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("r")))
+
+    def test_params_healthy_node_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """A recovery's node set to one that is active: the warning under the field."""
+        console = make_console(tmp_path, down=["validator2"])
+
+        async def healthy(pilot: Pilot[Any]) -> None:
+            await settle(pilot)
+            pilot.app.screen.fields["node"].value = "validator1"  # type: ignore[attr-defined]
+            await pilot.pause()
+
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_keys("r", "enter"), healthy)
+        )
 
     def test_plan_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The plan: steps, nodes, gates, estimate against the RTO; Start focused."""
@@ -212,6 +248,23 @@ class TestContacts:
         """80x24: the matrices wrap, nothing is cut."""
         console = make_console(tmp_path)
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("c")))
+
+    def test_open_incident_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """80x24, the escalation panel: an open recovery incident paged at level 1, the next
+        page in 5 minutes, acknowledge and escalate keys."""
+        console = make_console(tmp_path, down=["validator3"])
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_open_incident, _keys("c"))
+        )
+
+    def test_open_incident_large(self, snap_compare: Any, tmp_path: Path) -> None:
+        """120x40: the same, after an escalation to level 2 (the matrix shows the level)."""
+        console = make_console(tmp_path, down=["validator3"])
+        assert snap_compare(
+            console.app,
+            terminal_size=LARGE,
+            run_before=_then(_open_incident, _keys("c", "e", "y"), _ticked),
+        )
 
 
 class TestRunsAndAudit:

@@ -414,6 +414,8 @@ def make_console(
     )
     counter = iter(range(1, 1000))
     app.make_run_id = lambda: f"20261126-031400-{next(counter):04d}"
+    incidents = iter(range(1, 1000))
+    app.desk.make_id = lambda _now: f"INC-20261126-031400-{next(incidents):04d}"
     app.animation_level = "none"
     return Console(app, transport, clock, site_path)
 
