@@ -301,3 +301,34 @@ async def test_a_drill_gate_can_skip_a_step_and_the_report_says_so(site_path: Pa
             for i in rep["issues"]
         )
         assert any(e["action"] == "gate.skip" for e in AuditLog(site.state_dir).read())
+
+
+def test_rto_counts_from_the_incidents_detected_time(cli, site_path: Path, write_runbook) -> None:
+    """A run started for an incident counts its RTO from the incident's detection, and says so."""
+    code, out, err = cli(
+        "--site",
+        site_path,
+        "incident",
+        "open",
+        "--type",
+        "recovery",
+        "--severity",
+        "high",
+        "--summary",
+        "validator1 down",
+        "--detected",
+        "2026-01-01T00:00:00Z",
+        "--json",
+    )
+    assert code == 0, err
+    incident = json.loads(out.splitlines()[-1])["id"]
+    rb = write_runbook(FAILING.replace("exit 5", "exit 0"))
+    code, out, err = cli("--site", site_path, "run", rb, "--yes", "--json", "--incident", incident)
+    assert code == 0, out + err
+    run_id = json.loads(out.splitlines()[0])["run"]
+    code, md, _ = cli("--site", site_path, "report", run_id)
+    assert f"- **Incident**: {incident}" in md
+    assert f"(from incident {incident}'s detected time)" in md
+    # Detected months before the run: far outside the 1h RTO, though the run took seconds.
+    assert "- **RTO Met**: No (" in md and "from detection against 1h00m)" in md
+    assert "Recovery took" in md and "Severity: High" in md
