@@ -332,3 +332,31 @@ def test_rto_counts_from_the_incidents_detected_time(cli, site_path: Path, write
     # Detected months before the run: far outside the 1h RTO, though the run took seconds.
     assert "- **RTO Met**: No (" in md and "from detection against 1h00m)" in md
     assert "Recovery took" in md and "Severity: High" in md
+
+
+def test_interrupted_and_aborted_runs_are_issues_not_none() -> None:
+    from kconsole.reports import derive_issues, derive_next_steps, derive_recommendations
+
+    base = {
+        "run": "r1",
+        "runbook": "recover-single-node",
+        "reason": "",
+        "failures": [],
+        "retries": [],
+        "skipped": [],
+        "steps": [],
+        "rto_met": False,
+        "rpo_met": None,
+        "consistency": None,
+        "signoffs": {},
+        "data_consistency": {"verified": False},
+    }
+    for status, kind in (("interrupted", "interrupted"), ("aborted", "run")):
+        rep = {**base, "status": status}
+        issues = derive_issues(rep)
+        assert issues and issues[0]["kind"] == kind and issues[0]["severity"] == "High"
+        assert derive_recommendations(issues)
+        steps = derive_next_steps(rep)
+        assert steps[0].startswith(
+            "Resume or close run r1" if status == "interrupted" else "Recover"
+        )
