@@ -502,7 +502,12 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         await wait_for(
             pilot, lambda: app.gate_open and app.screen is not first, "the next step's gate"
         )
+        second = app.screen
         await pilot.press("escape")  # stop the drill here
+        await wait_for(
+            pilot, lambda: app.gate_open and app.screen is not second, "the abort question"
+        )
+        await pilot.press("y")  # yes, abort
         await wait_for(pilot, lambda: not app.run_active, "the drill to stop")
         await wait_for(pilot, lambda: drills.last_drill is not None, "the drill's run id")
         run_id = drills.last_drill
