@@ -502,7 +502,12 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         await wait_for(
             pilot, lambda: app.gate_open and app.screen is not first, "the next step's gate"
         )
+        second = app.screen
         await pilot.press("escape")  # stop the drill here
+        await wait_for(
+            pilot, lambda: app.gate_open and app.screen is not second, "the abort question"
+        )
+        await pilot.press("y")  # yes, abort
         await wait_for(pilot, lambda: not app.run_active, "the drill to stop")
         await wait_for(pilot, lambda: drills.last_drill is not None, "the drill's run id")
         run_id = drills.last_drill
@@ -526,3 +531,21 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         assert not any(
             c.command == "systemctl stop kaldrix-node" for c in console.transport.calls
         )  # the skipped step did not run
+
+
+async def test_drill_switch_is_on_by_default_for_test_runbooks(tmp_path: Path) -> None:
+    from textual.widgets import Checkbox
+
+    from kconsole.runbook import load_runbook, resolve_runbook_path
+
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for name, ticked in (("test-single-node-recovery", True), ("recover-single-node", False)):
+            rb = load_runbook(resolve_runbook_path(name, [tmp_path / "runbooks"]))
+            await app.push_screen(ParamsScreen(rb, {}))
+            await settle(pilot)
+            assert app.screen.query_one("#drill", Checkbox).value is ticked, name
+            app.pop_screen()
+            await settle(pilot)
