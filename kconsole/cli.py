@@ -176,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kconsole` script."""
     try:
-        args = build_parser().parse_args(argv)
+        given = list(sys.argv[1:] if argv is None else argv)
+        if any("\x00" in a for a in given):
+            raise UsageError("an argument holds a NUL character, which no path or value may.")
+        args = build_parser().parse_args(given)
         handler = _HANDLERS.get(args.command or "console")
         if handler is None:
             raise UsageError(f"kconsole {args.command} is not available in this version.")

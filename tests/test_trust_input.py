@@ -283,3 +283,16 @@ def test_json_output_of_a_refused_command_stays_clean(cli, site_path: Path) -> N
     (site_path.parent / "state").write_text("x\n")
     code, out, _ = cli("--site", site_path, "runs", "--json")
     assert code == 2 and out == ""  # stdout carries no partial JSON lines
+
+
+def test_a_nul_character_is_refused_in_arguments_and_files(cli, site_path: Path) -> None:
+    """Found by the large CLI fuzz: `validate '\\x00'` was an internal error (ValueError)."""
+    code, _, err = cli("validate", "\x00")
+    assert code == 2
+    assert _one_sentence(err) == (
+        "kconsole: an argument holds a NUL character, which no path or value may."
+    )
+    site_path.write_text(site_path.read_text().replace('"state"', '"st\\u0000ate"'))
+    code, _, err = cli("--site", site_path, "runs")
+    assert code == 2
+    assert _one_sentence(err) == f"{site_path}:1:1: a string holds a NUL character (\\u0000)"
