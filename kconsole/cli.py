@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--drill", action="store_true", help="mark the run as a drill")
     r.add_argument("--json", action="store_true", help="one JSON event per line")
     r.add_argument("--resume", metavar="RUN_ID")
+    r.add_argument("--incident", metavar="ID", help="the incident this run belongs to")
 
     runs = sub.add_parser("runs", parents=[common], help="runs in the journal, newest first")
     runs.add_argument("--json", action="store_true")
@@ -133,9 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report", parents=[common], help="the filled incident / drill report of a run"
     )
-    rep.add_argument("run_id", metavar="RUN_ID")
-    rep.add_argument("--format", choices=["md", "json"], default="md")
+    rep.add_argument("run_id", metavar="RUN_ID", help="a run id, or `sign` then the run id")
+    rep.add_argument("sign_run", nargs="?", metavar="SIGN_RUN_ID", help=argparse.SUPPRESS)
+    rep.add_argument("--format", choices=["md", "json", "html"], default="md")
     rep.add_argument("-o", dest="output", metavar="FILE")
+    rep.add_argument(
+        "--role",
+        choices=["test-engineer", "operations-lead"],
+        help="with `report sign RUN_ID`: the sign-off role",
+    )
+
+    dr = sub.add_parser(
+        "drill", parents=[common], help="a guided drill of one of the plan's scenarios"
+    )
+    dr.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="single-node | multiple-nodes | complete-network | security-incident",
+    )
+    dr.add_argument("--lab", action="store_true", help="the site is the lab (required there)")
+    dr.add_argument("--yes", action="store_true", help="unattended: confirm every step")
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--param", action="append", default=[], metavar="K=V")
+    dr.add_argument(
+        "--exercise",
+        choices=["dr-drill", "full-scale"],
+        default="",
+        help="count this drill as the plan's quarterly DR drill or bi-annual full-scale exercise",
+    )
+    drs = sub.add_parser(
+        "drills", parents=[common], help="drill history and the plan's testing schedule"
+    )
+    drs.add_argument("--json", action="store_true")
+    drs.add_argument("--crontab", action="store_true", help="cron lines for the automated tests")
 
     au = sub.add_parser("audit", parents=[common], help="the audit log")
     aus = au.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
@@ -145,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("contacts", parents=[common], help="contacts and escalation matrices")
     co.add_argument("--json", action="store_true")
+    co.add_argument("--now", action="store_true", help="who to call now, per open incident")
+
+    from kconsole.incidents.cli import add_incident_parser
+
+    add_incident_parser(sub, common)
 
     me = sub.add_parser("metrics", parents=[common], help="backup metrics, Prometheus text format")
     me.add_argument("-o", dest="output", metavar="FILE")
@@ -249,7 +285,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     """`kconsole site import PRIMARY_CONF [-o FILE] [--force]`: the notes go to stderr, the
     site file to FILE (atomically, never over an existing one without --force) or stdout."""
 
-    from kconsole.fsutil import atomic_write
+    from kconsole.fsutil import atomic_write, refuse_overwriting_input
     from kconsole.site import load_site
     from kconsole.siteimport import import_plan_config
 
@@ -257,6 +293,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     imported = import_plan_config(source)
     text = imported.toml(source)
     out = Path(args.output) if args.output else None
+    if out is not None:
+        refuse_overwriting_input(out, plan_configuration=source)
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} already exists; pass --force to replace it.")
     if out is not None and not out.parent.is_dir():
@@ -295,15 +333,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         as_json=args.json,
         resume=args.resume,
         printer=_out,
+        incident=args.incident or "",
     )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """`kconsole runs`"""
     from kconsole.journal import list_runs
+    from kconsole.shared.runs import merged_runs
 
     site = _site(args)
-    runs = list_runs(site.state_dir)
+    runs, problem = merged_runs(site, list_runs(site.state_dir))
+    if problem:
+        _err(f"kconsole: warning: {problem} Showing this console's runs only.")
     if args.json:
         for r in runs:
             _out(json.dumps(r.as_json()))
@@ -311,9 +353,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         _out("no runs yet.")
         return EXIT_OK
-    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+    if not site.shared:
+        _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+        for r in runs:
+            _out(
+                f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}"
+            )
+        return EXIT_OK
+    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} {'DRILL':5} {'USER':10} CONSOLE")
     for r in runs:
-        _out(f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}")
+        console = r.console or "this console"
+        if r.holder:
+            console += f" (lease: {r.holder})"
+        _out(
+            f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} "
+            f"{'yes' if r.drill else '':5} {r.user:10} {console}"
+        )
     return EXIT_OK
 
 
@@ -363,8 +418,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:
-    """`kconsole contacts`"""
+    """`kconsole contacts [--now]`"""
     site = _site(args)
+    if args.now:
+        from kconsole.incidents.cli import print_call_now
+
+        return print_call_now(site, args.json, _out)
     if args.json:
         for c in site.contacts:
             _out(json.dumps({"type": "contact", **c.__dict__}))
@@ -460,11 +519,20 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     ]
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
+    orphans = [
+        o
+        for o in catalog.orphans
+        if (not args.location or o.location == args.location)
+        and (not args.kind or o.key.startswith(f"{args.kind}/"))
+        and (not args.node or f"/{args.node}/" in f"/{o.key}")
+    ]
     if args.json:
         for row in rows:
             _out(json.dumps(row))
         for f in fresh:
             _out(json.dumps(f))
+        for o in orphans:
+            _out(json.dumps(o.as_json()))
         return EXIT_OK
     _out(f"catalog of {site.name} as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC")
     _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
@@ -475,6 +543,13 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}"
         )
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
+    if orphans:
+        _out(
+            f"{len(orphans)} orphaned objects (no manifest beside them, left by a backup that "
+            "failed or was interrupted; backup.prune removes them):"
+        )
+        for o in orphans:
+            _out(f"  {o.path} ({o.size} bytes)")
     if not fresh:
         return EXIT_OK
     _out("")
@@ -507,8 +582,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """`kconsole metrics [-o FILE]`: the backup metrics, Prometheus text format; a file is
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
-    from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
+    from kconsole.backups.metrics import (
+        WINDOW,
+        collect,
+        recovery_samples,
+        render,
+        write_textfile,
+    )
     from kconsole.backups.rotation import key_rotation
+    from kconsole.reports import recent_reports
     from kconsole.runbook.coverage import expected_nodes
 
     site = _site(args)
@@ -521,6 +603,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             expected=expected_nodes(site),
             rotation=key_rotation(site),
         )
+        + recovery_samples(site, recent_reports(site))
     )
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
@@ -619,17 +702,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if bad or incomplete:
         from kconsole.backups.verify import verify_failure
 
-        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), limit=None)}.")
+        why = {o.id: o.problems[0] for o in outcomes if not o.ok and o.problems}
+        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), None, why)}.")
         return EXIT_FAILED
     _out(f"{len(outcomes)} backups verified.")
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """`kconsole report RUN_ID [--format md|json] [-o FILE]`"""
+    """`kconsole report RUN_ID [--format md|json|html] [-o FILE]`, and
+    `kconsole report sign RUN_ID --role test-engineer|operations-lead`."""
     from kconsole.fsutil import atomic_write
-    from kconsole.reports import render_report
+    from kconsole.reports import render_report, sign_report
+    from kconsole.site import current_user
 
+    if args.run_id == "sign":
+        if not args.sign_run or not args.role:
+            raise UsageError(
+                "usage: kconsole report sign RUN_ID --role test-engineer|operations-lead."
+            )
+        site = _site(args)
+        entry = sign_report(site, args.sign_run, args.role, current_user())
+        _out(
+            f"{entry['actor']} signed the report of run {args.sign_run} as {args.role} at {entry['ts']}"
+        )
+        return EXIT_OK
+    if args.sign_run or args.role:
+        raise UsageError("--role and a second run id go with `kconsole report sign RUN_ID`.")
     site = _site(args)
     text = render_report(site, args.run_id, args.format)
     if args.output:
@@ -637,6 +736,71 @@ def cmd_report(args: argparse.Namespace) -> int:
         _out(f"wrote the report of run {args.run_id} to {args.output}")
     else:
         _out(text.rstrip("\n"))
+    return EXIT_OK
+
+
+def cmd_incident(args: argparse.Namespace) -> int:
+    """`kconsole incident open|list|show|ack|escalate|update|note|tick|report`"""
+    from kconsole.incidents.cli import cmd_incident as run
+
+    return run(args, _site(args), _out)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """`kconsole drill SCENARIO [--lab] [--yes] [--json]`"""
+    from kconsole.drills import run_drill
+
+    code, _ = run_drill(
+        site=_site(args),
+        name=args.scenario,
+        lab=args.lab,
+        yes=args.yes,
+        as_json=args.json,
+        printer=_out,
+        params=args.param,
+        exercise=args.exercise,
+    )
+    return code
+
+
+def cmd_drills(args: argparse.Namespace) -> int:
+    """`kconsole drills [--json] [--crontab]`: drill history per scenario and the plan's
+    testing schedule with next due and overdue."""
+    from kconsole.config import format_duration
+    from kconsole.drills import drills_crontab, drills_status
+
+    site = _site(args)
+    if args.crontab:
+        _out(drills_crontab(str(site.path)).rstrip("\n"))
+        return EXIT_OK
+    status = drills_status(site)
+    if args.json:
+        for row in status["schedule"]:
+            _out(json.dumps({"schedule": row}))
+        for name, runs in status["history"].items():
+            _out(json.dumps({"scenario": name, "drills": runs}, default=str))
+        return EXIT_OK
+    _out("Testing schedule (the plan's):")
+    _out(f"  {'CADENCE':<12} {'MODE':<10} {'TEST':<40} {'LAST':<26} NEXT DUE")
+    for row in status["schedule"]:
+        due = row["next_due"] or "now (never run)"
+        flag = "  OVERDUE" if row["overdue"] else ""
+        _out(
+            f"  {row['cadence']:<12} {row['mode']:<10} {row['test']:<40} {row['last'] or '-':<26} {due}{flag}"
+        )
+    _out("")
+    _out("Drill history:")
+    for name, runs in status["history"].items():
+        if not runs:
+            _out(f"  {name}: no drill yet")
+            continue
+        _out(f"  {name}:")
+        for r in runs:
+            rec = format_duration(r["recovery_s"]) if r["recovery_s"] is not None else "-"
+            met = {True: "met", False: "missed", None: "-"}[r["rto_met"]]
+            _out(
+                f"    {r['run']}  {r['status']:<11} recovery {rec:<7} RTO {met:<6} issues {r['issues']}"
+            )
     return EXIT_OK
 
 
@@ -756,6 +920,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "audit": cmd_audit,
     "contacts": cmd_contacts,
+    "incident": cmd_incident,
     "site": cmd_site,
     "status": cmd_status,
     "catalog": cmd_catalog,
@@ -766,5 +931,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab": cmd_lab,
     "console": cmd_console,
     "report": cmd_report,
+    "drill": cmd_drill,
+    "drills": cmd_drills,
     "web": cmd_web,
 }

@@ -139,16 +139,35 @@ class EscalationMatrix:
     levels: tuple[EscalationLevel, ...]
 
 
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+"""PagerDuty's Events API v2 endpoint (a `[notify.*]` table of kind pagerduty may name another)."""
+
+
 @dataclass(frozen=True)
 class NotifyTarget:
-    """A Slack-style webhook, its URL read from an environment variable at send time."""
+    """Where notifications go: a Slack-style webhook (its URL read from an environment
+    variable at send time) or PagerDuty's Events API v2 (its routing key likewise)."""
 
     name: str
     webhook_env: str
+    kind: Literal["slack", "pagerduty"] = "slack"
+    routing_key_env: str = ""
+    events_url: str = PAGERDUTY_EVENTS_URL
 
     def url(self) -> str | None:
-        """The webhook URL, or None when the variable is unset."""
+        """The webhook URL (slack) or events endpoint (pagerduty); None when a secret is unset."""
+        if self.kind == "pagerduty":
+            return self.events_url if self.routing_key() else None
         return os.environ.get(self.webhook_env) or None
+
+    def routing_key(self) -> str | None:
+        """The PagerDuty routing key, or None when its variable is unset."""
+        return os.environ.get(self.routing_key_env) or None if self.routing_key_env else None
+
+    @property
+    def secret_env(self) -> str:
+        """The environment variable holding this target's secret."""
+        return self.routing_key_env if self.kind == "pagerduty" else self.webhook_env
 
 
 @dataclass(frozen=True)
@@ -241,6 +260,13 @@ class Site:
     raw: dict[str, Any] = field(default_factory=dict)
     health_url: str = ""
     """The network's public health URL (the API behind its load balancer), for end checks."""
+    alertmanager_url: str = ""
+    """Alertmanager's base URL (`[alertmanager] url`): the console reads firing alerts there."""
+    shared: str = ""
+    """The S3 location runs are shared through (`[site] shared`: a location name, optionally
+    followed by `/prefix`), or "" for this console only."""
+    lease: float = 60.0
+    """Seconds a run's lease lasts without renewal before another console may take it over."""
 
     @property
     def base_dir(self) -> Path:
@@ -330,8 +356,9 @@ _TOP = (
     "escalation",
     "notify",
     "access",
+    "alertmanager",
 )
-_SITE_KEYS = ("name", "state_dir", "description", "health_url")
+_SITE_KEYS = ("name", "state_dir", "description", "health_url", "staging", "shared", "lease")
 _SSH_KEYS = (
     "user",
     "identity",
@@ -420,6 +447,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     check_keys(src, site_t, ("site",), _SITE_KEYS, ("name",), "[site]", problems)
     expect_type(src, site_t, ("site",), "name", str, "a string", problems)
     expect_type(src, site_t, ("site",), "state_dir", str, "a path string", problems)
+    expect_type(src, site_t, ("site",), "staging", bool, "true or false", problems)
 
     ssh_t = _table(src, data, (), "ssh", "[ssh]", problems)
     check_keys(src, ssh_t, ("ssh",), _SSH_KEYS, (), "[ssh]", problems)
@@ -623,7 +651,40 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     notify: dict[str, NotifyTarget] = {}
     for name, t in _tables(src, data, "notify", problems).items():
         kp = ("notify", name)
-        check_keys(src, t, kp, ("webhook_env",), ("webhook_env",), f"[notify.{name}]", problems)
+        kind = t.get("kind", "slack")
+        if kind not in ("slack", "pagerduty"):
+            problems.append(
+                src.problem((*kp, "kind"), f'[notify.{name}] kind must be "slack" or "pagerduty"')
+            )
+            continue
+        if kind == "pagerduty":
+            check_keys(
+                src,
+                t,
+                kp,
+                ("kind", "routing_key_env", "events_url"),
+                ("routing_key_env",),
+                f"[notify.{name}]",
+                problems,
+            )
+            if "routing_key" in t:
+                problems.append(
+                    src.problem(
+                        kp,
+                        f"[notify.{name}] must not hold the routing key; name its environment variable with routing_key_env",
+                    )
+                )
+            notify[name] = NotifyTarget(
+                name,
+                "",
+                kind="pagerduty",
+                routing_key_env=str(t.get("routing_key_env", "")),
+                events_url=str(t.get("events_url") or PAGERDUTY_EVENTS_URL),
+            )
+            continue
+        check_keys(
+            src, t, kp, ("kind", "webhook_env"), ("webhook_env",), f"[notify.{name}]", problems
+        )
         if "url" in t or "webhook_url" in t:
             problems.append(
                 src.problem(
@@ -632,6 +693,13 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
                 )
             )
         notify[name] = NotifyTarget(name, str(t.get("webhook_env", "")))
+
+    am_t = data.get("alertmanager")
+    if isinstance(am_t, dict):
+        check_keys(src, am_t, ("alertmanager",), ("url",), ("url",), "[alertmanager]", problems)
+        expect_type(src, am_t, ("alertmanager",), "url", str, "a URL string", problems)
+    elif am_t is not None:
+        problems.append(src.problem(("alertmanager",), "[alertmanager] must be a table"))
 
     access = Access()
     if "access" in data:
@@ -647,6 +715,22 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     state_value = site_t.get("state_dir", "state")
     state_dir = rel(state_value if isinstance(state_value, str) else "state")
     access = replace(access, audit_dir=state_dir)
+
+    shared = site_t.get("shared", "")
+    if expect_type(src, site_t, ("site",), "shared", str, "a location name", problems) and shared:
+        loc = locations.get(shared.split("/", 1)[0])
+        if loc is None or loc.type != "s3":
+            s3 = sorted(n for n, loc_ in locations.items() if loc_.type == "s3")
+            problems.append(
+                src.problem(
+                    ("site", "shared"),
+                    f"[site] shared must name an s3 location ({', '.join(s3) or 'none defined'}), "
+                    f"not {shared!r}",
+                )
+            )
+    lease = expect_duration(src, site_t, ("site",), "lease", problems)
+    if lease is not None and lease < 1:
+        problems.append(src.problem(("site", "lease"), "[site] lease must be at least 1s"))
 
     if not isinstance(site_t.get("name"), str):
         return None
@@ -667,4 +751,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         access=access,
         raw=data,
         health_url=str(site_t.get("health_url", "")),
+        alertmanager_url=str(am_t.get("url", "")).rstrip("/") if isinstance(am_t, dict) else "",
+        shared=shared if isinstance(shared, str) else "",
+        lease=lease if lease is not None and lease >= 1 else 60.0,
     )

@@ -33,6 +33,7 @@ class GateScreen(ModalScreen[bool | None]):
     | :- | :- |
     | `y` | confirm (not for typed gates: type the value, then Enter) |
     | `l` | later: stop the run here, resumable from Runs |
+    | `s` | skip the step (a drill's gates only; recorded, later steps still run) |
     | `escape` | cancel: refuse the gate; the run aborts |
     """
 
@@ -50,6 +51,13 @@ class GateScreen(ModalScreen[bool | None]):
             "Later",
             id="gate-later",
             tooltip="Stop the run at this gate; re-attach from Runs to answer it.",
+        ),
+        Binding(
+            "s",
+            "skip",
+            "Skip",
+            id="gate-skip",
+            tooltip="A drill's gate: skip this step (recorded in the journal and the report).",
         ),
         Binding(
             "escape",
@@ -80,6 +88,8 @@ class GateScreen(ModalScreen[bool | None]):
         with Vertical(id="dialog"):
             yield Static(f"GATE ({kind[request.kind]}){badge} · {request.step_id}", id="gate-title")
             yield Static(request.question(), id="question")
+            if request.approval_line():
+                yield Static(f"Two-person gate: {request.approval_line()}.", id="approvals")
             if request.guide:
                 with VerticalScroll(id="gate-guide"):
                     yield Markdown(request.guide)
@@ -97,6 +107,8 @@ class GateScreen(ModalScreen[bool | None]):
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Later", id="later")
+                if request.skippable:
+                    yield Button("Skip", id="skip")
                 yield Button(
                     "Confirm", id="confirm", variant="error" if request.destructive else "primary"
                 )
@@ -104,7 +116,9 @@ class GateScreen(ModalScreen[bool | None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Letter keys are off for a typed gate: every letter goes into the typed value."""
-        return not (self.request.kind == "type" and action in ("confirm", "later"))
+        if action == "skip" and not self.request.skippable:
+            return False
+        return not (self.request.kind == "type" and action in ("confirm", "later", "skip"))
 
     def on_key(self, event: Key) -> None:
         """In a typed gate, typing anywhere types into the value (focus stays safe on Cancel)."""
@@ -135,9 +149,12 @@ class GateScreen(ModalScreen[bool | None]):
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        {"cancel": self.action_cancel, "later": self.action_later, "confirm": self.action_confirm}[
-            event.button.id or "cancel"
-        ]()
+        {
+            "cancel": self.action_cancel,
+            "later": self.action_later,
+            "confirm": self.action_confirm,
+            "skip": self.action_skip,
+        }[event.button.id or "cancel"]()
 
     def action_confirm(self) -> None:
         """Confirm, if what the gate asks for is there: the typed value, every box ticked."""
@@ -156,6 +173,12 @@ class GateScreen(ModalScreen[bool | None]):
                 return
             request.note = self.query_one("#note", Input).value.strip()
         self.dismiss(True)
+
+    def action_skip(self) -> None:
+        """A drill's gate: skip the step; the executor records it and carries on."""
+        if self.request.skippable:
+            self.request.skipped = True
+            self.dismiss(True)
 
     def action_cancel(self) -> None:
         """Refuse the gate."""

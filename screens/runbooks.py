@@ -17,6 +17,7 @@ from textual.events import Key
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, Static
 
+from kconsole.drills import is_test_runbook
 from kconsole.errors import KconsoleError
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
@@ -258,6 +259,8 @@ class ParamsScreen(ConsoleScreen):
                     yield note
             yield TickBox(
                 "Drill: mark this run as a drill (journal, report, notifications)",
+                # A test runbook is a rehearsal by nature: ticked unless the operator says not.
+                value=is_test_runbook(rb),
                 id="drill",
                 compact=True,
             )
