@@ -299,3 +299,14 @@ def test_a_nul_character_is_refused_in_arguments_and_files(cli, site_path: Path)
     code, _, err = cli("--site", site_path, "runs")
     assert code == 2
     assert _one_sentence(err) == f"{site_path}:1:1: a string holds a NUL character (\\u0000)"
+
+
+def test_a_damaged_journal_never_reaches_an_internal_error(cli, site_path: Path) -> None:
+    """JSON lines that are not records (a list, a string, bad bytes) are skipped as damage."""
+    run = site_path.parent / "state" / "runs" / "20261126-031502-7f3a"
+    run.mkdir(parents=True)
+    (run / "journal.jsonl").write_bytes(b'{"type":"run"\n[1,2]\n"x"\n\xff\xfe\n5\n')
+    for args in (("runs",), ("runs", "--json"), ("report", run.name)):
+        code, _, err = cli("--site", site_path, *args)
+        assert code in (0, 2), (args, err)
+        assert "internal error" not in err
