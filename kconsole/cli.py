@@ -212,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kconsole` script."""
     try:
-        args = build_parser().parse_args(argv)
+        given = list(sys.argv[1:] if argv is None else argv)
+        if any("\x00" in a for a in given):
+            raise UsageError("an argument holds a NUL character, which no path or value may.")
+        args = build_parser().parse_args(given)
         handler = _HANDLERS.get(args.command or "console")
         if handler is None:
             raise UsageError(f"kconsole {args.command} is not available in this version.")
@@ -805,17 +808,21 @@ def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
 
-    if args.crypto_command == "keygen":
-        site = _site_owning_keys(args, Path(args.output))
-        if site is None:
-            return crypto_cli.cmd_keygen(Path(args.output))
-        from kconsole.audit import AuditLog
+    # Any file written into the site's key directory (a new key, or a decrypted one that
+    # holds 64 hex characters) can become the key the site encrypts with: admins only.
+    site = _site_owning_keys(args, Path(args.output))
+    if site is not None:
         from kconsole.site import current_user
 
         user = current_user()
-        site.access.require_admin(user, "write a key into the site's key directory")
+        site.access.require_admin(user, "write into the site's key directory")
+    if args.crypto_command == "keygen":
         code = crypto_cli.cmd_keygen(Path(args.output))
-        AuditLog(site.state_dir).append(user, "crypto-keygen", str(Path(args.output).resolve()))
+        if site is not None:
+            from kconsole.audit import AuditLog
+
+            target = str(Path(args.output).resolve())
+            AuditLog(site.state_dir).append(user, "crypto-keygen", target)
         return code
     if args.crypto_command == "encrypt":
         return crypto_cli.cmd_encrypt(Path(args.key), Path(args.input), Path(args.output))
