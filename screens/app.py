@@ -382,15 +382,8 @@ class KconsoleApp(App[int]):
         if self._hung_up:
             return
         self._hung_up = True
-        if self.run_active and self.session is not None:
-            with contextlib.suppress(Exception):
-                AuditLog(self.site.state_dir).append(
-                    self.user,
-                    "console.hangup",
-                    self.session.run_id,
-                    signal=signal.Signals(sig).name,
-                )
-        self._stop_and_exit(terminal_gone=sig == signal.SIGHUP)
+        hung_run = self.session.run_id if self.run_active and self.session is not None else None
+        self._stop_and_exit(terminal_gone=sig == signal.SIGHUP, hangup=(sig, hung_run))
 
     async def on_unmount(self) -> None:
         """Close pooled connections."""
@@ -633,15 +626,19 @@ class KconsoleApp(App[int]):
 
         def answered(text: str | None) -> None:
             if text:
-                try:
-                    session.note(self.user, text)
-                except KconsoleError as exc:
-                    self.notify(str(exc), severity="error")
-                    return
-                self.post_message(self.RunChanged())
-                self.notify("note added to the journal")
+                self._write_note(session, text)
 
         self.push_screen(NoteScreen(), answered)
+
+    @work(group="note", exit_on_error=False, description="journal an operator note")
+    async def _write_note(self, session: RunSession, text: str) -> None:
+        try:
+            await session.note(self.user, text)
+        except KconsoleError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.post_message(self.RunChanged())
+        self.notify("note added to the journal")
 
     def open_run(self, run_id: str) -> None:
         """Show a run in the Run screen: live if it is this console's, else from its journal."""
@@ -732,13 +729,31 @@ class KconsoleApp(App[int]):
             self._stop_and_exit()
 
     @work(group="quit", exit_on_error=False, description="stop the run and quit")
-    async def _stop_and_exit(self, terminal_gone: bool = False) -> None:
+    async def _stop_and_exit(
+        self, terminal_gone: bool = False, hangup: tuple[int, str | None] | None = None
+    ) -> None:
+        audited: asyncio.Future[Any] | None = None
+        if hangup is not None and hangup[1] is not None:
+            # Audited off the event loop (the log's lock may be held by another process),
+            # alongside stopping the run, and waited for, up to EXIT_GRACE, before exiting.
+            audited = asyncio.ensure_future(
+                asyncio.to_thread(
+                    AuditLog(self.site.state_dir).append,
+                    self.user,
+                    "console.hangup",
+                    hangup[1],
+                    signal=signal.Signals(hangup[0]).name,
+                )
+            )
         worker = self._run_worker
         if worker is not None and worker.is_running:
             worker.cancel()
             with contextlib.suppress(Exception):
                 await worker.wait()
             self.interrupted_run = True
+        if audited is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(audited), EXIT_GRACE)
         code = EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK
         if terminal_gone:
             # The journal and audit log are durable by now. Restoring a terminal that is gone
