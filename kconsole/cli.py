@@ -69,7 +69,7 @@ def _err(line: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full CLI contract of DESIGN.md."""
+    """The full CLI (docs/cli.md)."""
     # --site is accepted before or after the command; SUPPRESS keeps a subcommand's
     # unset --site from overwriting one given before it.
     common = _Parser(add_help=False)

@@ -40,6 +40,7 @@ from kconsole.errors import EXIT_INTERRUPTED, EXIT_OK, AccessDenied, KconsoleErr
 from kconsole.fleet import NodeStatus, poll_fleet
 from kconsole.gates import GateRequest
 from kconsole.journal import new_run_id
+from kconsole.reports import render_report
 from kconsole.runbook.load import shipped_runbooks_dir
 from kconsole.runbook.model import Runbook
 from kconsole.schedule import ScheduleStatus, schedule_status
@@ -54,7 +55,6 @@ from screens.contacts import ContactsScreen
 from screens.dashboard import DashboardScreen
 from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
 from screens.keys import check_keymap, default_keymap_path, load_keymap
-from screens.report_source import engine_reports
 from screens.run import RunScreen
 from screens.run_model import RunModel
 from screens.run_session import RunSession, load_run_model
@@ -660,22 +660,11 @@ class KconsoleApp(App[int]):
         self.post_message(self.RunChanged())
         self.show("run")
 
-    def open_report(self, run_id: str) -> None:
-        """The run's report, once the engine can write reports."""
-        renderer = engine_reports()
-        if renderer is None:
-            self.notify(
-                "Reports are not available in this kconsole yet (no kconsole.reports).",
-                title="No report",
-                severity="warning",
-            )
-            return
-        self._open_report(run_id, renderer)
-
     @work(group="report", exclusive=True, exit_on_error=False, description="write a run's report")
-    async def _open_report(self, run_id: str, renderer: Callable[[Site, str], str]) -> None:
+    async def open_report(self, run_id: str) -> None:
+        """The run's report (what `kconsole report RUN_ID` prints), written in a thread."""
         try:
-            text = await asyncio.to_thread(renderer, self.site, run_id)
+            text = await asyncio.to_thread(render_report, self.site, run_id)
         except KconsoleError as exc:
             self.notify(str(exc), title="No report", severity="error")
             return
