@@ -261,6 +261,7 @@ async def test_catalog_filters_as_you_type_within_a_window(tmp_path: Path) -> No
         table = app.screen.query_one("#backups", DataTable)
         assert table.row_count == WINDOW
         assert "showing 2,000 of 5,000" in _text(app, "#catalog-status")
+        await pilot.press("slash")
         assert isinstance(app.focused, Input)
         await type_text(pilot, "keys node:api1")
         await settle(pilot)
@@ -435,3 +436,24 @@ async def test_the_parameters_say_which_backup_will_be_restored(tmp_path: Path) 
         assert "no good blockchain-state backup of validator2 made before 1999-01-01" in str(
             app.screen.backup_notes["backup"].render()
         )
+
+
+async def test_screen_keys_work_as_soon_as_the_catalog_opens(tmp_path: Path) -> None:
+    """The catalog opens on its table: `d` goes to the dashboard instead of into the filter;
+    `/` is how to type a filter, and escape leaves it for the screen keys again."""
+    console = make_console(tmp_path, catalog=catalog_rows(30))
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await settle(pilot)
+        assert isinstance(app.focused, DataTable)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.current_mode == "dashboard", "the dashboard")
+        await pilot.press("b")
+        await settle(pilot)
+        await pilot.press("slash", "d")
+        assert app.current_mode == "catalog"
+        assert app.screen.query_one("#filter", Input).value == "d"
+        await pilot.press("escape", "d")
+        await wait_for(pilot, lambda: app.current_mode == "dashboard", "the dashboard")
