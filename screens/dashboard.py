@@ -141,9 +141,12 @@ class DashboardScreen(ConsoleScreen):
             summary.update(f"polling {len(app.site.nodes)} nodes…")
             return
         up = sum(1 for s in app.fleet.values() if s.state == "active")
-        down = [s.name for s in app.fleet.values() if s.state != "active"]
+        behind = [s.name for s in app.fleet.values() if s.state == "behind"]
+        down = [s.name for s in app.fleet.values() if s.state not in ("active", "behind")]
         when = app.fleet_polled_at.strftime("%H:%M:%S") if app.fleet_polled_at else "?"
         text = f"{up}/{len(app.fleet)} active · polled {when} UTC"
+        if behind:
+            text += f" · BEHIND its peers: {', '.join(behind)}"
         if down:
             text += f" · DOWN: {', '.join(down)} — Enter on a node to recover it"
         summary.update(text)
