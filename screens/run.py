@@ -160,12 +160,17 @@ class RunScreen(ConsoleScreen):
         paused = " · PAUSED" if self.console.run_paused(model) else ""
         drill = " · DRILL" if model.drill else ""
         live = "" if self.console.is_live(model) else " · (journal)"
-        notes = f" · ✎ {len(model.notes)} note(s), last: {model.notes[-1]}" if model.notes else ""
-        reason = f" — {model.reason}" if model.reason else ""
-        head.update(
+        lines = [
             f"{model.runbook.title}{drill} · run {model.run_id or '-'} · {model.status}{paused}{live}"
-            f" · {done}/{len(model.steps)} done{reason}{notes}"
-        )
+            f" · {done}/{len(model.steps)} done"
+        ]
+        # The failure and the last note get lines of their own, wrapped, so that a narrow
+        # terminal cuts neither.
+        if model.reason:
+            lines.append(f"— {model.reason}")
+        if model.notes:
+            lines.append(f"✎ {len(model.notes)} note(s), last: {model.notes[-1]}")
+        head.update("\n".join(lines))
         head.set_class(model.status in ("failed", "aborted") or bool(model.gated()), "-alert")
 
     def selected(self) -> StepRun | None:

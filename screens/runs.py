@@ -80,10 +80,11 @@ class RunsScreen(ConsoleScreen):
         """Columns, then the journal read in a worker."""
         table = self.query_one("#runs", DataTable)
         for label, key, width in (
+            # When it started comes second, so that 80 columns never cut it off.
             ("Run", "id", 20),
-            ("Runbook", "runbook", 22),
+            ("Started", "started", 16),
             ("Status", "status", 14),
-            ("Started", "started", 19),
+            ("Runbook", "runbook", 22),
             ("Drill", "drill", 5),
             ("User", "user", 10),
         ):
@@ -115,9 +116,9 @@ class RunsScreen(ConsoleScreen):
         for r in runs:
             table.add_row(
                 plain(r.id),
-                plain(r.runbook),
+                plain(r.started[:16].replace("T", " ")),
                 state_label(self.app, r.status),
-                plain(r.started[:19].replace("T", " ")),
+                plain(r.runbook),
                 "yes" if r.drill else "",
                 plain(r.user),
                 key=r.id,
