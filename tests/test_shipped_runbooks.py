@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -245,3 +246,10 @@ def test_failed_single_node_restore_rolls_back(name: str) -> None:
     for step in after:
         assert step.on_failure == rollback.id, f"{name}: {step.id} fails without rolling back"
     assert any(s.action == "wait.until" and s.fields.get("advancing") for s in after)
+
+
+def test_the_runbook_format_reference_names_every_action() -> None:
+    from kconsole.actions import REGISTRY
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "runbook-format.md").read_text()
+    assert [name for name in REGISTRY if f"| `{name}` |" not in text] == []
