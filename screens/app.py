@@ -31,6 +31,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.reactive import var
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState
 
@@ -155,12 +156,11 @@ class KconsoleApp(App[int]):
         ),
     ]
 
-    @dataclass
-    class FleetPolled(Message):
-        """A fleet poll came back."""
-
-        statuses: list[NodeStatus]
-        when: datetime
+    fleet: var[dict[str, NodeStatus]] = var(dict, always_update=True)
+    """The last poll, by node. Screens watch it: `self.watch(app, "fleet", callback)`."""
+    run_revision: var[int] = var(0)
+    """Bumped when a record of the shown run arrives (a burst merges into one bump):
+    screens showing a run watch it and redraw from the model."""
 
     @dataclass
     class RunbooksLoaded(Message):
@@ -229,8 +229,6 @@ class KconsoleApp(App[int]):
         """Where runbooks are looked for, first match of an id wins."""
         self.poll_interval = poll_interval
         """Seconds between fleet polls (0: only the first)."""
-        self.fleet: dict[str, NodeStatus] = {}
-        """The last poll, by node."""
         self.fleet_polled_at: datetime | None = None
         """When the last poll came back."""
         self.runbooks: list[RunbookEntry] = []
@@ -255,8 +253,6 @@ class KconsoleApp(App[int]):
         self._polling = False
         self._run_worker: Worker[Any] | None = None
         self._gate_lock = asyncio.Lock()
-        self.fleet_signal: Signal[None] = Signal(self, "fleet")
-        self.run_signal: Signal[None] = Signal(self, "run")
         self.runbooks_signal: Signal[None] = Signal(self, "runbooks")
         self.catalog_signal: Signal[None] = Signal(self, "catalog")
         self.schedule_signal: Signal[None] = Signal(self, "schedule")
@@ -467,13 +463,12 @@ class KconsoleApp(App[int]):
             statuses = await poll_fleet(self.site, self.services)
         finally:
             self._polling = False
-        self.post_message(self.FleetPolled(statuses, self.clock.now()))
+        self.show_fleet(statuses, self.clock.now())
 
-    def on_kconsole_app_fleet_polled(self, message: FleetPolled) -> None:
-        """Keep the poll; tell the screens."""
-        self.fleet = {s.name: s for s in message.statuses}
-        self.fleet_polled_at = message.when
-        self.fleet_signal.publish(None)
+    def show_fleet(self, statuses: Sequence[NodeStatus], when: datetime) -> None:
+        """Keep a poll; the screens watching `fleet` redraw."""
+        self.fleet_polled_at = when
+        self.fleet = {s.name: s for s in statuses}
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -567,8 +562,8 @@ class KconsoleApp(App[int]):
         self.post_message(self.RunChanged())
 
     def on_kconsole_app_run_changed(self, message: RunChanged) -> None:
-        """Tell the screens the run moved."""
-        self.run_signal.publish(None)
+        """Tell the screens the run moved (they watch `run_revision`)."""
+        self.run_revision += 1
 
     async def confirm_gate(self, request: GateRequest) -> bool | None:
         """The executor's `confirm`: a gate dialog, one at a time, over the Run screen."""

@@ -53,7 +53,7 @@ class ContactsScreen(ConsoleScreen):
             ("Email", "email", 28),
         ):
             table.add_column(label, key=key, width=width)
-        self.console.run_signal.subscribe(self, self._redraw)
+        self.watch(self.console, "run_revision", self._redraw, init=False)
         self._redraw(None)
 
     def on_screen_resume(self) -> None:

@@ -106,8 +106,8 @@ class DashboardScreen(ConsoleScreen):
 
     def on_mount(self) -> None:
         """Draw from what the app knows and follow its changes."""
-        self.console.fleet_signal.subscribe(self, self._fleet_changed)
-        self.console.run_signal.subscribe(self, self._run_changed)
+        self.watch(self.console, "fleet", self._fleet_changed, init=False)
+        self.watch(self.console, "run_revision", self._run_changed, init=False)
         self.console.catalog_signal.subscribe(self, self._catalog_changed)
         self.console.schedule_signal.subscribe(self, self._catalog_changed)
         self.console.schedule_signal.subscribe(self, self._run_changed)

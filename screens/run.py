@@ -99,7 +99,7 @@ class RunScreen(ConsoleScreen):
             ("Title", "title", 48),
         ):
             table.add_column(label, key=key, width=width)
-        self.console.run_signal.subscribe(self, self._run_changed)
+        self.watch(self.console, "run_revision", self._run_changed, init=False)
         self._run_changed(None)
 
     def on_screen_resume(self) -> None:

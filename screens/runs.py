@@ -89,7 +89,7 @@ class RunsScreen(ConsoleScreen):
             ("User", "user", 10),
         ):
             table.add_column(label, key=key, width=width)
-        self.console.run_signal.subscribe(self, self._run_changed)
+        self.watch(self.console, "run_revision", self._run_changed, init=False)
         self.action_reload()
 
     def _run_changed(self, _data: object) -> None:

@@ -142,3 +142,21 @@ def test_a_node_far_behind_its_peers_is_behind_not_active_and_not_down(tmp_path:
     assert by_name["validator1"].state == "active"
     assert [s.name for s in statuses if s.state not in ("active", "behind")] == [statuses[-1].name]
     assert down_nodes(site, statuses) == [statuses[-1].name]
+
+
+async def test_the_dashboard_watches_the_fleet_and_names_a_node_behind(tmp_path: Path) -> None:
+    """The app's `fleet` is a reactive the dashboard watches: a poll kept with show_fleet
+    redraws it, and a node behind its peers is named apart from the down ones."""
+    from dataclasses import replace
+
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        statuses = list(app.fleet.values())
+        behind = replace(statuses[1], state="behind", detail="412 blocks behind validator1")
+        app.show_fleet([statuses[0], behind, *statuses[2:]], app.clock.now())
+        summary = app.screen.query_one("#fleet-summary")
+        await wait_for(pilot, lambda: "BEHIND" in str(summary.render()), "the redraw")
+        assert f"BEHIND its peers: {behind.name}" in str(summary.render())
+        assert "DOWN" not in str(summary.render())
