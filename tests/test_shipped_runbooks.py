@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +253,16 @@ def test_the_runbook_format_reference_names_every_action() -> None:
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "runbook-format.md").read_text()
     assert [name for name in REGISTRY if f"| `{name}` |" not in text] == []
+
+
+def test_the_security_runbooks_destructive_steps_need_two_people() -> None:
+    """Scenario 4's restores and the re-encryption of every backup want a second account."""
+    rb = runbook("recover-security-incident")
+    destructive = [s for s in rb.steps.values() if REGISTRY[s.action].destructive]
+    assert {s.id for s in destructive} >= {
+        "restore-bootstrap",
+        "restore-validator",
+        "restore-api",
+        "rekey-backups",
+    }
+    assert all(s.approvers == 2 and s.gate for s in destructive)

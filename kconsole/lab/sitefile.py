@@ -46,6 +46,7 @@ def render_site(
     current_key: str,
     admins: Iterable[str],
     generated: str,
+    shared_prefix: str = "kconsole-shared",
 ) -> str:
     """The text of the lab's site.toml (written by tomli-w, as `kconsole site import` does)."""
     nodes = list(nodes)
@@ -77,6 +78,8 @@ def render_site(
             "description": "KALDRIX lab fleet on 127.0.0.1: bootstrap, validator and API nodes "
             "and a DR host",
             "health_url": public,
+            # Runs are shared with every console on this site through the S3 location.
+            "shared": f"cloud/{shared_prefix}",
         },
         "ssh": {
             "user": user,
