@@ -331,8 +331,8 @@ async def test_keys_answer_while_another_process_holds_the_audit_lock(tmp_path: 
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         async with app.run_test(size=(100, 32)) as pilot:
             await settle(pilot)
-            await pilot.press(*SCENARIO_1[:-1])  # starts the run; its first audit entry waits
-            await wait_for(pilot, lambda: app.run_active and app.current_mode == "run", "the run")
+            # Starts the recovery: its incident and its run are audited, so they wait for the lock.
+            await pilot.press(*SCENARIO_1[:-1])
             await pilot.press("d")
             await wait_for(pilot, lambda: app.current_mode == "dashboard", "the dashboard")
             await pilot.press("c")
@@ -342,6 +342,8 @@ async def test_keys_answer_while_another_process_holds_the_audit_lock(tmp_path: 
             holder.stdin.close()  # the other process lets go; the run carries on to its gate
             await wait_for(pilot, lambda: _gate(app), "the first gate")
             await pilot.press("escape")
+            await wait_for(pilot, lambda: _asks_abort(app), "the abort question")
+            await pilot.press("y")
             await wait_for(pilot, lambda: not app.run_active, "the run to end")
     finally:
         if holder.stdin is not None and not holder.stdin.closed:

@@ -486,6 +486,8 @@ async def test_at_80x24_the_run_header_keeps_the_failure_and_runs_keep_the_time(
         await pilot.press("r", "enter", "enter", "enter")
         await wait_for(pilot, lambda: app.gate_open, "the first gate")
         await pilot.press("escape")
+        await wait_for(pilot, lambda: "Abort the run?" in _question(app), "the abort question")
+        await pilot.press("y")
         await wait_for(pilot, lambda: not app.run_active, "the run to end")
         await pilot.pause()
         # A failure as long as a real one (the refusal's own reason is short).
