@@ -296,6 +296,23 @@ class TestDelivery:
         assert events.count("notification-failed") == 2
         assert events.count("notification-delivered") == 2
 
+    def test_a_dead_target_costs_one_try_per_pass_and_order_is_kept(
+        self, site: Site, sink: Sink
+    ) -> None:
+        clock = StepClock()
+        sink.down = True
+        desk = IncidentDesk(site, clock, user="oncall")
+        first = desk.open("recovery", "critical", "validator3 down")
+        second = desk.open("backup", "high", "backups stale")
+        results = asyncio.run(desk.deliver())
+        assert sorted(r.message.target for r in results) == ["pagerduty", "slack"]
+        assert len(desk.outbox.pending()) == 4
+        sink.down = False
+        clock.advance(minutes=5)
+        assert len(asyncio.run(desk.deliver())) == 4
+        texts = sink.texts()
+        assert first.id in texts[0] and second.id in texts[1]
+
     def test_no_secret_reaches_the_outbox_or_the_timeline(self, site: Site, sink: Sink) -> None:
         sink.down = True
         desk = IncidentDesk(site, StepClock(), user="oncall")
