@@ -313,6 +313,16 @@ class TestDelivery:
         texts = sink.texts()
         assert first.id in texts[0] and second.id in texts[1]
 
+    def test_a_drill_never_reaches_pagerduty(self, site: Site, sink: Sink) -> None:
+        desk = IncidentDesk(site, StepClock(), user="oncall")
+        desk.open("recovery", "critical", "drill: validator3 wiped", drill=True)
+        desk.announce("[DRILL] Recover a single node (run R9) succeeded in 23 s.")
+        asyncio.run(desk.deliver())
+        assert sink.pagerduty() == []
+        texts = sink.texts()
+        assert texts[0].startswith("# [DRILL] EMERGENCY NOTIFICATION")
+        assert texts[1].startswith("[DRILL] Recover")
+
     def test_no_secret_reaches_the_outbox_or_the_timeline(self, site: Site, sink: Sink) -> None:
         sink.down = True
         desk = IncidentDesk(site, StepClock(), user="oncall")
