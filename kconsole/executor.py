@@ -39,6 +39,10 @@ class _StopRun(Exception):
     """Internal: a gate could not be answered; stop the run resumable."""
 
 
+class _SkipStep(Exception):
+    """Internal: at a drill's gate the operator chose to skip the step (later steps run)."""
+
+
 @dataclass
 class RunOutcome:
     """How a run ended."""
@@ -179,6 +183,14 @@ class Executor:
         """Run to the end, a stop at a gate, or cancellation (re-raised after journaling)."""
         # The role check lives here, not only in the CLI or the console: every way in meets it.
         self.site.access.require_operate(self.user, "run runbooks")
+        # An operator is stopped before the first step, not halfway through an incident.
+        for step in self.runbook.steps.values():
+            action = REGISTRY.get(step.action)
+            if action is not None and action.admin_only:
+                self.site.access.require_admin(
+                    self.user,
+                    f"run {self.runbook.id}, whose step {step.id} would {action.admin_only}",
+                )
         self._started_at = self.services.clock.monotonic()
         now = iso(self.services.clock.now())
         if resumed and not self.incident:
@@ -394,6 +406,10 @@ class Executor:
         if step.gate and "{node" not in step.gate:
             try:
                 await self._gate(step, None, nodes)
+            except _SkipStep as exc:
+                for node in nodes:
+                    self._step_event(step, node.name if node else None, "skipped", reason=str(exc))
+                return "continued"
             except GateRefused as exc:
                 for node in nodes:
                     self._step_event(
@@ -448,6 +464,9 @@ class Executor:
             expected=expected,
             guide=step.guide,
             destructive=REGISTRY[step.action].destructive,
+            skippable=self.drill,
+            approvers=step.approvers,
+            approved_by=list(prior.approved_by) if prior is not None else [],
         )
         self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
         answer = await self.confirm(request)
@@ -461,6 +480,11 @@ class Executor:
             self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
             self.abort(f"{self.user} refused the gate of {step.id} and chose to abort the run")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
+        if request.skipped and request.skippable:
+            self.audit.append(self.user, "gate.skip", f"{self.run_id}/{step.id}", node=node_name)
+            raise _SkipStep(f"skipped by {by} in the drill walkthrough")
+        if step.approvers > 1:
+            self._approve(step, node_name, request, by)
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
         self.audit.append(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
@@ -492,6 +516,40 @@ class Executor:
         if again is None:
             raise _StopRun(f"waiting at gate {step.id}: {gate.question()}")
         return bool(again)
+
+    def _approve(self, step: Step, node_name: str | None, request: GateRequest, by: str) -> None:
+        """One approval of a two-person gate, by the acting account (`--yes` included: it
+        approves as the account that gave it). Returns once the gate has all it needs;
+        until then the run stops there, waiting for another account."""
+        approved = request.approved_by
+        if self.user in approved:
+            raise _StopRun(
+                f"waiting at gate {step.id}: {self.user} approved it already and cannot approve "
+                f"it twice; {request.approval_line()}"
+            )
+        approved.append(self.user)
+        self._step_event(
+            step,
+            node_name,
+            "approved",
+            by=self.user,
+            via=by,
+            count=len(approved),
+            of=step.approvers,
+        )
+        self.audit.append(
+            self.user,
+            "gate.approve",
+            f"{self.run_id}/{step.id}",
+            node=node_name,
+            count=len(approved),
+            of=step.approvers,
+        )
+        prior = self.prior.get((step.id, node_name))
+        if prior is not None:
+            prior.approved_by = list(approved)
+        if len(approved) < step.approvers:
+            raise _StopRun(f"waiting at gate {step.id}: {request.approval_line()}")
 
     async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
         what = (
@@ -536,6 +594,9 @@ class Executor:
         try:
             if step.gate and "{node" in step.gate:
                 await self._gate(step, inst.node, [inst.node])
+        except _SkipStep as exc:
+            self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
+            return "continued"
         except GateRefused as exc:
             self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
             return "failed"
@@ -549,7 +610,11 @@ class Executor:
                     inst, inst.node_name, "retrying", attempt=attempt, reason=reason, delay_s=delay
                 )
                 await self.services.clock.sleep(delay)
-            self._step_event(inst, inst.node_name, "started", attempt=attempt, action=step.action)
+            started: dict[str, Any] = {"attempt": attempt, "action": step.action}
+            command = self.rendered_command(step, inst.node)
+            if command:
+                started["command"] = command  # the report's timeline shows it as run
+            self._step_event(inst, inst.node_name, "started", **started)
             t0 = self.services.clock.monotonic()
             try:
                 result = await self._attempt(inst, action_cls())
@@ -621,6 +686,26 @@ class Executor:
                 )
                 await self._run_instance(_Instance(rollback, target), rollback=True)
         return "failed"
+
+    def rendered_text(self, text: str, node: NodeRef | None = None) -> str:
+        """A template (a step's title, say) as this run renders it on `node`; the text as
+        written if it cannot be rendered."""
+        try:
+            return render(text, self._context(node))
+        except Exception:  # noqa: BLE001 - shown to the operator as written instead
+            return text
+
+    def rendered_command(self, step: Step, node: NodeRef | None) -> str | None:
+        """The step's `command` as it runs on `node` (journaled with `started`, shown in the
+        drill walkthrough and the report's timeline); None for steps without one."""
+        raw = step.fields.get("command")
+        spec = REGISTRY[step.action].fields.get("command")
+        if not isinstance(raw, str) or spec is None:
+            return None
+        try:
+            return str(render_value(raw, self._context(node), quote=spec.kind == "command"))
+        except Exception:  # noqa: BLE001 - the step itself reports a bad template when it runs
+            return None
 
     async def _attempt(self, inst: _Instance, action: Any) -> ActionResult:
         step = inst.step

@@ -20,6 +20,7 @@ from kconsole.runbook import load_runbook, resolve_runbook_path
 from kconsole.runbook.params import parse_param_args, resolve_params
 from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services
+from kconsole.shared.runs import share_new_run
 from kconsole.site import Site, current_user
 
 _SYMBOL = {
@@ -30,6 +31,7 @@ _SYMBOL = {
     "retrying": "<>",
     "gate": "??",
     "confirmed": "=>",
+    "approved": "+1",
     "refused": "xx",
 }
 EXIT_FOR_STATUS = {
@@ -74,6 +76,10 @@ def human_line(record: dict[str, Any]) -> str | None:
         extra = f": {record.get('question', '')}"
     elif ev == "confirmed":
         extra = f" by {record.get('by', '')}"
+    elif ev == "approved":
+        extra = (
+            f" by {record.get('by', '')} ({record.get('count', '?')} of {record.get('of', '?')})"
+        )
     elif ev == "started" and int(record.get("attempt", 1)) > 1:
         extra = f" (attempt {record['attempt']})"
     return f"{t} {_SYMBOL.get(ev, '  ')} {record['step']}{where} {ev}{extra}"
@@ -90,9 +96,11 @@ def run_headless(
     resume: str | None,
     printer: Callable[[str], None],
     incident: str = "",
+    user: str | None = None,
 ) -> int:
-    """Run or resume; returns the exit code for the run's final status."""
-    user = current_user()
+    """Run or resume; returns the exit code for the run's final status. `user` is the
+    acting account (default: `current_user()`; tests name two different ones)."""
+    user = user or current_user()
     site.access.require_operate(user, "run runbooks")
     site_runbooks = site.base_dir / "runbooks"
     if incident:
@@ -127,6 +135,7 @@ def run_headless(
         check_named_backups(site, rb, raw_params)
         run_id = new_run_id()
         journal = RunJournal.create(site.state_dir, run_id, rb.text)
+        share_new_run(site, journal, rb.text, user)
 
     confirm: Confirm
     if yes:
@@ -203,9 +212,15 @@ def _drive(executor: Executor, resumed: bool, services: Services) -> RunOutcome 
 
     async def main() -> RunOutcome | None:
         task = asyncio.create_task(executor.run(resumed=resumed))
-        install_stop_signals(asyncio.get_running_loop(), task)
+        loop = asyncio.get_running_loop()
+        install_stop_signals(loop, task)
         desk = IncidentDesk(executor.site, services.clock, executor.user)
         pager = asyncio.create_task(_keep_paging(desk, services))
+        lease = getattr(executor.journal.mirror, "lease", None)
+        if lease is not None:
+            # Another console took the run over (this one's renewals failed for a whole
+            # lease): stop here, resumable, rather than drive the run from two places.
+            lease.on_lost = lambda _why: loop.call_soon_threadsafe(task.cancel)
         try:
             return await task
         except asyncio.CancelledError:

@@ -34,6 +34,7 @@ from textual.message import Message
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState
 
+from kconsole.actions.base import Confirm
 from kconsole.audit import AuditLog
 from kconsole.backups.rotation import KeyRotation, key_rotation
 from kconsole.errors import EXIT_INTERRUPTED, EXIT_OK, AccessDenied, KconsoleError, UsageError
@@ -54,7 +55,8 @@ from screens.catalog_source import CatalogReading, CatalogSource, EngineCatalog
 from screens.commands import ConsoleCommands
 from screens.contacts import ContactsScreen
 from screens.dashboard import DashboardScreen
-from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
+from screens.dialogs import ChooseNodeScreen, ConfirmScreen, GateScreen, NoteScreen
+from screens.drills import DrillScreen
 from screens.keys import check_keymap, default_keymap_path, load_keymap
 from screens.report_source import engine_reports
 from screens.run import RunScreen
@@ -76,6 +78,7 @@ SCREENS: dict[str, type[ConsoleScreen]] = {
     "runs": RunsScreen,
     "audit": AuditScreen,
     "catalog": CatalogScreen,
+    "drills": DrillScreen,
 }
 """The console's top-level screens by mode name; `show-<mode>` is each one's binding id."""
 
@@ -85,7 +88,7 @@ class KconsoleApp(App[int]):
 
     | Key | Action |
     | :- | :- |
-    | `d` `r` `a` `c` `h` `u` `b` | Dashboard, Runbooks, Run, Contacts, Runs (history), Audit, Backups catalog |
+    | `d` `r` `a` `c` `h` `u` `b` `i` | Dashboard, Runbooks, Run, Contacts, Runs (history), Audit, Backups catalog, Drills |
     | `ctrl+p` | command palette: every screen by name, and what this screen can do |
     | `f1` | keys of the focused widget and screen |
     | `ctrl+q` | quit (asks first while a run is active or a gate is open) |
@@ -138,6 +141,14 @@ class KconsoleApp(App[int]):
             id="show-catalog",
             show=False,
             tooltip="Backups in every location.",
+        ),
+        Binding(
+            "i",
+            "show('drills')",
+            "Drills",
+            id="show-drills",
+            show=False,
+            tooltip="Rehearse a recovery scenario; the plan's testing schedule.",
         ),
         Binding(
             "f1",
@@ -323,6 +334,7 @@ class KconsoleApp(App[int]):
             GateScreen,
             ConfirmScreen,
             NoteScreen,
+            ChooseNodeScreen,
         ]
 
     def key_for(self, binding_id: str) -> str:
@@ -640,8 +652,15 @@ class KconsoleApp(App[int]):
         session = self.session
         return session is not None and model is session.model and session.executor.paused
 
-    def start_run(self, runbook: Runbook, raw_params: dict[str, Any], drill: bool = False) -> bool:
-        """Start a run of `runbook`; False (with a notification) if it may not start."""
+    def start_run(
+        self,
+        runbook: Runbook,
+        raw_params: dict[str, Any],
+        drill: bool = False,
+        confirm: Confirm | None = None,
+    ) -> bool:
+        """Start a run of `runbook`; False (with a notification) if it may not start.
+        `confirm` replaces the gate dialog's caller (a drill adds its walkthrough to it)."""
         return self._launch(
             "run runbooks",
             partial(
@@ -653,7 +672,7 @@ class KconsoleApp(App[int]):
                 drill=drill,
                 services=self.services,
                 user=self.user,
-                confirm=self.confirm_gate,
+                confirm=confirm or self.confirm_gate,
                 on_event=self._on_run_event,
                 desk=self.desk,
             ),
@@ -725,8 +744,7 @@ class KconsoleApp(App[int]):
     async def confirm_gate(self, request: GateRequest) -> bool | None:
         """The executor's `confirm`: a gate dialog, one at a time, over the Run screen."""
         async with self._gate_lock:
-            if self.read_only:
-                self.notify("An auditor cannot answer gates; the run stops here.", severity="error")
+            if not self.may_operate("answer gates"):  # the engine's check, audited
                 return None
             if self.current_mode != "run":
                 await self.switch_mode("run")

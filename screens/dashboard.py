@@ -14,7 +14,9 @@ from textual.widgets import DataTable, Static
 from kconsole.incidents.oncall import call_now
 from kconsole.schedule import ScheduleStatus
 from screens.base import ConsoleScreen
+from screens.dialogs import ALL_DOWN, ChooseNodeScreen
 from screens.run_model import RunModel
+from screens.suggest import down_nodes, recovery_target
 from screens.widgets import FleetTable, RtoClock, short_duration
 
 TIER_WIDTH = 26
@@ -62,7 +64,7 @@ class DashboardScreen(ConsoleScreen):
 
     | Key | Action |
     | :- | :- |
-    | `enter` | recover the highlighted node (opens its runbook, node pre-filled) |
+    | `enter` | recover the node that is down (the highlighted one if down; several down: ask) |
     | `p` | poll the fleet now |
     | `o` | open the incident the newest firing alert suggests (shown while one fires) |
     """
@@ -78,7 +80,7 @@ class DashboardScreen(ConsoleScreen):
             "Recover node",
             id="dashboard-recover",
             priority=True,
-            tooltip="Open the recovery runbook with the highlighted node pre-filled.",
+            tooltip="Recover the node that is down (asks which when several are).",
         ),
         Binding("p", "poll", "Poll now", id="dashboard-poll", tooltip="Poll every node again now."),
         Binding(
@@ -193,7 +195,8 @@ class DashboardScreen(ConsoleScreen):
         when = app.fleet_polled_at.strftime("%H:%M:%S") if app.fleet_polled_at else "?"
         text = f"{up}/{len(app.fleet)} active · polled {when} UTC"
         if down:
-            text += f" · DOWN: {', '.join(down)} — Enter on a node to recover it"
+            verb = "recover it" if len(down) == 1 else "choose which to recover"
+            text += f" · DOWN: {', '.join(down)} — Enter to {verb}"
         summary.update(text)
         summary.set_class(bool(down), "-down")
 
@@ -252,10 +255,28 @@ class DashboardScreen(ConsoleScreen):
             cell.set_classes(f"tier -{state}")
 
     def action_recover(self) -> None:
-        """The recovery runbook for the highlighted node."""
-        node = self.query_one(FleetTable).selected_node
-        if node is not None:
-            self.console.open_runbooks(node=node)
+        """The recovery runbook for the node that is down: the highlighted one if it is down,
+        else the one down node; with several down, ask which. Never a healthy node."""
+        app = self.console
+        down = down_nodes(app.site, app.fleet.values())
+        targets = recovery_target(down, self.query_one(FleetTable).selected_node)
+        if not targets:
+            self.notify(
+                "Every polled node is active: nothing to recover. "
+                "r opens the runbooks to choose one by hand.",
+                title="Nothing down",
+            )
+        elif len(targets) == 1:
+            app.open_runbooks(node=targets[0])
+        else:
+            states = {n: app.fleet[n].state for n in targets if n in app.fleet}
+            app.push_screen(ChooseNodeScreen(targets, states), self._chosen)
+
+    def _chosen(self, choice: str | None) -> None:
+        if choice == ALL_DOWN:
+            self.console.open_runbooks(node=None)
+        elif choice is not None:
+            self.console.open_runbooks(node=choice)
 
     def action_poll(self) -> None:
         """Poll the fleet now."""

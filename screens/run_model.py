@@ -230,7 +230,7 @@ class RunModel:
         if node is None:
             siblings = [s for (sid, _), s in self.steps.items() if sid == step_id]
             if siblings:
-                if event in ("gate", "confirmed", "refused"):
+                if event in ("gate", "confirmed", "refused", "approved"):
                     return [s for s in siblings if not s.over]
                 return siblings
         step = self.runbook.steps.get(step_id)
@@ -250,6 +250,12 @@ class RunModel:
             text = str(record.get("text", ""))
             inst.output.append(text if stream == "stdout" else f"[{stream}] {text}")
             inst.output_total += 1
+            return
+        if event == "approved":
+            # A two-person gate: who approved so far shows with the step until it is confirmed.
+            inst.reason = (
+                f"approved by {record.get('by', '?')} ({record.get('count')} of {record.get('of')})"
+            )
             return
         state = _EVENT_STATE.get(event)
         if state is None:

@@ -22,6 +22,7 @@ from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
 from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services
+from kconsole.shared.runs import share_new_run
 from kconsole.site import Site
 from screens.run_model import RunModel
 
@@ -72,6 +73,7 @@ class RunSession:
             )
             incident = opened.id if opened else ""
         journal = RunJournal.create(site.state_dir, run_id, runbook.text)
+        share_new_run(site, journal, runbook.text, user)
         model = RunModel.planned(runbook, site, params, run_id)
         executor = Executor(
             runbook,

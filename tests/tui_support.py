@@ -389,9 +389,16 @@ def make_console(
     catalog: list[dict[str, Any]] | None = None,
     keymap: dict[str, str] | None = None,
     site_extra: str = "",
+    staging: bool = False,
 ) -> Console:
-    """The console on a fresh site under `root`, every source of chance pinned."""
+    """The console on a fresh site under `root`, every source of chance pinned; `staging`
+    marks the site `staging = true` (drills may inject failures there)."""
     site_path = write_site(root, site_extra)
+    if staging:
+        text = site_path.read_text().replace(
+            'state_dir = "state"\n', 'state_dir = "state"\nstaging = true\n', 1
+        )
+        site_path.write_text(text)
     site = load_site(site_path)
     transport = fleet(down, unreachable)
     clock = FixedClock()
