@@ -350,7 +350,7 @@ def crontab(
         "# Each run holds a lock (flock -n: a run still going makes the next one skip, never overlap) and",
         f"# appends its JSON events to {cron_dir}/RUNBOOK.log; `kconsole runs` and `kconsole schedule` show them.",
     ]
-    envs = sorted({t.webhook_env for t in site.notify.values() if t.webhook_env})
+    envs = sorted({t.secret_env for t in site.notify.values() if t.secret_env})
     if envs:
         lines.append(
             f"# Notifications need {', '.join(envs)} in cron's environment: set it below (this crontab"
