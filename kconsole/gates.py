@@ -33,6 +33,10 @@ class GateRequest:
     destructive: bool = False
     note: str = ""
     answered_by: str = ""
+    skippable: bool = False
+    """A drill's gate: the operator may skip the step (recorded; later steps still run)."""
+    skipped: bool = False
+    """Set with a True answer: skip the step instead of running it."""
     approvers: int = 1
     """Different accounts this gate needs (2: a two-person gate)."""
     approved_by: list[str] = field(default_factory=list)
@@ -113,6 +117,11 @@ async def confirm_on_terminal(request: GateRequest) -> bool:
         request.note = (note or "").strip()
     request.answered_by = "terminal"
     return ok
+
+
+async def ask_line(prompt: str) -> str | None:
+    """One line from the terminal without blocking the loop (None at end of input)."""
+    return await _ask(prompt)
 
 
 async def _ask(prompt: str) -> str | None:

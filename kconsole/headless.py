@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from kconsole.actions.base import Confirm
-from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, KconsoleError, UsageError
 from kconsole.executor import Executor, RunOutcome
 from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
+from kconsole.incidents.desk import DELIVERY_TIMEOUT, IncidentDesk
 from kconsole.journal import RunJournal, new_run_id
 from kconsole.runbook import load_runbook, resolve_runbook_path
 from kconsole.runbook.params import parse_param_args, resolve_params
@@ -93,6 +95,7 @@ def run_headless(
     as_json: bool,
     resume: str | None,
     printer: Callable[[str], None],
+    incident: str = "",
     user: str | None = None,
 ) -> int:
     """Run or resume; returns the exit code for the run's final status. `user` is the
@@ -100,6 +103,8 @@ def run_headless(
     user = user or current_user()
     site.access.require_operate(user, "run runbooks")
     site_runbooks = site.base_dir / "runbooks"
+    if incident:
+        IncidentDesk(site, user=user).get(incident)  # an unknown id: exit 2 before any journal
     prior = None
     if resume:
         point = open_resume(site, resume, user)
@@ -162,6 +167,7 @@ def run_headless(
         on_event=on_event,
         prior=prior,
         raw_params=raw_params,
+        incident=incident,
     )
     try:
         outcome = _drive(executor, resumed=bool(resume), services=services)
@@ -180,6 +186,20 @@ def run_headless(
     return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
 
 
+PAGING_INTERVAL = 30.0
+"""Seconds between escalation checks while a headless run goes on."""
+
+
+async def _keep_paging(desk: IncidentDesk, services: Services) -> None:
+    """While a run goes on, page any incident level that falls due (a headless run is one
+    of the things that advance escalation) and retry the outbox."""
+    while True:
+        with contextlib.suppress(OSError, KconsoleError):
+            await desk.tick()
+        # Real time, not the services' clock: a test's fake clock must not spin this loop.
+        await asyncio.sleep(PAGING_INTERVAL)
+
+
 def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
     itself as interrupted and resumable."""
@@ -194,6 +214,8 @@ def _drive(executor: Executor, resumed: bool, services: Services) -> RunOutcome 
         task = asyncio.create_task(executor.run(resumed=resumed))
         loop = asyncio.get_running_loop()
         install_stop_signals(loop, task)
+        desk = IncidentDesk(executor.site, services.clock, executor.user)
+        pager = asyncio.create_task(_keep_paging(desk, services))
         lease = getattr(executor.journal.mirror, "lease", None)
         if lease is not None:
             # Another console took the run over (this one's renewals failed for a whole
@@ -204,6 +226,10 @@ def _drive(executor: Executor, resumed: bool, services: Services) -> RunOutcome 
         except asyncio.CancelledError:
             return None
         finally:
+            pager.cancel()
+            # The interrupted run's announcement was only queued: one bounded try now.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(desk.deliver(), DELIVERY_TIMEOUT * 2)
             await services.close()
 
     return asyncio.run(main())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from kconsole.incidents.announce import host_unreachable
 from kconsole.runbook.model import Runbook, Step
 from kconsole.runbook.params import step_nodes
 from kconsole.runbook.template import NodeRef, render
@@ -123,6 +124,8 @@ class RunModel:
         self.version = 0
         self.params: dict[str, Any] = {}
         self.site: Site | None = None
+        self.incident = ""
+        """The incident the run belongs to ("" for none)."""
 
     def title_of(self, step: Step, node: str | None) -> str:
         """`step`'s title rendered as the executor renders it for `node`."""
@@ -197,6 +200,7 @@ class RunModel:
             self.created_at = parse_time(record.get("time"))
             self.drill = bool(record.get("drill"))
             self.user = str(record.get("user", ""))
+            self.incident = str(record.get("incident") or "")
             self.status = "running"
         elif event == "resumed":
             self.status = "running"
@@ -207,6 +211,16 @@ class RunModel:
             self.reason = str(record.get("reason", ""))
             if event == "finished":
                 self.finished_at = parse_time(record.get("time"))
+
+    def unreachable_node(self) -> str:
+        """The node a failed run could not reach ("" when it failed otherwise or did not fail)."""
+        if self.status != "failed":
+            return ""
+        for inst in self.steps.values():
+            node = host_unreachable(inst.reason)
+            if node:
+                return node
+        return host_unreachable(self.reason)
 
     def _targets(self, step_id: str, node: str | None, event: str) -> list[StepRun]:
         """The instances a record speaks of: a step-wide gate (node None) covers every node."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import on, work
@@ -13,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Markdown, Static
 
+from kconsole.errors import KconsoleError
 from kconsole.headless import human_line
 from kconsole.journal import RunSummary, list_runs
 from kconsole.shared.runs import merged_runs
@@ -222,12 +224,20 @@ class ReportScreen(ConsoleScreen):
 
     | Key | Action |
     | :- | :- |
+    | `s` | save it as Markdown and self-contained HTML under the site's `reports/` |
     | `escape` | back to the runs |
     """
 
     NAME = "Report"
     CSS_PATH = "runs.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "s",
+            "save",
+            "Save",
+            id="report-save",
+            tooltip="Write the report as Markdown and HTML under the state directory's reports/.",
+        ),
         Binding("escape", "back", "Back", id="report-back", tooltip="Back to the runs."),
     ]
 
@@ -237,6 +247,8 @@ class ReportScreen(ConsoleScreen):
         """The run reported on."""
         self.markdown = markdown
         """The report text."""
+        self.saved: list[Path] = []
+        """Where `s` last wrote the report."""
 
     def compose_body(self) -> Iterable[Widget]:
         """The report."""
@@ -245,3 +257,20 @@ class ReportScreen(ConsoleScreen):
     def action_back(self) -> None:
         """Back to the runs."""
         self.dismiss()
+
+    @work(group="report-save", exclusive=True, exit_on_error=False, description="save a report")
+    async def action_save(self) -> None:
+        """Write the report (`kconsole report RUN_ID -o`), Markdown and HTML, and say where."""
+        from kconsole.reports import save_report
+
+        site = self.console.site
+        try:
+            paths = [
+                await asyncio.to_thread(save_report, site, self.run_id, fmt)
+                for fmt in ("md", "html")
+            ]
+        except (KconsoleError, OSError) as exc:
+            self.notify(f"could not save the report: {exc}", title="Not saved", severity="error")
+            return
+        self.saved = paths
+        self.notify(f"Saved {paths[0]} and {paths[1].name}", title="Report saved", timeout=8)
