@@ -361,9 +361,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """`kconsole runs`"""
     from kconsole.journal import list_runs
     from kconsole.shared.runs import merged_runs
+    from kconsole.site import current_user
 
     site = _site(args)
-    runs, problem = merged_runs(site, list_runs(site.state_dir))
+    runs, problem = merged_runs(site, list_runs(site.state_dir), current_user())
     if problem:
         _err(f"kconsole: warning: {problem} Showing this console's runs only.")
     if args.json:

@@ -23,7 +23,7 @@ from kconsole.actions.base import ActionResult, Confirm, StepContext
 from kconsole.actions.gate import GateRefused, GateUnanswered
 from kconsole.audit import AuditLog
 from kconsole.config import format_duration
-from kconsole.errors import KconsoleError
+from kconsole.errors import KconsoleError, UsageError
 from kconsole.gates import GateRequest
 from kconsole.incidents.desk import IncidentDesk, incident_of_run
 from kconsole.journal import InstanceState, RunJournal, iso
@@ -213,7 +213,18 @@ class Executor:
             self.incident = incident_of_run(self.journal.path)
         desk = IncidentDesk(self.site, self.services.clock, self.user)
         if self.incident:
-            desk.get(self.incident)  # an unknown id is refused before anything runs
+            try:
+                desk.get(self.incident)  # an unknown id is refused before anything runs
+            except UsageError:
+                if not resumed:
+                    raise
+                # Taken over from another console, whose incident this console does not
+                # have (incidents are not shared yet): the recovery goes on, unlinked here.
+                self._warn(
+                    f"incident {self.incident} is not on this console; this run goes on "
+                    "without updating it here"
+                )
+                self.incident = ""
         if resumed:
             await self._emit(
                 {

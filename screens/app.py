@@ -703,6 +703,9 @@ class KconsoleApp(App[int]):
             return None
         self.session = session
         self.shown_run = session.model
+        lease = getattr(session.journal.mirror, "lease", None)
+        if lease is not None:
+            lease.on_lost = self._lease_lost_in_thread
         self.post_message(self.RunChanged())
         self.tick_incidents()  # a recovery may have opened an incident
         await self.switch_mode("run")
@@ -720,6 +723,24 @@ class KconsoleApp(App[int]):
             timeout=10,
         )
         return outcome.status
+
+    def _lease_lost_in_thread(self, why: str) -> None:
+        """The run's lease is gone (another console took the run over, or it could not be
+        renewed for a whole lease): called from the lease's thread."""
+        with contextlib.suppress(Exception):  # the console may be on its way out already
+            self.call_from_thread(self._lease_lost, why)
+
+    def _lease_lost(self, why: str) -> None:
+        """Stop the run here, resumable, rather than drive it from two consoles at once."""
+        self.notify(
+            f"{why.rstrip('.')}; this console stopped the run (interrupted, resumable).",
+            title="Run lease lost",
+            severity="error",
+            timeout=30,
+        )
+        worker = self._run_worker
+        if worker is not None and worker.is_running:
+            worker.cancel()
 
     def _on_run_event(self, _record: dict[str, Any]) -> None:
         """The executor's event sink (the model is already updated): schedule a redraw."""

@@ -152,7 +152,7 @@ class RunsScreen(ConsoleScreen):
         local = list_runs(site.state_dir)
         if not site.shared:
             return local, ""
-        return merged_runs(site, local)
+        return merged_runs(site, local, self.console.user)
 
     def _console_of(self, run: RunSummary) -> str:
         """Which console a run belongs to, as the table shows it."""
