@@ -1,5 +1,6 @@
-"""The Runs screen with a shared store: another console's run is listed with its console
-and taken over with `e` (two consoles, two state_dirs, one moto S3 server)."""
+"""The console with a shared store (two consoles, two state_dirs, one moto S3 server):
+another console's run is listed with its console and taken over with `e`, and a console
+whose lease is taken stops its run. And a two-person gate in the console."""
 
 from __future__ import annotations
 
