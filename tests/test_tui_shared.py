@@ -1,5 +1,6 @@
-"""The Runs screen with a shared store: another console's run is listed with its console
-and taken over with `e` (two consoles, two state_dirs, one moto S3 server)."""
+"""The console with a shared store (two consoles, two state_dirs, one moto S3 server):
+another console's run is listed with its console and taken over with `e`, and a console
+whose lease is taken stops its run. And a two-person gate in the console."""
 
 from __future__ import annotations
 
@@ -132,3 +133,63 @@ async def test_a_console_whose_lease_is_taken_stops_its_run(
         await wait_for(pilot, lambda: not a.app.run_active, "the run to stop")
         assert any(n.title == "Run lease lost" for n in a.app._notifications)
     assert summarise(a.app.site.state_dir / "runs" / RUN).status == "interrupted"
+
+
+TWO_PERSON = """
+[runbook]
+id = "two-person"
+title = "Two-person change"
+rto = "10m"
+
+[[steps]]
+id = "apply"
+title = "Apply the change"
+action = "ssh.exec"
+node = "validator1"
+gate = "confirm"
+approvers = 2
+command = "systemctl start kaldrix-node"
+"""
+
+
+async def test_a_two_person_gate_shows_who_approved_and_waits_for_another_account(
+    tmp_path: Path,
+) -> None:
+    """No shared store needed: two accounts on one console (one state_dir)."""
+    from kconsole.runbook import load_runbook
+
+    first = make_console(tmp_path, user="alice")
+    path = tmp_path / "runbooks" / "two-person.toml"
+    path.write_text(TWO_PERSON.lstrip())
+    rb = load_runbook(path)
+    async with first.app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        assert first.app.start_run(rb, {})
+        await wait_for(pilot, lambda: _gate(first.app), "the gate")
+        await settle(pilot)
+        gate = _gate(first.app)
+        assert gate is not None
+        line = str(gate.query_one("#approvals").render())
+        assert "needs 2 more approvals from different accounts" in line
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not first.app.run_active, "the run to stop, waiting")
+    summary = summarise(first.app.site.state_dir / "runs" / RUN)
+    assert summary.status == "waiting" and summary.instances[("apply", None)].approved_by == [
+        "alice"
+    ]
+
+    second = make_console(tmp_path, user="olga")
+    async with second.app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        assert second.app.reattach_run(RUN)
+        await wait_for(pilot, lambda: _gate(second.app), "the gate again")
+        await settle(pilot)
+        gate = _gate(second.app)
+        assert gate is not None
+        line = str(gate.query_one("#approvals").render())
+        assert "approved by alice; needs 1 more approval from a different account" in line
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not second.app.run_active, "the run to finish")
+    summary = summarise(second.app.site.state_dir / "runs" / RUN)
+    assert summary.status == "succeeded", summary.reason
+    assert summary.instances[("apply", None)].approved_by == ["alice", "olga"]

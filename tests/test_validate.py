@@ -286,3 +286,14 @@ def test_the_readme_validate_commands_pass_in_a_checkout(
     for args in commands:
         code, out, err = cli(*args)
         assert code == 0, f"kconsole {' '.join(args)}: {out}{err}"
+
+
+def test_site_shared_must_name_an_s3_location(cli, site_path: Path) -> None:
+    text = site_path.read_text().replace(
+        "[site]\n", '[site]\nshared = "primary"\nlease = "0s"\n', 1
+    )
+    site_path.write_text(text + '\n[locations.primary]\ntype = "local"\npath = "/backup"\n')
+    code, _, err = cli("validate", site_path)
+    assert code == 2
+    assert "[site] shared must name an s3 location (none defined), not 'primary'" in err
+    assert "[site] lease must be at least 1s" in err

@@ -487,28 +487,15 @@ class S3Store(Store):
     def client(self) -> Any:
         """The boto3 client, built once; credentials from the site's file or the default chain."""
         if self._client is None:
-            import boto3
             from botocore.config import Config
 
-            kwargs: dict[str, Any] = {"region_name": self.location.region or "us-east-1"}
-            if self.location.endpoint_url:
-                kwargs["endpoint_url"] = self.location.endpoint_url
-            if self.location.credentials_file:
-                kwargs.update(
-                    read_credentials(Path(self.location.credentials_file), self.location.profile)
-                )
             cfg = Config(
                 connect_timeout=5,
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},
                 max_pool_connections=32,
             )
-            session = (
-                boto3.session.Session(profile_name=self.location.profile or None)
-                if self.location.profile and not self.location.credentials_file
-                else boto3.session.Session()
-            )
-            self._client = session.client("s3", config=cfg, **kwargs)
+            self._client = s3_client(self.location, cfg)
         return self._client
 
     def _key(self, key: str) -> str:
@@ -752,6 +739,24 @@ class S3Store(Store):
             Key=self._key(key),
         )
         return {k: v for k, v in dict(resp).items() if k != "ResponseMetadata"}
+
+
+def s3_client(location: Location, config: Any) -> Any:
+    """A boto3 S3 client for `location` with botocore `config`: credentials from the
+    location's file (which must be 0600), its profile, or the default chain."""
+    import boto3
+
+    kwargs: dict[str, Any] = {"region_name": location.region or "us-east-1"}
+    if location.endpoint_url:
+        kwargs["endpoint_url"] = location.endpoint_url
+    if location.credentials_file:
+        kwargs.update(read_credentials(Path(location.credentials_file), location.profile))
+    session = (
+        boto3.session.Session(profile_name=location.profile or None)
+        if location.profile and not location.credentials_file
+        else boto3.session.Session()
+    )
+    return session.client("s3", config=config, **kwargs)
 
 
 def read_credentials(path: Path, profile: str = "") -> dict[str, str]:

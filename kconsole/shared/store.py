@@ -20,7 +20,6 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 from kconsole.errors import OperationFailed, UsageError
@@ -88,29 +87,14 @@ class SharedStore:
         return self._client
 
     def _new_client(self) -> Any:
-        import boto3
         from botocore.config import Config
 
-        from kconsole.backups.stores import read_credentials
+        from kconsole.backups.stores import s3_client
 
-        kwargs: dict[str, Any] = {"region_name": self.location.region or "us-east-1"}
-        if self.location.endpoint_url:
-            kwargs["endpoint_url"] = self.location.endpoint_url
-        if self.location.credentials_file:
-            kwargs.update(
-                read_credentials(Path(self.location.credentials_file), self.location.profile)
-            )
         cfg = Config(
-            connect_timeout=3,
-            read_timeout=10,
-            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=3, read_timeout=10, retries={"max_attempts": 1, "mode": "standard"}
         )
-        session = (
-            boto3.session.Session(profile_name=self.location.profile or None)
-            if self.location.profile and not self.location.credentials_file
-            else boto3.session.Session()
-        )
-        return session.client("s3", config=cfg, **kwargs)
+        return s3_client(self.location, cfg)
 
     def key(self, name: str) -> str:
         """The full S3 key of a shared object."""
