@@ -503,6 +503,8 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
             pilot, lambda: app.gate_open and app.screen is not first, "the next step's gate"
         )
         await pilot.press("escape")  # stop the drill here
+        await wait_for(pilot, lambda: "Abort the run?" in _question(app), "the abort question")
+        await pilot.press("y")
         await wait_for(pilot, lambda: not app.run_active, "the drill to stop")
         await wait_for(pilot, lambda: drills.last_drill is not None, "the drill's run id")
         run_id = drills.last_drill
