@@ -760,7 +760,7 @@ class KconsoleApp(App[int]):
             # Draw the run as it stands now and let that frame reach the screen before the
             # dialog covers it: a screen under a modal is not repainted (the run line would
             # otherwise show whatever state the last frame caught, e.g. "planned").
-            self.run_signal.publish(None)
+            self.run_revision += 1
             painted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.call_after_refresh(lambda: painted.done() or painted.set_result(None))
             await painted
