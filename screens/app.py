@@ -707,8 +707,8 @@ class KconsoleApp(App[int]):
         if lease is not None:
             lease.on_lost = self._lease_lost_in_thread
         self.post_message(self.RunChanged())
-        self.tick_incidents()  # a recovery may have opened an incident
         await self.switch_mode("run")
+        self.tick_incidents()  # a recovery may have opened an incident: show it everywhere
         outcome = await session.run()
         self.post_message(self.RunChanged())
         self.tick_incidents()  # the run's ending is on its incident
@@ -757,6 +757,13 @@ class KconsoleApp(App[int]):
                 return None
             if self.current_mode != "run":
                 await self.switch_mode("run")
+            # Draw the run as it stands now and let that frame reach the screen before the
+            # dialog covers it: a screen under a modal is not repainted (the run line would
+            # otherwise show whatever state the last frame caught, e.g. "planned").
+            self.run_revision += 1
+            painted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.call_after_refresh(lambda: painted.done() or painted.set_result(None))
+            await painted
             self.bell()
             self.gate_open = True
             try:
