@@ -14,6 +14,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from textual.widgets import DataTable
+
 from kconsole.backups.catalog import (
     ORPHAN_AGE_S,
     ORPHAN_MANIFEST,
@@ -22,7 +24,9 @@ from kconsole.backups.catalog import (
 )
 from kconsole.backups.prune import apply_prune, plan_prune
 from kconsole.backups.stores import LocalStore, is_staging_name, open_stores
+from screens.catalog_source import EngineCatalog
 from tests.catalogkit import make_site, plant, utc
+from tests.tui_support import make_console, settle, type_text, wait_for
 
 NOW = utc("2026-11-26T10:00:00")
 
@@ -123,3 +127,40 @@ async def test_a_kill_9_staging_file_and_a_manifest_without_object_are_orphans(
         assert store.path(gone.object_key()).exists() == (store is not primary)  # type: ignore[attr-defined]
     after = await build_catalog(site, stores, now=NOW)
     assert after.orphans == []
+
+
+async def test_the_catalog_screen_shows_orphans_from_the_engine_catalog(tmp_path: Path) -> None:
+    """The console's Catalog screen on the engine's own catalog of a local location holding
+    an old `.partial` a killed copy left: the status line says there are orphans, the row
+    is listed after the backups as `orphan`, and `status:orphan` filters to it."""
+    console = make_console(
+        tmp_path, site_extra='\n[locations.primary]\ntype = "local"\npath = "backups"\n'
+    )
+    app = console.app
+    app.catalog = EngineCatalog(app.site, app.services)
+    debris = tmp_path / "backups" / "blockchain-state" / "validator1"
+    debris.mkdir(parents=True)
+    partial = debris / "validator1_blockchain-state_20261126T000000Z.kdx.partial"
+    partial.write_bytes(b"x" * 2048)
+    old = time.time() - ORPHAN_AGE_S - 3600
+    os.utime(partial, (old, old))
+    async with app.run_test(size=(120, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: app.catalog_reading is not None, "the catalog")
+        await settle(pilot)
+        status = str(app.screen.query_one("#catalog-status").render())
+        assert "(of 0 copies and 1 orphans" in status
+        assert "1 ORPHANS" in status and "backup.prune removes them" in status
+        table = app.screen.query_one("#backups", DataTable)
+        assert table.row_count == 1
+        row = [str(c) for c in table.get_row_at(0)]
+        assert row[1:4] == ["blockchain-state", "validator1", "primary"]
+        assert row[5] == "! orphan" and row[7] == partial.name
+        await pilot.press("slash")
+        await type_text(pilot, "status:orphan")
+        await settle(pilot)
+        assert table.row_count == 1
+        await type_text(pilot, " node:validator2")
+        await settle(pilot)
+        assert table.row_count == 0
