@@ -5,6 +5,7 @@ first."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,9 +24,12 @@ from kconsole.backups.catalog import (
     build_catalog,
 )
 from kconsole.backups.prune import apply_prune, plan_prune
-from kconsole.backups.stores import LocalStore, is_staging_name, open_stores
+from kconsole.backups.stores import LocalStore, is_staging_name, open_store, open_stores
+from kconsole.site import Location
+from kconsole.transport.ssh import SshTransport
 from screens.catalog_source import EngineCatalog
 from tests.catalogkit import make_site, plant, utc
+from tests.sshd import Sshd, sshd_server  # noqa: F401 - fixture
 from tests.tui_support import make_console, settle, type_text, wait_for
 
 NOW = utc("2026-11-26T10:00:00")
@@ -164,3 +168,35 @@ async def test_the_catalog_screen_shows_orphans_from_the_engine_catalog(tmp_path
         await type_text(pilot, " node:validator2")
         await settle(pilot)
         assert table.row_count == 0
+
+
+async def test_sshd_staging_files_in_an_sftp_location_are_orphans(
+    sshd_server: Sshd,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The same through the real OpenSSH sshd's SFTP: a `.partial` transfer and a `.tmp`
+    file in an SFTP location, old, are listed as staging orphans and pruned over SFTP."""
+    loc = Location("dr", "sftp", path=str(tmp_path / "dr"), node="node1")
+    site = dataclasses.replace(
+        sshd_server.site(), state_dir=tmp_path / "state", locations={"dr": loc}
+    )
+    transport = SshTransport(site, use_ssh_config=False)
+    stores = {"dr": open_store(loc, site, transport)}
+    d = tmp_path / "dr" / "blockchain-state" / "node1"
+    d.mkdir(parents=True)
+    left = [d / "node1_blockchain-state_20261126T000000Z.kdx.partial", d / ".x.kdx.json.ab.tmp"]
+    old = NOW.timestamp() - ORPHAN_AGE_S - 60
+    for p in left:
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (old, old))
+    try:
+        catalog = await build_catalog(site, stores, now=NOW)
+        assert sorted((o.key, o.what) for o in catalog.orphans) == sorted(
+            (str(p.relative_to(tmp_path / "dr")), ORPHAN_STAGING) for p in left
+        )
+        plan = await plan_prune(site, catalog, stores, now=NOW, check_locks=False)
+        assert len(plan.deletions) == 2 and all(p.exists() for p in left)
+        result = await apply_prune(site, plan, stores, actor="alice", emit=quiet, catalog=catalog)
+        assert result.failed == [] and not any(p.exists() for p in left)
+    finally:
+        await transport.close()
