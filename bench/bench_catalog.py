@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from kconsole.backups.catalog import Catalog, build_catalog  # noqa: E402
 from kconsole.backups.manifest import Manifest, backup_id, iso, manifest_key, object_key  # noqa: E402
 from kconsole.backups.stores import open_stores  # noqa: E402
+from kconsole.runbook.coverage import expected_nodes  # noqa: E402
 from kconsole.site import BACKUP_KINDS, Site, load_site  # noqa: E402
 
 GROUPS = ("bootstrap", "validator", "api")
@@ -264,7 +265,10 @@ def main() -> int:
                 "latest_good of every (kind, node)",
                 lambda: [catalog.latest_good(k, n) for k, n in catalog.groups()],
             ),
-            ("freshness(site) (tiers x kinds x nodes)", lambda: catalog.freshness(site, {})),
+            (
+                "freshness(site) (tiers x kinds x nodes)",
+                lambda: catalog.freshness(site, {}, expected=expected_nodes(site)),
+            ),
             (f"rows(kind={kind}) (the --json lines)", lambda: catalog.rows(kind=kind)),
         ]
         for name, fn in filters:

@@ -594,11 +594,11 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
     if orphans:
         _out(
-            f"{len(orphans)} orphaned objects (no manifest beside them, left by a backup that "
-            "failed or was interrupted; backup.prune removes them):"
+            f"{len(orphans)} orphaned objects (left by a backup that failed or was "
+            "interrupted; backup.prune removes them):"
         )
         for o in orphans:
-            _out(f"  {o.path} ({o.size} bytes)")
+            _out(f"  {o.path} ({o.size} bytes; {o.what})")
     if not fresh:
         return EXIT_OK
     _out("")

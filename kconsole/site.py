@@ -252,6 +252,9 @@ class Site:
     current_key: str = ""
     key_rotate_after: float | None = None
     """Seconds a key may be current before it is due for rotation (`[keys] rotate_after`)."""
+    require_signed_manifests: bool = False
+    """`[keys] require_signed_manifests`: an unsigned manifest is refused at verification
+    (and restore) instead of accepted with a warning."""
     tiers: dict[str, Tier] = field(default_factory=dict)
     contacts: list[Contact] = field(default_factory=list)
     escalation: dict[str, EscalationMatrix] = field(default_factory=dict)
@@ -559,8 +562,21 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         )
 
     keys_t = _table(src, data, (), "keys", "[keys]", problems)
-    check_keys(src, keys_t, ("keys",), ("dir", "current", "rotate_after"), (), "[keys]", problems)
+    check_keys(
+        src,
+        keys_t,
+        ("keys",),
+        ("dir", "current", "rotate_after", "require_signed_manifests"),
+        (),
+        "[keys]",
+        problems,
+    )
     rotate_after = expect_duration(src, keys_t, ("keys",), "rotate_after", problems)
+    require_signed = keys_t.get("require_signed_manifests", False)
+    if not expect_type(
+        src, keys_t, ("keys",), "require_signed_manifests", bool, "true or false", problems
+    ):
+        require_signed = False
 
     tiers: dict[str, Tier] = {}
     for name, t in _tables(src, data, "tiers", problems).items():
@@ -744,6 +760,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         keys_dir=rel(keys_t["dir"]) if isinstance(keys_t.get("dir"), str) else None,
         current_key=str(keys_t.get("current", "")),
         key_rotate_after=rotate_after,
+        require_signed_manifests=require_signed is True,
         tiers=tiers,
         contacts=contacts,
         escalation=escalation,

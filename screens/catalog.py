@@ -41,7 +41,8 @@ def _size(value: object) -> str:
 
 
 class CatalogScreen(ConsoleScreen):
-    """Backups with their age against the tier's RPO.
+    """Backups with their age against the tier's RPO, then the orphans (debris of backups
+    that failed or were interrupted: `status:orphan` lists them; `backup.prune` removes them).
 
     | Key | Action |
     | :- | :- |
@@ -130,7 +131,7 @@ class CatalogScreen(ConsoleScreen):
         # A burst of keystrokes refills the table once: each new key cancels this worker
         # while it waits (the group is exclusive).
         await asyncio.sleep(TYPING_PAUSE)
-        rows = reading.rows
+        rows = [*reading.rows, *reading.orphans]
         window, total = await asyncio.to_thread(filter_rows, rows, query, WINDOW)
         table = self.query_one("#backups", DataTable)
         table.clear()
@@ -152,9 +153,21 @@ class CatalogScreen(ConsoleScreen):
         more = " — refine the filter to see the rest" if total > len(window) else ""
         errors = "".join(f" · {loc} NOT LISTED: {why}" for loc, why in reading.errors.items())
         as_of = f" as of {reading.as_of:%H:%M:%S} UTC" if reading.as_of else ""
+        orphans = len(reading.orphans)
+        of = (
+            f"{len(reading.rows):,} copies and {orphans:,} orphans" if orphans else f"{len(rows):,}"
+        )
+        debris = (
+            f" · {orphans:,} ORPHANS (objects or manifests left by failed or interrupted "
+            "backups): status:orphan lists them, backup.prune removes them"
+            if orphans
+            else ""
+        )
         status = self.query_one("#catalog-status", Static)
-        status.update(f"{shown} backups{what} (of {len(rows):,}{as_of}){more}{errors}")
-        status.set_class(bool(reading.errors), "-errors")
+        status.update(
+            f"{shown} {'rows' if orphans else 'backups'}{what} (of {of}{as_of}){more}{errors}{debris}"
+        )
+        status.set_class(bool(reading.errors) or bool(orphans), "-errors")
 
     def action_reload(self) -> None:
         """List every location again."""

@@ -36,6 +36,9 @@ class CatalogReading:
     """Locations that could not be listed, and why."""
     as_of: datetime | None = None
     """When the listing was taken."""
+    orphans: list[CatalogRow] = field(default_factory=list)
+    """Debris the engine's catalog reports (`orphan_row` of each `"type": "orphan"` line):
+    shown after the backups with the status `orphan`."""
 
     def tier(self, name: str) -> Mapping[str, Any] | None:
         """The summary line of one tier."""
@@ -56,10 +59,11 @@ class StaticCatalog:
 
     rows: Sequence[CatalogRow]
     tiers: Sequence[Mapping[str, Any]] = ()
+    orphans: Sequence[CatalogRow] = ()
 
     async def read(self, live: dict[str, int | None]) -> CatalogReading:
         """The rows as given."""
-        return CatalogReading(list(self.rows), list(self.tiers))
+        return CatalogReading(list(self.rows), list(self.tiers), orphans=list(self.orphans))
 
 
 @dataclass
@@ -79,7 +83,30 @@ class EngineCatalog:
             tier_summary(catalog.freshness(self.site, live, expected=expected)),
             dict(catalog.errors),
             catalog.as_of,
+            [orphan_row(o.as_json(), catalog.as_of) for o in catalog.orphans],
         )
+
+
+def orphan_row(line: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
+    """A `"type": "orphan"` line of `kconsole catalog --json` as a table row: its kind and
+    node from where it is stored, its age from its modification time, the status `orphan`
+    and, as its id, its file name (it is no backup)."""
+    parts = str(line.get("key", "")).split("/")
+    kind, node = (parts[0], parts[1]) if len(parts) == 3 else ("", "")
+    modified = str(line.get("modified", ""))
+    try:
+        age: float | None = (as_of - datetime.fromisoformat(modified)).total_seconds()
+    except ValueError:
+        age = None
+    return {
+        **line,
+        "id": parts[-1],
+        "kind": kind,
+        "node": node,
+        "created": modified,
+        "age_s": age,
+        "status": "orphan",
+    }
 
 
 def _text(row: CatalogRow) -> str:

@@ -14,7 +14,14 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kconsole.backups.manifest import Manifest, backup_id, iso, manifest_key, object_key
+from kconsole.backups.manifest import (
+    Manifest,
+    backup_id,
+    iso,
+    manifest_key,
+    object_key,
+    sign_manifest,
+)
 from kconsole.backups.stores import LocalStore, Store
 from kconsole.crypto import Encryptor, Key, keygen, read_key_file
 from kconsole.site import Site, load_site
@@ -117,9 +124,11 @@ async def plant(
     chain_height: int | None = 1000,
     duration_s: float = 1.5,
 ) -> Manifest:
-    """Store a real backup of `kind` from `node`, made at `when`, in every store given."""
+    """Store a real backup of `kind` from `node`, made at `when`, in every store given, its
+    manifest signed as `backup.create` signs it (the lab requires signed manifests)."""
     plain = tar_payload(kind, node, when)
-    enc = Encryptor(site_key(site))
+    key = site_key(site)
+    enc = Encryptor(key)
     cipher = enc.update(plain) + enc.finalize()
     result = enc.result
     assert result is not None
@@ -140,6 +149,7 @@ async def plant(
         duration_s=duration_s,
         tool="tests",
     )
+    m = sign_manifest(m, key.master)
     staging = site.state_dir / "plant"
     staging.mkdir(parents=True, exist_ok=True)
     src = staging / f"{bid}.kdx"

@@ -499,7 +499,7 @@ def test_read_small_file_reads_all_of_it(tmp_path: Path) -> None:
         read_small_file(str(tmp_path / "missing"))
 
 
-async def test_local_listing_walks_every_directory_and_skips_partial_and_hidden_files(
+async def test_local_listing_walks_every_directory_and_skips_hidden_but_not_staging_files(
     site: Site,
 ) -> None:
     store = open_stores(site, None)["primary"]
@@ -513,12 +513,17 @@ async def test_local_listing_walks_every_directory_and_skips_partial_and_hidden_
     store.path("a/.hidden").write_bytes(b"x")
     os.symlink(store.path("top"), store.path("a/link"))
     listed = {o.key: o for o in await store.list()}
-    assert set(listed) == {*files, "a/link"}
+    # Staging files stay listed so the catalog can report those a killed process left.
+    assert set(listed) == {*files, "a/link", "a/b/three.kdx.partial"}
     for key in files:
         st = store.path(key).stat()
         assert listed[key] == ObjectInfo(key, st.st_size, st.st_mtime)
     assert listed["a/link"].size == 3  # a link is listed as what it points at
-    assert {o.key for o in await store.list("a/b")} == {"a/b/one.kdx", "a/b/one.kdx.json"}
+    assert {o.key for o in await store.list("a/b")} == {
+        "a/b/one.kdx",
+        "a/b/one.kdx.json",
+        "a/b/three.kdx.partial",
+    }
     assert await store.list("top") == []  # a file is not a directory to walk
 
 

@@ -165,6 +165,7 @@ async def test_site_file_describes_the_lab(lab: Lab) -> None:
         "archive": ("archive",),
     }
     assert (site.tiers["critical"].rpo, site.tiers["critical"].rto) == (900, 3600)
+    assert site.require_signed_manifests  # the lab's history signs its manifests
     assert len(site.contacts) == 6
     assert [lvl.role for lvl in site.escalation["security"].levels] == [
         "Security Engineer",

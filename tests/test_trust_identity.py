@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kconsole.site import current_user, load_site
+from tests.sshd import Sshd, sshd_server  # noqa: F401 - fixture
 from tests.tui_support import make_console, settle
 
 OS_ACCOUNT = pwd.getpwuid(os.geteuid()).pw_name
@@ -164,3 +165,74 @@ def test_an_auditor_cannot_plant_a_key_by_decrypting_into_the_key_dir(
         assert code == 2 and "may not write into the site's key directory" in err
         assert not target.exists()
     assert len(_refusals(cli, site)) == 2
+
+
+def _sshd_site(sshd: Sshd, directory: Path, **roles: str) -> Path:
+    """A site file whose node is the real sshd of the tests, with a local backup location,
+    a key directory and an [access] table of `role = user` pairs."""
+    (directory / "keys").mkdir(parents=True, exist_ok=True)
+    access = "\n".join(f'{role} = ["{user}"]' for role, user in roles.items())
+    path = directory / "site.toml"
+    path.write_text(
+        f'[site]\nname = "sshd-roles"\nstate_dir = "state"\n\n'
+        f'[ssh]\nuser = "{sshd.user}"\nidentity = "{sshd.client_key_path}"\n'
+        f'known_hosts = "{sshd.known_hosts_path}"\n\n'
+        f'[[nodes]]\nname = "node1"\nhost = "{sshd.host}"\nport = {sshd.port}\n'
+        f'root = "{directory / "node1"}"\n\n'
+        f'[locations.primary]\ntype = "local"\npath = "backups"\n\n'
+        f'[keys]\ndir = "keys"\n\n[access]\n{access}\n'
+    )
+    return path
+
+
+BACKUP_RUNBOOK = """
+[runbook]
+id = "backup-node1"
+title = "Back up node1"
+rto = "5m"
+
+[[steps]]
+id = "probe"
+action = "ssh.exec"
+node = "node1"
+command = "true"
+
+[[steps]]
+id = "backup"
+action = "backup.create"
+node = "node1"
+kind = "blockchain-state"
+paths = ["/var/lib/kaldrix/state"]
+needs = ["probe"]
+"""
+
+
+def test_sshd_an_auditor_backup_run_is_refused_before_any_ssh_command(
+    cli,
+    sshd_server: Sshd,  # noqa: F811
+    tmp_path: Path,
+    write_runbook,
+    spoofed_env: None,
+) -> None:
+    """An auditor's `kconsole run` of a backup runbook against a node behind the real
+    OpenSSH sshd: exit 2, the refusal audited, and sshd logged no login at all (so no
+    command was sent). The same runbook run by an operator does log in: the check is what
+    stopped the auditor, not the set-up."""
+    rb = write_runbook(BACKUP_RUNBOOK)
+
+    def logins() -> int:
+        return sshd_server.log().count("Accepted publickey")
+
+    site = _sshd_site(sshd_server, tmp_path / "audited", admin="admin", auditor=OS_ACCOUNT)
+    before = logins()
+    code, out, err = cli("--site", site, "run", rb, "--yes")
+    assert code == 2 and "is an auditor" in err and "Traceback" not in err
+    assert logins() == before
+    (refusal,) = _refusals(cli, site)
+    assert refusal["actor"] == OS_ACCOUNT and refusal["target"] == "run runbooks"
+    assert not (tmp_path / "audited" / "backups").exists()
+
+    control = _sshd_site(sshd_server, tmp_path / "operated", admin="admin", operator=OS_ACCOUNT)
+    cli("--site", control, "run", rb, "--yes")  # may fail later: the node has no state
+    assert logins() > before
+    assert _refusals(cli, control) == []

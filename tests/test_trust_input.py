@@ -14,7 +14,7 @@ import pytest
 from kconsole.config.source import MAX_TOML_BYTES, MAX_TOML_DEPTH
 from kconsole.errors import OperationFailed
 from kconsole.runbook.template import NodeRef, render
-from kconsole.site import Node
+from kconsole.site import Node, load_site
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK_HEAD = '[runbook]\nid = "x"\ntitle = "X"\nrto = "1m"\n'
@@ -310,3 +310,19 @@ def test_a_damaged_journal_never_reaches_an_internal_error(cli, site_path: Path)
         code, _, err = cli("--site", site_path, *args)
         assert code in (0, 2), (args, err)
         assert "internal error" not in err
+
+
+def test_require_signed_manifests_must_be_a_boolean(cli, tmp_path: Path) -> None:
+    """`require_signed_manifests = "yes"` is a problem at its file:line:col, exit 2; a
+    boolean loads."""
+    site = tmp_path / "signed.toml"
+    head = '[site]\nname = "x"\n\n[[nodes]]\nname = "a"\nhost = "h"\n\n[keys]\n'
+    site.write_text(head + 'require_signed_manifests = "yes"\n')
+    code, _, err = cli("--site", site, "runs")
+    assert code == 2 and "Traceback" not in err
+    assert f"{site}:9:" in err
+    assert '"require_signed_manifests" must be true or false, not' in err
+    site.write_text(head + "require_signed_manifests = true\n")
+    assert load_site(site).require_signed_manifests is True
+    site.write_text(head)
+    assert load_site(site).require_signed_manifests is False

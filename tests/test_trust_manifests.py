@@ -311,6 +311,28 @@ async def test_sshd_unsigned_legacy_manifests_stay_readable_and_are_flagged(node
     assert any("manifest is unsigned" in line for line in lines)
 
 
+async def test_sshd_a_site_requiring_signed_manifests_refuses_an_unsigned_one(
+    node: Node,
+) -> None:
+    """With `[keys] require_signed_manifests = true` an unsigned manifest, every other field
+    in order, is refused at verification naming `mac`, and restore touches nothing; a
+    signed one still verifies."""
+    node.site = dataclasses.replace(node.site, require_signed_manifests=True)
+    signed = await node.backup("blockchain-state", ["/" + STATE])
+    backup = (await build_catalog(node.site, node.stores)).find(signed.id)
+    assert (await verify_backup(node.site, backup, node.stores, node.keyring, quiet)).ok
+    m = await node.backup("blockchain-state", ["/" + STATE])
+    node.rewrite(m, mac="")  # as someone without the key, or an old kconsole, would write it
+    problems = await node.verify(m.id)
+    assert problems == [problems[0]] and "refused: mac is missing" in problems[0]
+    assert "require_signed_manifests" in problems[0]
+    before = tree(node.root)
+    with pytest.raises(OperationFailed, match="refused: mac is missing"):
+        await node.restore(m.id)
+    assert tree(node.root) == before
+    assert not list(node.root.glob(".kconsole-restore-*"))
+
+
 async def test_sshd_create_refuses_paths_its_kind_may_not_hold(node: Node) -> None:
     with pytest.raises(OperationFailed, match="outside what a blockchain-state backup may hold"):
         await node.backup("blockchain-state", ["/etc"])

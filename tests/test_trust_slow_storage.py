@@ -213,8 +213,8 @@ def test_catalog_lists_orphans(cli, lab: LiveLab, env: None) -> None:
             "--site", lab.site, "catalog", "--node", "api1", "--location", "primary"
         )
         assert code == 0, err
-        assert "1 orphaned objects (no manifest beside them" in out
-        assert f"  {old} (512 bytes)" in out and str(young) not in out
+        assert "1 orphaned objects (left by a backup that failed" in out
+        assert f"  {old} (512 bytes; no manifest beside it)" in out and str(young) not in out
         code, out, err = cli("--site", lab.site, "catalog", "--json", "--kind", "blockchain-state")
         orphans = [json.loads(line) for line in out.splitlines() if '"orphan"' in line]
         assert [(o["location"], o["key"], o["size"]) for o in orphans] == [

@@ -38,7 +38,7 @@ from kconsole.backups.manifest import (
     iso,
     parse_legacy_name,
 )
-from kconsole.backups.stores import ObjectInfo, Store
+from kconsole.backups.stores import ObjectInfo, Store, is_staging_name
 from kconsole.config.problems import did_you_mean
 from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write, atomic_writer, locked
@@ -129,21 +129,32 @@ ORPHAN_AGE_S = 6 * 3600.0
 it is debris of one that failed or was interrupted (an orphan)."""
 
 
+ORPHAN_OBJECT = "no manifest beside it"
+ORPHAN_STAGING = "a staging file left by an interrupted write"
+ORPHAN_MANIFEST = "a manifest without its object"
+
+
 @dataclass(frozen=True)
 class Orphan:
-    """An encrypted object with no manifest beside it: invisible as a backup, never restorable
-    through the console, removed by `backup.prune`."""
+    """Debris in a location, never restorable through the console, removed by `backup.prune`:
+    an encrypted object with no manifest beside it, a staging file (`.partial`, `.*.tmp`) a
+    killed process left, or a manifest whose object is not there. `what` says which."""
 
     location: str
     key: str
     size: int
     mtime: float
     path: str
+    what: str = ORPHAN_OBJECT
 
     @property
     def id(self) -> str:
-        """The backup id its name claims."""
-        return posixpath.basename(self.key)[: -len(OBJECT_SUFFIX)]
+        """The backup id its name claims (or its base name, for a staging file)."""
+        name = posixpath.basename(self.key)
+        for suffix in (MANIFEST_SUFFIX, OBJECT_SUFFIX):
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
 
     def as_json(self) -> dict[str, Any]:
         """A `"type": "orphan"` line of `catalog --json`."""
@@ -154,6 +165,7 @@ class Orphan:
             "path": self.path,
             "size": self.size,
             "modified": iso(datetime.fromtimestamp(self.mtime, UTC)),
+            "what": self.what,
         }
 
 
@@ -687,8 +699,8 @@ def _join(
     for loc, listing in listed:
         unclaimed = _add_location(by_id, loc, stores[loc], listing, found[loc])
         orphans.extend(
-            Orphan(loc, o.key, o.size, o.mtime, stores[loc].describe(o.key))
-            for o in unclaimed
+            Orphan(loc, o.key, o.size, o.mtime, stores[loc].describe(o.key), what)
+            for o, what in unclaimed
             if o.mtime < cutoff
         )
     backups = list(by_id.values())
@@ -703,10 +715,14 @@ def _add_location(
     store: Store,
     listing: list[ObjectInfo],
     manifests: list[tuple[ObjectInfo, Manifest]],
-) -> list[ObjectInfo]:
+) -> list[tuple[ObjectInfo, str]]:
     """Add what one location holds: a copy for each manifest whose object is there, and the
-    legacy files recognised by name. Returns the objects no manifest there claims."""
+    legacy files recognised by name. Returns the debris, each with what it is (`Orphan.what`):
+    objects no manifest there claims, staging files, and manifests whose object is not there."""
     objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
+    debris: list[tuple[ObjectInfo, str]] = [
+        (o, ORPHAN_STAGING) for o in listing if is_staging_name(posixpath.basename(o.key))
+    ]
     unclaimed = dict(objects)
     for info, m in manifests:
         obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
@@ -722,8 +738,10 @@ def _add_location(
         unclaimed.pop(obj_key, None)
         if obj is not None:
             b.replicas[loc] = Replica(loc, obj_key, obj.size, obj.mtime, store.describe(obj_key))
-        elif not b.reason:
-            b.reason = f"manifest without object in {loc}"
+        else:
+            debris.append((info, ORPHAN_MANIFEST))
+            if not b.reason:
+                b.reason = f"manifest without object in {loc}"
     for o in listing:
         if not o.key.endswith(".enc"):
             continue
@@ -740,7 +758,7 @@ def _add_location(
     for o in listing:
         if o.key.endswith(MANIFEST_SUFFIX):
             unclaimed.pop(o.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX, None)
-    return list(unclaimed.values())
+    return [(o, ORPHAN_OBJECT) for o in unclaimed.values()] + debris
 
 
 def _differs(a: Manifest, b: Manifest) -> bool:

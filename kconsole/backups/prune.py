@@ -423,8 +423,9 @@ def orphan_deletions(
     node: str | None,
     now: datetime,
 ) -> list[Deletion]:
-    """A deletion for each orphaned object (no manifest beside it, older than the catalog's
-    ORPHAN_AGE_S) in scope: debris of a backup that failed or was interrupted."""
+    """A deletion for each orphan in scope (older than the catalog's ORPHAN_AGE_S: an object
+    with no manifest beside it, a staging file, a manifest without its object): debris of a
+    backup that failed or was interrupted."""
     out = []
     for o in catalog.orphans:
         parts = o.key.split("/")
@@ -434,7 +435,7 @@ def orphan_deletions(
         created = datetime.fromtimestamp(o.mtime, UTC)
         age = (now - created).total_seconds()
         reason = (
-            f"orphaned object: no manifest beside it, {format_duration(age)} old "
+            f"orphaned object: {o.what}, {format_duration(age)} old "
             "(left by a backup that failed or was interrupted)"
         )
         out.append(
@@ -516,7 +517,10 @@ async def plan_prune(
                         b.id, k, n, loc, keys, store.describe(keys[0]), size, b.created, age, reason
                     )
                 )
+    planned = {(d.location, k) for d in plan.deletions for k in d.keys}
     for d in orphan_deletions(catalog, scope, kind, node, now):
+        if (d.location, d.keys[0]) in planned:
+            continue  # a manifest without its object, already going with its expired backup
         plan.deletions.append(d)
         in_scope[d.location][d.keys[0]] = d.backup
     lock_cache = _load_lock_cache(site) if check_locks else {}

@@ -110,9 +110,21 @@ def read_small_file(path: str) -> bytes:
     return b"".join(chunks)
 
 
+STAGING_SUFFIXES = (".partial", ".tmp")
+"""Name endings of files being written: `NAME.partial` (object copies, SFTP transfers) and
+`.NAME.XXXX.tmp` (`kconsole.fsutil.atomic_write`). A listing includes them so that one left
+by a killed process can be found; nothing reads them as backups."""
+
+
+def is_staging_name(name: str) -> bool:
+    """Whether a file's base name is a staging name (see STAGING_SUFFIXES)."""
+    return name.endswith(".partial") or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def _list_dir(path: str, rel: str, files: list[ObjectInfo], subdirs: list[tuple[str, str]]) -> None:
     """Add the files of one local directory (keys under `rel`) to `files` and its
-    subdirectories to `subdirs`; partial and hidden files are left out.
+    subdirectories to `subdirs`. Hidden files are left out, except the staging names an
+    interrupted write leaves behind (`is_staging_name`), which the catalog reports as orphans.
 
     The directory is scanned through a descriptor, so each file's stat looks up one name
     rather than its whole path (measured: bench/bench_catalog.py).
@@ -127,7 +139,7 @@ def _list_dir(path: str, rel: str, files: list[ObjectInfo], subdirs: list[tuple[
             try:
                 if e.is_dir(follow_symlinks=False):
                     subdirs.append((os.path.join(path, name), rel + name + "/"))
-                elif not (name.endswith(".partial") or name.startswith(".")):
+                elif not name.startswith(".") or is_staging_name(name):
                     st = e.stat()
                     files.append(ObjectInfo(rel + name, st.st_size, st.st_mtime))
             except FileNotFoundError:
@@ -363,7 +375,7 @@ class SftpLocationStore(Store):
                 subdirs = []
                 for e in entries:
                     name = str(e.filename)
-                    if name in (".", "..") or name.endswith(".partial"):
+                    if name in (".", ".."):
                         continue
                     full = posixpath.join(path, name)
                     if e.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:

@@ -45,7 +45,8 @@ def check_backup(site: Site, backup: Backup, keyring: Keyring, now: datetime | N
     """Raise OperationFailed (one sentence naming the field) unless every manifest of `backup`
     agrees with the site, with where it is stored, with the other locations' copies and with
     its MAC. Returns whether the manifest is authenticated (False: unsigned, written before
-    manifests were signed, trusted only because its fields check out; or a legacy file)."""
+    manifests were signed, trusted only because its fields check out; or a legacy file).
+    With the site's `[keys] require_signed_manifests`, an unsigned manifest is refused."""
     m = backup.manifest
     if m is None:
         return False  # a plan-made file: named by its file name, restored to the plan's paths
@@ -66,7 +67,15 @@ def check_backup(site: Site, backup: Backup, keyring: Keyring, now: datetime | N
             key = keyring.find(key_id)
             return key.master if key is not None else None
 
-        return authenticate_manifest(m, master)
+        signed = authenticate_manifest(m, master)
+        if not signed and site.require_signed_manifests:
+            raise ManifestRejected(
+                m.id,
+                "mac",
+                "is missing: the manifest is unsigned and the site requires signed manifests "
+                "([keys] require_signed_manifests)",
+            )
+        return signed
     except ManifestRejected as exc:
         raise OperationFailed(f"{exc}.") from None
 

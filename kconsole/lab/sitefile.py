@@ -112,7 +112,13 @@ def render_site(
                 "role": "tertiary",
             },
         },
-        "keys": {"dir": "keys", "current": current_key, "rotate_after": KEY_ROTATION},
+        # The lab's history signs every manifest it writes, so the lab can require it.
+        "keys": {
+            "dir": "keys",
+            "current": current_key,
+            "rotate_after": KEY_ROTATION,
+            "require_signed_manifests": True,
+        },
         "tiers": {
             str(t["name"]): {
                 "title": str(t["title"]),

@@ -40,6 +40,7 @@ _LABELS: dict[str, tuple[str, Tone]] = {
     "ok": ("✔ ok", "success"),
     "stale": ("! stale", "warning"),
     "failed-verify": ("✖ failed-verify", "error"),
+    "orphan": ("! orphan", "warning"),
     "none": ("– none", "warning"),
 }
 
