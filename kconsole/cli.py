@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("--faults", default="", metavar="SPEC")
     lab.add_argument(
+        "--state-size", metavar="SIZE", help="grow each fleet node's chain state to SIZE (e.g. 1G)"
+    )
+    lab.add_argument(
         "mode", nargs="?", choices=["serve"], help="serve headless until SIGINT/SIGTERM"
     )
 
@@ -629,7 +632,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
         if not args.dir:
             raise UsageError("kconsole lab serve needs --dir DIR.")
-        return serve(directory, args.nodes, args.faults)
+        return serve(directory, args.nodes, args.faults, state_size=args.state_size)
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise UsageError(
             "kconsole lab opens the console and needs a terminal; "
