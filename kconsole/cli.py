@@ -401,6 +401,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     good backup against the RPO and what a failure now would lose."""
     from kconsole.backups.catalog import live_heights, tier_summary
     from kconsole.config import format_duration
+    from kconsole.services import run_once
     from kconsole.site import BACKUP_KINDS
 
     site = _site(args)
@@ -413,13 +414,14 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"unknown location {args.location}; the site has {', '.join(site.locations)}."
         )
 
-    async def build(session: Any) -> tuple[Any, dict[str, int | None]]:
+    async def build(services: Any) -> tuple[Any, dict[str, int | None]]:
         catalog, heights = await asyncio.gather(
-            session.catalog(), live_heights(site, [args.node] if args.node else None)
+            services.backups(site).catalog(),
+            live_heights(site, [args.node] if args.node else None, health=services.health),
         )
         return catalog, heights
 
-    catalog, heights = _with_backups(site, build)
+    catalog, heights = run_once(site, build)
     rows = catalog.rows(args.kind, args.node, args.location)
     fresh = [
         f

@@ -87,6 +87,7 @@ class BackupCreate(Action):
             stores=session.stores(ctx.values.get("locations")),
             key=session.current_key(),
             emit=ctx.emit,
+            health=ctx.services.health,
         )
         session.invalidate()
         return ActionResult(

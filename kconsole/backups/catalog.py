@@ -28,9 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from kconsole.backups.manifest import (
     MANIFEST_SUFFIX,
@@ -44,6 +42,9 @@ from kconsole.config.problems import did_you_mean
 from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write, atomic_writer, locked
 from kconsole.site import Site
+
+if TYPE_CHECKING:
+    from kconsole.health import HealthReader
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
 CACHE_VERSION = 3
@@ -364,30 +365,31 @@ def expected_nodes(site: Site) -> dict[str, list[str]]:
 
 
 async def live_heights(
-    site: Site, nodes: Iterable[str] | None = None, timeout: float = 3.0
+    site: Site,
+    nodes: Iterable[str] | None = None,
+    timeout: float = 3.0,
+    health: HealthReader | None = None,
 ) -> dict[str, int | None]:
-    """Each node's chain height from its health URL, all at once; None when it does not answer."""
+    """Each node's chain height from its health URL, all at once; None when it does not answer.
+
+    `health` is the caller's reader (`Services.health`); without one a reader is made and
+    closed here."""
+    from kconsole.health import HealthReader
+
     wanted = [
         site.nodes[n] for n in (nodes if nodes is not None else site.nodes) if n in site.nodes
     ]
+    reader = health or HealthReader()
 
-    async def one(client: httpx.AsyncClient, url: str) -> int | None:
-        try:
-            body = (await client.get(url)).json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        height = body.get("height") if isinstance(body, dict) else None
-        return height if isinstance(height, int) and not isinstance(height, bool) else None
+    async def one(url: str) -> int | None:
+        return (await reader.read(url, timeout)).height if url else None
 
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        heights = await asyncio.gather(
-            *(one(client, n.health_url) if n.health_url else _none() for n in wanted)
-        )
+    try:
+        heights = await asyncio.gather(*(one(n.health_url or "") for n in wanted))
+    finally:
+        if health is None:
+            await reader.close()
     return {n.name: h for n, h in zip(wanted, heights, strict=True)}
-
-
-async def _none() -> None:
-    return None
 
 
 def _cache_path(site: Site) -> Path:

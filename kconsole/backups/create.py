@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from kconsole import __version__
 from kconsole.backups.archive import verify_file
 from kconsole.backups.manifest import Manifest, backup_id, iso, object_key
@@ -29,6 +27,7 @@ from kconsole.backups.stores import LocalStore, Store
 from kconsole.crypto import Encryptor, Key
 from kconsole.errors import OperationFailed
 from kconsole.fsutil import fsync_dir
+from kconsole.health import HealthReader
 from kconsole.site import Node, Site
 
 Emit = Callable[[str, str], Awaitable[None]]
@@ -47,16 +46,16 @@ class CreateRequest:
     consistent: bool = False
 
 
-async def chain_height(node: Node) -> int | None:
-    """The node's chain height from its health URL, if it says."""
+async def chain_height(node: Node, health: HealthReader | None = None) -> int | None:
+    """The node's chain height from its health URL, if it says (through the run's reader)."""
     if not node.health_url:
         return None
+    reader = health or HealthReader()
     try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            body = (await client.get(node.health_url)).json()
-        return int(body["height"]) if isinstance(body, dict) and "height" in body else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
+        return (await reader.read(node.health_url, 5.0)).height
+    finally:
+        if health is None:
+            await reader.close()
 
 
 def capture_command(req: CreateRequest) -> str:
@@ -98,6 +97,7 @@ async def create_backup(
     stores: dict[str, Store],
     key: Key,
     emit: Emit,
+    health: HealthReader | None = None,
 ) -> Manifest:
     """Make one backup; returns its manifest once every location holds a verified copy."""
     if not stores:
@@ -108,7 +108,7 @@ async def create_backup(
     final, primary = _staging(site, stores, okey)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
-    height = await chain_height(req.node)
+    height = await chain_height(req.node, health)
     command = capture_command(req)
     await emit(
         "stdout", f"capturing {', '.join(req.paths) or req.command} from {req.node.name} as {bid}"

@@ -40,6 +40,7 @@ from kconsole.transport.base import (
     known_hosts_name,
     quote_argv,
 )
+from kconsole.transport.sshconfig import preloaded_options
 
 __all__ = ["SshTransport", "node_from_spec", "quote_argv", "bounded_command"]
 
@@ -429,7 +430,6 @@ class SshTransport:
         witness = _HostKeyWitness(known_hosts)
         options: dict[str, Any] = {
             "known_hosts": known_hosts,
-            "config": self._ssh_config(),
             "connect_timeout": self.settings.connect_timeout,
             "keepalive_interval": self.settings.keepalive,
             "keepalive_count_max": 3,
@@ -453,6 +453,14 @@ class SshTransport:
                 raise NodeUnreachable(
                     node.name, f"its {jump.name} is unreachable ({exc.reason})"
                 ) from None
+        config = self._ssh_config()
+        if config:
+            # Read and tokenized once per process, not once per connection.
+            options["options"] = preloaded_options(
+                config, node.host, node.port, options.get("username")
+            )
+        else:
+            options["config"] = None
         where = f"{node.host}:{node.port}"
         try:
             async with self._dialing:
