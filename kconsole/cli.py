@@ -7,17 +7,13 @@ Exit codes: 0 success, 1 the operation ran and failed, 2 bad input or usage,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kconsole import __version__
 from kconsole.errors import (
@@ -29,6 +25,12 @@ from kconsole.errors import (
     OperationFailed,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio, tempfile, traceback and signal are imported where used: `kconsole --version`
+# and usage errors should cost no more than starting Python.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err("kconsole: interrupted.")
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the operator gets one sentence, the log the rest
+        import tempfile
+        import traceback
+
         fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)
@@ -243,6 +248,8 @@ def cmd_site(args: argparse.Namespace) -> int:
         raise UsageError(
             f"directory {out.parent} does not exist; create it or pick another -o FILE."
         )
+    import tempfile
+
     with (
         tempfile.TemporaryDirectory() as tmp
     ):  # the result must load as a site, or nothing is written
@@ -415,6 +422,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         )
 
     async def build(services: Any) -> tuple[Any, dict[str, int | None]]:
+        import asyncio
+
         catalog, heights = await asyncio.gather(
             services.backups(site).catalog(),
             live_heights(site, [args.node] if args.node else None, health=services.health),
@@ -712,5 +721,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
     itself as interrupted and resumable."""
+    import signal
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)

@@ -43,8 +43,12 @@ async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatu
     try:
         if transport is None:
             raise OperationFailed("no SSH transport")
-        latency = round(await asyncio.wait_for(transport.probe(node), timeout), 1)
-        result = await transport.run(node, f"systemctl is-active {node.service}", timeout=timeout)
+        # One command per node: its round trip is the latency shown.
+        took, result = await asyncio.wait_for(
+            transport.timed_run(node, f"systemctl is-active {node.service}", timeout=timeout),
+            timeout,
+        )
+        latency = round(took, 1)
         service = result.stdout.decode("utf-8", "replace").strip() or f"exit {result.exit_status}"
         state = "active" if result.exit_status == 0 and service == "active" else "inactive"
         detail = f"{node.service} {service}"
