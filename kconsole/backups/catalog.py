@@ -413,18 +413,34 @@ def load_verify_state(site: Site) -> dict[str, dict[str, Any]]:
 
 
 def record_verification(
-    site: Site, bid: str, ok: bool, reason: str = "", damaged: dict[str, str] | None = None
+    site: Site,
+    bid: str,
+    ok: bool,
+    reason: str = "",
+    damaged: dict[str, str] | None = None,
+    content_sha256: str | None = None,
 ) -> None:
     """Remember a verification result: not `ok` (no good copy) shows as failed-verify; a
-    restorable backup with `damaged` copies (location -> why) shows as missing those replicas."""
+    restorable backup with `damaged` copies (location -> why) shows as missing those replicas.
+    `content_sha256` is the ciphertext SHA-256 whose content (authenticated decrypt, archive
+    walk, plaintext SHA-256) was verified: a copy at rest with that hash needs no second read."""
     with locked(_verify_lock(site)):  # a cron verify and the console may record at once
         state = load_verify_state(site)
         state[bid] = {"ok": ok, "reason": reason, "time": iso(datetime.now(UTC))}
         if damaged:
             state[bid]["damaged"] = dict(damaged)
+        if ok and content_sha256:
+            state[bid]["content_sha256"] = content_sha256
         atomic_write(
             _verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600
         )
+
+
+def content_verified(site: Site, bid: str, ciphertext_sha256: str) -> bool:
+    """Whether the content of backup `bid` with this ciphertext SHA-256 was verified before
+    (by the backup's own creation or an earlier full verify)."""
+    entry = load_verify_state(site).get(bid) or {}
+    return bool(entry.get("ok")) and entry.get("content_sha256") == ciphertext_sha256
 
 
 def forget_verifications(site: Site, ids: Iterable[str]) -> None:

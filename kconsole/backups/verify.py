@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from kconsole.backups.archive import decrypting_reader, verify_file
-from kconsole.backups.catalog import Backup, record_verification
+from kconsole.backups.catalog import Backup, content_verified, record_verification
 from kconsole.backups.restore import backup_paths, checked_copy
 from kconsole.backups.stores import Store
 from kconsole.crypto import Keyring
@@ -41,6 +41,8 @@ class VerifyOutcome:
     """Location -> why its copy is bad (checksum, unreadable)."""
     restorable: bool = False
     """Whether at least one copy and the content verified (a restore can use it)."""
+    content_from_record: bool = False
+    """The content check was skipped: it passed before for this ciphertext (`content = "once"`)."""
 
     @property
     def complete(self) -> bool:
@@ -73,8 +75,15 @@ async def verify_backup(
     emit: Emit,
     record: bool = True,
     unreachable: dict[str, str] | None = None,
+    content: str = "always",
 ) -> VerifyOutcome:
-    """Check every replica's ciphertext, then the content once; remember the verdict.
+    """Check every replica's ciphertext (the locations at once), then the content once;
+    remember the verdict.
+
+    With `content = "once"` the content check (authenticated decrypt, archive walk,
+    plaintext SHA-256) is skipped when it already passed for a ciphertext with the
+    manifest's SHA-256 (the backup's creation records that): each copy's size and SHA-256
+    at rest is then the whole check.
 
     A location in `stores` that holds no copy is reported as a missing replica, and one in
     `unreachable` (the catalog's listing errors) as not checked; neither makes the content
@@ -83,27 +92,40 @@ async def verify_backup(
     outcome = VerifyOutcome(backup.id, True, legacy=backup.legacy)
     good_copy: Path | None = None
     temps: list[Path] = []
+    held = [(n, s) for n, s in stores.items() if n in backup.replicas]
+
+    async def check(name: str, store: Store) -> Path | BaseException:
+        try:
+            path, temporary = await checked_copy(site, backup, name, store, "verify")
+        except (OperationFailed, OSError) as exc:
+            return exc
+        if temporary:
+            temps.append(path)
+        return path
+
     try:
-        for name, store in stores.items():
-            replica = backup.replicas.get(name)
-            if replica is None:
-                continue
-            try:
-                path, temporary = await checked_copy(site, backup, name, store, "verify")
-                if temporary:
-                    temps.append(path)
+        copies = await asyncio.gather(*(check(n, s) for n, s in held))
+        for (name, _), got in zip(held, copies, strict=True):
+            if isinstance(got, BaseException):
+                outcome.ok = False
+                outcome.damaged[name] = str(got).rstrip(".")
+                outcome.problems.append(f"{name}: {outcome.damaged[name]}")
+            else:
                 outcome.checked.append(name)
                 if good_copy is None:
-                    good_copy = path
-            except (OperationFailed, OSError) as exc:
-                outcome.ok = False
-                outcome.damaged[name] = str(exc).rstrip(".")
-                outcome.problems.append(f"{name}: {outcome.damaged[name]}")
+                    good_copy = got  # the first good copy, in the locations' order
         restorable = good_copy is not None
+        skip_content = (
+            content == "once"
+            and backup.manifest is not None
+            and content_verified(site, backup.id, backup.manifest.ciphertext_sha256)
+        )
         if good_copy is None:
             outcome.ok = False
             if not outcome.problems:
                 outcome.problems.append("no replica could be read")
+        elif skip_content:
+            outcome.content_from_record = True
         else:
             try:
                 if backup.manifest is not None and backup.manifest.content == "stream":
@@ -153,9 +175,16 @@ async def verify_backup(
             restorable,
             "; ".join(content_problems if not outcome.ok else outcome.problems),
             damaged=outcome.damaged if restorable else None,
+            content_sha256=backup.manifest.ciphertext_sha256 if backup.manifest else None,
         )
     if outcome.complete:
         verdict = "ok"
+        if outcome.content_from_record:
+            # Say what was checked now and what was not: no overstated verdict.
+            verdict += (
+                f" ({len(outcome.checked)} copies' size and SHA-256 checked at rest; "
+                "content verified when it was written)"
+            )
     elif outcome.ok:
         verdict = "content ok, INCOMPLETE: " + "; ".join(outcome.problems)
     elif restorable:  # as the catalog says: restorable, missing the damaged replica(s)
