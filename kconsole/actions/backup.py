@@ -226,6 +226,7 @@ class BackupVerify(Action):
                 ctx.emit,
                 unreachable={n: e for n, e in catalog.errors.items() if n in stores},
                 content=str(ctx.values.get("content") or "always"),
+                first_good=ctx.values.get("require") == "one",
             )
             if not outcome.restorable:
                 bad.append(backup.id)

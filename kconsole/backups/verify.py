@@ -41,6 +41,8 @@ class VerifyOutcome:
     """Location -> why its copy is bad (checksum, unreadable)."""
     restorable: bool = False
     """Whether at least one copy and the content verified (a restore can use it)."""
+    skipped: list[str] = field(default_factory=list)
+    """Copies not read because an earlier one was good (`first_good`)."""
     content_from_record: bool = False
     """The content check was skipped: it passed before for this ciphertext (`content = "once"`)."""
 
@@ -76,6 +78,7 @@ async def verify_backup(
     record: bool = True,
     unreachable: dict[str, str] | None = None,
     content: str = "always",
+    first_good: bool = False,
 ) -> VerifyOutcome:
     """Check every replica's ciphertext (the locations at once), then the content once;
     remember the verdict.
@@ -84,6 +87,10 @@ async def verify_backup(
     plaintext SHA-256) is skipped when it already passed for a ciphertext with the
     manifest's SHA-256 (the backup's creation records that): each copy's size and SHA-256
     at rest is then the whole check.
+
+    With `first_good` (a recovery's `require = "one"`) the copies are read one at a time in
+    the locations' order (fastest first) and reading stops at the first good one: the rest
+    are listed in `skipped`, neither checked nor called damaged.
 
     A location in `stores` that holds no copy is reported as a missing replica, and one in
     `unreachable` (the catalog's listing errors) as not checked; neither makes the content
@@ -104,8 +111,16 @@ async def verify_backup(
         return path
 
     try:
-        copies = await asyncio.gather(*(check(n, s) for n, s in held))
-        for (name, _), got in zip(held, copies, strict=True):
+        if first_good:
+            copies: list[Path | BaseException] = []
+            for name, store in held:
+                if copies and not isinstance(copies[-1], BaseException):
+                    outcome.skipped.append(name)
+                    continue
+                copies.append(await check(name, store))
+        else:
+            copies = list(await asyncio.gather(*(check(n, s) for n, s in held)))
+        for (name, _), got in zip(held, copies, strict=False):
             if isinstance(got, BaseException):
                 outcome.ok = False
                 outcome.damaged[name] = str(got).rstrip(".")
@@ -179,11 +194,16 @@ async def verify_backup(
         )
     if outcome.complete:
         verdict = "ok"
+        # Say what was checked now and what was not: no overstated verdict.
         if outcome.content_from_record:
-            # Say what was checked now and what was not: no overstated verdict.
             verdict += (
                 f" ({len(outcome.checked)} copies' size and SHA-256 checked at rest; "
                 "content verified when it was written)"
+            )
+        if outcome.skipped:
+            verdict += (
+                f"; copy in {', '.join(outcome.checked)} good, {', '.join(outcome.skipped)} "
+                "not read (one good copy is enough before a restore)"
             )
     elif outcome.ok:
         verdict = "content ok, INCOMPLETE: " + "; ".join(outcome.problems)
