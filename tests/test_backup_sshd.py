@@ -90,6 +90,7 @@ async def test_create_verify_restore_byte_for_byte(lab_site: Site) -> None:
         before = tree(root / STATE)
         manifest = await make_backup(lab_site, transport)
         assert manifest.key_id == Keyring(lab_site.keys_dir).current().key_id  # type: ignore[arg-type]
+        assert manifest.compression == "zstd"  # the node has zstd: the fast codec is used
         stores = open_stores(lab_site, transport)
         catalog = await build_catalog(lab_site, stores)
         backup = catalog.find(manifest.id)
@@ -155,7 +156,8 @@ async def test_corrupted_object_is_caught(lab_site: Site) -> None:
 
 
 async def test_hostile_archive_never_reaches_the_node(lab_site: Site, tmp_path: Path) -> None:
-    """A backup whose tar escapes its paths is refused before anything is extracted."""
+    """A backup whose tar escapes its paths is refused before that member reaches the node,
+    and what was unpacked before it is removed with the staging directory."""
     transport = SshTransport(lab_site, use_ssh_config=False)
     try:
         buf = io.BytesIO()

@@ -58,13 +58,28 @@ async def chain_height(node: Node, health: HealthReader | None = None) -> int | 
             await reader.close()
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+"""The first bytes of a zstd frame: how a capture's codec is told from its data."""
+
+ZSTD_LEVEL = 1
+"""zstd -1: several times faster than gzip -6 on chain state, and about as small."""
+
+
 def capture_command(req: CreateRequest) -> str:
-    """The remote command whose stdout is the backup."""
+    """The remote command whose stdout is the backup: a tar compressed with zstd where the
+    node has it (multi-threaded, level ZSTD_LEVEL), else with gzip as the plan's script does.
+    The codec is told from the stream's first bytes and recorded in the manifest."""
     sudo = "sudo -n " if req.sudo else ""
     if req.command:
         return f"{sudo}{req.command}"
     rels = [shlex.quote(p.strip("/")) for p in req.paths]
-    return f"{sudo}tar -C {shlex.quote(req.node.root or '/')} -czf - -- {' '.join(rels)}"
+    tar = f"{sudo}tar -C {shlex.quote(req.node.root or '/')}"
+    files = f"-- {' '.join(rels)}"
+    zstd = shlex.quote(f"zstd -{ZSTD_LEVEL} -T0 -q")
+    return (
+        f"if command -v zstd >/dev/null 2>&1; then {tar} -I {zstd} -cf - {files}; "
+        f"else {tar} -czf - {files}; fi"
+    )
 
 
 async def _service(transport: Any, req: CreateRequest, verb: str, emit: Emit) -> None:
@@ -117,6 +132,7 @@ async def create_backup(
     gzipper = zlib.compressobj(6, zlib.DEFLATED, 31) if req.command else None
     t0 = time.monotonic()
     received = 0
+    head = b""
     next_report = 64 << 20
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -128,7 +144,9 @@ async def create_backup(
     try:
 
         async def sink(data: bytes) -> None:
-            nonlocal received, next_report
+            nonlocal received, next_report, head
+            if len(head) < len(ZSTD_MAGIC):
+                head += data[: len(ZSTD_MAGIC) - len(head)]
             received += len(data)
             if gzipper is not None:
                 data = gzipper.compress(data)
@@ -199,6 +217,7 @@ async def create_backup(
         plaintext_size=enc.plaintext_size,
         plaintext_sha256=enc.plaintext_sha256,
         content="stream" if req.command else "tar",
+        compression="zstd" if head == ZSTD_MAGIC else "gzip",
         chain_height=height,
         run=req.run_id,
         duration_s=round(time.monotonic() - t0, 3),
