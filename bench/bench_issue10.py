@@ -48,9 +48,9 @@ sys.path.insert(0, str(REPO))
 from kconsole.lablauncher import read_env_file  # noqa: E402
 
 STATE = "var/lib/kaldrix/state"
-ENV = {
-    k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"
-} | {"PYTHONPATH": str(REPO)}
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
+    "PYTHONPATH": str(REPO)
+}
 """Bytecode is cached as in an installed package: otherwise every run compiles every module."""
 
 

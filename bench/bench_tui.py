@@ -231,11 +231,11 @@ def kconsole_side(site_path: Path) -> Side:
     from kconsole.runbook.load import shipped_runbooks_dir
     from kconsole.services import Services
     from kconsole.site import load_site
-    from kconsole.transport.memory import MemoryTransport
     from screens.app import KconsoleApp, build_app
     from screens.contacts import ContactsScreen
     from screens.dashboard import DashboardScreen
     from screens.widgets import FleetTable
+    from tests.memory_transport import MemoryTransport
 
     site = load_site(site_path)
     transport = MemoryTransport()

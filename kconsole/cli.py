@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from kconsole import __version__
 from kconsole.errors import (
@@ -25,9 +25,6 @@ from kconsole.errors import (
     OperationFailed,
     UsageError,
 )
-
-if TYPE_CHECKING:
-    import asyncio
 
 # asyncio, tempfile, traceback and signal are imported where used: `kconsole --version`
 # and usage errors should cost no more than starting Python.
@@ -408,6 +405,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     good backup against the RPO and what a failure now would lose."""
     from kconsole.backups.catalog import live_heights, tier_summary
     from kconsole.config import format_duration
+    from kconsole.runbook.coverage import expected_nodes
     from kconsole.services import run_once
     from kconsole.site import BACKUP_KINDS
 
@@ -434,7 +432,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     rows = catalog.rows(args.kind, args.node, args.location)
     fresh = [
         f
-        for f in catalog.freshness(site, heights)
+        for f in catalog.freshness(site, heights, expected=expected_nodes(site))
         if (not args.kind or f["kind"] == args.kind) and (not args.node or f["node"] == args.node)
     ]
     for loc, err in catalog.errors.items():
@@ -487,7 +485,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
     from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
-    from kconsole.schedule import key_rotation
+    from kconsole.backups.rotation import key_rotation
+    from kconsole.runbook.coverage import expected_nodes
 
     site = _site(args)
     catalog = _with_backups(site, lambda s: s.catalog())
@@ -496,6 +495,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             site,
             catalog,
             backup_attempts(site.state_dir, runs_per_runbook=WINDOW),
+            expected=expected_nodes(site),
             rotation=key_rotation(site),
         )
     )
@@ -523,7 +523,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     """`kconsole schedule [--crontab]`: next due, last run and overdue per scheduled runbook;
     or the crontab that runs them. Exit 0 whatever is overdue (it says so)."""
-    from kconsole.schedule import crontab, key_rotation, schedule_status
+    from kconsole.backups.rotation import key_rotation
+    from kconsole.schedule import crontab, schedule_status
 
     site = _site(args)
     if args.crontab:
@@ -716,12 +717,3 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "web": cmd_web,
 }
-
-
-def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
-    """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
-    itself as interrupted and resumable."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)

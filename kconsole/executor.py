@@ -575,7 +575,7 @@ class Executor:
             params=self.params,
         )
         if step.timeout:
-            return await asyncio.wait_for(action.run(ctx), step.timeout)
+            return await self.services.clock.wait_for(action.run(ctx), step.timeout)
         return await action.run(ctx)
 
     @staticmethod

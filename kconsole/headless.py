@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -170,9 +171,15 @@ def run_headless(
     return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
 
 
+def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
+    itself as interrupted and resumable."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+
+
 def _drive(executor: Executor, resumed: bool, services: Services) -> RunOutcome | None:
     """Run the executor on a fresh loop; signals cancel it into a resumable stop."""
-    from kconsole.cli import install_stop_signals
 
     async def main() -> RunOutcome | None:
         task = asyncio.create_task(executor.run(resumed=resumed))

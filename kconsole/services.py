@@ -35,6 +35,11 @@ class Clock:
         """Wait `seconds`."""
         await asyncio.sleep(seconds)
 
+    async def wait_for(self, work: Awaitable[T], seconds: float) -> T:
+        """`work`'s result, or TimeoutError once `seconds` of this clock's time have passed
+        (`work` is cancelled). A test clock with its own time overrides this with `sleep`."""
+        return await asyncio.wait_for(work, seconds)
+
 
 @dataclass
 class Services:

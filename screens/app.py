@@ -35,19 +35,20 @@ from textual.signal import Signal
 from textual.worker import Worker, WorkerState
 
 from kconsole.audit import AuditLog
+from kconsole.backups.rotation import KeyRotation, key_rotation
 from kconsole.errors import EXIT_INTERRUPTED, EXIT_OK, AccessDenied, KconsoleError, UsageError
 from kconsole.fleet import NodeStatus, poll_fleet
 from kconsole.gates import GateRequest
 from kconsole.journal import new_run_id
 from kconsole.runbook.load import shipped_runbooks_dir
 from kconsole.runbook.model import Runbook
-from kconsole.schedule import KeyRotation, ScheduleStatus, key_rotation, schedule_status
+from kconsole.schedule import ScheduleStatus, schedule_status
 from kconsole.services import Clock, Services
 from kconsole.site import Site, current_user, load_site
 from screens.audit import AuditScreen
 from screens.base import ConsoleScreen
 from screens.catalog import CatalogScreen
-from screens.catalog_source import CatalogReading, CatalogSource, engine_catalog
+from screens.catalog_source import CatalogReading, CatalogSource, EngineCatalog
 from screens.commands import ConsoleCommands
 from screens.contacts import ContactsScreen
 from screens.dashboard import DashboardScreen
@@ -798,7 +799,7 @@ def build_app(
         clock=services.clock,
         user=user or current_user(),
         keymap=check_keymap(keymap or {}),
-        catalog=engine_catalog(site, services) if catalog is ENGINE_CATALOG else catalog,
+        catalog=EngineCatalog(site, services) if catalog is ENGINE_CATALOG else catalog,
         runbook_dirs=dirs,
         poll_interval=poll_interval,
     )

@@ -1,19 +1,21 @@
 """The backup catalog as the console reads it, behind a small seam.
 
-The engine's catalog (`kconsole.backups`: `services.backups(site).catalog()`, its rows and
-`tier_summary(catalog.freshness(...))`) is imported lazily: an engine without it leaves the
-Catalog screen and the dashboard's RPO strip saying "catalog not available". Tests and
-snapshots use `StaticCatalog`. Rows are the `kconsole catalog --json` lines (DESIGN.md).
+The engine's catalog is `services.backups(site).catalog()`, its rows and
+`tier_summary(catalog.freshness(...))`; tests and snapshots use `StaticCatalog`, and with no
+catalog at all (`catalog=None`) the Catalog screen and the dashboard's RPO strip say "catalog
+not available". Rows are the `kconsole catalog --json` lines (docs/cli.md).
 """
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from kconsole.backups.catalog import tier_summary
+from kconsole.runbook.coverage import expected_nodes
 from kconsole.services import Services
 from kconsole.site import Site
 
@@ -66,30 +68,18 @@ class EngineCatalog:
 
     site: Site
     services: Services
-    tier_summary: Any
-    """`kconsole.backups.catalog.tier_summary`."""
 
     async def read(self, live: dict[str, int | None]) -> CatalogReading:
-        """A fresh listing, its rows and per-tier freshness."""
+        """A fresh listing, its rows and per-tier freshness (over the nodes the site's backup
+        runbooks back up, read from disk off the event loop)."""
+        expected = await asyncio.to_thread(expected_nodes, self.site)
         catalog = await self.services.backups(self.site).catalog(refresh=True)
         return CatalogReading(
             catalog.rows(),
-            self.tier_summary(catalog.freshness(self.site, live)),
+            tier_summary(catalog.freshness(self.site, live, expected=expected)),
             dict(catalog.errors),
             catalog.as_of,
         )
-
-
-def engine_catalog(site: Site, services: Services) -> CatalogSource | None:
-    """The engine's catalog for `site`, or None while the engine has none."""
-    try:
-        module = importlib.import_module("kconsole.backups.catalog")
-    except ImportError:
-        return None
-    tier_summary = getattr(module, "tier_summary", None)
-    if not callable(tier_summary) or not hasattr(services, "backups"):
-        return None
-    return EngineCatalog(site, services, tier_summary)
 
 
 def _text(row: CatalogRow) -> str:

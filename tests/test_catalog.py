@@ -16,8 +16,6 @@ import pytest
 from kconsole.backups import catalog as catalog_module
 from kconsole.backups.catalog import (
     build_catalog,
-    expected_nodes,
-    list_backups,
     live_heights,
     record_verification,
     tier_summary,
@@ -35,6 +33,7 @@ from kconsole.backups.verify import verify_backup
 from kconsole.crypto import Keyring
 from kconsole.errors import UsageError
 from kconsole.lab.httpd import HttpServer, Request, Response
+from kconsole.runbook.coverage import expected_nodes
 from kconsole.site import Site
 from tests.catalogkit import make_site, plant, utc
 
@@ -239,7 +238,9 @@ async def test_freshness_and_data_loss(site: Site) -> None:
         chain_height=4000,
     )
     catalog = await build_catalog(site, stores, now=NOW)
-    rows = catalog.freshness(site, live={"validator1": 5100, "validator2": 4700})
+    rows = catalog.freshness(
+        site, live={"validator1": 5100, "validator2": 4700}, expected=expected_nodes(site)
+    )
     state = {(r["kind"], r["node"]): r for r in rows}
     v1 = state[("blockchain-state", "validator1")]
     assert (v1["status"], v1["age_s"], v1["loss_s"], v1["block_lag"], v1["breached"]) == (
@@ -261,7 +262,7 @@ async def test_freshness_and_data_loss(site: Site) -> None:
     assert (b1["status"], b1["newest"], b1["loss_s"], b1["block_lag"]) == ("none", None, None, None)
     assert state[("transaction-logs", "validator1")]["status"] == "none"
     assert all(r["as_of"] == "2026-11-26T10:00:00Z" and r["type"] == "freshness" for r in rows)
-    unknown = catalog.freshness(site, live={})
+    unknown = catalog.freshness(site, live={}, expected=expected_nodes(site))
     assert next(r for r in unknown if r["node"] == "validator1")["block_lag"] is None
     tiers = {t["tier"]: t for t in tier_summary(rows)}
     assert tiers["critical"]["status"] == "none" and tiers["critical"]["max_block_lag"] == 700
@@ -405,18 +406,6 @@ def test_cli_verify_exit_1_names_missing_replicas(site: Site, cli) -> None:
     )
     code, _, err = cli("--site", site.path, "verify", "nope")
     assert code == 2 and 'no backup "nope"' in err
-
-
-def test_list_backups_for_the_console(site: Site) -> None:
-    stores = open_stores(site, None)
-    m = asyncio.run(
-        plant(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=1))
-    )
-    from kconsole.backups import list_backups as exported
-
-    assert exported is not None
-    rows = list_backups(site)
-    assert {(r["id"], r["location"]) for r in rows} == {(m.id, "primary"), (m.id, "dr")}
 
 
 async def test_the_cache_file_is_parsed_again_only_when_it_changed(

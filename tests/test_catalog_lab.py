@@ -32,6 +32,7 @@ from kconsole.backups.session import BackupSession
 from kconsole.backups.stores import LocalStore, S3Store, Store
 from kconsole.backups.verify import verify_backup
 from kconsole.lab import Lab
+from kconsole.runbook.coverage import expected_nodes
 from kconsole.services import Services
 from kconsole.site import Location, Site, load_site
 from tests.catalogkit import plant
@@ -161,7 +162,10 @@ async def test_freshness_live_heights_and_a_stale_tier(world: World) -> None:
     assert (
         isinstance(heights["validator1"], int) and heights["backup-dr"] is None
     )  # the DR host has no chain
-    rows = {(r["kind"], r["node"]): r for r in catalog.freshness(w.site, heights)}
+    rows = {
+        (r["kind"], r["node"]): r
+        for r in catalog.freshness(w.site, heights, expected=expected_nodes(w.site))
+    }
     v1 = rows[("blockchain-state", "validator1")]
     assert v1["status"] == "ok" and not v1["breached"] and v1["newest"] == w.made["validator1"].id
     assert (
@@ -171,10 +175,16 @@ async def test_freshness_live_heights_and_a_stale_tier(world: World) -> None:
     # The same backups, judged an hour later: tier 1's 15-minute RPO is breached.
     later = await build_catalog(w.site, w.stores, now=catalog.as_of + timedelta(hours=1))
     assert later.find(w.made["validator1"].id).status == "stale"
-    stale = {(r["kind"], r["node"]): r for r in later.freshness(w.site, heights)}
+    stale = {
+        (r["kind"], r["node"]): r
+        for r in later.freshness(w.site, heights, expected=expected_nodes(w.site))
+    }
     assert stale[("blockchain-state", "validator1")]["breached"]
     assert stale[("blockchain-state", "validator1")]["loss_s"] >= 3600
-    tiers = {t["tier"]: t for t in tier_summary(later.freshness(w.site, heights))}
+    tiers = {
+        t["tier"]: t
+        for t in tier_summary(later.freshness(w.site, heights, expected=expected_nodes(w.site)))
+    }
     assert tiers["critical"]["status"] != "ok" and tiers["critical"]["breached"] >= 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import textwrap
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from kconsole.runbook import load_runbook
 from kconsole.runbook.params import resolve_params
 from kconsole.services import Clock, Services
 from kconsole.site import load_site
+from tests.memory_transport import MemoryTransport
 
 
 class FakeClock(Clock):
@@ -109,6 +111,7 @@ async def execute(
     clock: FakeClock | None = None,
     run_id: str | None = None,
     prior: Any = None,
+    transport: Any = None,
 ):
     site = load_site(site_path)
     rb_path = site_path.parent / "rb.toml"
@@ -128,7 +131,7 @@ async def execute(
         resolved,
         journal=journal,
         confirm=confirm or Answers(),
-        services=Services(clock=clock or FakeClock()),
+        services=Services(clock=clock or FakeClock(), transport=transport),
         user="tester",
         on_event=events.append,
         prior=prior,
@@ -211,6 +214,82 @@ timeout = "50ms"
     assert outcome.status == "failed"
     failed = [e for e in events if e.get("event") == "failed"]
     assert "timed out after" in failed[0]["reason"]
+
+
+class VirtualClock(FakeClock):
+    """Timeouts run on this clock's own time, which its sleeps advance at once."""
+
+    async def wait_for(self, work: Any, seconds: float) -> Any:
+        task = asyncio.ensure_future(work)
+        timer = asyncio.ensure_future(self.sleep(seconds))
+        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            timer.cancel()
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise TimeoutError
+
+
+async def test_the_step_timeout_runs_on_the_injected_clock(site_path: Path) -> None:
+    clock = VirtualClock()
+    outcome, events, _ = await execute(
+        site_path,
+        HEAD
+        + """
+[[steps]]
+id = "scan"
+action = "test.probe"
+hang = true
+timeout = "30m"
+""",
+        clock=clock,
+    )
+    assert outcome.status == "failed"
+    assert "timed out after 30m" in next(e for e in events if e.get("event") == "failed")["reason"]
+    assert clock.slept == [1800.0]  # thirty minutes of the clock's time, none of the wall's
+
+
+async def test_the_step_timeout_is_the_command_limit_on_the_node(site_path: Path) -> None:
+    transport = MemoryTransport()
+    transport.reply("*", r".")
+    outcome, _, _ = await execute(
+        site_path,
+        HEAD
+        + """
+[[steps]]
+id = "scan"
+action = "ssh.exec"
+node = "validator1"
+command = "clamscan -r /"
+timeout = "30m"
+
+[[steps]]
+id = "capture"
+action = "ssh.capture"
+node = "validator1"
+command = "journalctl"
+dest = "JOURNAL"
+timeout = "2m"
+needs = ["scan"]
+
+[[steps]]
+id = "quick"
+action = "ssh.exec"
+node = "validator1"
+command = "true"
+needs = ["capture"]
+""".replace("JOURNAL", str(site_path.parent / "journal.txt")),
+        transport=transport,
+    )
+    assert outcome.status == "succeeded", outcome
+    # The step's timeout, not [ssh] command_timeout; a step without one leaves the site's.
+    assert [(c.command, c.timeout) for c in transport.calls] == [
+        ("clamscan -r /", 1800.0),
+        ("journalctl", 120.0),
+        ("true", None),
+    ]
 
 
 async def test_retries_with_exponential_backoff(site_path: Path) -> None:

@@ -215,3 +215,29 @@ def test_s3_errors_fail_the_backup(cli, lab: LiveLab, tmp_path: Path) -> None:
     assert code == 1
     reason = failure(events(out))
     assert "cloud" in reason and "not in every location" in reason
+
+
+def test_a_step_timeout_longer_than_the_command_timeout_holds(
+    cli, lab: LiveLab, tmp_path: Path
+) -> None:
+    """The step's timeout is the limit on the node, not `[ssh] command_timeout`: a 4 s
+    command in a step allowed 30 s succeeds on a site whose command timeout is 2 s."""
+    text = Path(lab.site).read_text()
+    assert 'command_timeout = "15m"' in text
+    short = Path(lab.site).with_name("site-short-timeout.toml")
+    short.write_text(text.replace('command_timeout = "15m"', 'command_timeout = "2s"'))
+    rb = runbook(
+        tmp_path,
+        """
+        [[steps]]
+        id = "long"
+        action = "ssh.exec"
+        node = "validator1"
+        command = "sleep 4 && echo done"
+        timeout = "30s"
+    """,
+    )
+    code, out, err = cli("--site", short, "run", rb, "--json")
+    assert code == 0, out + err
+    finished = next(e for e in events(out) if e["event"] == "finished")
+    assert finished["step"] == "long" and finished["duration_s"] >= 4

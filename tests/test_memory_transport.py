@@ -12,10 +12,10 @@ from kconsole.site import Node
 from kconsole.transport import (
     CommandTimeout,
     ConnectionLost,
-    MemoryTransport,
     NodeTransport,
     NodeUnreachable,
 )
+from tests.memory_transport import MemoryTransport
 
 V1 = Node("validator1", "10.0.0.1")
 V2 = Node("validator2", "10.0.0.2")

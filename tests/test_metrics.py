@@ -22,6 +22,7 @@ from kconsole.backups.attempts import backup_attempts
 from kconsole.backups.catalog import build_catalog, record_verification
 from kconsole.backups.metrics import METRICS, Sample, collect, render, runs_success, write_textfile
 from kconsole.backups.stores import open_stores
+from kconsole.runbook.coverage import expected_nodes
 from kconsole.site import Site
 from tests.catalogkit import make_site, plant, plant_sync, utc
 
@@ -158,7 +159,9 @@ async def test_collect_from_catalog_and_journal(site: Site) -> None:
         {"capture": "blockchain-state"},
     )
     catalog = await build_catalog(site, stores, now=NOW)
-    text = render(collect(site, catalog, backup_attempts(site.state_dir)))
+    text = render(
+        collect(site, catalog, backup_attempts(site.state_dir), expected=expected_nodes(site))
+    )
     got = parse_exposition(text)
 
     def value(name: str, **labels: str) -> float:
@@ -265,7 +268,14 @@ def test_promtool_accepts_the_metrics(site: Site) -> None:
     plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(minutes=5))
     import asyncio
 
-    text = render(collect(site, asyncio.run(build_catalog(site, stores, now=NOW)), []))
+    text = render(
+        collect(
+            site,
+            asyncio.run(build_catalog(site, stores, now=NOW)),
+            [],
+            expected=expected_nodes(site),
+        )
+    )
     proc = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )

@@ -66,8 +66,7 @@ def ancestors(rb: Runbook, sid: str) -> set[str]:
 
 def group_of(step: Step) -> str | None:
     """The group a `for_each = "group:NAME"` step fans out over."""
-    fe = step.for_each
-    return fe[len("group:") :] if isinstance(fe, str) and fe.startswith("group:") else None
+    return step.for_each.group or None if step.for_each else None
 
 
 def quoted_placeholders(command: str) -> list[str]:

@@ -18,9 +18,9 @@ from textual.pilot import Pilot
 
 from kconsole.services import Clock, Services
 from kconsole.site import Node, load_site
-from kconsole.transport.memory import MemoryTransport
 from screens.app import KconsoleApp, build_app
 from screens.catalog_source import StaticCatalog
+from tests.memory_transport import MemoryTransport
 
 NOW = datetime(2026, 11, 26, 3, 14, 0, tzinfo=UTC)
 """A Thursday, 03:14 UTC: the console's "now" in every test."""

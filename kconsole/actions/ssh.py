@@ -44,11 +44,20 @@ def with_sudo(command: str, sudo: bool) -> str:
     return f"sudo -n {command}" if sudo else command
 
 
+def step_limit(ctx: StepContext, unbounded: float | None = None) -> float | None:
+    """The transport's limit for the step's command: the step's own `timeout`, which must
+    hold end to end (the node's `timeout` wrapper included); without one, `unbounded`
+    (None: the site's `[ssh] command_timeout`; 0: no limit)."""
+    return ctx.step.timeout or unbounded
+
+
 async def run_on_node(ctx: StepContext, command: str, timeout: float | None = None) -> ActionResult:
-    """Run `command` on the step's node, streaming its output into the journal."""
+    """Run `command` on the step's node, streaming its output into the journal; `timeout`
+    (default: the step's, see `step_limit`) bounds it here and on the node."""
     node = ctx.require_node()
     emitter = _LineEmitter(ctx)
-    result = await transport_of(ctx).run(node, command, timeout=timeout, on_output=emitter)
+    limit = step_limit(ctx) if timeout is None else timeout
+    result = await transport_of(ctx).run(node, command, timeout=limit, on_output=emitter)
     await emitter.flush()
     return ActionResult(
         exit_code=result.exit_status,
@@ -103,7 +112,7 @@ class SshStream(Action):
             ctx.require_node(),
             with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
             _file_chunks(source),
-            timeout=0,
+            timeout=step_limit(ctx, 0),
             on_output=emitter,
         )
         await emitter.flush()
@@ -146,7 +155,7 @@ class SshCapture(Action):
                 ctx.require_node(),
                 with_sudo(ctx.values["command"], bool(ctx.values.get("sudo"))),
                 sink,
-                timeout=0,
+                timeout=step_limit(ctx, 0),
                 on_output=emitter,
             )
             fh.flush()

@@ -23,7 +23,6 @@ import operator
 import os
 import posixpath
 import threading
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -242,16 +241,16 @@ class Catalog:
         self,
         site: Site,
         live: dict[str, int | None] | None = None,
-        expected: dict[str, list[str]] | None = None,
+        *,
+        expected: dict[str, list[str]],
     ) -> list[dict[str, Any]]:
         """Per tier, kind and node: the newest good backup's age against the RPO, and the data
         a failure now would lose (`loss_s`, and `block_lag` against the live height in `live`).
 
-        Nodes are those the site's backup runbooks back up (`expected`, default
-        `expected_nodes(site)`) plus any node that has backups of the kind, so a node that has
-        never been backed up shows as `none` rather than not at all.
+        Nodes are those the site's backup runbooks back up (`expected`, from
+        `kconsole.runbook.coverage.expected_nodes`) plus any node that has backups of the kind,
+        so a node that has never been backed up shows as `none` rather than not at all.
         """
-        expected = expected_nodes(site) if expected is None else expected
         live = live or {}
         _, by_group = self._index()
         as_of = iso(self.as_of)
@@ -322,46 +321,6 @@ def tier_summary(freshness: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _node_order(site: Site) -> Any:
     order = {name: i for i, name in enumerate(site.nodes)}
     return lambda n: (order.get(n, len(order)), n)
-
-
-def expected_nodes(site: Site) -> dict[str, list[str]]:
-    """Kind -> the site's nodes that some backup runbook (shipped or the site's own) backs up.
-
-    Read from each runbook's `backup.create` steps (`for_each` groups or node lists); a
-    runbook that cannot be read is skipped, since this only widens what freshness shows.
-    """
-    from kconsole.runbook.load import shipped_runbooks_dir
-
-    groups = site.groups()
-    out: dict[str, set[str]] = {}
-    files: dict[str, Path] = {}
-    for d in (shipped_runbooks_dir(), site.base_dir / "runbooks"):
-        if d.is_dir():
-            for f in d.glob("*.toml"):
-                files[f.stem] = f  # the site's runbook replaces a shipped one of the same id
-    for f in files.values():
-        try:
-            data = tomllib.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            continue
-        head = data.get("runbook")
-        head = head if isinstance(head, dict) else {}
-        for step in data.get("steps") or []:
-            if not isinstance(step, dict) or step.get("action") != "backup.create":
-                continue
-            kind = step.get("kind") or head.get("kind")
-            target = step.get("for_each") if step.get("for_each") is not None else step.get("node")
-            if not isinstance(kind, str):
-                continue
-            names: list[str] = []
-            if isinstance(target, str) and target.startswith("group:"):
-                names = groups.get(target[6:], [])
-            elif isinstance(target, list):
-                names = [str(n) for n in target]
-            elif isinstance(target, str) and "{" not in target:
-                names = [target]
-            out.setdefault(kind, set()).update(n for n in names if n in site.nodes)
-    return {k: sorted(v, key=_node_order(site)) for k, v in out.items()}
 
 
 async def live_heights(
@@ -758,17 +717,3 @@ def _set_statuses(site: Site, backups: list[Backup], reachable: list[str], now: 
         b.newest = True
         if b.status == "ok" and b.rpo_s and b.age(now) > b.rpo_s:
             b.status, b.reason = "stale", "newest backup is older than the RPO"
-
-
-def list_backups(site: Site) -> list[dict[str, Any]]:
-    """Every copy of every backup as `catalog --json` rows (blocking; for the console's worker)."""
-    from kconsole.services import Services
-
-    async def main() -> list[dict[str, Any]]:
-        services = Services.for_site(site)
-        try:
-            return (await services.backups(site).catalog()).rows()
-        finally:
-            await services.close()
-
-    return asyncio.run(main())

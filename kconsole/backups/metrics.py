@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from kconsole.backups.attempts import Attempt
-from kconsole.backups.catalog import Backup, Catalog, expected_nodes
+from kconsole.backups.catalog import Backup, Catalog
+from kconsole.backups.rotation import KeyRotation
 from kconsole.fsutil import atomic_write
-from kconsole.schedule import KeyRotation
 from kconsole.site import Site
 
 WINDOW = 20
@@ -108,12 +108,13 @@ def collect(
     site: Site,
     catalog: Catalog,
     attempts: Iterable[Attempt],
-    expected: dict[str, list[str]] | None = None,
+    *,
+    expected: dict[str, list[str]],
     rotation: KeyRotation | None = None,
 ) -> list[Sample]:
     """Every sample, from the catalog (as of its listing), the journal's attempts and the
-    current key's age against the site's rotation period."""
-    expected = expected_nodes(site) if expected is None else expected
+    current key's age against the site's rotation period; `expected` is the nodes the site's
+    backup runbooks back up (`kconsole.runbook.coverage.expected_nodes`)."""
     s = site.name
     out: list[Sample] = [
         _sample("backup_metrics_generated_timestamp_seconds", catalog.as_of.timestamp(), site=s)

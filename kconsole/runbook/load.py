@@ -16,7 +16,7 @@ from kconsole.config.problems import InvalidFile, did_you_mean
 from kconsole.config.schema import check_keys, expect_duration, expect_type
 from kconsole.config.source import KeyPath, TomlFileError
 from kconsole.errors import UsageError
-from kconsole.runbook.model import PARAM_TYPES, Expect, Param, Runbook, Step
+from kconsole.runbook.model import PARAM_TYPES, Expect, ForEach, Param, Runbook, Step
 from kconsole.runbook.template import BACKUP_ATTRS, BUILTINS, NODE_ATTRS, placeholders
 
 SCENARIOS = (
@@ -338,8 +338,7 @@ def _steps(
                     (*kp, "gate"), 'a typed gate needs the value to type, e.g. "type:{node}"'
                 )
             )
-        for_each = raw.get("for_each")
-        _check_for_each(src, kp, for_each, params, problems)
+        for_each = _for_each(src, kp, raw.get("for_each"), params, problems)
         has_node = (
             "for_each" in raw or "node" in raw or (isinstance(sid, str) and sid in node_rollbacks)
         )
@@ -390,25 +389,28 @@ def _steps(
     return steps
 
 
-def _check_for_each(
+def _for_each(
     src: SourceFile, kp: KeyPath, value: Any, params: dict[str, Param], problems: list[Problem]
-) -> None:
+) -> ForEach | None:
+    """The one reading of `for_each`: its typed target, or None (absent or with a problem)."""
     if value is None:
-        return
+        return None
     where = (*kp, "for_each")
     if isinstance(value, list):
         if not value or not all(isinstance(v, str) for v in value):
             problems.append(src.problem(where, "for_each list must hold node names"))
-        return
+            return None
+        return ForEach(nodes=tuple(value))
     if not isinstance(value, str):
         problems.append(
             src.problem(where, 'for_each must be a node list, "group:NAME" or a param name')
         )
-        return
+        return None
     if value.startswith("group:"):
         if not value[6:]:
             problems.append(src.problem(where, 'for_each "group:" needs a group name'))
-        return
+            return None
+        return ForEach(group=value[6:])
     name = value.strip("{}")
     if name not in params:
         problems.append(
@@ -422,6 +424,9 @@ def _check_for_each(
         problems.append(
             src.problem(where, f'for_each param "{name}" must be of type node, nodes or group')
         )
+    else:
+        return ForEach(param=name)
+    return None
 
 
 def _expect(src: SourceFile, kp: KeyPath, value: Any, problems: list[Problem]) -> Expect | None:

@@ -35,6 +35,16 @@ class Expect:
 
 
 @dataclass(frozen=True)
+class ForEach:
+    """A step's `for_each`, parsed once when the runbook loads: exactly one of a list of node
+    names, a site group (`"group:NAME"`) or a param of type node, nodes or group (`"{name}"`)."""
+
+    nodes: tuple[str, ...] = ()
+    group: str = ""
+    param: str = ""
+
+
+@dataclass(frozen=True)
 class Step:
     """One node of the graph."""
 
@@ -44,7 +54,7 @@ class Step:
     fields: dict[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
     gate: str | None = None
-    for_each: Any = None
+    for_each: ForEach | None = None
     node: str | None = None
     concurrency: int = 0
     timeout: float | None = None

@@ -128,12 +128,12 @@ def step_nodes(
     what = f"step {step.id}"
     fe = step.for_each
     if fe is not None:
-        if isinstance(fe, list):
-            return list(nodes_named(site, [str(n) for n in fe], what))
-        if fe.startswith("group:"):
-            return list(group_nodes(site, fe[6:], what))
-        value = params[fe.strip("{}")]
-        return [value] if isinstance(value, NodeRef) else list(value)
+        if fe.group:
+            return list(group_nodes(site, fe.group, what))
+        if fe.param:
+            value = params[fe.param]
+            return [value] if isinstance(value, NodeRef) else list(value)
+        return list(nodes_named(site, list(fe.nodes), what))
     if step.node:
         name = render_node(step.node) if render_node else step.node
         return list(nodes_named(site, [name], what))

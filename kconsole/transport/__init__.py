@@ -1,5 +1,5 @@
-"""How the engine reaches nodes: the `NodeTransport` protocol, its SSH implementation,
-an in-memory one for tests, and SFTP helpers for the DR backup host.
+"""How the engine reaches nodes: the `NodeTransport` protocol, its SSH implementation
+and SFTP helpers for the DR backup host.
 
 `SshTransport`, `SftpStore` and `node_from_spec` load asyncssh on first use, so importing
 this package stays cheap for commands that never touch the network.
@@ -21,7 +21,6 @@ from kconsole.transport.base import (
     bounded_command,
     quote_argv,
 )
-from kconsole.transport.memory import MemoryTransport, Reply
 
 if TYPE_CHECKING:
     from kconsole.transport.sftp import SftpStore, Transferred
@@ -32,11 +31,9 @@ __all__ = [
     "CommandTimeout",
     "ConnectionLost",
     "HostKeyRejected",
-    "MemoryTransport",
     "NodeTransport",
     "NodeUnreachable",
     "OutputCallback",
-    "Reply",
     "SftpStore",
     "Sink",
     "SshTransport",
