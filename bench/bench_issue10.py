@@ -85,6 +85,13 @@ def sh(cmd: str, env: dict[str, str] | None = None, check: bool = True) -> float
     took = time.perf_counter() - t0
     if check and proc.returncode != 0:
         raise SystemExit(f"bench: `{cmd[:200]}` failed ({proc.returncode}): {proc.stderr[-800:]}")
+    if proc.returncode != 0:
+        # A status run exits 1 when a node is down: timed all the same, but said, since a
+        # fast failure is not a fast poll.
+        print(
+            f"bench: note: `{cmd[:120]}` exited {proc.returncode}: {proc.stderr.strip()[-300:]}",
+            file=sys.stderr,
+        )
     return took
 
 
