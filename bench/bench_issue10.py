@@ -3,7 +3,7 @@
 Usage (from the repository root):
 
     python bench/bench_issue10.py [--state-size 1G] [--fleets 60,200] [--repeat 3] [--repeat-big 1]
-                                  [--only backup,recovery,status,version]
+                                  [--only backup,recovery,status,version,crypto]
 
 Each row runs kconsole and its peer side by side on the same lab, round robin, and the
 table shows the best and median wall time of each and the ratio of the medians
@@ -19,7 +19,9 @@ table shows the best and median wall time of each and the ratio of the medians
 - status: `kconsole status` on a lab of N nodes, against `parallel-ssh -p 50` running
   `systemctl is-active` on every node (or `xargs -P 50 ssh` without it) and `curl` of
   every health URL (xargs -P 50);
-- version: `kconsole --version` against `python -c pass`.
+- version: `kconsole --version` against `python -c pass`;
+- crypto: `kconsole crypto encrypt` (the whole CLI; its output fsynced) against
+  `openssl enc -aes-256-cbc` (not fsynced) on 512 MiB of random data.
 
 Not a test: nothing here asserts a time. The machine may be shared: the table says
 nothing about load, so note it beside any figure you publish.
@@ -299,6 +301,23 @@ def bench_version(repeat: int, rows: list[Row]) -> None:
     )
 
 
+def bench_crypto_cli(work: Path, repeat: int, rows: list[Row]) -> None:
+    """`kconsole crypto encrypt` as an operator runs it (the whole CLI, output fsynced and
+    renamed into place) against `openssl enc -aes-256-cbc` (no fsync), 512 MiB of random data."""
+    data = work / "random-512m"
+    with data.open("wb") as fh:
+        for _ in range(512):
+            fh.write(os.urandom(1 << 20))
+    key = work / "crypto.key"
+    sh(f"{shlex.quote(sys.executable)} -m kconsole crypto keygen -o {key}")
+    ours = f"rm -f {work}/o1 && {shlex.quote(sys.executable)} -m kconsole crypto encrypt --key {key} {data} -o {work}/o1"
+    peer = f"rm -f {work}/o2 && openssl enc -aes-256-cbc -salt -pass file:{key} -in {data} -out {work}/o2"
+    row = rows_add(
+        rows, "encrypt 512 MiB", "`kconsole crypto encrypt`", "`openssl enc -aes-256-cbc`"
+    )
+    timed(max(repeat, 4), row, lambda: sh(ours), lambda: sh(peer))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -309,7 +328,7 @@ def main() -> int:
     p.add_argument(
         "--repeat-big", type=int, default=1, help="runs per side for backup and recovery"
     )
-    p.add_argument("--only", default="backup,recovery,status,version")
+    p.add_argument("--only", default="backup,recovery,status,version,crypto")
     p.add_argument(
         "--dir", type=Path, default=None, help="work directory (default: a temporary one)"
     )
@@ -322,6 +341,8 @@ def main() -> int:
         work = Path(tmp)
         if "version" in only:
             bench_version(args.repeat, rows)
+        if "crypto" in only:
+            bench_crypto_cli(work, args.repeat, rows)
         if only & {"backup", "recovery"}:
             bench_backup_recovery(work, args.state_size, args.repeat_big, rows, only)
         if "status" in only:
