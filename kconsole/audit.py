@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kconsole.errors import UsageError
+from kconsole.fsutil import atomic_write, locked
 
 GENESIS = "0" * 64
 
@@ -44,6 +45,23 @@ class AuditLog:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "audit.jsonl"
         self.key_path = state_dir / "audit.key"
+        self.id_path = state_dir / "console.id"
+
+    def console_id(self, create: bool = False) -> str | None:
+        """This console's id (made on first use, kept beside the log): off-host checkpoints
+        are filed under it, so consoles sharing backup locations each anchor their own log."""
+        if not self.id_path.exists():
+            if not create:
+                return None
+            with locked(self.id_path.with_name(".console.id.lock")):
+                if not self.id_path.exists():
+                    atomic_write(self.id_path, (secrets.token_hex(8) + "\n").encode(), 0o644)
+        value = self.id_path.read_text().strip()
+        if not value or not all(c in "0123456789abcdef" for c in value):
+            raise UsageError(
+                f"console id file {self.id_path} is not a hex id; the log cannot be anchored."
+            )
+        return value
 
     def _key(self, create: bool) -> bytes:
         if not self.key_path.exists():

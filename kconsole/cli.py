@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--drill", action="store_true", help="mark the run as a drill")
     r.add_argument("--json", action="store_true", help="one JSON event per line")
     r.add_argument("--resume", metavar="RUN_ID")
+    r.add_argument("--incident", metavar="ID", help="the incident this run belongs to")
 
     runs = sub.add_parser("runs", parents=[common], help="runs in the journal, newest first")
     runs.add_argument("--json", action="store_true")
@@ -135,9 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report", parents=[common], help="the filled incident / drill report of a run"
     )
-    rep.add_argument("run_id", metavar="RUN_ID")
-    rep.add_argument("--format", choices=["md", "json"], default="md")
+    rep.add_argument("run_id", metavar="RUN_ID", help="a run id, or `sign` then the run id")
+    rep.add_argument("sign_run", nargs="?", metavar="SIGN_RUN_ID", help=argparse.SUPPRESS)
+    rep.add_argument("--format", choices=["md", "json", "html"], default="md")
     rep.add_argument("-o", dest="output", metavar="FILE")
+    rep.add_argument(
+        "--role",
+        choices=["test-engineer", "operations-lead"],
+        help="with `report sign RUN_ID`: the sign-off role",
+    )
+
+    dr = sub.add_parser(
+        "drill", parents=[common], help="a guided drill of one of the plan's scenarios"
+    )
+    dr.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="single-node | multiple-nodes | complete-network | security-incident",
+    )
+    dr.add_argument("--lab", action="store_true", help="the site is the lab (required there)")
+    dr.add_argument("--yes", action="store_true", help="unattended: confirm every step")
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--param", action="append", default=[], metavar="K=V")
+    dr.add_argument(
+        "--exercise",
+        choices=["dr-drill", "full-scale"],
+        default="",
+        help="count this drill as the plan's quarterly DR drill or bi-annual full-scale exercise",
+    )
+    drs = sub.add_parser(
+        "drills", parents=[common], help="drill history and the plan's testing schedule"
+    )
+    drs.add_argument("--json", action="store_true")
+    drs.add_argument("--crontab", action="store_true", help="cron lines for the automated tests")
 
     au = sub.add_parser("audit", parents=[common], help="the audit log")
     aus = au.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
@@ -147,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("contacts", parents=[common], help="contacts and escalation matrices")
     co.add_argument("--json", action="store_true")
+    co.add_argument("--now", action="store_true", help="who to call now, per open incident")
+
+    from kconsole.incidents.cli import add_incident_parser
+
+    add_incident_parser(sub, common)
 
     me = sub.add_parser("metrics", parents=[common], help="backup metrics, Prometheus text format")
     me.add_argument("-o", dest="output", metavar="FILE")
@@ -190,15 +227,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("kconsole: interrupted.")
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in _SETUP_ERRNOS:
+            return _internal_error(exc)
+        # A path the operator gave or configured (state_dir, -o FILE) cannot be used.
+        where = f" {exc.filename}" if exc.filename else ""
+        _err(f"kconsole: cannot use{where}: {exc.strerror}; check the path and its permissions.")
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - the operator gets one sentence, the log the rest
-        import tempfile
-        import traceback
+        return _internal_error(exc)
 
-        fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
-        with os.fdopen(fd, "w") as fh:
-            traceback.print_exc(file=fh)
-        _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
-        return EXIT_FAILED
+
+_SETUP_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS}
+)
+"""OSErrors that mean a configured or given path is unusable (bad input, exit 2)."""
+
+
+def _internal_error(exc: BaseException) -> int:
+    """One sentence on stderr, the traceback in a crash log."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    _err(f"kconsole: internal error ({exc.__class__.__name__}: {exc}); details in {path}.")
+    return EXIT_FAILED
 
 
 def _looks_located(line: str) -> bool:
@@ -209,7 +264,9 @@ def _looks_located(line: str) -> bool:
 def _site(args: argparse.Namespace) -> Any:
     from kconsole.site import find_site_path, load_site
 
-    return load_site(find_site_path(args.site))
+    site = load_site(find_site_path(args.site))
+    site.check_state_dir()
+    return site
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -231,7 +288,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     """`kconsole site import PRIMARY_CONF [-o FILE] [--force]`: the notes go to stderr, the
     site file to FILE (atomically, never over an existing one without --force) or stdout."""
 
-    from kconsole.fsutil import atomic_write
+    from kconsole.fsutil import atomic_write, refuse_overwriting_input
     from kconsole.site import load_site
     from kconsole.siteimport import import_plan_config
 
@@ -239,6 +296,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     imported = import_plan_config(source)
     text = imported.toml(source)
     out = Path(args.output) if args.output else None
+    if out is not None:
+        refuse_overwriting_input(out, plan_configuration=source)
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} already exists; pass --force to replace it.")
     if out is not None and not out.parent.is_dir():
@@ -279,15 +338,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         as_json=args.json,
         resume=args.resume,
         printer=_out,
+        incident=args.incident or "",
     )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """`kconsole runs`"""
     from kconsole.journal import list_runs
+    from kconsole.shared.runs import merged_runs
 
     site = _site(args)
-    runs = list_runs(site.state_dir)
+    runs, problem = merged_runs(site, list_runs(site.state_dir))
+    if problem:
+        _err(f"kconsole: warning: {problem} Showing this console's runs only.")
     if args.json:
         for r in runs:
             _out(json.dumps(r.as_json()))
@@ -295,9 +358,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         _out("no runs yet.")
         return EXIT_OK
-    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+    if not site.shared:
+        _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
+        for r in runs:
+            _out(
+                f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}"
+            )
+        return EXIT_OK
+    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} {'DRILL':5} {'USER':10} CONSOLE")
     for r in runs:
-        _out(f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}")
+        console = r.console or "this console"
+        if r.holder:
+            console += f" (lease: {r.holder})"
+        _out(
+            f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} "
+            f"{'yes' if r.drill else '':5} {r.user:10} {console}"
+        )
     return EXIT_OK
 
 
@@ -322,22 +398,37 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _err(f"kconsole: audit log {log.path} is tampered: {result.message}.")
         return EXIT_FAILED
     _out(f"audit log {log.path}: {result.message}.")
-    if result.position and any(loc.type != "local" for loc in site.locations.values()):
-        from kconsole.anchor import check
+    # An emptied or deleted log verifies as a chain; only an off-host head can contradict it.
+    if not any(loc.type != "local" for loc in site.locations.values()):
+        _err(
+            "kconsole: warning: this site has no off-host backup location to keep audit "
+            "checkpoints in, so a cut-off or deleted audit log cannot be detected."
+        )
+        return EXIT_OK
+    from kconsole.anchor import check
 
-        anchors = _with_backups(site, lambda session: check(log, session.stores()))
-        for a in anchors:
-            (_out if a.ok else _err)(
-                f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}."
-            )
-        if not all(a.ok for a in anchors):
-            return EXIT_FAILED
+    anchors = _with_backups(site, lambda session: check(log, session.stores()))
+    for a in anchors:
+        (_out if a.ok else _err)(
+            f"{'' if a.ok else 'kconsole: '}off-host checkpoint in {a.location}: {a.message}."
+        )
+    if not all(a.ok for a in anchors):
+        return EXIT_FAILED
+    if not any(a.found for a in anchors):
+        _err(
+            "kconsole: warning: no off-host location holds a checkpoint of this console's "
+            "audit log, so a cut-off or deleted log cannot be detected."
+        )
     return EXIT_OK
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:
-    """`kconsole contacts`"""
+    """`kconsole contacts [--now]`"""
     site = _site(args)
+    if args.now:
+        from kconsole.incidents.cli import print_call_now
+
+        return print_call_now(site, args.json, _out)
     if args.json:
         for c in site.contacts:
             _out(json.dumps({"type": "contact", **c.__dict__}))
@@ -437,11 +528,20 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     ]
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
+    orphans = [
+        o
+        for o in catalog.orphans
+        if (not args.location or o.location == args.location)
+        and (not args.kind or o.key.startswith(f"{args.kind}/"))
+        and (not args.node or f"/{args.node}/" in f"/{o.key}")
+    ]
     if args.json:
         for row in rows:
             _out(json.dumps(row))
         for f in fresh:
             _out(json.dumps(f))
+        for o in orphans:
+            _out(json.dumps(o.as_json()))
         return EXIT_OK
     _out(f"catalog of {site.name} as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC")
     _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
@@ -452,6 +552,13 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}"
         )
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
+    if orphans:
+        _out(
+            f"{len(orphans)} orphaned objects (no manifest beside them, left by a backup that "
+            "failed or was interrupted; backup.prune removes them):"
+        )
+        for o in orphans:
+            _out(f"  {o.path} ({o.size} bytes)")
     if not fresh:
         return EXIT_OK
     _out("")
@@ -484,8 +591,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """`kconsole metrics [-o FILE]`: the backup metrics, Prometheus text format; a file is
     replaced atomically (node_exporter's textfile collector never sees half of it)."""
     from kconsole.backups.attempts import backup_attempts
-    from kconsole.backups.metrics import WINDOW, collect, render, write_textfile
+    from kconsole.backups.metrics import (
+        WINDOW,
+        collect,
+        recovery_samples,
+        render,
+        write_textfile,
+    )
     from kconsole.backups.rotation import key_rotation
+    from kconsole.reports import recent_reports
     from kconsole.runbook.coverage import expected_nodes
 
     site = _site(args)
@@ -498,6 +612,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             expected=expected_nodes(site),
             rotation=key_rotation(site),
         )
+        + recovery_samples(site, recent_reports(site))
     )
     for loc, err in catalog.errors.items():
         _err(f"kconsole: location {loc} could not be listed: {err}.")
@@ -596,17 +711,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if bad or incomplete:
         from kconsole.backups.verify import verify_failure
 
-        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), limit=None)}.")
+        why = {o.id: o.problems[0] for o in outcomes if not o.ok and o.problems}
+        _err(f"kconsole: {verify_failure(bad, incomplete, len(outcomes), None, why)}.")
         return EXIT_FAILED
     _out(f"{len(outcomes)} backups verified.")
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """`kconsole report RUN_ID [--format md|json] [-o FILE]`"""
+    """`kconsole report RUN_ID [--format md|json|html] [-o FILE]`, and
+    `kconsole report sign RUN_ID --role test-engineer|operations-lead`."""
     from kconsole.fsutil import atomic_write
-    from kconsole.reports import render_report
+    from kconsole.reports import render_report, sign_report
+    from kconsole.site import current_user
 
+    if args.run_id == "sign":
+        if not args.sign_run or not args.role:
+            raise UsageError(
+                "usage: kconsole report sign RUN_ID --role test-engineer|operations-lead."
+            )
+        site = _site(args)
+        entry = sign_report(site, args.sign_run, args.role, current_user())
+        _out(
+            f"{entry['actor']} signed the report of run {args.sign_run} as {args.role} at {entry['ts']}"
+        )
+        return EXIT_OK
+    if args.sign_run or args.role:
+        raise UsageError("--role and a second run id go with `kconsole report sign RUN_ID`.")
     site = _site(args)
     text = render_report(site, args.run_id, args.format)
     if args.output:
@@ -617,12 +748,87 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_incident(args: argparse.Namespace) -> int:
+    """`kconsole incident open|list|show|ack|escalate|update|note|tick|report`"""
+    from kconsole.incidents.cli import cmd_incident as run
+
+    return run(args, _site(args), _out)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """`kconsole drill SCENARIO [--lab] [--yes] [--json]`"""
+    from kconsole.drills import run_drill
+
+    code, _ = run_drill(
+        site=_site(args),
+        name=args.scenario,
+        lab=args.lab,
+        yes=args.yes,
+        as_json=args.json,
+        printer=_out,
+        params=args.param,
+        exercise=args.exercise,
+    )
+    return code
+
+
+def cmd_drills(args: argparse.Namespace) -> int:
+    """`kconsole drills [--json] [--crontab]`: drill history per scenario and the plan's
+    testing schedule with next due and overdue."""
+    from kconsole.config import format_duration
+    from kconsole.drills import drills_crontab, drills_status
+
+    site = _site(args)
+    if args.crontab:
+        _out(drills_crontab(str(site.path)).rstrip("\n"))
+        return EXIT_OK
+    status = drills_status(site)
+    if args.json:
+        for row in status["schedule"]:
+            _out(json.dumps({"schedule": row}))
+        for name, runs in status["history"].items():
+            _out(json.dumps({"scenario": name, "drills": runs}, default=str))
+        return EXIT_OK
+    _out("Testing schedule (the plan's):")
+    _out(f"  {'CADENCE':<12} {'MODE':<10} {'TEST':<40} {'LAST':<26} NEXT DUE")
+    for row in status["schedule"]:
+        due = row["next_due"] or "now (never run)"
+        flag = "  OVERDUE" if row["overdue"] else ""
+        _out(
+            f"  {row['cadence']:<12} {row['mode']:<10} {row['test']:<40} {row['last'] or '-':<26} {due}{flag}"
+        )
+    _out("")
+    _out("Drill history:")
+    for name, runs in status["history"].items():
+        if not runs:
+            _out(f"  {name}: no drill yet")
+            continue
+        _out(f"  {name}:")
+        for r in runs:
+            rec = format_duration(r["recovery_s"]) if r["recovery_s"] is not None else "-"
+            met = {True: "met", False: "missed", None: "-"}[r["rto_met"]]
+            _out(
+                f"    {r['run']}  {r['status']:<11} recovery {rec:<7} RTO {met:<6} issues {r['issues']}"
+            )
+    return EXIT_OK
+
+
 def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
 
     if args.crypto_command == "keygen":
-        return crypto_cli.cmd_keygen(Path(args.output))
+        site = _site_owning_keys(args, Path(args.output))
+        if site is None:
+            return crypto_cli.cmd_keygen(Path(args.output))
+        from kconsole.audit import AuditLog
+        from kconsole.site import current_user
+
+        user = current_user()
+        site.access.require_admin(user, "write a key into the site's key directory")
+        code = crypto_cli.cmd_keygen(Path(args.output))
+        AuditLog(site.state_dir).append(user, "crypto-keygen", str(Path(args.output).resolve()))
+        return code
     if args.crypto_command == "encrypt":
         return crypto_cli.cmd_encrypt(Path(args.key), Path(args.input), Path(args.output))
     return crypto_cli.cmd_decrypt(
@@ -633,6 +839,23 @@ def cmd_crypto(args: argparse.Namespace) -> int:
         pbkdf2=args.pbkdf2 or args.iter is not None,
         iterations=args.iter,
     )
+
+
+def _site_owning_keys(args: argparse.Namespace, out: Path) -> Any:
+    """The site whose key directory `out` is in, or None: a key written there becomes one
+    the site encrypts with (the newest key file is current), so only an admin may put it
+    there. A key written anywhere else is just a file of the caller's."""
+    from kconsole.site import find_site_path
+
+    path = find_site_path(getattr(args, "site", None))
+    if not path.exists():
+        return None
+    site = _site(args)
+    if site.keys_dir is None:
+        return None
+    keys_dir = site.keys_dir.resolve()
+    target = out.resolve().parent
+    return site if target == keys_dir or keys_dir in target.parents else None
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -677,7 +900,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     from kconsole.site import find_site_path, load_site
 
     path = find_site_path(args.site)
-    load_site(path)  # a bad site file is one sentence here, before the screen takes over
+    # a bad site file is one sentence here, before the screen takes over
+    load_site(path).check_state_dir()
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise UsageError(
             "the console needs a terminal; the headless commands are listed by `kconsole --help`."
@@ -690,7 +914,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from kconsole.site import find_site_path, load_site
 
     path = find_site_path(args.site)
-    load_site(path)
+    load_site(path).check_state_dir()
     try:
         import textual_serve  # noqa: F401 - only to say so before announcing anything
     except ImportError:
@@ -705,6 +929,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "audit": cmd_audit,
     "contacts": cmd_contacts,
+    "incident": cmd_incident,
     "site": cmd_site,
     "status": cmd_status,
     "catalog": cmd_catalog,
@@ -715,5 +940,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab": cmd_lab,
     "console": cmd_console,
     "report": cmd_report,
+    "drill": cmd_drill,
+    "drills": cmd_drills,
     "web": cmd_web,
 }

@@ -23,6 +23,7 @@ from kconsole.audit import AuditLog
 from kconsole.config import format_duration
 from kconsole.errors import KconsoleError
 from kconsole.gates import GateRequest
+from kconsole.incidents.desk import IncidentDesk, incident_of_run
 from kconsole.journal import InstanceState, RunJournal, iso
 from kconsole.runbook.model import Runbook, Step
 from kconsole.runbook.params import step_nodes
@@ -36,6 +37,10 @@ EventSink = Callable[[dict[str, Any]], None]
 
 class _StopRun(Exception):
     """Internal: a gate could not be answered; stop the run resumable."""
+
+
+class _SkipStep(Exception):
+    """Internal: at a drill's gate the operator chose to skip the step (later steps run)."""
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Executor:
         on_event: EventSink | None = None,
         prior: dict[tuple[str, str | None], InstanceState] | None = None,
         raw_params: dict[str, Any] | None = None,
+        incident: str = "",
     ) -> None:
         self.runbook = runbook
         self.site = site
@@ -93,10 +99,15 @@ class Executor:
         self._aborting: str = ""
         self._abort_status = "failed"
         self._stopped: str = ""
+        self._abort_asked = False
         self._resume = asyncio.Event()
         self._resume.set()
         self._failed: list[str] = []
         self._started_at = 0.0
+        self.incident = incident
+        """The incident this run belongs to ("" for none); a resumed run keeps its own."""
+        self.announce = True
+        """Tell the channel how the run ended (through the outbox)."""
 
     # -- operator controls (the TUI calls these) --------------------------------------
 
@@ -172,8 +183,21 @@ class Executor:
         """Run to the end, a stop at a gate, or cancellation (re-raised after journaling)."""
         # The role check lives here, not only in the CLI or the console: every way in meets it.
         self.site.access.require_operate(self.user, "run runbooks")
+        # An operator is stopped before the first step, not halfway through an incident.
+        for step in self.runbook.steps.values():
+            action = REGISTRY.get(step.action)
+            if action is not None and action.admin_only:
+                self.site.access.require_admin(
+                    self.user,
+                    f"run {self.runbook.id}, whose step {step.id} would {action.admin_only}",
+                )
         self._started_at = self.services.clock.monotonic()
         now = iso(self.services.clock.now())
+        if resumed and not self.incident:
+            self.incident = incident_of_run(self.journal.path)
+        desk = IncidentDesk(self.site, self.services.clock, self.user)
+        if self.incident:
+            desk.get(self.incident)  # an unknown id is refused before anything runs
         if resumed:
             self._emit(
                 {
@@ -199,8 +223,11 @@ class Executor:
                     "time": now,
                     "rto_s": self.runbook.rto,
                     "site": self.site.name,
+                    "incident": self.incident or None,
                 }
             )
+        if self.incident:
+            desk.link_run(self.incident, self.run_id, self.runbook.id)
         self.audit.append(
             self.user,
             "run.resume" if resumed else "run.start",
@@ -217,10 +244,47 @@ class Executor:
                 f"stopped by a signal or a closed session; resume with --resume {self.run_id}",
                 final=False,
             )
+            # Queued only: whoever delivers next (the console, a run, `incident tick`) sends it.
+            self._announce(desk)
             raise
         self._finish(status, reason, final=status not in ("waiting", "interrupted"))
+        if status != "waiting":
+            self._announce(desk)
+            await self._deliver(desk)
         await self._anchor_audit()
         return RunOutcome(self.run_id, status, reason, list(self._failed), self.elapsed())
+
+    def _announce(self, desk: IncidentDesk) -> None:
+        """Queue how the run ended for the channel and its incident (never fails the run)."""
+        if not self.announce:
+            return
+        try:
+            desk.run_ended(self.journal.path)
+        except (OSError, KconsoleError) as exc:
+            self._warn(f"the run's ending was not queued for the channel: {exc}")
+
+    async def _deliver(self, desk: IncidentDesk) -> None:
+        """Try the outbox once; what is not delivered stays there for the next try."""
+        try:
+            results = await desk.deliver()
+        except (OSError, KconsoleError) as exc:
+            self._warn(f"notifications not sent yet: {exc}")
+            return
+        for r in results:
+            if not r.delivered:
+                self._warn(f"notification not delivered yet ({r.error}); kept in the outbox")
+
+    def _warn(self, reason: str) -> None:
+        if self.on_event is not None:
+            self.on_event(
+                {
+                    "type": "run",
+                    "event": "warning",
+                    "run": self.run_id,
+                    "time": iso(self.services.clock.now()),
+                    "reason": reason,
+                }
+            )
 
     def _finish(self, status: str, reason: str, final: bool) -> None:
         self._emit(
@@ -342,6 +406,10 @@ class Executor:
         if step.gate and "{node" not in step.gate:
             try:
                 await self._gate(step, None, nodes)
+            except _SkipStep as exc:
+                for node in nodes:
+                    self._step_event(step, node.name if node else None, "skipped", reason=str(exc))
+                return "continued"
             except GateRefused as exc:
                 for node in nodes:
                     self._step_event(
@@ -396,21 +464,92 @@ class Executor:
             expected=expected,
             guide=step.guide,
             destructive=REGISTRY[step.action].destructive,
+            skippable=self.drill,
+            approvers=step.approvers,
+            approved_by=list(prior.approved_by) if prior is not None else [],
         )
         self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
         answer = await self.confirm(request)
         if answer is None:
             raise _StopRun(f"waiting at gate {step.id}: {request.question()}")
+        if not answer and not self._abort_asked:
+            answer = await self._confirm_abort(step, node_name, request)
         by = request.answered_by or self.user
         if not answer:
             self._step_event(step, node_name, "refused", by=by)
             self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
-            self.abort(f"the operator refused the gate of {step.id}")
+            self.abort(f"{self.user} refused the gate of {step.id} and chose to abort the run")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
+        if request.skipped and request.skippable:
+            self.audit.append(self.user, "gate.skip", f"{self.run_id}/{step.id}", node=node_name)
+            raise _SkipStep(f"skipped by {by} in the drill walkthrough")
+        if step.approvers > 1:
+            self._approve(step, node_name, request, by)
         self._step_event(step, node_name, "confirmed", by=by, note=request.note)
         self.audit.append(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
         )
+
+    async def _confirm_abort(self, step: Step, node_name: str | None, gate: GateRequest) -> bool:
+        """The run's first refused gate asks "abort the run?" (a reflexive Enter on Cancel
+        must not end a recovery): yes aborts; no asks the gate again, and a second refusal
+        aborts. Returns the gate's final answer."""
+        self._abort_asked = True
+        ask = GateRequest(
+            run_id=self.run_id,
+            step_id=step.id,
+            title=gate.title,
+            kind="confirm",
+            node=gate.node,
+            prompt=f"You refused {gate.title}{' on ' + gate.node if gate.node else ''}. "
+            "Abort the run? (no: back to the gate)",
+        )
+        self._step_event(step, node_name, "gate", question=ask.question(), kind="abort")
+        really = await self.confirm(ask)
+        if really is None:
+            raise _StopRun(f"waiting at gate {step.id}: {ask.question()}")
+        if really:
+            gate.answered_by = ask.answered_by or gate.answered_by
+            return False
+        self._step_event(step, node_name, "gate", question=gate.question(), kind=gate.kind)
+        again = await self.confirm(gate)
+        if again is None:
+            raise _StopRun(f"waiting at gate {step.id}: {gate.question()}")
+        return bool(again)
+
+    def _approve(self, step: Step, node_name: str | None, request: GateRequest, by: str) -> None:
+        """One approval of a two-person gate, by the acting account (`--yes` included: it
+        approves as the account that gave it). Returns once the gate has all it needs;
+        until then the run stops there, waiting for another account."""
+        approved = request.approved_by
+        if self.user in approved:
+            raise _StopRun(
+                f"waiting at gate {step.id}: {self.user} approved it already and cannot approve "
+                f"it twice; {request.approval_line()}"
+            )
+        approved.append(self.user)
+        self._step_event(
+            step,
+            node_name,
+            "approved",
+            by=self.user,
+            via=by,
+            count=len(approved),
+            of=step.approvers,
+        )
+        self.audit.append(
+            self.user,
+            "gate.approve",
+            f"{self.run_id}/{step.id}",
+            node=node_name,
+            count=len(approved),
+            of=step.approvers,
+        )
+        prior = self.prior.get((step.id, node_name))
+        if prior is not None:
+            prior.approved_by = list(approved)
+        if len(approved) < step.approvers:
+            raise _StopRun(f"waiting at gate {step.id}: {request.approval_line()}")
 
     async def _ask_rerun(self, inst: _Instance, prior: InstanceState) -> bool:
         what = (
@@ -455,6 +594,9 @@ class Executor:
         try:
             if step.gate and "{node" in step.gate:
                 await self._gate(step, inst.node, [inst.node])
+        except _SkipStep as exc:
+            self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
+            return "continued"
         except GateRefused as exc:
             self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
             return "failed"
@@ -468,7 +610,11 @@ class Executor:
                     inst, inst.node_name, "retrying", attempt=attempt, reason=reason, delay_s=delay
                 )
                 await self.services.clock.sleep(delay)
-            self._step_event(inst, inst.node_name, "started", attempt=attempt, action=step.action)
+            started: dict[str, Any] = {"attempt": attempt, "action": step.action}
+            command = self.rendered_command(step, inst.node)
+            if command:
+                started["command"] = command  # the report's timeline shows it as run
+            self._step_event(inst, inst.node_name, "started", **started)
             t0 = self.services.clock.monotonic()
             try:
                 result = await self._attempt(inst, action_cls())
@@ -540,6 +686,26 @@ class Executor:
                 )
                 await self._run_instance(_Instance(rollback, target), rollback=True)
         return "failed"
+
+    def rendered_text(self, text: str, node: NodeRef | None = None) -> str:
+        """A template (a step's title, say) as this run renders it on `node`; the text as
+        written if it cannot be rendered."""
+        try:
+            return render(text, self._context(node))
+        except Exception:  # noqa: BLE001 - shown to the operator as written instead
+            return text
+
+    def rendered_command(self, step: Step, node: NodeRef | None) -> str | None:
+        """The step's `command` as it runs on `node` (journaled with `started`, shown in the
+        drill walkthrough and the report's timeline); None for steps without one."""
+        raw = step.fields.get("command")
+        spec = REGISTRY[step.action].fields.get("command")
+        if not isinstance(raw, str) or spec is None:
+            return None
+        try:
+            return str(render_value(raw, self._context(node), quote=spec.kind == "command"))
+        except Exception:  # noqa: BLE001 - the step itself reports a bad template when it runs
+            return None
 
     async def _attempt(self, inst: _Instance, action: Any) -> ActionResult:
         step = inst.step

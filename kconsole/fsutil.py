@@ -9,7 +9,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from kconsole.errors import UsageError
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -62,3 +64,25 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same path spelled differently (`./x`, `x`,
+    `d/../x`), a symlink to it, or a hard link of it. A path that does not exist yet is
+    compared by where it would be created (its directory resolved, symlinks followed)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        pass  # one of them does not exist (yet): compare where they resolve
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_input(out: str | os.PathLike[str], **inputs: Any) -> None:
+    """UsageError when the output path names one of the command's input files (given as
+    `what=path`, None for an input not given), so a command never destroys its own input."""
+    for what, path in inputs.items():
+        if path is not None and same_file(out, path):
+            raise UsageError(
+                f"the output {out} is the {what.replace('_', ' ')} {path}; "
+                "write to another file (the input would be destroyed)"
+            )

@@ -33,6 +33,25 @@ class GateRequest:
     destructive: bool = False
     note: str = ""
     answered_by: str = ""
+    skippable: bool = False
+    """A drill's gate: the operator may skip the step (recorded; later steps still run)."""
+    skipped: bool = False
+    """Set with a True answer: skip the step instead of running it."""
+    approvers: int = 1
+    """Different accounts this gate needs (2: a two-person gate)."""
+    approved_by: list[str] = field(default_factory=list)
+    """Accounts that approved it already (they cannot approve it again)."""
+
+    def approval_line(self) -> str:
+        """Who approved a two-person gate so far and how many more it needs ("" otherwise)."""
+        if self.approvers < 2:
+            return ""
+        more = self.approvers - len(self.approved_by)
+        done = f"approved by {', '.join(self.approved_by)}; " if self.approved_by else ""
+        return (
+            f"{done}needs {more} more approval{'s' if more > 1 else ''} "
+            f"from {'a different account' if self.approved_by else 'different accounts'}"
+        )
 
     def question(self) -> str:
         """The one-line question shown to the operator."""
@@ -68,6 +87,8 @@ TYPED_TRIES = 3
 async def confirm_on_terminal(request: GateRequest) -> bool:
     """Ask on the controlling terminal; a typed gate needs the exact value."""
     print(f"\n== gate: {request.question()}", file=sys.stderr)
+    if request.approval_line():
+        print(f"   two-person gate: {request.approval_line()}", file=sys.stderr)
     if request.guide:
         print(request.guide.strip(), file=sys.stderr)
     for item in request.checklist:
@@ -96,6 +117,11 @@ async def confirm_on_terminal(request: GateRequest) -> bool:
         request.note = (note or "").strip()
     request.answered_by = "terminal"
     return ok
+
+
+async def ask_line(prompt: str) -> str | None:
+    """One line from the terminal without blocking the loop (None at end of input)."""
+    return await _ask(prompt)
 
 
 async def _ask(prompt: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -10,14 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 from kconsole.actions.base import Confirm
-from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, KconsoleError, UsageError
 from kconsole.executor import Executor, RunOutcome
 from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
+from kconsole.incidents.desk import DELIVERY_TIMEOUT, IncidentDesk
 from kconsole.journal import RunJournal, new_run_id
 from kconsole.runbook import load_runbook, resolve_runbook_path
 from kconsole.runbook.params import parse_param_args, resolve_params
 from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services
+from kconsole.shared.runs import share_new_run
 from kconsole.site import Site, current_user
 
 _SYMBOL = {
@@ -28,6 +31,7 @@ _SYMBOL = {
     "retrying": "<>",
     "gate": "??",
     "confirmed": "=>",
+    "approved": "+1",
     "refused": "xx",
 }
 EXIT_FOR_STATUS = {
@@ -72,6 +76,10 @@ def human_line(record: dict[str, Any]) -> str | None:
         extra = f": {record.get('question', '')}"
     elif ev == "confirmed":
         extra = f" by {record.get('by', '')}"
+    elif ev == "approved":
+        extra = (
+            f" by {record.get('by', '')} ({record.get('count', '?')} of {record.get('of', '?')})"
+        )
     elif ev == "started" and int(record.get("attempt", 1)) > 1:
         extra = f" (attempt {record['attempt']})"
     return f"{t} {_SYMBOL.get(ev, '  ')} {record['step']}{where} {ev}{extra}"
@@ -87,11 +95,16 @@ def run_headless(
     as_json: bool,
     resume: str | None,
     printer: Callable[[str], None],
+    incident: str = "",
+    user: str | None = None,
 ) -> int:
-    """Run or resume; returns the exit code for the run's final status."""
-    user = current_user()
+    """Run or resume; returns the exit code for the run's final status. `user` is the
+    acting account (default: `current_user()`; tests name two different ones)."""
+    user = user or current_user()
     site.access.require_operate(user, "run runbooks")
     site_runbooks = site.base_dir / "runbooks"
+    if incident:
+        IncidentDesk(site, user=user).get(incident)  # an unknown id: exit 2 before any journal
     prior = None
     if resume:
         point = open_resume(site, resume, user)
@@ -122,6 +135,7 @@ def run_headless(
         check_named_backups(site, rb, raw_params)
         run_id = new_run_id()
         journal = RunJournal.create(site.state_dir, run_id, rb.text)
+        share_new_run(site, journal, rb.text, user)
 
     confirm: Confirm
     if yes:
@@ -153,6 +167,7 @@ def run_headless(
         on_event=on_event,
         prior=prior,
         raw_params=raw_params,
+        incident=incident,
     )
     try:
         outcome = _drive(executor, resumed=bool(resume), services=services)
@@ -171,6 +186,20 @@ def run_headless(
     return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
 
 
+PAGING_INTERVAL = 30.0
+"""Seconds between escalation checks while a headless run goes on."""
+
+
+async def _keep_paging(desk: IncidentDesk, services: Services) -> None:
+    """While a run goes on, page any incident level that falls due (a headless run is one
+    of the things that advance escalation) and retry the outbox."""
+    while True:
+        with contextlib.suppress(OSError, KconsoleError):
+            await desk.tick()
+        # Real time, not the services' clock: a test's fake clock must not spin this loop.
+        await asyncio.sleep(PAGING_INTERVAL)
+
+
 def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     """SIGINT, SIGTERM and SIGHUP (the SSH session dropped) cancel the run, which journals
     itself as interrupted and resumable."""
@@ -183,12 +212,24 @@ def _drive(executor: Executor, resumed: bool, services: Services) -> RunOutcome 
 
     async def main() -> RunOutcome | None:
         task = asyncio.create_task(executor.run(resumed=resumed))
-        install_stop_signals(asyncio.get_running_loop(), task)
+        loop = asyncio.get_running_loop()
+        install_stop_signals(loop, task)
+        desk = IncidentDesk(executor.site, services.clock, executor.user)
+        pager = asyncio.create_task(_keep_paging(desk, services))
+        lease = getattr(executor.journal.mirror, "lease", None)
+        if lease is not None:
+            # Another console took the run over (this one's renewals failed for a whole
+            # lease): stop here, resumable, rather than drive the run from two places.
+            lease.on_lost = lambda _why: loop.call_soon_threadsafe(task.cancel)
         try:
             return await task
         except asyncio.CancelledError:
             return None
         finally:
+            pager.cancel()
+            # The interrupted run's announcement was only queued: one bounded try now.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(desk.deliver(), DELIVERY_TIMEOUT * 2)
             await services.close()
 
     return asyncio.run(main())

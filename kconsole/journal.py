@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ STEP_EVENTS = (
     "output",
     "gate",
     "confirmed",
+    "approved",
     "refused",
     "retrying",
     "finished",
@@ -80,6 +82,9 @@ class RunJournal:
         self.run_id = run_id
         self._fh: Any = None
         self._lock_fd: int | None = None
+        self.mirror: Any = None
+        """Where records also go once written here (the shared store's `SharedRun`), or None.
+        It must only queue: the local journal is the source of truth and is never held up."""
 
     @classmethod
     def create(cls, state_dir: Path, run_id: str, runbook_text: str) -> RunJournal:
@@ -122,9 +127,14 @@ class RunJournal:
         self._fh.flush()
         if durable:
             os.fsync(self._fh.fileno())
+        if self.mirror is not None:
+            self.mirror.push(record)
 
     def close(self) -> None:
-        """Flush, close and release the lock."""
+        """Flush, close and release the lock (and hand the shared copy its last records)."""
+        if self.mirror is not None:
+            mirror, self.mirror = self.mirror, None
+            mirror.close()
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -162,6 +172,8 @@ class InstanceState:
     last: str = ""
     attempts: int = 0
     confirmed: bool = False
+    approved_by: list[str] = field(default_factory=list)
+    """Accounts that approved a two-person gate so far (distinct, in order)."""
     reason: str = ""
     output: list[str] = field(default_factory=list)
     started: str = ""
@@ -195,10 +207,16 @@ class RunSummary:
     reason: str = ""
     instances: dict[tuple[str, str | None], InstanceState] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
+    console: str = ""
+    """The console that last wrote the run (shared runs), or "" for this console's own."""
+    holder: str = ""
+    """Who holds the run's lease right now (`user@console`), or "" if nobody does."""
 
     def as_json(self) -> dict[str, Any]:
         """The `runs --json` line."""
         return {
+            "console": self.console,
+            "holder": self.holder,
             "id": self.id,
             "runbook": self.runbook,
             "status": self.status,
@@ -213,9 +231,17 @@ class RunSummary:
 def summarise(run_dir: Path) -> RunSummary:
     """Rebuild a run's state from its journal."""
     records, _ = read_records(run_dir / "journal.jsonl")
+    return summarise_records(run_dir.name, records, lambda: is_locked(run_dir))
+
+
+def summarise_records(
+    run_id: str, records: list[dict[str, Any]], live: Callable[[], bool]
+) -> RunSummary:
+    """Rebuild a run's state from its records; `live()` says whether a run with no final
+    record is still going (else it was interrupted)."""
     head = next((r for r in records if r.get("type") == "run" and r.get("event") == "created"), {})
     summary = RunSummary(
-        id=run_dir.name,
+        id=run_id,
         runbook=str(head.get("runbook", "?")),
         status="running",
         started=str(head.get("time", "")),
@@ -237,7 +263,9 @@ def summarise(run_dir: Path) -> RunSummary:
                 continue
             if ev == "confirmed":
                 inst.confirmed = True
-            if ev in ("gate", "confirmed", "refused"):
+            if ev == "approved" and r.get("by") not in inst.approved_by:
+                inst.approved_by.append(str(r.get("by")))
+            if ev in ("gate", "confirmed", "refused", "approved"):
                 continue
             inst.last = ev
             if ev == "started":
@@ -255,7 +283,7 @@ def summarise(run_dir: Path) -> RunSummary:
         summary.status = str(final.get("status"))
         summary.finished = str(final.get("time", "")) if final.get("event") == "finished" else ""
         summary.reason = str(final.get("reason", ""))
-    elif not is_locked(run_dir):
+    elif not live():
         summary.status = "interrupted"
     return summary
 

@@ -10,6 +10,7 @@ from kconsole.journal import RunJournal, RunSummary, run_dir, summarise
 from kconsole.runbook import load_runbook
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
+from kconsole.shared.runs import take_over
 from kconsole.site import Site
 
 
@@ -31,16 +32,29 @@ class ResumePoint:
 def open_resume(site: Site, run_id: str, user: str) -> ResumePoint:
     """Check the run may be resumed by `user`, and open its journal (taking its lock)."""
     site.access.require_operate(user, "resume runs")
-    rdir = run_dir(site.state_dir, run_id)
-    summary = summarise(rdir)
-    if summary.status == "running":
-        raise UsageError(f"run {run_id} is still running in another kconsole process.")
-    if summary.status == "succeeded":
-        raise UsageError(f"run {run_id} already succeeded; there is nothing to resume.")
-    runbook = load_runbook(rdir / "runbook.toml", shown_as=f"{run_id}/runbook.toml")
-    params = resolve_params(runbook, site, summary.params)
-    journal = RunJournal(site.state_dir, run_id)
-    journal.open()
+    if "/" in run_id or run_id.startswith("."):
+        run_dir(site.state_dir, run_id)  # the usual "no run" sentence
+    # With a shared store: the lease first (refused while another console drives the
+    # run), then the shared journal replayed here, and only then the local journal read.
+    shared = take_over(site, run_id, user)
+    try:
+        rdir = run_dir(site.state_dir, run_id)
+        summary = summarise(rdir)
+        if summary.status == "running":
+            raise UsageError(f"run {run_id} is still running in another kconsole process.")
+        if summary.status == "succeeded":
+            raise UsageError(f"run {run_id} already succeeded; there is nothing to resume.")
+        runbook = load_runbook(rdir / "runbook.toml", shown_as=f"{run_id}/runbook.toml")
+        params = resolve_params(runbook, site, summary.params)
+        journal = RunJournal(site.state_dir, run_id)
+        journal.open()
+    except BaseException:
+        if shared is not None:
+            shared.mirror.close(timeout=0)
+            if shared.lease is not None:
+                shared.lease.release()
+        raise
+    journal.mirror = shared
     return ResumePoint(runbook, summary, params, journal)
 
 

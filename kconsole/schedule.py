@@ -445,6 +445,18 @@ def crontab(
         lines.append(f"# {e.runbook}: {e.source}")
         # `%` ends a cron command line (the rest becomes stdin) unless escaped.
         lines.append(f"{e.cron} {command.replace('%', chr(92) + '%')}")
+    tick_lock = shlex.quote(str(cron_dir / "incident-tick.lock"))
+    tick_log = shlex.quote(str(cron_dir / "incident-tick.log"))
+    tick = (
+        f"mkdir -p {shlex.quote(str(cron_dir))} && flock -n {tick_lock} {kconsole} incident tick"
+        f" >> {tick_log} 2>&1"
+    )
+    lines += [
+        "# incident tick: pages the next escalation level of an unacknowledged incident when its wait",
+        "# has passed, and retries notifications waiting in the outbox (each level is paged once,",
+        "# whoever ticks: this line, an open console or a headless run).",
+        f"* * * * * {tick.replace('%', chr(92) + '%')}",
+    ]
     lines += [
         "",
         "# Backup metrics for node_exporter's textfile collector (set the directory it reads):",

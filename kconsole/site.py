@@ -7,17 +7,18 @@ it: a webhook URL is named by the environment variable that holds it.
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 import os
-from dataclasses import dataclass, field
+import pwd
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from kconsole.config import Problem, ProblemList, SourceFile, load_toml
 from kconsole.config.problems import did_you_mean
 from kconsole.config.schema import check_keys, expect_duration, expect_type
-from kconsole.config.source import TomlFileError
-from kconsole.errors import AccessDenied, UsageError
+from kconsole.config.source import KeyPath, TomlFileError
+from kconsole.errors import AccessDenied, KconsoleError, UsageError
 
 BACKUP_KINDS = (
     "blockchain-state",
@@ -138,16 +139,35 @@ class EscalationMatrix:
     levels: tuple[EscalationLevel, ...]
 
 
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+"""PagerDuty's Events API v2 endpoint (a `[notify.*]` table of kind pagerduty may name another)."""
+
+
 @dataclass(frozen=True)
 class NotifyTarget:
-    """A Slack-style webhook, its URL read from an environment variable at send time."""
+    """Where notifications go: a Slack-style webhook (its URL read from an environment
+    variable at send time) or PagerDuty's Events API v2 (its routing key likewise)."""
 
     name: str
     webhook_env: str
+    kind: Literal["slack", "pagerduty"] = "slack"
+    routing_key_env: str = ""
+    events_url: str = PAGERDUTY_EVENTS_URL
 
     def url(self) -> str | None:
-        """The webhook URL, or None when the variable is unset."""
+        """The webhook URL (slack) or events endpoint (pagerduty); None when a secret is unset."""
+        if self.kind == "pagerduty":
+            return self.events_url if self.routing_key() else None
         return os.environ.get(self.webhook_env) or None
+
+    def routing_key(self) -> str | None:
+        """The PagerDuty routing key, or None when its variable is unset."""
+        return os.environ.get(self.routing_key_env) or None if self.routing_key_env else None
+
+    @property
+    def secret_env(self) -> str:
+        """The environment variable holding this target's secret."""
+        return self.routing_key_env if self.kind == "pagerduty" else self.webhook_env
 
 
 @dataclass(frozen=True)
@@ -158,6 +178,8 @@ class Access:
     operator: tuple[str, ...] = ()
     auditor: tuple[str, ...] = ()
     configured: bool = False
+    audit_dir: Path | None = field(default=None, compare=False)
+    """The state_dir whose audit log records every refusal (None: not recorded)."""
 
     def role_of(self, user: str) -> Role | None:
         """The user's role, or None if the site grants them nothing."""
@@ -174,23 +196,46 @@ class Access:
         if role in ("admin", "operator"):
             return role
         if role == "auditor":
-            raise AccessDenied(
-                f"{user} is an auditor and may not {what}; auditors can look, not change."
+            self._refuse(
+                user,
+                what,
+                f"{user} is an auditor and may not {what}; auditors can look, not change.",
             )
-        raise AccessDenied(f"{user} has no role in this site's [access] table and may not {what}.")
+        self._refuse(
+            user, what, f"{user} has no role in this site's [access] table and may not {what}."
+        )
 
     def require_admin(self, user: str, what: str) -> None:
         """Raise AccessDenied unless `user` is an admin."""
         if self.role_of(user) != "admin":
-            raise AccessDenied(f"{user} is not a backup admin and may not {what}.")
+            self._refuse(user, what, f"{user} is not a backup admin and may not {what}.")
+
+    def _refuse(self, user: str, what: str, why: str) -> NoReturn:
+        """Record the refusal in the audit log (who, what, why), then raise it. A log that
+        cannot be written does not turn a refusal into a permission."""
+        if self.audit_dir is not None:
+            from kconsole.audit import AuditLog
+
+            with contextlib.suppress(OSError, KconsoleError):
+                AuditLog(self.audit_dir).append(
+                    user,
+                    "access-denied",
+                    what,
+                    result="refused",
+                    role=self.role_of(user) or "none",
+                    reason=why,
+                )
+        raise AccessDenied(why)
 
 
 def current_user() -> str:
-    """The operator's login name, as recorded in journal and audit."""
+    """The operator's OS account (the effective uid's passwd entry), as recorded in journal
+    and audit and checked against [access]. Never $USER or $LOGNAME: anyone can set those."""
+    uid = os.geteuid()
     try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        return f"uid{os.getuid()}"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (some containers): the uid itself is the identity
+        return f"uid{uid}"
 
 
 @dataclass
@@ -215,6 +260,13 @@ class Site:
     raw: dict[str, Any] = field(default_factory=dict)
     health_url: str = ""
     """The network's public health URL (the API behind its load balancer), for end checks."""
+    alertmanager_url: str = ""
+    """Alertmanager's base URL (`[alertmanager] url`): the console reads firing alerts there."""
+    shared: str = ""
+    """The S3 location runs are shared through (`[site] shared`: a location name, optionally
+    followed by `/prefix`), or "" for this console only."""
+    lease: float = 60.0
+    """Seconds a run's lease lasts without renewal before another console may take it over."""
 
     @property
     def base_dir(self) -> Path:
@@ -238,6 +290,20 @@ class Site:
                 f'unknown node "{name}"{did_you_mean(name, self.nodes)}; '
                 f"this site has: {', '.join(self.nodes)}."
             ) from None
+
+    def check_state_dir(self) -> None:
+        """UsageError (one sentence) unless state_dir is a directory or can be one. Whether
+        it is writable is left to the first write: an auditor may read a state_dir it cannot
+        write."""
+        d = self.state_dir
+        if d.exists() and not d.is_dir():
+            raise UsageError(
+                f"state_dir {d} is a file, not a directory; point [site] state_dir in "
+                f"{self.path} at a directory."
+            )
+        blocker = next((p for p in d.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UsageError(f"state_dir {d} cannot be made: {blocker} is a file, not a directory.")
 
     def tier_for_kind(self, kind: str) -> Tier | None:
         """The tier that holds backups of `kind`."""
@@ -290,8 +356,9 @@ _TOP = (
     "escalation",
     "notify",
     "access",
+    "alertmanager",
 )
-_SITE_KEYS = ("name", "state_dir", "description", "health_url")
+_SITE_KEYS = ("name", "state_dir", "description", "health_url", "staging", "shared", "lease")
 _SSH_KEYS = (
     "user",
     "identity",
@@ -324,6 +391,46 @@ _TIER_KEYS = ("rpo", "rto", "kinds", "retention", "schedule", "title")
 _CONTACT_KEYS = ("name", "role", "email", "phone", "on_call")
 
 
+def _table(
+    src: SourceFile,
+    parent: dict[str, Any],
+    kp: KeyPath,
+    key: str,
+    what: str,
+    problems: list[Problem],
+) -> dict[str, Any]:
+    """`parent[key]` if it is a table (absent: an empty one); else a problem and {}."""
+    value = parent.get(key, {})
+    if isinstance(value, dict):
+        return value
+    problems.append(src.problem((*kp, key), f"{what} must be a table"))
+    return {}
+
+
+def _tables(
+    src: SourceFile, parent: dict[str, Any], key: str, problems: list[Problem]
+) -> dict[str, dict[str, Any]]:
+    """The sub-tables of table `key` (`[key.NAME]`); anything else is a problem, skipped."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in _table(src, parent, (), key, f"[{key}]", problems).items():
+        if isinstance(value, dict):
+            out[name] = value
+        else:
+            problems.append(src.problem((key, name), f"[{key}.{name}] must be a table"))
+    return out
+
+
+def _names(
+    src: SourceFile, table: dict[str, Any], kp: KeyPath, key: str, problems: list[Problem]
+) -> list[str]:
+    """`table[key]` as a list of strings (a lone string is not a list of names)."""
+    value = table.get(key, [])
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    problems.append(src.problem((*kp, key), f'"{key}" must be a list of strings'))
+    return []
+
+
 def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     """Build a Site from `src`, appending every problem found; None if unusable."""
     data = src.data
@@ -340,8 +447,9 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     check_keys(src, site_t, ("site",), _SITE_KEYS, ("name",), "[site]", problems)
     expect_type(src, site_t, ("site",), "name", str, "a string", problems)
     expect_type(src, site_t, ("site",), "state_dir", str, "a path string", problems)
+    expect_type(src, site_t, ("site",), "staging", bool, "true or false", problems)
 
-    ssh_t = data.get("ssh", {})
+    ssh_t = _table(src, data, (), "ssh", "[ssh]", problems)
     check_keys(src, ssh_t, ("ssh",), _SSH_KEYS, (), "[ssh]", problems)
     for key in ("user", "identity", "known_hosts", "jump_host", "config"):
         expect_type(src, ssh_t, ("ssh",), key, str, "a string", problems)
@@ -369,7 +477,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         problems.append(src.problem(("nodes",), "nodes must be an array of tables: [[nodes]]"))
         nodes_t = []
     for i, n in enumerate(nodes_t):
-        kp = ("nodes", i)
+        kp: KeyPath = ("nodes", i)
         if not isinstance(n, dict):
             problems.append(src.problem(kp, "each [[nodes]] entry must be a table"))
             continue
@@ -394,7 +502,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             name=n["name"],
             host=n["host"],
             port=n.get("port", 22),
-            groups=tuple(str(g) for g in n.get("groups", [])),
+            groups=tuple(_names(src, n, kp, "groups", problems)),
             root=str(rel(root)) if root not in ("", "/") and not root.startswith("/") else root,
             health_url=n.get("health_url", ""),
             user=str(n.get("user", "")),
@@ -402,11 +510,8 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         )
 
     locations: dict[str, Location] = {}
-    for name, loc in (data.get("locations") or {}).items():
+    for name, loc in _tables(src, data, "locations", problems).items():
         kp = ("locations", name)
-        if not isinstance(loc, dict):
-            problems.append(src.problem(kp, f"[locations.{name}] must be a table"))
-            continue
         kind = loc.get("type")
         if kind not in _LOCATION_KEYS:
             problems.append(
@@ -420,6 +525,15 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         check_keys(src, loc, kp, _LOCATION_KEYS[kind], required, f"[locations.{name}]", problems)
         if kind == "sftp" and not (loc.get("host") or loc.get("node")):
             problems.append(src.problem(kp, f"[locations.{name}] needs host or node"))
+        if not all(
+            [
+                expect_type(src, loc, kp, "port", int, "an integer", problems),
+                expect_type(src, loc, kp, "retention_days", int, "an integer", problems),
+                expect_type(src, loc, kp, "path", str, "a path string", problems),
+                expect_type(src, loc, kp, "credentials_file", str, "a path string", problems),
+            ]
+        ):
+            continue
         path = str(loc.get("path", ""))
         if kind == "local" and path:
             path = str(rel(path))
@@ -444,18 +558,16 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             retention_days=int(loc.get("retention_days", 0)),
         )
 
-    keys_t = data.get("keys", {})
+    keys_t = _table(src, data, (), "keys", "[keys]", problems)
     check_keys(src, keys_t, ("keys",), ("dir", "current", "rotate_after"), (), "[keys]", problems)
     rotate_after = expect_duration(src, keys_t, ("keys",), "rotate_after", problems)
 
     tiers: dict[str, Tier] = {}
-    for name, t in (data.get("tiers") or {}).items():
+    for name, t in _tables(src, data, "tiers", problems).items():
         kp = ("tiers", name)
-        if not isinstance(t, dict):
-            problems.append(src.problem(kp, f"[tiers.{name}] must be a table"))
-            continue
         check_keys(src, t, kp, _TIER_KEYS, ("rpo", "rto"), f"[tiers.{name}]", problems)
-        for kind in t.get("kinds", []):
+        tier_kinds = _names(src, t, kp, "kinds", problems)
+        for kind in tier_kinds:
             if kind not in BACKUP_KINDS:
                 problems.append(
                     src.problem(
@@ -469,7 +581,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         retention_t = t.get("retention")
         if isinstance(retention_t, dict):
             for kind in retention_t:
-                if kind not in t.get("kinds", []):
+                if kind not in tier_kinds:
                     problems.append(
                         src.problem(
                             (*kp, "retention", kind),
@@ -484,7 +596,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             name=name,
             rpo=expect_duration(src, t, kp, "rpo", problems) or 0.0,
             rto=expect_duration(src, t, kp, "rto", problems) or 0.0,
-            kinds=tuple(t.get("kinds", [])),
+            kinds=tuple(tier_kinds),
             retention=0.0
             if isinstance(retention_t, dict)
             else expect_duration(src, t, kp, "retention", problems) or 0.0,
@@ -494,17 +606,30 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         )
 
     contacts: list[Contact] = []
-    for i, c in enumerate(data.get("contacts") or []):
+    contacts_t = data.get("contacts") or []
+    if not isinstance(contacts_t, list):
+        problems.append(src.problem(("contacts",), "contacts must be an array of tables"))
+        contacts_t = []
+    for i, c in enumerate(contacts_t):
         kp = ("contacts", i)
+        if not isinstance(c, dict):
+            problems.append(src.problem(kp, "each [[contacts]] entry must be a table"))
+            continue
         check_keys(src, c, kp, _CONTACT_KEYS, ("name", "role"), "[[contacts]]", problems)
+        if "name" not in c or "role" not in c:
+            continue
         contacts.append(Contact(**{k: str(v) for k, v in c.items() if k in _CONTACT_KEYS}))
 
     escalation: dict[str, EscalationMatrix] = {}
-    for name, e in (data.get("escalation") or {}).items():
+    for name, e in _tables(src, data, "escalation", problems).items():
         kp = ("escalation", name)
         check_keys(src, e, kp, ("title", "levels"), ("levels",), f"[escalation.{name}]", problems)
         levels = []
-        for i, lvl in enumerate(e.get("levels", [])):
+        levels_t = e.get("levels", [])
+        if not isinstance(levels_t, list):
+            problems.append(src.problem((*kp, "levels"), '"levels" must be a list of tables'))
+            levels_t = []
+        for i, lvl in enumerate(levels_t):
             lkp = (*kp, "levels", i)
             if not isinstance(lvl, dict):
                 problems.append(
@@ -524,9 +649,42 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         escalation[name] = EscalationMatrix(name, str(e.get("title", name)), tuple(levels))
 
     notify: dict[str, NotifyTarget] = {}
-    for name, t in (data.get("notify") or {}).items():
+    for name, t in _tables(src, data, "notify", problems).items():
         kp = ("notify", name)
-        check_keys(src, t, kp, ("webhook_env",), ("webhook_env",), f"[notify.{name}]", problems)
+        kind = t.get("kind", "slack")
+        if kind not in ("slack", "pagerduty"):
+            problems.append(
+                src.problem((*kp, "kind"), f'[notify.{name}] kind must be "slack" or "pagerduty"')
+            )
+            continue
+        if kind == "pagerduty":
+            check_keys(
+                src,
+                t,
+                kp,
+                ("kind", "routing_key_env", "events_url"),
+                ("routing_key_env",),
+                f"[notify.{name}]",
+                problems,
+            )
+            if "routing_key" in t:
+                problems.append(
+                    src.problem(
+                        kp,
+                        f"[notify.{name}] must not hold the routing key; name its environment variable with routing_key_env",
+                    )
+                )
+            notify[name] = NotifyTarget(
+                name,
+                "",
+                kind="pagerduty",
+                routing_key_env=str(t.get("routing_key_env", "")),
+                events_url=str(t.get("events_url") or PAGERDUTY_EVENTS_URL),
+            )
+            continue
+        check_keys(
+            src, t, kp, ("kind", "webhook_env"), ("webhook_env",), f"[notify.{name}]", problems
+        )
         if "url" in t or "webhook_url" in t:
             problems.append(
                 src.problem(
@@ -536,23 +694,50 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
             )
         notify[name] = NotifyTarget(name, str(t.get("webhook_env", "")))
 
-    access_t = data.get("access")
+    am_t = data.get("alertmanager")
+    if isinstance(am_t, dict):
+        check_keys(src, am_t, ("alertmanager",), ("url",), ("url",), "[alertmanager]", problems)
+        expect_type(src, am_t, ("alertmanager",), "url", str, "a URL string", problems)
+    elif am_t is not None:
+        problems.append(src.problem(("alertmanager",), "[alertmanager] must be a table"))
+
     access = Access()
-    if access_t is not None:
+    if "access" in data:
+        # A lone string is refused, not read as a list of one-letter users.
+        access_t = _table(src, data, (), "access", "[access]", problems)
         check_keys(src, access_t, ("access",), ROLES, (), "[access]", problems)
         access = Access(
-            admin=tuple(access_t.get("admin", [])),
-            operator=tuple(access_t.get("operator", [])),
-            auditor=tuple(access_t.get("auditor", [])),
+            admin=tuple(_names(src, access_t, ("access",), "admin", problems)),
+            operator=tuple(_names(src, access_t, ("access",), "operator", problems)),
+            auditor=tuple(_names(src, access_t, ("access",), "auditor", problems)),
             configured=True,
         )
+    state_value = site_t.get("state_dir", "state")
+    state_dir = rel(state_value if isinstance(state_value, str) else "state")
+    access = replace(access, audit_dir=state_dir)
+
+    shared = site_t.get("shared", "")
+    if expect_type(src, site_t, ("site",), "shared", str, "a location name", problems) and shared:
+        shared_loc = locations.get(shared.split("/", 1)[0])
+        if shared_loc is None or shared_loc.type != "s3":
+            s3 = sorted(n for n, loc_ in locations.items() if loc_.type == "s3")
+            problems.append(
+                src.problem(
+                    ("site", "shared"),
+                    f"[site] shared must name an s3 location ({', '.join(s3) or 'none defined'}), "
+                    f"not {shared!r}",
+                )
+            )
+    lease = expect_duration(src, site_t, ("site",), "lease", problems)
+    if lease is not None and lease < 1:
+        problems.append(src.problem(("site", "lease"), "[site] lease must be at least 1s"))
 
     if not isinstance(site_t.get("name"), str):
         return None
     return Site(
         path=Path(src.path).resolve(),
         name=site_t["name"],
-        state_dir=rel(site_t.get("state_dir", "state")),
+        state_dir=state_dir,
         ssh=ssh,
         nodes=nodes,
         locations=locations,
@@ -566,4 +751,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
         access=access,
         raw=data,
         health_url=str(site_t.get("health_url", "")),
+        alertmanager_url=str(am_t.get("url", "")).rstrip("/") if isinstance(am_t, dict) else "",
+        shared=shared if isinstance(shared, str) else "",
+        lease=lease if lease is not None and lease >= 1 else 60.0,
     )

@@ -27,6 +27,7 @@ from typing import Any
 import tomli_w
 
 from kconsole import plan
+from kconsole.config.source import MAX_TOML_BYTES
 from kconsole.errors import UsageError
 
 WEBHOOK_ENV = "KCONSOLE_SLACK_WEBHOOK"
@@ -70,7 +71,11 @@ def read_plan_config(path: Path) -> configparser.ConfigParser:
     """The INI file, parsed as the plan's scripts would read it; UsageError (PATH:LINE) if not."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_TOML_BYTES + 1)
+        if len(raw) > MAX_TOML_BYTES:
+            raise UsageError(f"{path} is larger than {MAX_TOML_BYTES // 1024} KiB; not read.")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist.") from None
     except IsADirectoryError:

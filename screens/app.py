@@ -34,11 +34,14 @@ from textual.message import Message
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState
 
+from kconsole.actions.base import Confirm
 from kconsole.audit import AuditLog
 from kconsole.backups.rotation import KeyRotation, key_rotation
 from kconsole.errors import EXIT_INTERRUPTED, EXIT_OK, AccessDenied, KconsoleError, UsageError
 from kconsole.fleet import NodeStatus, poll_fleet
 from kconsole.gates import GateRequest
+from kconsole.incidents import Incident, IncidentDesk
+from kconsole.incidents.alerts import Alert, firing_alerts, suggest
 from kconsole.journal import new_run_id
 from kconsole.runbook.load import shipped_runbooks_dir
 from kconsole.runbook.model import Runbook
@@ -52,7 +55,8 @@ from screens.catalog_source import CatalogReading, CatalogSource, EngineCatalog
 from screens.commands import ConsoleCommands
 from screens.contacts import ContactsScreen
 from screens.dashboard import DashboardScreen
-from screens.dialogs import ConfirmScreen, GateScreen, NoteScreen
+from screens.dialogs import ChooseNodeScreen, ConfirmScreen, GateScreen, NoteScreen
+from screens.drills import DrillScreen
 from screens.keys import check_keymap, default_keymap_path, load_keymap
 from screens.report_source import engine_reports
 from screens.run import RunScreen
@@ -74,6 +78,7 @@ SCREENS: dict[str, type[ConsoleScreen]] = {
     "runs": RunsScreen,
     "audit": AuditScreen,
     "catalog": CatalogScreen,
+    "drills": DrillScreen,
 }
 """The console's top-level screens by mode name; `show-<mode>` is each one's binding id."""
 
@@ -83,7 +88,7 @@ class KconsoleApp(App[int]):
 
     | Key | Action |
     | :- | :- |
-    | `d` `r` `a` `c` `h` `u` `b` | Dashboard, Runbooks, Run, Contacts, Runs (history), Audit, Backups catalog |
+    | `d` `r` `a` `c` `h` `u` `b` `i` | Dashboard, Runbooks, Run, Contacts, Runs (history), Audit, Backups catalog, Drills |
     | `ctrl+p` | command palette: every screen by name, and what this screen can do |
     | `f1` | keys of the focused widget and screen |
     | `ctrl+q` | quit (asks first while a run is active or a gate is open) |
@@ -138,6 +143,14 @@ class KconsoleApp(App[int]):
             tooltip="Backups in every location.",
         ),
         Binding(
+            "i",
+            "show('drills')",
+            "Drills",
+            id="show-drills",
+            show=False,
+            tooltip="Rehearse a recovery scenario; the plan's testing schedule.",
+        ),
+        Binding(
             "f1",
             "toggle_keys",
             "Keys",
@@ -181,6 +194,14 @@ class KconsoleApp(App[int]):
         entries: list[ScheduleStatus]
         error: str = ""
         rotation: KeyRotation | None = None
+
+    @dataclass
+    class IncidentsRead(Message):
+        """Incidents were ticked (pages due sent, outbox retried) and read, with the firing alerts."""
+
+        incidents: list[Incident]
+        alerts: list[Alert]
+        alerts_error: str = ""
 
     @dataclass
     class RunChanged(Message):
@@ -260,6 +281,16 @@ class KconsoleApp(App[int]):
         self.runbooks_signal: Signal[None] = Signal(self, "runbooks")
         self.catalog_signal: Signal[None] = Signal(self, "catalog")
         self.schedule_signal: Signal[None] = Signal(self, "schedule")
+        self.desk = IncidentDesk(site, clock, user)
+        """Every incident change and page goes through it (the same desk the CLI uses)."""
+        self.incidents: list[Incident] = []
+        """Open incidents, newest first, as of the last tick."""
+        self.alerts: list[Alert] = []
+        """Alerts firing in Alertmanager (`[alertmanager] url`) as of the last tick."""
+        self.alerts_error = ""
+        """Why Alertmanager could not be read, if it could not."""
+        self._ticking = False
+        self.incidents_signal: Signal[None] = Signal(self, "incidents")
         self.title = f"kconsole · {site.name}"
 
     # -- who may do what -----------------------------------------------------------------
@@ -303,6 +334,7 @@ class KconsoleApp(App[int]):
             GateScreen,
             ConfirmScreen,
             NoteScreen,
+            ChooseNodeScreen,
         ]
 
     def key_for(self, binding_id: str) -> str:
@@ -365,9 +397,11 @@ class KconsoleApp(App[int]):
         self.read_catalog()
         self.read_schedule()
         self.poll_fleet()
+        self.tick_incidents()
         if self.poll_interval:
             self.set_interval(self.poll_interval, self.poll_fleet)
             self.set_interval(SCHEDULE_INTERVAL, self.read_schedule)
+            self.set_interval(INCIDENT_TICK_INTERVAL, self.tick_incidents)
         if self.stop_on_hangup:
             loop = asyncio.get_running_loop()
             for sig in HANGUP_SIGNALS:
@@ -459,6 +493,126 @@ class KconsoleApp(App[int]):
         self.key_rotation = message.rotation
         self.schedule_signal.publish(None)
 
+    # -- incidents -----------------------------------------------------------------------
+
+    def tick_incidents(self) -> None:
+        """Page what is due, retry the outbox, re-read incidents and alerts (in a worker)."""
+        if self._ticking:
+            return
+        self._ticking = True
+        self._tick_incidents()
+
+    @work(group="incidents", exit_on_error=False, description="tick incidents and read alerts")
+    async def _tick_incidents(self) -> None:
+        try:
+            await self.desk.tick()
+            incidents = await asyncio.to_thread(self.desk.incidents)
+            alerts, error = [], ""
+            try:
+                alerts = await firing_alerts(self.site)
+            except KconsoleError as exc:
+                error = str(exc)
+        finally:
+            self._ticking = False
+        self.post_message(self.IncidentsRead(incidents, alerts, error))
+
+    def on_kconsole_app_incidents_read(self, message: IncidentsRead) -> None:
+        """Keep the incidents and alerts; tell the screens."""
+        self.incidents, self.alerts = message.incidents, message.alerts
+        self.alerts_error = message.alerts_error
+        self.incidents_signal.publish(None)
+
+    def incident_of_shown_run(self) -> Incident | None:
+        """The open incident the run on the Run screen belongs to."""
+        model = self.shown_run
+        wanted = model.incident if model is not None else ""
+        return next((i for i in self.incidents if i.id == wanted), None)
+
+    def acknowledge_incident(self, incident: Incident) -> None:
+        """Acknowledge after a confirm: the escalation clock stops."""
+        if not self.may_operate("acknowledge incidents"):
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._change_incident(
+                    lambda: self.desk.acknowledge(incident.id),
+                    f"{incident.id} acknowledged; no further level is paged",
+                )
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Acknowledge {incident.id}?",
+                f"{incident.summary}\nYou take it: the escalation clock stops at level "
+                f"{incident.level} and the channel is told you acknowledged.",
+                "Acknowledge",
+            ),
+            answered,
+        )
+
+    def escalate_incident(self, incident: Incident) -> None:
+        """Page the next level now, after a confirm."""
+        if not self.may_operate("escalate incidents"):
+            return
+        matrix = self.site.escalation.get(incident.matrix)
+        if matrix is None or incident.level >= len(matrix.levels):
+            self.notify(
+                f"{incident.id} has paged level {incident.level}, the top of its matrix.",
+                severity="warning",
+            )
+            return
+        nxt = matrix.levels[incident.level]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._change_incident(
+                    lambda: self.desk.escalate(incident.id),
+                    f"{incident.id}: level {nxt.level} ({nxt.role}) paged",
+                )
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Escalate {incident.id} to level {nxt.level}?",
+                f"{incident.summary}\nPages level {nxt.level} of {matrix.title} now: {nxt.role}.",
+                "Escalate",
+            ),
+            answered,
+        )
+
+    def open_incident_from_alert(self, alert: Alert) -> None:
+        """Open the backup incident `alert` suggests, after a confirm; then offer its runbook."""
+        if not self.may_operate("open incidents"):
+            return
+        hint = suggest(alert, self.site)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._change_incident(
+                    lambda: self.desk.open_from_alert(alert),
+                    f"incident opened from {alert.name}; suggested runbook: {hint.runbook}",
+                )
+                self.requested_node = hint.nodes[0] if hint.nodes else None
+                self.show("runbooks")
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Open a {hint.severity} {hint.type} incident from {alert.name}?",
+                f"{hint.summary}\nPages level 1 of the {hint.type} matrix. "
+                f"Suggested runbook: {hint.runbook}.",
+                "Open incident",
+            ),
+            answered,
+        )
+
+    def _change_incident(self, change: Callable[[], Incident], done: str) -> None:
+        try:
+            change()
+        except KconsoleError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(done)
+        self.tick_incidents()
+
     # -- the fleet -----------------------------------------------------------------------
 
     def poll_fleet(self) -> None:
@@ -498,8 +652,15 @@ class KconsoleApp(App[int]):
         session = self.session
         return session is not None and model is session.model and session.executor.paused
 
-    def start_run(self, runbook: Runbook, raw_params: dict[str, Any], drill: bool = False) -> bool:
-        """Start a run of `runbook`; False (with a notification) if it may not start."""
+    def start_run(
+        self,
+        runbook: Runbook,
+        raw_params: dict[str, Any],
+        drill: bool = False,
+        confirm: Confirm | None = None,
+    ) -> bool:
+        """Start a run of `runbook`; False (with a notification) if it may not start.
+        `confirm` replaces the gate dialog's caller (a drill adds its walkthrough to it)."""
         return self._launch(
             "run runbooks",
             partial(
@@ -511,8 +672,9 @@ class KconsoleApp(App[int]):
                 drill=drill,
                 services=self.services,
                 user=self.user,
-                confirm=self.confirm_gate,
+                confirm=confirm or self.confirm_gate,
                 on_event=self._on_run_event,
+                desk=self.desk,
             ),
         )
 
@@ -554,9 +716,11 @@ class KconsoleApp(App[int]):
         self.session = session
         self.shown_run = session.model
         self.post_message(self.RunChanged())
+        self.tick_incidents()  # a recovery may have opened an incident
         await self.switch_mode("run")
         outcome = await session.run()
         self.post_message(self.RunChanged())
+        self.tick_incidents()  # the run's ending is on its incident
         self.read_catalog()  # the run may have made, verified or pruned backups
         self.read_schedule()  # and may have been a scheduled runbook
         reason = f": {outcome.reason}" if outcome.reason else ""
@@ -580,8 +744,7 @@ class KconsoleApp(App[int]):
     async def confirm_gate(self, request: GateRequest) -> bool | None:
         """The executor's `confirm`: a gate dialog, one at a time, over the Run screen."""
         async with self._gate_lock:
-            if self.read_only:
-                self.notify("An auditor cannot answer gates; the run stops here.", severity="error")
+            if not self.may_operate("answer gates"):  # the engine's check, audited
                 return None
             if self.current_mode != "run":
                 await self.switch_mode("run")
@@ -756,6 +919,8 @@ class KconsoleApp(App[int]):
 
 SCHEDULE_INTERVAL = 60.0
 """Seconds between readings of the schedule (next due times move on by the minute)."""
+INCIDENT_TICK_INTERVAL = 30.0
+"""Seconds between incident ticks: a level falls due, or the outbox retries."""
 
 EXIT_GRACE = 10.0
 """Seconds the real program gives Textual to restore the terminal after a signal, then exits."""

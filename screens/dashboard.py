@@ -11,10 +11,12 @@ from textual.containers import Container
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from kconsole.incidents.oncall import call_now
 from kconsole.schedule import ScheduleStatus
 from screens.base import ConsoleScreen
-from screens.oncall import call_now
+from screens.dialogs import ALL_DOWN, ChooseNodeScreen
 from screens.run_model import RunModel
+from screens.suggest import down_nodes, recovery_target
 from screens.widgets import FleetTable, RtoClock, short_duration
 
 TIER_WIDTH = 26
@@ -62,8 +64,9 @@ class DashboardScreen(ConsoleScreen):
 
     | Key | Action |
     | :- | :- |
-    | `enter` | recover the highlighted node (opens its runbook, node pre-filled) |
+    | `enter` | recover the node that is down (the highlighted one if down; several down: ask) |
     | `p` | poll the fleet now |
+    | `o` | open the incident the newest firing alert suggests (shown while one fires) |
     """
 
     NAME = "Dashboard"
@@ -77,9 +80,16 @@ class DashboardScreen(ConsoleScreen):
             "Recover node",
             id="dashboard-recover",
             priority=True,
-            tooltip="Open the recovery runbook with the highlighted node pre-filled.",
+            tooltip="Recover the node that is down (asks which when several are).",
         ),
         Binding("p", "poll", "Poll now", id="dashboard-poll", tooltip="Poll every node again now."),
+        Binding(
+            "o",
+            "open_incident",
+            "Open incident",
+            id="dashboard-open-incident",
+            tooltip="Open the incident the newest firing alert suggests (asks first).",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -92,6 +102,7 @@ class DashboardScreen(ConsoleScreen):
         yield Static("", id="run-title")
         yield RtoClock(id="rto")
         yield Static("", id="oncall")
+        yield Static("", id="incidents-strip")
         # ids are by position: tier names come from the site file and need not be valid ids
         self.tier_cells = {
             tier: Static("", id=f"tier-{i}", classes="tier")
@@ -111,6 +122,7 @@ class DashboardScreen(ConsoleScreen):
         self.console.catalog_signal.subscribe(self, self._catalog_changed)
         self.console.schedule_signal.subscribe(self, self._catalog_changed)
         self.console.schedule_signal.subscribe(self, self._run_changed)
+        self.console.incidents_signal.subscribe(self, self._incidents_changed)
         self.call_after_refresh(self._redraw)
 
     def on_resize(self) -> None:
@@ -129,6 +141,44 @@ class DashboardScreen(ConsoleScreen):
         self._fleet_changed(None)
         self._run_changed(None)
         self._catalog_changed(None)
+        self._incidents_changed(None)
+
+    def _incidents_changed(self, _data: object) -> None:
+        """Open incidents and firing alerts, on one line shown only while there are some."""
+        app = self.console
+        strip = self.query_one("#incidents-strip", Static)
+        parts = []
+        if app.incidents:
+            newest = app.incidents[0]
+            more = f" (+{len(app.incidents) - 1} more)" if len(app.incidents) > 1 else ""
+            ack = "ack " + newest.acknowledged_by if newest.acknowledged_by else "NOT acknowledged"
+            parts.append(
+                f"! {newest.id} {newest.severity} {newest.type} L{newest.level} {ack}{more}"
+                f" · {app.key_for('show-contacts')} escalation"
+            )
+        if app.alerts:
+            names = ", ".join(a.line().split(":")[0] for a in app.alerts[:2])
+            more = f" (+{len(app.alerts) - 2})" if len(app.alerts) > 2 else ""
+            parts.append(
+                f"{len(app.alerts)} firing: {names}{more}"
+                f" · {app.key_for('dashboard-open-incident')} open incident"
+            )
+        elif app.alerts_error:
+            parts.append(app.alerts_error)
+        strip.update(" · ".join(parts))
+        strip.display = bool(parts)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Open an incident only while an alert fires."""
+        if action == "open_incident":
+            return bool(self.console.alerts)
+        return True
+
+    def action_open_incident(self) -> None:
+        """The newest firing alert's incident, with its runbook suggested (asks first)."""
+        if self.console.alerts:
+            self.console.open_incident_from_alert(self.console.alerts[0])
 
     def _fleet_changed(self, _data: object) -> None:
         if not self.is_current:
@@ -145,7 +195,8 @@ class DashboardScreen(ConsoleScreen):
         when = app.fleet_polled_at.strftime("%H:%M:%S") if app.fleet_polled_at else "?"
         text = f"{up}/{len(app.fleet)} active · polled {when} UTC"
         if down:
-            text += f" · DOWN: {', '.join(down)} — Enter on a node to recover it"
+            verb = "recover it" if len(down) == 1 else "choose which to recover"
+            text += f" · DOWN: {', '.join(down)} — Enter to {verb}"
         summary.update(text)
         summary.set_class(bool(down), "-down")
 
@@ -204,10 +255,28 @@ class DashboardScreen(ConsoleScreen):
             cell.set_classes(f"tier -{state}")
 
     def action_recover(self) -> None:
-        """The recovery runbook for the highlighted node."""
-        node = self.query_one(FleetTable).selected_node
-        if node is not None:
-            self.console.open_runbooks(node=node)
+        """The recovery runbook for the node that is down: the highlighted one if it is down,
+        else the one down node; with several down, ask which. Never a healthy node."""
+        app = self.console
+        down = down_nodes(app.site, app.fleet.values())
+        targets = recovery_target(down, self.query_one(FleetTable).selected_node)
+        if not targets:
+            self.notify(
+                "Every polled node is active: nothing to recover. "
+                "r opens the runbooks to choose one by hand.",
+                title="Nothing down",
+            )
+        elif len(targets) == 1:
+            app.open_runbooks(node=targets[0])
+        else:
+            states = {n: app.fleet[n].state for n in targets if n in app.fleet}
+            app.push_screen(ChooseNodeScreen(targets, states), self._chosen)
+
+    def _chosen(self, choice: str | None) -> None:
+        if choice == ALL_DOWN:
+            self.console.open_runbooks(node=None)
+        elif choice is not None:
+            self.console.open_runbooks(node=choice)
 
     def action_poll(self) -> None:
         """Poll the fleet now."""

@@ -6,6 +6,7 @@ each starts with focus on Cancel: a reflexive Enter at 3 a.m. never confirms any
 | `GateScreen` | True confirmed, False refused (the run aborts), None later (the run stops, resumable) |
 | `ConfirmScreen` | True to go ahead (abort a run, quit during one) |
 | `NoteScreen` | the operator's note, or None |
+| `ChooseNodeScreen` | the down node to recover, `ALL_DOWN` for all of them, or None |
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Footer, Input, Markdown, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Markdown, OptionList, Static
+from textual.widgets.option_list import Option
 
 from kconsole.gates import GateRequest
 from screens.widgets import TickBox
@@ -31,6 +33,7 @@ class GateScreen(ModalScreen[bool | None]):
     | :- | :- |
     | `y` | confirm (not for typed gates: type the value, then Enter) |
     | `l` | later: stop the run here, resumable from Runs |
+    | `s` | skip the step (a drill's gates only; recorded, later steps still run) |
     | `escape` | cancel: refuse the gate; the run aborts |
     """
 
@@ -48,6 +51,13 @@ class GateScreen(ModalScreen[bool | None]):
             "Later",
             id="gate-later",
             tooltip="Stop the run at this gate; re-attach from Runs to answer it.",
+        ),
+        Binding(
+            "s",
+            "skip",
+            "Skip",
+            id="gate-skip",
+            tooltip="A drill's gate: skip this step (recorded in the journal and the report).",
         ),
         Binding(
             "escape",
@@ -78,6 +88,8 @@ class GateScreen(ModalScreen[bool | None]):
         with Vertical(id="dialog"):
             yield Static(f"GATE ({kind[request.kind]}){badge} · {request.step_id}", id="gate-title")
             yield Static(request.question(), id="question")
+            if request.approval_line():
+                yield Static(f"Two-person gate: {request.approval_line()}.", id="approvals")
             if request.guide:
                 with VerticalScroll(id="gate-guide"):
                     yield Markdown(request.guide)
@@ -95,6 +107,8 @@ class GateScreen(ModalScreen[bool | None]):
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Later", id="later")
+                if request.skippable:
+                    yield Button("Skip", id="skip")
                 yield Button(
                     "Confirm", id="confirm", variant="error" if request.destructive else "primary"
                 )
@@ -102,7 +116,9 @@ class GateScreen(ModalScreen[bool | None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Letter keys are off for a typed gate: every letter goes into the typed value."""
-        return not (self.request.kind == "type" and action in ("confirm", "later"))
+        if action == "skip" and not self.request.skippable:
+            return False
+        return not (self.request.kind == "type" and action in ("confirm", "later", "skip"))
 
     def on_key(self, event: Key) -> None:
         """In a typed gate, typing anywhere types into the value (focus stays safe on Cancel)."""
@@ -133,9 +149,12 @@ class GateScreen(ModalScreen[bool | None]):
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
-        {"cancel": self.action_cancel, "later": self.action_later, "confirm": self.action_confirm}[
-            event.button.id or "cancel"
-        ]()
+        {
+            "cancel": self.action_cancel,
+            "later": self.action_later,
+            "confirm": self.action_confirm,
+            "skip": self.action_skip,
+        }[event.button.id or "cancel"]()
 
     def action_confirm(self) -> None:
         """Confirm, if what the gate asks for is there: the typed value, every box ticked."""
@@ -154,6 +173,12 @@ class GateScreen(ModalScreen[bool | None]):
                 return
             request.note = self.query_one("#note", Input).value.strip()
         self.dismiss(True)
+
+    def action_skip(self) -> None:
+        """A drill's gate: skip the step; the executor records it and carries on."""
+        if self.request.skippable:
+            self.request.skipped = True
+            self.dismiss(True)
 
     def action_cancel(self) -> None:
         """Refuse the gate."""
@@ -245,4 +270,54 @@ class NoteScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         """No note."""
+        self.dismiss(None)
+
+
+ALL_DOWN = "*"
+"""ChooseNodeScreen's answer for "every down node" (no node can be called `*`)."""
+
+
+class ChooseNodeScreen(ModalScreen[str | None]):
+    """Several nodes are down: which one to recover (or all of them). No node is chosen
+    until the operator picks one; the list starts on the first down node, never on a
+    healthy one, and Escape chooses nothing.
+
+    | Key | Action |
+    | :- | :- |
+    | `enter` | recover the highlighted choice |
+    | `escape` | cancel |
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="choose-node-cancel"),
+    ]
+    CSS_PATH = "dialogs.tcss"
+
+    def __init__(self, down: list[str], states: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.down = down
+        """The down nodes, in the order the console ranks them (validators first)."""
+        self.states = states or {}
+        """What the last poll said of each (inactive, unreachable...)."""
+
+    def compose(self) -> ComposeResult:
+        """The question and one line per down node, then all of them."""
+        with Vertical(id="dialog"):
+            yield Static(f"{len(self.down)} nodes are down: which to recover?", id="gate-title")
+            yield OptionList(
+                *(
+                    Option(f"{name} ({self.states.get(name, 'down')})", id=name)
+                    for name in self.down
+                ),
+                Option(f"all {len(self.down)} down nodes", id=ALL_DOWN),
+                id="choose-node",
+            )
+        yield Footer(compact=True)
+
+    @on(OptionList.OptionSelected)
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        """Recover nothing."""
         self.dismiss(None)

@@ -14,6 +14,7 @@ from textual.events import Key
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Markdown, Static
 
+from kconsole.incidents.announce import WHAT_NEXT_UNREACHABLE
 from screens.base import ConsoleScreen
 from screens.run_model import RunModel, StepRun
 from screens.widgets import RtoClock, plain, state_label
@@ -34,6 +35,7 @@ class RunScreen(ConsoleScreen):
     | `p` | pause (no new step starts) / resume |
     | `x` | abort (asks first; running steps finish) |
     | `n` | add an operator note to the journal |
+    | `E` | escalate the run's incident (offered when the node itself is unreachable) |
     | `f` | follow the active step again after moving the cursor |
     """
 
@@ -55,6 +57,13 @@ class RunScreen(ConsoleScreen):
         ),
         Binding(
             "n", "note", "Note", id="run-note", tooltip="Add an operator note to the run's journal."
+        ),
+        Binding(
+            "E",
+            "escalate",
+            "Escalate",
+            id="run-escalate",
+            tooltip="Page the next level of the run's incident now (asks first).",
         ),
         Binding(
             "f",
@@ -100,6 +109,7 @@ class RunScreen(ConsoleScreen):
         ):
             table.add_column(label, key=key, width=width)
         self.console.run_signal.subscribe(self, self._run_changed)
+        self.console.incidents_signal.subscribe(self, self._incidents_changed)
         self._run_changed(None)
 
     def on_screen_resume(self) -> None:
@@ -162,10 +172,17 @@ class RunScreen(ConsoleScreen):
         live = "" if self.console.is_live(model) else " · (journal)"
         notes = f" · ✎ {len(model.notes)} note(s), last: {model.notes[-1]}" if model.notes else ""
         reason = f" — {model.reason}" if model.reason else ""
-        head.update(
-            f"{model.runbook.title}{drill} · run {model.run_id or '-'} · {model.status}{paused}{live}"
-            f" · {done}/{len(model.steps)} done{reason}{notes}"
+        incident = f" · incident {model.incident}" if model.incident else ""
+        text = (
+            f"{model.runbook.title}{drill} · run {model.run_id or '-'}{incident} · {model.status}"
+            f"{paused}{live} · {done}/{len(model.steps)} done{reason}{notes}"
         )
+        gone = model.unreachable_node()
+        if gone:
+            key = self.console.key_for("run-escalate")
+            escalate = f"; {key} escalates {model.incident}" if self._escalatable() else ""
+            text += f"\n{gone} is unreachable: {WHAT_NEXT_UNREACHABLE}{escalate}."
+        head.update(text)
         head.set_class(model.status in ("failed", "aborted") or bool(model.gated()), "-alert")
 
     def selected(self) -> StepRun | None:
@@ -229,7 +246,25 @@ class RunScreen(ConsoleScreen):
             return live and paused
         if action in ("abort", "note"):
             return live
+        if action == "escalate":
+            return model is not None and bool(model.unreachable_node()) and self._escalatable()
         return True
+
+    def _escalatable(self) -> bool:
+        """Whether the shown run's incident is open and has a level left to page."""
+        inc = self.console.incident_of_shown_run()
+        matrix = self.console.site.escalation.get(inc.matrix) if inc else None
+        return inc is not None and matrix is not None and inc.level < len(matrix.levels)
+
+    def _incidents_changed(self, _data: object) -> None:
+        self._draw_head()
+        self.refresh_bindings()
+
+    def action_escalate(self) -> None:
+        """Escalate the run's incident, after asking."""
+        inc = self.console.incident_of_shown_run()
+        if inc is not None:
+            self.console.escalate_incident(inc)
 
     def action_pause(self) -> None:
         """Hold new steps."""

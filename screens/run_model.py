@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from kconsole.incidents.announce import host_unreachable
 from kconsole.runbook.model import Runbook, Step
 from kconsole.runbook.params import step_nodes
 from kconsole.runbook.template import NodeRef, render
@@ -123,6 +124,8 @@ class RunModel:
         self.version = 0
         self.params: dict[str, Any] = {}
         self.site: Site | None = None
+        self.incident = ""
+        """The incident the run belongs to ("" for none)."""
 
     def title_of(self, step: Step, node: str | None) -> str:
         """`step`'s title rendered as the executor renders it for `node`."""
@@ -197,6 +200,7 @@ class RunModel:
             self.created_at = parse_time(record.get("time"))
             self.drill = bool(record.get("drill"))
             self.user = str(record.get("user", ""))
+            self.incident = str(record.get("incident") or "")
             self.status = "running"
         elif event == "resumed":
             self.status = "running"
@@ -208,6 +212,16 @@ class RunModel:
             if event == "finished":
                 self.finished_at = parse_time(record.get("time"))
 
+    def unreachable_node(self) -> str:
+        """The node a failed run could not reach ("" when it failed otherwise or did not fail)."""
+        if self.status != "failed":
+            return ""
+        for inst in self.steps.values():
+            node = host_unreachable(inst.reason)
+            if node:
+                return node
+        return host_unreachable(self.reason)
+
     def _targets(self, step_id: str, node: str | None, event: str) -> list[StepRun]:
         """The instances a record speaks of: a step-wide gate (node None) covers every node."""
         key = (step_id, node)
@@ -216,7 +230,7 @@ class RunModel:
         if node is None:
             siblings = [s for (sid, _), s in self.steps.items() if sid == step_id]
             if siblings:
-                if event in ("gate", "confirmed", "refused"):
+                if event in ("gate", "confirmed", "refused", "approved"):
                     return [s for s in siblings if not s.over]
                 return siblings
         step = self.runbook.steps.get(step_id)
@@ -236,6 +250,12 @@ class RunModel:
             text = str(record.get("text", ""))
             inst.output.append(text if stream == "stdout" else f"[{stream}] {text}")
             inst.output_total += 1
+            return
+        if event == "approved":
+            # A two-person gate: who approved so far shows with the step until it is confirmed.
+            inst.reason = (
+                f"approved by {record.get('by', '?')} ({record.get('count')} of {record.get('of')})"
+            )
             return
         state = _EVENT_STATE.get(event)
         if state is None:

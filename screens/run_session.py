@@ -15,12 +15,14 @@ from typing import Any
 from kconsole.actions.base import Confirm
 from kconsole.errors import KconsoleError
 from kconsole.executor import Executor, RunOutcome
+from kconsole.incidents import IncidentDesk
 from kconsole.journal import RunJournal, run_dir, summarise
 from kconsole.runbook import load_runbook
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
 from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services
+from kconsole.shared.runs import share_new_run
 from kconsole.site import Site
 from screens.run_model import RunModel
 
@@ -56,12 +58,22 @@ class RunSession:
         drill: bool,
         confirm: Confirm,
         on_event: EventSink,
+        desk: IncidentDesk | None = None,
+        incident: str = "",
     ) -> RunSession:
-        """A new run: parameters resolved (UsageError before anything is written), journal created."""
+        """A new run: parameters resolved (UsageError before anything is written), journal
+        created. With `desk`, a recovery started without an incident joins the open incident
+        on its nodes or opens one (paging level 1)."""
         site.access.require_operate(user, "run runbooks")
         params = resolve_params(runbook, site, dict(raw_params))
         check_named_backups(site, runbook, dict(raw_params))
+        if desk is not None and not incident:
+            opened = desk.for_recovery(
+                runbook.scenario, runbook.id, runbook.title, dict(raw_params), drill
+            )
+            incident = opened.id if opened else ""
         journal = RunJournal.create(site.state_dir, run_id, runbook.text)
+        share_new_run(site, journal, runbook.text, user)
         model = RunModel.planned(runbook, site, params, run_id)
         executor = Executor(
             runbook,
@@ -74,6 +86,7 @@ class RunSession:
             drill=drill,
             on_event=_feeding(model, on_event),
             raw_params=dict(raw_params),
+            incident=incident,
         )
         return cls(site, runbook, executor, journal, model)
 

@@ -17,6 +17,7 @@ from textual.events import Key
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, Static
 
+from kconsole.drills import is_test_runbook
 from kconsole.errors import KconsoleError
 from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import resolve_params
@@ -207,6 +208,8 @@ class ParamsScreen(ConsoleScreen):
         """Each parameter's field, by parameter name."""
         self.backup_notes: dict[str, Static] = {}
         """Under each backup parameter: the backup it will restore, as the catalog says."""
+        self.node_notes: dict[str, Static] = {}
+        """Under each node parameter of a recovery: a warning when a chosen node is healthy."""
 
     def compose_body(self) -> Iterable[Widget]:
         """One field per parameter, the drill switch, Back and Review plan."""
@@ -246,12 +249,18 @@ class ParamsScreen(ConsoleScreen):
                     )
                 self.fields[name] = field  # ids by position: parameter names need not be valid ids
                 yield field
+                if rb.scenario and param.type in ("node", "nodes"):
+                    node_note = Static("", id=f"node-note-{i}", classes="param-note -healthy")
+                    self.node_notes[name] = node_note
+                    yield node_note
                 if param.type == "backup":
                     note = Static("", id=f"note-{i}", classes="param-note")
                     self.backup_notes[name] = note
                     yield note
             yield TickBox(
                 "Drill: mark this run as a drill (journal, report, notifications)",
+                # A test runbook is a rehearsal by nature: ticked unless the operator says not.
+                value=is_test_runbook(rb),
                 id="drill",
                 compact=True,
             )
@@ -263,7 +272,35 @@ class ParamsScreen(ConsoleScreen):
     def on_mount(self) -> None:
         """Say which backup each backup parameter means, and keep saying it as fields change."""
         self._describe_backups()
+        self._warn_healthy()
         self.console.catalog_signal.subscribe(self, lambda _data: self._describe_backups())
+
+    def healthy_choices(self) -> dict[str, list[str]]:
+        """Node parameters of this recovery set to nodes that were active at the last poll."""
+        raw = self.raw_values()
+        fleet = self.console.fleet
+        out: dict[str, list[str]] = {}
+        for name in self.node_notes:
+            chosen = [n.strip() for n in str(raw.get(name, "")).split(",") if n.strip()]
+            active = [n for n in chosen if n in fleet and fleet[n].state == "active"]
+            if active:
+                out[name] = active
+        return out
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _warn_healthy(self) -> None:
+        """A recovery of a healthy node restores over good state: say so, every time."""
+        healthy = self.healthy_choices()
+        for name, note in self.node_notes.items():
+            nodes = healthy.get(name)
+            note.update(
+                f"⚠ {', '.join(nodes)} {'was' if len(nodes) == 1 else 'were'} active at the "
+                "last poll: recovering restores over its current state"
+                if nodes
+                else ""
+            )
+            note.display = bool(nodes)
 
     @on(Input.Changed)
     @on(Select.Changed)

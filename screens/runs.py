@@ -1,10 +1,12 @@
 """Runs: past runs with their timelines, opened read-only, re-attached when interrupted or
-waiting at a gate, and their reports (once the engine writes them)."""
+waiting at a gate, and their reports (once the engine writes them). With a shared store
+the list holds every console's runs, and `e` takes another console's run over."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import on, work
@@ -12,8 +14,11 @@ from textual.binding import Binding, BindingType
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Markdown, Static
 
+from kconsole.errors import KconsoleError
 from kconsole.headless import human_line
 from kconsole.journal import RunSummary, list_runs
+from kconsole.shared.runs import merged_runs
+from kconsole.shared.store import console_name
 from screens.base import ConsoleScreen
 from screens.widgets import plain, state_label
 
@@ -36,7 +41,7 @@ class RunsScreen(ConsoleScreen):
     | Key | Action |
     | :- | :- |
     | `enter` | open the run in the Run screen (read-only unless it is this console's) |
-    | `e` | re-attach to an interrupted or waiting run and carry it on |
+    | `e` | re-attach to an interrupted or waiting run and carry it on (another console's too: take it over) |
     | `p` | the run's report |
     | `g` | read the journal again |
     """
@@ -88,6 +93,8 @@ class RunsScreen(ConsoleScreen):
             ("User", "user", 10),
         ):
             table.add_column(label, key=key, width=width)
+        if self.console.site.shared:
+            table.add_column("Console", key="console", width=28)
         self.console.run_signal.subscribe(self, self._run_changed)
         self.action_reload()
 
@@ -107,21 +114,29 @@ class RunsScreen(ConsoleScreen):
     @work(group="runs", exclusive=True, exit_on_error=False, description="read the run journal")
     async def action_reload(self) -> None:
         """Read every run's journal (in a thread) and list them."""
-        runs = await asyncio.to_thread(list_runs, self.console.site.state_dir)
+        runs, problem = await asyncio.to_thread(self._read_runs)
+        if problem:
+            self.notify(
+                f"{problem} Showing this console's runs only.",
+                title="Shared store",
+                severity="warning",
+            )
         self.runs = runs
         table = self.query_one("#runs", DataTable)
         keep = self.highlighted()
         table.clear()
         for r in runs:
-            table.add_row(
+            cells: list[Any] = [
                 plain(r.id),
                 plain(r.runbook),
                 state_label(self.app, r.status),
                 plain(r.started[:19].replace("T", " ")),
                 "yes" if r.drill else "",
                 plain(r.user),
-                key=r.id,
-            )
+            ]
+            if self.console.site.shared:
+                cells.append(plain(self._console_of(r)))
+            table.add_row(*cells, key=r.id)
         if keep is not None and any(r.id == keep.id for r in runs):
             table.move_cursor(row=table.get_row_index(keep.id))
         self._show_highlighted()
@@ -129,6 +144,20 @@ class RunsScreen(ConsoleScreen):
             self.query_one("#run-info", Static).update(
                 "No runs in the journal yet · r to start one"
             )
+
+    def _read_runs(self) -> tuple[list[RunSummary], str]:
+        """This console's runs, and with a shared store every console's (blocking I/O)."""
+        site = self.console.site
+        local = list_runs(site.state_dir)
+        if not site.shared:
+            return local, ""
+        return merged_runs(site, local)
+
+    def _console_of(self, run: RunSummary) -> str:
+        """Which console a run belongs to, as the table shows it."""
+        if not run.console or run.console == console_name(self.console.site):
+            return "this console"
+        return run.console
 
     def highlighted(self) -> RunSummary | None:
         """The run under the cursor."""
@@ -146,9 +175,17 @@ class RunsScreen(ConsoleScreen):
         if run is None:
             return
         reason = f" — {run.reason}" if run.reason else ""
-        hint = " · e to re-attach" if run.status in RESUMABLE else ""
+        elsewhere = self._console_of(run) != "this console"
+        hint = ""
+        if run.status in RESUMABLE:
+            hint = " · e to take it over" if elsewhere else " · e to re-attach"
+        where = ""
+        if elsewhere:
+            where = f" · on {run.console}"
+        if run.holder:
+            where += f" · driven by {run.holder}"
         self.query_one("#run-info", Static).update(
-            f"{run.title or run.runbook} · {run.status}{reason}{hint}"
+            f"{run.title or run.runbook} · {run.status}{reason}{where}{hint}"
         )
         log.write_lines([line for r in run.records if (line := timeline_line(r)) is not None])
 
@@ -187,12 +224,20 @@ class ReportScreen(ConsoleScreen):
 
     | Key | Action |
     | :- | :- |
+    | `s` | save it as Markdown and self-contained HTML under the site's `reports/` |
     | `escape` | back to the runs |
     """
 
     NAME = "Report"
     CSS_PATH = "runs.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "s",
+            "save",
+            "Save",
+            id="report-save",
+            tooltip="Write the report as Markdown and HTML under the state directory's reports/.",
+        ),
         Binding("escape", "back", "Back", id="report-back", tooltip="Back to the runs."),
     ]
 
@@ -202,6 +247,8 @@ class ReportScreen(ConsoleScreen):
         """The run reported on."""
         self.markdown = markdown
         """The report text."""
+        self.saved: list[Path] = []
+        """Where `s` last wrote the report."""
 
     def compose_body(self) -> Iterable[Widget]:
         """The report."""
@@ -210,3 +257,20 @@ class ReportScreen(ConsoleScreen):
     def action_back(self) -> None:
         """Back to the runs."""
         self.dismiss()
+
+    @work(group="report-save", exclusive=True, exit_on_error=False, description="save a report")
+    async def action_save(self) -> None:
+        """Write the report (`kconsole report RUN_ID -o`), Markdown and HTML, and say where."""
+        from kconsole.reports import save_report
+
+        site = self.console.site
+        try:
+            paths = [
+                await asyncio.to_thread(save_report, site, self.run_id, fmt)
+                for fmt in ("md", "html")
+            ]
+        except (KconsoleError, OSError) as exc:
+            self.notify(f"could not save the report: {exc}", title="Not saved", severity="error")
+            return
+        self.saved = paths
+        self.notify(f"Saved {paths[0]} and {paths[1].name}", title="Report saved", timeout=8)

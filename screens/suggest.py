@@ -33,6 +33,15 @@ def down_nodes(site: Site, statuses: Iterable[NodeStatus]) -> list[str]:
     return sorted(ordered, key=rank)
 
 
+def recovery_target(down: Sequence[str], highlighted: str | None) -> list[str]:
+    """Which node Enter on the dashboard recovers: the highlighted one only if it is down
+    itself, else the one down node; with several down (and a healthy one highlighted) all
+    of them, for the operator to choose from. Empty when nothing is down."""
+    if highlighted is not None and highlighted in down:
+        return [highlighted]
+    return list(down)
+
+
 def scenario_for(site: Site, down: Sequence[str]) -> str | None:
     """single-node, multiple-nodes or complete-network for a set of down nodes; None if all up."""
     if not down:

@@ -57,6 +57,24 @@ async def _still(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
+async def _open_incident(pilot: Pilot[Any]) -> None:
+    """A recovery incident on validator3, opened through the console's desk, then ticked."""
+    app = pilot.app
+    app.desk.open(  # type: ignore[attr-defined]
+        "recovery", "critical", "validator3 does not answer", nodes=["validator3"]
+    )
+    await _ticked(pilot)
+
+
+async def _ticked(pilot: Pilot[Any]) -> None:
+    """Let the console's incident tick run and its result reach the screens."""
+    app = pilot.app
+    await wait_for(pilot, lambda: not app._ticking, "the incident tick")  # type: ignore[attr-defined]
+    app.tick_incidents()  # type: ignore[attr-defined]
+    await wait_for(pilot, lambda: not app._ticking and app.incidents, "the incidents")  # type: ignore[attr-defined]
+    await pilot.pause()
+
+
 def _then(*steps: Script) -> Script:
     async def run(pilot: Pilot[Any]) -> None:
         for step in steps:
@@ -116,6 +134,14 @@ async def _waiting_run(pilot: Pilot[Any]) -> None:
     await wait_for(pilot, lambda: not pilot.app.run_active, "the run to stop")  # type: ignore[attr-defined]
 
 
+async def _report(pilot: Pilot[Any]) -> None:
+    """Runs, then the highlighted run's report."""
+    from screens.runs import ReportScreen
+
+    await _keys("h", "p")(pilot)
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ReportScreen), "the report")
+
+
 class TestDashboard:
     """The home screen: fleet by group, RPO strip, run strip, who to call."""
 
@@ -148,6 +174,11 @@ class TestDashboard:
         )
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then())
 
+    def test_choose_down_node_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """Two nodes down, Enter on a healthy row: the console asks which down node to recover."""
+        console = make_console(tmp_path, down=["validator2"], unreachable=["api1"])
+        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("enter")))
+
 
 class TestRunbooks:
     """Choosing, preparing and reviewing a runbook with a validator down."""
@@ -156,6 +187,19 @@ class TestRunbooks:
         """recover-single-node is highlighted because validator2 is down."""
         console = make_console(tmp_path, down=["validator2"])
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("r")))
+
+    def test_params_healthy_node_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """A recovery's node set to one that is active: the warning under the field."""
+        console = make_console(tmp_path, down=["validator2"])
+
+        async def healthy(pilot: Pilot[Any]) -> None:
+            await settle(pilot)
+            pilot.app.screen.fields["node"].value = "validator1"  # type: ignore[attr-defined]
+            await pilot.pause()
+
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_keys("r", "enter"), healthy)
+        )
 
     def test_plan_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The plan: steps, nodes, gates, estimate against the RTO; Start focused."""
@@ -205,6 +249,23 @@ class TestContacts:
         console = make_console(tmp_path)
         assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("c")))
 
+    def test_open_incident_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """80x24, the escalation panel: an open recovery incident paged at level 1, the next
+        page in 5 minutes, acknowledge and escalate keys."""
+        console = make_console(tmp_path, down=["validator3"])
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_open_incident, _keys("c"))
+        )
+
+    def test_open_incident_large(self, snap_compare: Any, tmp_path: Path) -> None:
+        """120x40: the same, after an escalation to level 2 (the matrix shows the level)."""
+        console = make_console(tmp_path, down=["validator3"])
+        assert snap_compare(
+            console.app,
+            terminal_size=LARGE,
+            run_before=_then(_open_incident, _keys("c", "e", "y"), _ticked),
+        )
+
 
 class TestRunsAndAudit:
     """Past runs with a timeline; the audit log verified."""
@@ -216,9 +277,38 @@ class TestRunsAndAudit:
             console.app, terminal_size=SMALL, run_before=_then(_waiting_run, _keys("h"))
         )
 
+    def test_report_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """The report of a run waiting at its gate: the plan's labels, nothing overstated."""
+        console = make_console(tmp_path, down=["validator2"])
+        assert snap_compare(
+            console.app, terminal_size=SMALL, run_before=_then(_waiting_run, _report)
+        )
+
+    def test_report_large(self, snap_compare: Any, tmp_path: Path) -> None:
+        """The same report at 120x40."""
+        console = make_console(tmp_path, down=["validator2"])
+        assert snap_compare(
+            console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _report)
+        )
+
     def test_audit_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """The audit entries the run wrote; chain intact."""
         console = make_console(tmp_path, down=["validator2"])
         assert snap_compare(
             console.app, terminal_size=LARGE, run_before=_then(_waiting_run, _keys("u"))
         )
+
+
+class TestDrills:
+    """A drill's walkthrough before it starts: what is injected, each step's guide, the
+    exact command per node and the expected outcome."""
+
+    def test_walkthrough_small(self, snap_compare: Any, tmp_path: Path) -> None:
+        """80x24 on a staging site: the scenarios, then the single-node walkthrough."""
+        console = make_console(tmp_path, staging=True)
+        assert snap_compare(console.app, terminal_size=SMALL, run_before=_then(_keys("i")))
+
+    def test_walkthrough_large(self, snap_compare: Any, tmp_path: Path) -> None:
+        """120x40: the same, with room for every step."""
+        console = make_console(tmp_path, staging=True)
+        assert snap_compare(console.app, terminal_size=LARGE, run_before=_then(_keys("i")))

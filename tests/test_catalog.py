@@ -15,6 +15,7 @@ import pytest
 
 from kconsole.backups import catalog as catalog_module
 from kconsole.backups.catalog import (
+    CACHE_VERSION,
     build_catalog,
     live_heights,
     record_verification,
@@ -169,7 +170,7 @@ async def test_manifest_cache_makes_a_rebuild_read_nothing_new(
     assert second.find(m.id).manifest == first.find(m.id).manifest
     cache = json.loads((site.state_dir / "catalog-cache.json").read_text())
     assert (
-        cache["version"] == 3
+        cache["version"] == CACHE_VERSION
         and cache["as_of"] == "2026-11-26T10:00:00Z"
         and len(cache["manifests"]) == 2
     )

@@ -98,6 +98,8 @@ def test_confirm_and_typed_gates_on_a_terminal(site_path: Path, tmp_path: Path) 
         term.keys("validator2", "Enter")  # a slip: asked again
         term.wait_for("'validator2' does not match 'validator1'")
         term.keys("Enter")  # an empty answer refuses
+        term.wait_for("Abort the run? (no: back to the gate)")
+        term.keys("y", "Enter")
         term.wait_for("EXITED 1")
         assert "typed done" not in term.screen()
     finally:

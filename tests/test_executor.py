@@ -436,6 +436,22 @@ async def test_gate_refused_aborts_and_runs_nothing(site_path: Path) -> None:
     assert ("start", "validator1") in step_events(events, "skipped")
 
 
+async def test_a_refused_gate_asks_before_aborting_and_no_goes_back_to_it(
+    site_path: Path,
+) -> None:
+    answers = Answers(False, False, True, True)  # refuse, "abort?" no, confirm, confirm
+    outcome, _, _ = await execute(site_path, GATED, confirm=answers)
+    assert outcome.status == "succeeded"
+    asked = [r.question() for r in answers.asked]
+    assert "Abort the run? (no: back to the gate)" in asked[1]
+    assert asked[2] == asked[0]
+    # Only the run's first refusal asks: refusing again aborts.
+    Probe.calls.clear()
+    answers = Answers(False, False, False)
+    outcome, _, _ = await execute(site_path, GATED, confirm=answers)
+    assert outcome.status == "aborted" and len(answers.asked) == 3 and Probe.calls == []
+
+
 async def test_gate_without_terminal_stops_resumable(site_path: Path) -> None:
     outcome, events, site = await execute(site_path, GATED, confirm=Answers(None))
     assert outcome.status == "waiting"

@@ -476,3 +476,138 @@ def test_data_files_ship_in_the_package() -> None:
     assert RULES.is_file() and ALERTMANAGER.is_file()
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert '"data/*"' in pyproject
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+def _rep(scenario: str, status: str, finished: str, **extra: Any) -> dict[str, Any]:
+    rep = {
+        "scenario": scenario,
+        "status": status,
+        "finished": finished,
+        "drill": False,
+        "rto_s": 3600.0,
+        "recovery_s": None,
+        "data_consistency": {"verified": False},
+        "consistency": None,
+    }
+    rep.update(extra)
+    return rep
+
+
+def test_recovery_metrics_from_reports(site: Site) -> None:
+    from kconsole.backups.metrics import recovery_samples
+
+    reports = [  # newest first, as recent_reports gives them
+        _rep("single-node", "failed", "2026-12-03T10:00:00Z"),
+        _rep(
+            "single-node",
+            "succeeded",
+            "2026-12-03T09:00:00Z",
+            recovery_s=420.0,
+            data_consistency={"verified": False},
+            consistency={"nodes": [{"node": "validator1", "height": 10, "lag_blocks": 500}]},
+        ),
+        _rep("single-node", "succeeded", "2026-12-02T09:00:00Z", recovery_s=300.0),
+        _rep("backup", "succeeded", "2026-12-03T09:00:00Z"),  # not a recovery
+        _rep("multiple-nodes", "succeeded", "", drill=True),  # not finished
+    ]
+    got = parse_exposition(render(recovery_samples(site, reports)))
+    labels = {"site": site.name, "scenario": "single-node", "drill": "false"}
+    assert got["recovery_success_rate"] == [(labels, pytest.approx(200 / 3))]
+    assert got["recovery_last_succeeded"] == [(labels, 0.0)]
+    assert got["recovery_time_seconds"] == [(labels, 420.0)]  # the newest successful one
+    assert got["recovery_rto_seconds"] == [(labels, 3600.0)]
+    assert got["recovery_data_verified"] == [(labels, 0.0)]
+    assert got["recovery_availability_ratio"] == [(labels, 1.0)]
+    assert "multiple-nodes" not in json.dumps(got)
+
+
+def test_cli_metrics_include_recovery_runs(site: Site, cli, tmp_path: Path) -> None:
+    rb = tmp_path / "rb.toml"
+    rb.write_text(
+        textwrap.dedent("""
+        [runbook]
+        id = "recover-demo"
+        title = "Recover demo"
+        rto = "1h"
+        scenario = "single-node"
+
+        [[steps]]
+        id = "restore"
+        action = "shell"
+        command = "exit 5"
+        """)
+    )
+    code, out, err = cli("--site", site.path, "run", rb, "--yes")
+    assert code == 1, out + err
+    code, out, err = cli("--site", site.path, "metrics")
+    assert code == 0, err
+    got = parse_exposition(out)
+    assert got["recovery_last_succeeded"][0][1] == 0.0
+    assert got["recovery_success_rate"][0][1] == 0.0
+
+
+def test_recovery_rules_use_only_real_metrics() -> None:
+    rules = [r for r in _rules() if r["alert"].startswith("Recovery")]
+    assert {r["alert"] for r in rules} == {
+        "RecoveryFailed",
+        "RecoverySuccessRateLow",
+        "RecoveryRtoMissed",
+        "RecoveryDataNotVerified",
+        "RecoveryAvailabilityLow",
+    }
+    for r in rules:
+        for metric in re.findall(r"\brecovery_[a-z_]+\b", r["expr"]):
+            assert metric in METRICS, f"{r['alert']} uses {metric}, which kconsole never writes"
+
+
+def test_promtool_unit_tests_of_the_recovery_rules(tmp_path: Path) -> None:
+    """A failed newest recovery alerts; a recovery past its RTO alerts, one within does not."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    spec = tmp_path / "recovery-rules-test.yml"
+    spec.write_text(
+        textwrap.dedent(f"""
+        rule_files: ["{RULES}"]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'recovery_last_succeeded{{site="s",scenario="single-node",drill="false"}}'
+                values: '0x10'
+              - series: 'recovery_time_seconds{{site="s",scenario="single-node",drill="true"}}'
+                values: '4000x10'
+              - series: 'recovery_rto_seconds{{site="s",scenario="single-node",drill="true"}}'
+                values: '3600x10'
+              - series: 'recovery_time_seconds{{site="s",scenario="multiple-nodes",drill="true"}}'
+                values: '600x10'
+              - series: 'recovery_rto_seconds{{site="s",scenario="multiple-nodes",drill="true"}}'
+                values: '7200x10'
+            alert_rule_test:
+              - eval_time: 5m
+                alertname: RecoveryFailed
+                exp_alerts:
+                  - exp_labels: {{severity: critical, site: s, scenario: single-node, drill: "false"}}
+                    exp_annotations:
+                      summary: Recovery did not succeed
+                      description: >-
+                        The newest single-node recovery on site s
+                        (drill: false) did not succeed; see `kconsole runs` and its report.
+              - eval_time: 5m
+                alertname: RecoveryRtoMissed
+                exp_alerts:
+                  - exp_labels: {{severity: warning, site: s, scenario: single-node, drill: "true"}}
+                    exp_annotations:
+                      summary: Recovery took longer than its RTO
+                      description: >-
+                        The newest successful single-node recovery on site s
+                        took 1h 6m 40s from detection, past its RTO.
+        """)
+    )
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

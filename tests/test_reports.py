@@ -36,10 +36,10 @@ def test_report_of_a_drill(cli, site_path: Path, write_runbook, tmp_path: Path) 
     code, md, err = cli("--site", site_path, "report", run_id)
     assert code == 0, err
     assert md.startswith("# Backup and Recovery Test Report")
-    assert "- **Type**: Drill" in md
+    assert "- **Test Type**: Automated (drill;" in md
     assert "- **RTO Met**: Yes" in md
     assert "ok: confirmed by --yes" in md
-    assert "**meh** — exit code 2, expected 0: boom" in md
+    assert "1. **Step meh failed: exit code 2, expected 0: boom.** - Severity: Medium" in md
     code, js, _ = cli("--site", site_path, "report", run_id, "--format", "json")
     rep = json.loads(js)
     assert rep["drill"] is True and rep["rto_met"] is True and rep["status"] == "succeeded"
@@ -52,3 +52,185 @@ def test_report_of_unknown_run(cli, site_path: Path) -> None:
     code, _, err = cli("--site", site_path, "report", "nope")
     assert code == 2
     assert "no run nope" in err
+
+
+PLAN_LABELS = (
+    "## Test Information",
+    "- **Test Date**: ",
+    "- **Test Type**: ",
+    "- **Test Scenario**: ",
+    "- **Test Duration**: ",
+    "## Test Objectives",
+    "## Test Results",
+    "- **Backup Integrity**: ",
+    "- **Recovery Success**: ",
+    "- **RTO Met**: ",
+    "- **RPO Met**: ",
+    "- **Data Consistency**: ",
+    "## Performance Metrics",
+    "- **Backup Creation Time**: ",
+    "- **Recovery Time**: ",
+    "- **Data Transfer Rate**: ",
+    "- **System Resource Usage**: ",
+    "## Issues Identified",
+    "## Recommendations",
+    "## Next Steps",
+    "## Sign-off",
+    "- **Test Engineer**: ",
+    "- **Operations Lead**: ",
+    "- **Date**: ",
+)
+
+
+def assert_template_filled(md: str) -> None:
+    """Every label of the plan's template, none left as a placeholder or an empty line."""
+    for label in PLAN_LABELS:
+        assert label in md, label
+    for line in md.splitlines():
+        assert "[Date]" not in line and "[Name]" not in line and "[Action Item]" not in line
+        assert line.rstrip() not in ("1.", "- [ ]", "-"), repr(line)
+        if line.startswith("- **") and "**: " in line:
+            assert line.split("**: ", 1)[1].strip(), repr(line)
+
+
+FAILING = """
+[runbook]
+id = "recover-demo"
+title = "Recover demo"
+rto = "1h"
+rpo = "15m"
+scenario = "single-node"
+
+[[steps]]
+id = "stop"
+action = "shell"
+command = "echo stopping"
+
+[[steps]]
+id = "restore"
+action = "shell"
+command = "echo no space >&2; exit 5"
+needs = ["stop"]
+"""
+
+
+def test_a_failed_recovery_never_meets_its_rto(cli, site_path: Path, write_runbook) -> None:
+    rb = write_runbook(FAILING)
+    code, out, err = cli("--site", site_path, "run", rb, "--yes", "--json")
+    assert code == 1, out + err
+    run_id = json.loads(out.splitlines()[0])["run"]
+    code, md, err = cli("--site", site_path, "report", run_id)
+    assert code == 0, err
+    assert "- **Recovery Success**: Fail (failed)" in md
+    assert "- **RTO Met**: No (the recovery failed; target 1h00m)" in md
+    assert "Step restore failed: exit code 5, expected 0: no space." in md
+    assert "Severity: High" in md
+    assert "- **Recovery Time**: not measured (the recovery did not succeed" in md
+    assert "Data Consistency**: Not Verified" in md
+    # The appendix names every command as run, with its exit code.
+    assert "| restore | - | `echo no space >&2; exit 5` | 5 |" in md.replace("\\|", "|")
+    assert "Audit chain head: entry " in md
+    assert_template_filled(md)
+    rep = json.loads(cli("--site", site_path, "report", run_id, "--format", "json")[1])
+    assert rep["rto_met"] is False and rep["status"] == "failed"
+    assert rep["issues"][0]["severity"] == "High"
+
+
+def test_consistency_is_verified_only_when_a_check_proved_it(
+    cli, site_path: Path, write_runbook
+) -> None:
+    from kconsole.reports import build_report, consistency_check, render_markdown, write_evidence
+    from kconsole.site import load_site
+
+    rb = write_runbook(FAILING.replace("exit 5", "exit 0"))
+    code, out, err = cli("--site", site_path, "run", rb, "--yes", "--json")
+    assert code == 0, out + err
+    run_id = json.loads(out.splitlines()[0])["run"]
+    site = load_site(site_path)
+    rep = build_report(site, run_id)
+    assert rep["data_consistency"]["text"].startswith("Not Verified: no consistency check ran")
+    heights = {"validator1": 900, "validator2": 1400, "validator3": 1401}
+    write_evidence(
+        site,
+        run_id,
+        consistency=consistency_check(heights, ["validator1"], "2026-12-03T10:00:00.000Z"),
+        detected={"time": "2026-12-03T09:00:00.000Z", "source": "a test detection"},
+    )
+    rep = build_report(site, run_id)
+    assert rep["data_consistency"]["verified"] is False
+    assert "validator1 is 501 blocks behind its peers" in rep["data_consistency"]["text"]
+    assert rep["detected_source"] == "a test detection"
+    assert any(i["kind"] == "lag" for i in rep["issues"])
+    write_evidence(
+        site,
+        run_id,
+        consistency=consistency_check({**heights, "validator1": 1398}, ["validator1"], "t"),
+    )
+    rep = build_report(site, run_id)
+    assert rep["data_consistency"]["verified"] is True
+    assert render_markdown(rep).count("- **Data Consistency**: Verified: validator1") == 1
+
+
+def test_sign_off_is_audited_and_shown(cli, site_path: Path, write_runbook, tmp_path) -> None:
+    rb = write_runbook(FAILING)
+    code, out, _ = cli("--site", site_path, "run", rb, "--yes", "--json")
+    run_id = json.loads(out.splitlines()[0])["run"]
+    code, out, err = cli("--site", site_path, "report", "sign", run_id, "--role", "test-engineer")
+    assert code == 0, err
+    assert "signed the report of run" in out
+    code, md, _ = cli("--site", site_path, "report", run_id)
+    line = next(x for x in md.splitlines() if x.startswith("- **Test Engineer**: "))
+    assert "(signed 20" in line and "not signed" not in line
+    assert "- **Operations Lead**: not signed" in md
+    code, audit, _ = cli("--site", site_path, "audit", "show", "--json")
+    assert any(
+        json.loads(x)["action"] == "report.sign" and json.loads(x)["target"] == run_id
+        for x in audit.splitlines()
+    )
+    code, _, err = cli("--site", site_path, "report", "sign", run_id, "--role", "boss")
+    assert code == 2
+    code, _, err = cli("--site", site_path, "report", "sign", run_id)
+    assert code == 2 and "usage: kconsole report sign" in err
+    out_file = tmp_path / "r.html"
+    code, _, err = cli("--site", site_path, "report", run_id, "--format", "html", "-o", out_file)
+    assert code == 0, err
+    page = out_file.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<h2>Test Results</h2>" in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page
+
+
+def test_drills_lists_the_plans_testing_schedule(cli, site_path: Path) -> None:
+    code, out, err = cli("--site", site_path, "drills")
+    assert code == 0, err
+    for cadence, test in (
+        ("daily", "Automated backup verification"),
+        ("weekly", "Single node recovery test"),
+        ("monthly", "Multiple node recovery test"),
+        ("quarterly", "Complete network recovery test"),
+        ("monthly", "Security incident recovery simulation"),
+        ("quarterly", "Disaster recovery drill"),
+        ("bi-annually", "Full-scale recovery exercise"),
+    ):
+        assert any(cadence in line and test in line for line in out.splitlines()), test
+    assert "now (never run)  OVERDUE" in out
+    code, out, _ = cli("--site", site_path, "drills", "--json")
+    rows = [json.loads(x)["schedule"] for x in out.splitlines() if "schedule" in x]
+    assert len(rows) == 7 and all(r["overdue"] for r in rows)
+    code, cron, _ = cli("--site", site_path, "drills", "--crontab")
+    assert "kconsole run verify-backups --yes" in cron and "Manual" not in cron
+
+
+def test_a_drill_refuses_a_production_site(cli, site_path: Path) -> None:
+    code, _, err = cli("--site", site_path, "drill", "single-node", "--yes")
+    assert code == 2
+    assert "neither the lab nor marked `staging = true`" in err
+    code, _, err = cli("--site", site_path, "drill", "everything", "--yes")
+    assert code == 2 and "unknown scenario" in err
+
+
+def test_test_runbooks_are_drills_by_default() -> None:
+    from kconsole.drills import is_test_runbook
+    from kconsole.runbook import load_runbook, resolve_runbook_path
+
+    assert is_test_runbook(load_runbook(resolve_runbook_path("test-single-node-recovery", [])))
+    assert not is_test_runbook(load_runbook(resolve_runbook_path("recover-single-node", [])))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kconsole.headless import run_headless
+from kconsole.site import Access, current_user, load_site
 from tests.lablive import LiveLab, live_lab
 
 STATE = "var/lib/kaldrix/state"
@@ -206,6 +210,37 @@ def key_ids(cli, lab: LiveLab) -> set[str]:
     return {r["key_id"] for r in map(json.loads, out.splitlines()) if "location" in r}
 
 
+def security_run(cli, lab: LiveLab, *args: str) -> tuple[int, str, str]:
+    """The security runbook's destructive steps are two-person gates: run it with --yes as
+    this account, then a second account and this one take turns approving (resuming with
+    --yes, the identity injected at the engine level) until the run ends."""
+    code, out, err = run(cli, lab, "recover-security-incident", *args, "--yes")
+    me = current_user()
+    site = dataclasses.replace(
+        load_site(lab.site), access=Access(admin=(me, "second-operator"), configured=True)
+    )
+    turns = 0
+    while code == 3:
+        found = re.search(r"--resume (\S+)", out)
+        assert found, out + err
+        lines: list[str] = []
+        code = run_headless(
+            site=site,
+            runbook="recover-security-incident",
+            params=[],
+            yes=True,
+            drill=False,
+            as_json=False,
+            resume=found[1],
+            printer=lines.append,
+            user=("second-operator", me)[turns % 2],
+        )
+        out += "\n".join(lines) + "\n"
+        turns += 1
+        assert turns < 10, out
+    return code, out, err
+
+
 def test_scenario_4_security_incident(cli, lab: LiveLab) -> None:
     before = key_ids(cli, lab)
     # Compromised when validator1's newest backup was made: restore from the one before it.
@@ -224,17 +259,16 @@ def test_scenario_4_security_incident(cli, lab: LiveLab) -> None:
         reverse=True,
     )
     (compromised_at, _), (_, known_good) = rows[0], rows[1]
-    code, out, err = run(
+    code, out, err = security_run(
         cli,
         lab,
-        "recover-security-incident",
         "--param",
         "ops_network=127.0.0.0/8",
         "--param",
         f"known_good_before={compromised_at}",
-        "--yes",
     )
     assert code == 0, out + err
+    assert "restore-bootstrap approved by second-operator (2 of 2)" in out
     assert "restore-validator [validator1] finished" in out and f"restored {known_good} from" in out
     after = key_ids(cli, lab)
     # A new key was generated, made current, and every backup re-encrypted to it.
@@ -257,9 +291,7 @@ def test_verify_backups_and_audit(cli, lab: LiveLab) -> None:
 def test_scenario_4_stops_before_reconnecting_a_compromised_fleet(cli, lab: LiveLab) -> None:
     """An implant outside the restored state is found by the scan, and the fleet stays isolated."""
     lab.fault("set", "compromise=api2")
-    code, out, err = run(
-        cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes"
-    )
+    code, out, err = security_run(cli, lab, "--param", "ops_network=127.0.0.0/8")
     assert code == 1
     assert "scan-api [api2] failed" in out
     assert "reconnect-api [api2] skipped" in out
@@ -269,9 +301,7 @@ def test_a_second_security_run_after_a_failed_one_reconnects_the_fleet(cli, lab:
     """The failed run left the fleet isolated (containment holds). Once the implant is dealt
     with, a new run restores the firewall as it was before the incident, not the isolation."""
     lab.fault("clear", "compromise=api2")
-    code, out, err = run(
-        cli, lab, "recover-security-incident", "--param", "ops_network=127.0.0.0/8", "--yes"
-    )
+    code, out, err = security_run(cli, lab, "--param", "ops_network=127.0.0.0/8")
     assert code == 0, out + err
     assert all(s["state"] == "active" for n, s in status(cli, lab).items() if n != "backup-dr")
     ufw = json.loads((lab.dir / "nodes" / "api2" / "etc" / "ufw" / "ufw.json").read_text())

@@ -206,6 +206,10 @@ def test_crontab_runs_each_backup_runbook_under_flock(site: Site) -> None:
     lines = [
         x for x in text.splitlines() if x and not x.startswith("#") and "=" not in x.split()[0]
     ]
+    (tick,) = [x for x in lines if " incident tick " in x]
+    lines.remove(tick)
+    assert tick.startswith("* * * * * mkdir -p ") and "flock -n" in tick
+    assert tick.endswith(f"incident tick >> {site.state_dir / 'cron' / 'incident-tick.log'} 2>&1")
     assert len(lines) == len(PLAN_SCHEDULE)
     by_runbook = {}
     for line in lines:

@@ -245,3 +245,16 @@ def test_failed_single_node_restore_rolls_back(name: str) -> None:
     for step in after:
         assert step.on_failure == rollback.id, f"{name}: {step.id} fails without rolling back"
     assert any(s.action == "wait.until" and s.fields.get("advancing") for s in after)
+
+
+def test_the_security_runbooks_destructive_steps_need_two_people() -> None:
+    """Scenario 4's restores and the re-encryption of every backup want a second account."""
+    rb = runbook("recover-security-incident")
+    destructive = [s for s in rb.steps.values() if REGISTRY[s.action].destructive]
+    assert {s.id for s in destructive} >= {
+        "restore-bootstrap",
+        "restore-validator",
+        "restore-api",
+        "rekey-backups",
+    }
+    assert all(s.approvers == 2 and s.gate for s in destructive)

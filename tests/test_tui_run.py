@@ -69,6 +69,15 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
         gate = await _to_first_gate(pilot, console)
         assert isinstance(console.app.focused, Button) and console.app.focused.id == "cancel"
         await pilot.press("enter")  # a reflexive Enter cancels, it never confirms
+        # ... and a refusal asks before it ends the run; Enter (Cancel) goes back to the gate.
+        await wait_for(pilot, lambda: _asks_abort(console.app), "the abort question")
+        await pilot.press("enter")
+        await wait_for(
+            pilot,
+            lambda: _gate(console.app) is not None and not _asks_abort(console.app),
+            "the gate again",
+        )
+        await pilot.press("enter")  # refused a second time: no more questions
         await wait_for(pilot, lambda: not console.app.run_active, "the run to end")
         assert gate is not console.app.screen
         await pilot.press(
@@ -79,6 +88,23 @@ async def test_gate_opens_with_focus_on_cancel_and_escape_refuses(tmp_path: Path
     assert ("isolate", "refused") in events and ("isolate", "confirmed") not in events
     assert "systemctl stop kaldrix-node" not in console.transport.commands("validator2")
     assert console.app.session is not None and console.app.session.model.status == "aborted"
+
+
+def _asks_abort(app) -> bool:  # type: ignore[no-untyped-def]
+    gate = _gate(app)
+    return gate is not None and "Abort the run?" in gate.request.question()
+
+
+async def test_refusing_then_confirming_the_abort_ends_the_run_aborted(tmp_path: Path) -> None:
+    console = make_console(tmp_path, down=["validator2"])
+    async with console.app.run_test(size=(100, 32)) as pilot:
+        await _to_first_gate(pilot, console)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: _asks_abort(console.app), "the abort question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not console.app.run_active, "the run to end")
+    assert console.app.session is not None and console.app.session.model.status == "aborted"
+    assert "systemctl stop kaldrix-node" not in console.transport.commands("validator2")
 
 
 async def test_typed_gate_needs_the_exact_value_and_checklist_needs_every_box(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from textual.command import CommandList, CommandPalette
-from textual.widgets import DataTable, Input, Log
+from textual.widgets import DataTable, Input, Log, Static
 
 from kconsole.errors import UsageError
 from screens.app import KconsoleApp
@@ -35,6 +35,11 @@ pytestmark = pytest.mark.usefixtures("utc_local_time")
 
 def _text(app: KconsoleApp, selector: str) -> str:
     return str(app.screen.query_one(selector).render())
+
+
+def _question(app: KconsoleApp) -> str:
+    """The open gate's question ("" when no gate is open)."""
+    return _text(app, "#question") if app.gate_open else ""
 
 
 def _hits(app: KconsoleApp) -> list[str]:
@@ -66,11 +71,11 @@ async def test_dashboard_shows_fleet_tiers_on_call_and_down_nodes(tmp_path: Path
         assert "Jane Doe +1-555-0102" in _text(app, "#oncall")
         critical = str(app.screen.tier_cells["critical"].render())
         assert "critical RPO 15m RTO 1h" in critical and "no catalog" in critical
-        await pilot.press("down", "down", "down", "enter")  # validator3: recover it
+        await pilot.press("down", "down", "enter")  # validator2 is down: recover it
         await wait_for(pilot, lambda: isinstance(app.screen, RunbooksScreen), "the runbooks")
         await pilot.press("enter")
         assert isinstance(app.screen, ParamsScreen)
-        assert app.screen.fields["node"].value == "validator3"
+        assert app.screen.fields["node"].value == "validator2"
 
 
 async def test_a_hung_poll_never_blocks_the_keys(tmp_path: Path) -> None:
@@ -211,6 +216,8 @@ async def test_runs_list_timelines_open_read_only_and_show_the_report(tmp_path: 
         await pilot.press("r", "enter", "enter", "enter")
         await wait_for(pilot, lambda: app.gate_open, "the first gate")
         await pilot.press("escape")
+        await wait_for(pilot, lambda: "Abort the run?" in _question(app), "the abort question")
+        await pilot.press("y")
         await wait_for(pilot, lambda: not app.run_active, "the run to end")
         await pilot.press("h")
         await settle(pilot)
@@ -221,6 +228,14 @@ async def test_runs_list_timelines_open_read_only_and_show_the_report(tmp_path: 
         await pilot.press("p")
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen), "the report")
         assert "Backup and Recovery" in app.screen.markdown and "refused" in app.screen.markdown
+        await pilot.press("s")  # saved from the report view with one key
+        report_screen = app.screen
+        await wait_for(pilot, lambda: len(report_screen.saved) == 2, "the report saved")
+        md_path, html_path = report_screen.saved
+        assert md_path == console.app.site.state_dir / "reports" / "20261126-031400-0001.md"
+        assert md_path.read_text() == app.screen.markdown
+        assert "- **RTO Met**: No (the recovery aborted" in md_path.read_text()
+        assert html_path.read_text().startswith("<!DOCTYPE html>")
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, ReportScreen), "back to the runs")
         app.session = None  # as if another console had run it: opened from its journal
@@ -294,6 +309,8 @@ async def test_every_screen_lays_out_at_small_and_large_sizes(
             if isinstance(app.screen, CatalogScreen):
                 await pilot.press("escape")
             for widget in app.screen.query("DataTable, Footer, Header"):
+                if not widget.display:
+                    continue  # hidden on purpose (no open incident: no incident table)
                 region = widget.region
                 assert region.width > 0 and region.height > 0, (key, widget)
                 assert region.right <= width and region.bottom <= height, (key, widget)
@@ -435,3 +452,77 @@ async def test_the_parameters_say_which_backup_will_be_restored(tmp_path: Path) 
         assert "no good blockchain-state backup of validator2 made before 1999-01-01" in str(
             app.screen.backup_notes["backup"].render()
         )
+
+
+async def test_drill_screen_previews_and_runs_a_walked_through_drill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a production site the Drill screen only previews; on a staging site Enter injects
+    the failure (the service stopped over SSH), starts the recovery as a drill, and every step's
+    gate carries its briefing: guide, the exact command per node, the expected outcome."""
+    from kconsole.reports import read_evidence
+    from screens.drills import DrillScreen
+
+    # The scripted fleet keeps answering "active" after the stop: poll twice, not for a minute.
+    monkeypatch.setattr("kconsole.drills.DETECT_WITHIN", 1.0)
+    (tmp_path / "prod").mkdir()
+    (tmp_path / "staging").mkdir()
+    console = make_console(tmp_path / "prod")
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("i")
+        await settle(pilot)
+        assert isinstance(app.screen, DrillScreen)
+        text = str(app.screen.query_one("#drill-walkthrough", Static).render())
+        assert "validator1$ systemctl stop kaldrix-node" in text and "expected: exit code 0" in text
+        assert "Preview only" in str(app.screen.query_one("#drill-info", Static).render())
+        await pilot.press("enter")
+        await settle(pilot)
+        assert not app.run_active and app.session is None
+        await pilot.press("t")
+        await settle(pilot)
+        schedule = str(app.screen.query_one("#drill-walkthrough", Static).render())
+        assert "bi-annually" in schedule and "Full-scale recovery exercise" in schedule
+
+    console = make_console(tmp_path / "staging", staging=True)
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("i")
+        await settle(pilot)
+        drills = app.screen
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.gate_open, "the first step's gate")
+        guide = app.screen.request.guide
+        assert "Commands:" in guide and "Expected: exit code 0" in guide
+        assert "validator1$ systemctl stop kaldrix-node" in guide
+        first = app.screen
+        await pilot.press("s")  # skip this step: recorded, the drill goes on
+        await wait_for(
+            pilot, lambda: app.gate_open and app.screen is not first, "the next step's gate"
+        )
+        await pilot.press("escape")  # stop the drill here
+        await wait_for(pilot, lambda: not app.run_active, "the drill to stop")
+        await wait_for(pilot, lambda: drills.last_drill is not None, "the drill's run id")
+        run_id = drills.last_drill
+        evidence = read_evidence(app.site, run_id)
+        assert evidence["scenario"] == "single-node"
+        assert evidence["injected"] == ["stopped kaldrix-node on validator1"]
+        assert any(
+            c.node == "validator1" and c.command == "sudo -n systemctl stop kaldrix-node"
+            for c in console.transport.calls
+        )
+        await pilot.press("h", "p")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen), "the drill's report")
+        md = app.screen.markdown
+        assert md.startswith("# Backup and Recovery Test Report")
+        assert "- **Injected Failure**: stopped kaldrix-node on validator1" in md
+        assert "- **RTO Met**: No (the recovery aborted" in md
+        assert (
+            "Step isolate on validator1 was skipped: skipped by alice in the drill walkthrough."
+            in md
+        )
+        assert not any(
+            c.command == "systemctl stop kaldrix-node" for c in console.transport.calls
+        )  # the skipped step did not run

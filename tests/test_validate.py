@@ -132,6 +132,20 @@ CASES = [
         "is destructive and needs a gate",
     ),
     (
+        "approvers out of range",
+        GOOD.replace('gate = "type:{node}"\n', 'gate = "type:{node}"\napprovers = 0\n'),
+        18,
+        None,
+        "approvers must be between 1 and 5, not 0",
+    ),
+    (
+        "approvers without a gate",
+        GOOD.replace('needs = ["stop"]\n', 'needs = ["stop"]\napprovers = 2\n'),
+        26,
+        None,
+        "approvers = 2 needs a gate",
+    ),
+    (
         "for_each unknown",
         GOOD.replace('for_each = "node"\ncommand', 'for_each = "nodez"\ncommand'),
         15,

@@ -1,7 +1,13 @@
-"""Fuzzing the validator: mutated runbooks give problems, never a traceback."""
+"""Fuzzing the validator: mutated runbooks give problems, never a traceback.
+
+Small in the suite; `KCONSOLE_FUZZ=large` multiplies every example count by 40 (thousands
+of cases per loader) for an on-demand run. The site loader, templates and every CLI
+argument are fuzzed in tests/test_trust_input_fuzz.py with the same knob.
+"""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,14 @@ from hypothesis import strategies as st
 from kconsole.config import Problem
 from kconsole.runbook import validate_paths
 from tests.test_validate import GOOD
+
+LARGE = os.environ.get("KCONSOLE_FUZZ") == "large"
+
+
+def examples(small: int) -> int:
+    """`small` examples in the suite, 40 times as many on demand (KCONSOLE_FUZZ=large)."""
+    return small * 40 if LARGE else small
+
 
 TOKENS = [
     "[",
@@ -38,6 +52,12 @@ TOKENS = [
     "\\",
     "\x00",
     "é",
+    "{node.name:>99999}",
+    "{node!r}",
+    "{now:%Y}",
+    "{node.__class__}",
+    "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    "{a={a={a={a={a={a={a={a={a={a={a={a={a=",
 ]
 
 
@@ -122,13 +142,13 @@ def data_mutations(draw: st.DrawFn) -> str:
     return tomli_w.dumps(data)
 
 
-@settings(max_examples=350, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(350), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text_mutations())
 def test_text_mutations_never_crash(text: str) -> None:
     check(text)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data_mutations())
 def test_value_mutations_never_crash(text: str) -> None:
     check(text)

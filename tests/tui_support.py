@@ -389,9 +389,16 @@ def make_console(
     catalog: list[dict[str, Any]] | None = None,
     keymap: dict[str, str] | None = None,
     site_extra: str = "",
+    staging: bool = False,
 ) -> Console:
-    """The console on a fresh site under `root`, every source of chance pinned."""
+    """The console on a fresh site under `root`, every source of chance pinned; `staging`
+    marks the site `staging = true` (drills may inject failures there)."""
     site_path = write_site(root, site_extra)
+    if staging:
+        text = site_path.read_text().replace(
+            'state_dir = "state"\n', 'state_dir = "state"\nstaging = true\n', 1
+        )
+        site_path.write_text(text)
     site = load_site(site_path)
     transport = fleet(down, unreachable)
     clock = FixedClock()
@@ -407,6 +414,8 @@ def make_console(
     )
     counter = iter(range(1, 1000))
     app.make_run_id = lambda: f"20261126-031400-{next(counter):04d}"
+    incidents = iter(range(1, 1000))
+    app.desk.make_id = lambda _now: f"INC-20261126-031400-{next(incidents):04d}"
     app.animation_level = "none"
     return Console(app, transport, clock, site_path)
 

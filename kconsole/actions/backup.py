@@ -216,6 +216,7 @@ class BackupVerify(Action):
         stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
         keyring = session.keyring()
         bad: list[str] = []
+        why: dict[str, str] = {}
         incomplete: list[str] = []
         for backup in targets:
             outcome = await verify_backup(
@@ -230,6 +231,7 @@ class BackupVerify(Action):
             )
             if not outcome.restorable:
                 bad.append(backup.id)
+                why[backup.id] = outcome.problems[0] if outcome.problems else ""
             elif not outcome.complete:
                 incomplete.append(backup.id)  # a damaged, missing or unchecked replica
         if bad or incomplete:
@@ -240,7 +242,7 @@ class BackupVerify(Action):
             await ctx.emit("stderr", verify_failure([], incomplete, len(targets)))
             incomplete = []
         if bad or incomplete:
-            raise OperationFailed(verify_failure(bad, incomplete, len(targets)))
+            raise OperationFailed(verify_failure(bad, incomplete, len(targets), why=why))
         return ActionResult(
             exit_code=0, summary=f"{len(targets)} backups verified", data={"verified": len(targets)}
         )

@@ -90,6 +90,8 @@ class Action:
     fields: ClassVar[dict[str, Field]] = {}
     needs_node: ClassVar[bool] = False
     destructive: ClassVar[bool] = False
+    admin_only: ClassVar[str] = ""
+    """What the action does, when only an admin may do it (checked before the run starts)."""
 
     async def run(self, ctx: StepContext) -> ActionResult:  # pragma: no cover - abstract
         """Do the work of one step instance."""

@@ -89,6 +89,7 @@ class CryptoKeygen(Action):
 
     name = "crypto.keygen"
     help = "Generate a new backup key in the site's key directory (mode 0600)."
+    admin_only = "write a key into the site's key directory"
     fields: ClassVar[dict[str, Field]] = {
         "name": Field(
             "text", help="file name in the keyring, default backup_{now:%Y%m%d_%H%M%S}.key"
@@ -98,7 +99,9 @@ class CryptoKeygen(Action):
     async def run(self, ctx: StepContext) -> ActionResult:
         """Write the key; the audit log records its id, never its value."""
         from kconsole.crypto import keygen
+        from kconsole.site import current_user
 
+        ctx.site.access.require_admin(ctx.user or current_user(), self.admin_only)
         if ctx.site.keys_dir is None:
             raise OperationFailed("the site has no [keys] dir to put a new key in.")
         name = ctx.values.get("name") or f"backup_{ctx.services.clock.now():%Y%m%d_%H%M%S}.key"
@@ -123,6 +126,7 @@ class CryptoRekey(Action):
     name = "crypto.rekey"
     help = "Re-encrypt backups that use an older key to the site's current key."
     destructive = True
+    admin_only = "re-encrypt backups"
     fields: ClassVar[dict[str, Field]] = {
         "kind": Field("str", choices=BACKUP_KINDS),
         "location": Field("str"),
@@ -131,7 +135,9 @@ class CryptoRekey(Action):
     async def run(self, ctx: StepContext) -> ActionResult:
         """Re-encrypt each backup not yet under the current key; legacy files are reported."""
         from kconsole.backups.rekey import rekey_backup
+        from kconsole.site import current_user
 
+        ctx.site.access.require_admin(ctx.user or current_user(), self.admin_only)
         session = ctx.services.backups(ctx.site)
         catalog = await session.catalog(refresh=True)
         current = session.current_key()

@@ -12,12 +12,12 @@ from kconsole.site import NotifyTarget, Site
 
 
 def pick_target(site: Site, name: str | None) -> NotifyTarget | None:
-    """The named target, or the site's first one."""
+    """The named target, or the site's first Slack-style one (a runbook's `notify` posts text)."""
     if name:
         if name not in site.notify:
             raise OperationFailed(f'notify target "{name}" is not in the site\'s [notify] table.')
         return site.notify[name]
-    return next(iter(site.notify.values()), None)
+    return next((t for t in site.notify.values() if t.kind == "slack"), None)
 
 
 async def send_webhook(target: NotifyTarget, text: str, timeout: float = 10.0) -> str:

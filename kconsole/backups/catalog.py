@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from kconsole.health import HealthReader
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
-CACHE_VERSION = 3
+CACHE_VERSION = 4
+"""4: manifests carry a `mac`."""
 _FIELDS = list(Manifest.__dataclass_fields__)
 """The order manifest values are cached in (one list per manifest: a third of the JSON of dicts)."""
 _cache_values = operator.attrgetter(*_FIELDS)
@@ -83,6 +84,10 @@ class Backup:
     """Location -> key of the manifest there (what prune removes after the object)."""
     missing: list[str] = field(default_factory=list)
     """Listed locations that hold no copy of it (unlistable ones are in Catalog.errors)."""
+    conflicts: list[str] = field(default_factory=list)
+    """`location:key` of each other manifest of this id that says something else than
+    `manifest`, or sits beside it in one location (forged, swapped or replayed); verification
+    refuses such a backup."""
 
     @property
     def key_id(self) -> str:
@@ -120,6 +125,39 @@ class Backup:
         return self.status != "failed-verify"
 
 
+ORPHAN_AGE_S = 6 * 3600.0
+"""An object without a manifest younger than this may be a backup still being stored; older,
+it is debris of one that failed or was interrupted (an orphan)."""
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An encrypted object with no manifest beside it: invisible as a backup, never restorable
+    through the console, removed by `backup.prune`."""
+
+    location: str
+    key: str
+    size: int
+    mtime: float
+    path: str
+
+    @property
+    def id(self) -> str:
+        """The backup id its name claims."""
+        return posixpath.basename(self.key)[: -len(OBJECT_SUFFIX)]
+
+    def as_json(self) -> dict[str, Any]:
+        """A `"type": "orphan"` line of `catalog --json`."""
+        return {
+            "type": "orphan",
+            "location": self.location,
+            "key": self.key,
+            "path": self.path,
+            "size": self.size,
+            "modified": iso(datetime.fromtimestamp(self.mtime, UTC)),
+        }
+
+
 @dataclass
 class Catalog:
     """Backups across all locations, as of one listing.
@@ -133,6 +171,8 @@ class Catalog:
     as_of: datetime
     errors: dict[str, str] = field(default_factory=dict)
     locations: list[str] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+    """Objects older than ORPHAN_AGE_S with no manifest in their location."""
     _by_id: dict[str, Backup] | None = field(default=None, init=False, repr=False, compare=False)
     _by_group: dict[tuple[str, str], list[Backup]] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -623,10 +663,23 @@ async def _read_manifests(
                 continue
             try:
                 m = Manifest.from_json(data)
+                if not _joinable(m):
+                    continue
             except ValueError:
                 continue
             new_cache[ck] = _cache_values(m)
             found[loc].append((info, m))
+
+
+def _joinable(m: Manifest) -> bool:
+    """Whether the catalog can file `m` at all (its id, kind, node and time are text, the time
+    parses); what else it says is checked before verify or restore believes it."""
+    if not all(isinstance(v, str) for v in (m.id, m.kind, m.node, m.created)):
+        return False
+    try:
+        return m.created_at.tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _start_cache_write(
@@ -647,12 +700,19 @@ def _join(
 ) -> Catalog:
     """Backups by id from each location's manifests, objects and legacy files; then statuses."""
     by_id: dict[str, Backup] = {}
+    orphans: list[Orphan] = []
+    cutoff = now.timestamp() - ORPHAN_AGE_S
     for loc, listing in listed:
-        _add_location(by_id, loc, stores[loc], listing, found[loc])
+        unclaimed = _add_location(by_id, loc, stores[loc], listing, found[loc])
+        orphans.extend(
+            Orphan(loc, o.key, o.size, o.mtime, stores[loc].describe(o.key))
+            for o in unclaimed
+            if o.mtime < cutoff
+        )
     backups = list(by_id.values())
     _set_statuses(site, backups, [n for n in stores if n not in errors], now)
     backups.sort(key=lambda b: b.created, reverse=True)
-    return Catalog(backups, now, errors, list(stores))
+    return Catalog(backups, now, errors, list(stores), orphans)
 
 
 def _add_location(
@@ -661,17 +721,23 @@ def _add_location(
     store: Store,
     listing: list[ObjectInfo],
     manifests: list[tuple[ObjectInfo, Manifest]],
-) -> None:
+) -> list[ObjectInfo]:
     """Add what one location holds: a copy for each manifest whose object is there, and the
-    legacy files recognised by name."""
+    legacy files recognised by name. Returns the objects no manifest there claims."""
     objects = {o.key: o for o in listing if o.key.endswith(OBJECT_SUFFIX)}
+    unclaimed = dict(objects)
     for info, m in manifests:
         obj_key = info.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX
         b = by_id.get(m.id)
         if b is None:
             b = by_id[m.id] = Backup(m.id, m.kind, m.node, m.created_at, m)
+        elif loc in b.manifests or (b.manifest is not None and _differs(b.manifest, m)):
+            b.conflicts.append(f"{loc}:{info.key}")
+            if loc in b.manifests:
+                continue  # a second manifest of one id in one location: keep the first
         b.manifests[loc] = info.key
         obj = objects.get(obj_key)
+        unclaimed.pop(obj_key, None)
         if obj is not None:
             b.replicas[loc] = Replica(loc, obj_key, obj.size, obj.mtime, store.describe(obj_key))
         elif not b.reason:
@@ -688,6 +754,24 @@ def _add_location(
         if b is None:
             b = by_id[bid] = Backup(bid, kind, node, created, None, legacy=True)
         b.replicas[loc] = Replica(loc, o.key, o.size, o.mtime, store.describe(o.key))
+    # A manifest that did not parse still claims its object: that is not debris to delete.
+    for o in listing:
+        if o.key.endswith(MANIFEST_SUFFIX):
+            unclaimed.pop(o.key[: -len(MANIFEST_SUFFIX)] + OBJECT_SUFFIX, None)
+    return list(unclaimed.values())
+
+
+def _differs(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests of one id disagree on what matters (cheap: runs per copy)."""
+    return (a.mac, a.ciphertext_sha256, a.plaintext_sha256, a.key_id, a.paths, a.kind, a.node) != (
+        b.mac,
+        b.ciphertext_sha256,
+        b.plaintext_sha256,
+        b.key_id,
+        b.paths,
+        b.kind,
+        b.node,
+    )
 
 
 def _set_statuses(site: Site, backups: list[Backup], reachable: list[str], now: datetime) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 
 from kconsole import __version__
 from kconsole.backups.archive import verify_file
-from kconsole.backups.manifest import Manifest, backup_id, iso, object_key
+from kconsole.backups.manifest import (
+    Manifest,
+    backup_id,
+    iso,
+    object_key,
+    path_allowed,
+    sign_manifest,
+)
 from kconsole.backups.stores import LocalStore, Store
 from kconsole.crypto import Encryptor, Key
 from kconsole.errors import OperationFailed
@@ -97,6 +104,15 @@ async def _service(transport: Any, req: CreateRequest, verb: str, emit: Emit) ->
     )
 
 
+def check_request(req: CreateRequest) -> None:
+    """Refuse paths a backup of this kind may not hold: verification refuses a manifest naming
+    them (a restore would write there), so such a backup could never be restored."""
+    for p in req.paths:
+        why = path_allowed(req.kind, p)
+        if why is not None:
+            raise OperationFailed(f"cannot back up {why}.")
+
+
 def _staging(site: Site, stores: dict[str, Store], key: str) -> tuple[Path, LocalStore | None]:
     for store in stores.values():
         if isinstance(store, LocalStore):
@@ -117,6 +133,7 @@ async def create_backup(
     """Make one backup; returns its manifest once every location holds a verified copy."""
     if not stores:
         raise OperationFailed("the site has no [locations]; there is nowhere to store a backup.")
+    check_request(req)
     created = datetime.now(UTC).replace(microsecond=0)
     bid = backup_id(req.node.name, req.kind, created)
     okey = object_key(req.kind, req.node.name, bid)
@@ -182,68 +199,131 @@ async def create_backup(
         out.flush()
         os.fsync(out.fileno())
         out.close()
-        os.replace(partial, final)
-        fsync_dir(final.parent)
-    except OSError as exc:
-        raise OperationFailed(
-            f"writing the backup to {final.parent} failed: {exc.strerror}."
-        ) from None
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        if isinstance(exc, OSError):
+            raise OperationFailed(
+                f"writing the backup to {final.parent} failed: {exc.strerror}."
+            ) from None
+        raise
     finally:
         if not out.closed:
             out.close()
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-    enc = encryptor.result
-    assert enc is not None
-    prefixes = [] if req.command else [p.strip("/") for p in req.paths]
     try:
+        enc = encryptor.result
+        assert enc is not None
+        prefixes = [] if req.command else [p.strip("/") for p in req.paths]
         if not req.command:
-            report = await asyncio.to_thread(verify_file, final, key, False, prefixes, bid)
+            report = await asyncio.to_thread(verify_file, partial, key, False, prefixes, bid)
             await emit(
                 "stdout", f"verified: {report.members} files, {enc.ciphertext_size} bytes encrypted"
             )
-    except OperationFailed:
-        final.unlink(missing_ok=True)
-        raise
-    manifest = Manifest(
-        id=bid,
-        kind=req.kind,
-        node=req.node.name,
-        created=iso(created),
-        paths=list(req.paths),
-        key_id=enc.key_id,
-        ciphertext_size=enc.ciphertext_size,
-        ciphertext_sha256=enc.ciphertext_sha256,
-        plaintext_size=enc.plaintext_size,
-        plaintext_sha256=enc.plaintext_sha256,
-        content="stream" if req.command else "tar",
-        compression="zstd" if head == ZSTD_MAGIC else "gzip",
-        chain_height=height,
-        run=req.run_id,
-        duration_s=round(time.monotonic() - t0, 3),
-        tool=f"kconsole {__version__}",
-        extra={"command": req.command} if req.command else {},
-    )
+        manifest = Manifest(
+            id=bid,
+            kind=req.kind,
+            node=req.node.name,
+            created=iso(created),
+            paths=list(req.paths),
+            key_id=enc.key_id,
+            ciphertext_size=enc.ciphertext_size,
+            ciphertext_sha256=enc.ciphertext_sha256,
+            plaintext_size=enc.plaintext_size,
+            plaintext_sha256=enc.plaintext_sha256,
+            content="stream" if req.command else "tar",
+            compression="zstd" if head == ZSTD_MAGIC else "gzip",
+            chain_height=height,
+            run=req.run_id,
+            duration_s=round(time.monotonic() - t0, 3),
+            tool=f"kconsole {__version__}",
+            extra={"command": req.command} if req.command else {},
+        )
+        manifest = sign_manifest(manifest, key.master)
+        await store_backup(manifest, partial, stores, primary, emit)
+        if not req.command:
+            # The content was verified as written (authenticated decrypt and tar walk above)
+            # and every copy was checked by size and SHA-256: a verify step need not decrypt
+            # it again (`content = "once"`).
+            from kconsole.backups.catalog import record_verification
+
+            record_verification(site, bid, True, content_sha256=enc.ciphertext_sha256)
+        return manifest
+    finally:
+        # The staged file (a `.partial` name, never listed) goes whatever happened; the
+        # primary's copy is a hard link to it, made just before its manifest is written.
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+CLEANUP_TIMEOUT_S = 30.0
+"""How long removing a failed backup's copy from one location may take."""
+
+
+async def store_backup(
+    manifest: Manifest,
+    staged: Path,
+    stores: dict[str, Store],
+    primary: LocalStore | None,
+    emit: Emit,
+) -> None:
+    """Put the verified ciphertext `staged` and its manifest in every location.
+
+    A copy appears under its final name only with its manifest: the primary's is linked into
+    place just before its manifest is written, and wherever the manifest could not be written
+    (an error, a timeout, the step cancelled) the object and any manifest are deleted again,
+    bounded in time. What cannot be deleted then (the location is down) stays as an orphan,
+    which the catalog reports and `backup.prune` removes.
+    """
+    okey, mkey = manifest.object_key(), manifest.manifest_key()
+    sha = manifest.ciphertext_sha256
     errors: list[str] = []
+    complete: set[str] = set()
 
     async def replicate(name: str, store: Store) -> None:
         try:
-            if store is not primary:
-                await store.put_file(final, okey, enc.ciphertext_sha256)
-            await store.write_bytes(manifest.manifest_key(), manifest.to_json())
+            if store is primary:
+                final = primary.path(okey)
+                final.unlink(missing_ok=True)
+                os.link(staged, final)
+                fsync_dir(final.parent)
+            else:
+                await store.put_file(staged, okey, sha)
+            await store.write_bytes(mkey, manifest.to_json())
+            complete.add(name)
             await emit("stdout", f"stored in {name}: {store.describe(okey)}")
         except OperationFailed as exc:
             errors.append(f"{name}: {str(exc).rstrip('.')}")
+        except OSError as exc:
+            errors.append(f"{name}: {exc.strerror or exc}")
 
-    await asyncio.gather(*(replicate(n, s) for n, s in stores.items()))
-    if primary is None:
-        final.unlink(missing_ok=True)
+    try:
+        await asyncio.gather(*(replicate(n, s) for n, s in stores.items()))
+    finally:
+        left = {n: s for n, s in stores.items() if n not in complete}
+        if left:
+            await _remove_copies(manifest, left, emit)
     if errors:
-        raise OperationFailed(f"backup {bid} is not in every location: {'; '.join(errors)}.")
-    if not req.command:
-        # The content was verified as written (authenticated decrypt and tar walk above) and
-        # every copy was checked by size and SHA-256: a verify step need not decrypt it again.
-        from kconsole.backups.catalog import record_verification
+        raise OperationFailed(
+            f"backup {manifest.id} is not in every location: {'; '.join(errors)}."
+        )
 
-        record_verification(site, bid, True, content_sha256=enc.ciphertext_sha256)
-    return manifest
+
+async def _remove_copies(manifest: Manifest, stores: dict[str, Store], emit: Emit) -> None:
+    """Delete the object, then the manifest, of a backup from locations where it did not
+    complete; each bounded, failures reported (the catalog will list what stays as orphans)."""
+
+    async def one(name: str, store: Store) -> None:
+        for key in (manifest.object_key(), manifest.manifest_key()):
+            try:
+                await asyncio.wait_for(store.delete(key), CLEANUP_TIMEOUT_S)
+            except (OperationFailed, OSError, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await emit(
+                        "stderr",
+                        f"could not remove the incomplete copy {store.describe(key)} "
+                        f"({str(exc).rstrip('.') or 'no answer'}); the catalog lists it as an "
+                        "orphan and backup.prune removes it",
+                    )
+                return
+
+    await asyncio.gather(*(one(n, s) for n, s in stores.items()))

@@ -25,7 +25,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -76,7 +78,39 @@ METRICS: dict[str, tuple[str, str]] = {
         "gauge",
         "How long a key may stay current: the site's [keys] rotate_after.",
     ),
+    # The plan's "Recovery Monitoring" (success rate, recovery time, data integrity, system
+    # availability after recovery), per recovery scenario and drill or not, from run reports.
+    "recovery_success_rate": (
+        "gauge",
+        "Percent of the last 20 finished recovery runs of the scenario that succeeded.",
+    ),
+    "recovery_last_succeeded": (
+        "gauge",
+        "1 if the newest finished recovery run of the scenario succeeded, 0 if it did not.",
+    ),
+    "recovery_time_seconds": (
+        "gauge",
+        "Seconds from detection to the recovery verified, of the newest successful recovery.",
+    ),
+    "recovery_rto_seconds": ("gauge", "Recovery time objective of the scenario's runbook."),
+    "recovery_data_verified": (
+        "gauge",
+        "1 if the newest successful recovery's nodes were checked within a few blocks of "
+        "their peers, 0 if the check found them behind or none ran.",
+    ),
+    "recovery_availability_ratio": (
+        "gauge",
+        "Share of the newest successful recovery's nodes that answered active with a chain "
+        "height at the check after the recovery (only where a check ran).",
+    ),
+    "recovery_last_timestamp_seconds": (
+        "gauge",
+        "Unix time the newest finished recovery run of the scenario ended.",
+    ),
 }
+
+RECOVERY_SCENARIOS = ("single-node", "multiple-nodes", "complete-network", "security-incident")
+"""Runbook scenarios that are recoveries (their runs feed the recovery metrics)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +235,54 @@ def collect(
                     )
                 )
     return out
+
+
+def recovery_samples(site: Site, reports: Iterable[dict[str, Any]]) -> list[Sample]:
+    """The recovery metrics from run reports (`kconsole.reports.build_report` dicts) of
+    finished runs, newest first; unfinished and non-recovery runs are ignored."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rep in reports:
+        if rep.get("scenario") not in RECOVERY_SCENARIOS or not rep.get("finished"):
+            continue
+        key = (str(rep["scenario"]), "true" if rep.get("drill") else "false")
+        groups.setdefault(key, []).append(rep)
+    out: list[Sample] = []
+    for (scenario, drill), reps in sorted(groups.items()):
+        labels = {"site": site.name, "scenario": scenario, "drill": drill}
+        recent = reps[:WINDOW]
+        ok = [r for r in recent if r.get("status") == "succeeded"]
+        out.append(_sample("recovery_success_rate", 100.0 * len(ok) / len(recent), **labels))
+        out.append(
+            _sample(
+                "recovery_last_succeeded", float(recent[0].get("status") == "succeeded"), **labels
+            )
+        )
+        ended = _epoch(recent[0].get("finished"))
+        if ended is not None:
+            out.append(_sample("recovery_last_timestamp_seconds", ended, **labels))
+        if recent[0].get("rto_s"):
+            out.append(_sample("recovery_rto_seconds", float(recent[0]["rto_s"]), **labels))
+        if not ok:
+            continue
+        last = ok[0]
+        if last.get("recovery_s") is not None:
+            out.append(_sample("recovery_time_seconds", float(last["recovery_s"]), **labels))
+        verified = bool((last.get("data_consistency") or {}).get("verified"))
+        out.append(_sample("recovery_data_verified", float(verified), **labels))
+        checked = ((last.get("consistency") or {}).get("nodes")) or []
+        if checked:
+            up = sum(1 for n in checked if n.get("height") is not None)
+            out.append(_sample("recovery_availability_ratio", up / len(checked), **labels))
+    return out
+
+
+def _epoch(text: Any) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _newest_good_in(backups: list[Backup], loc: str) -> Backup | None:

@@ -136,6 +136,8 @@ class Deletion:
     locks: dict[str, ObjectLock] = field(default_factory=dict)
     outcome: str = ""
     """After apply: "deleted", "delete marker" or "failed: why"."""
+    orphan: bool = False
+    """An object with no manifest (catalog.Orphan), not a backup."""
 
     def effect(self, now: datetime) -> str:
         """What deleting it will do, in the operator's words."""
@@ -200,8 +202,13 @@ class PrunePlan:
 
     @property
     def backups(self) -> list[str]:
-        """Ids of the backups with at least one copy to delete."""
-        return list(dict.fromkeys(d.backup for d in self.deletions))
+        """Ids of the backups with at least one copy to delete (orphans are not backups)."""
+        return list(dict.fromkeys(d.backup for d in self.deletions if not d.orphan))
+
+    @property
+    def orphans(self) -> int:
+        """Orphaned objects (no manifest) the plan deletes."""
+        return sum(1 for d in self.deletions if d.orphan)
 
     @property
     def bytes(self) -> int:
@@ -271,8 +278,10 @@ class PrunePlan:
     def summary(self, dry_run: bool = True) -> str:
         """One line: how much would go (or went), how much stays."""
         verb = "would delete" if dry_run else "deletes"
+        copies = len(self.deletions) - self.orphans
+        orphans = f" and {self.orphans} orphaned objects" if self.orphans else ""
         text = (
-            f"{verb} {len(self.deletions)} copies of {len(self.backups)} backups ({self.bytes} bytes); "
+            f"{verb} {copies} copies of {len(self.backups)} backups{orphans} ({self.bytes} bytes); "
             f"keeps {len(self.protected)} newest good and {self.within} within retention"
         )
         if self.lock_findings:
@@ -285,6 +294,7 @@ class PrunePlan:
             "as_of": iso(self.as_of),
             "deletions": [d.as_json() for d in self.deletions],
             "backups": self.backups,
+            "orphans": self.orphans,
             "bytes": self.bytes,
             "protected": self.protected,
             "within_retention": self.within,
@@ -406,6 +416,45 @@ def _copies(b: Backup, loc: str) -> list[str]:
     return keys
 
 
+def orphan_deletions(
+    catalog: Catalog,
+    scope: dict[str, Store],
+    kind: str | None,
+    node: str | None,
+    now: datetime,
+) -> list[Deletion]:
+    """A deletion for each orphaned object (no manifest beside it, older than the catalog's
+    ORPHAN_AGE_S) in scope: debris of a backup that failed or was interrupted."""
+    out = []
+    for o in catalog.orphans:
+        parts = o.key.split("/")
+        o_kind, o_node = (parts[0], parts[1]) if len(parts) == 3 else ("", "")
+        if o.location not in scope or (kind and o_kind != kind) or (node and o_node != node):
+            continue
+        created = datetime.fromtimestamp(o.mtime, UTC)
+        age = (now - created).total_seconds()
+        reason = (
+            f"orphaned object: no manifest beside it, {format_duration(age)} old "
+            "(left by a backup that failed or was interrupted)"
+        )
+        out.append(
+            Deletion(
+                o.id,
+                o_kind,
+                o_node,
+                o.location,
+                [o.key],
+                o.path,
+                o.size,
+                created,
+                age,
+                reason,
+                orphan=True,
+            )
+        )
+    return out
+
+
 async def plan_prune(
     site: Site,
     catalog: Catalog,
@@ -467,6 +516,9 @@ async def plan_prune(
                         b.id, k, n, loc, keys, store.describe(keys[0]), size, b.created, age, reason
                     )
                 )
+    for d in orphan_deletions(catalog, scope, kind, node, now):
+        plan.deletions.append(d)
+        in_scope[d.location][d.keys[0]] = d.backup
     lock_cache = _load_lock_cache(site) if check_locks else {}
     for loc, store in scope.items():
         if not isinstance(store, S3Store) or loc in plan.errors:
@@ -525,7 +577,7 @@ async def apply_prune(
     audit = AuditLog(site.state_dir)
     result = PruneResult()
     for d in plan.deletions:
-        if d.backup in plan.protected:  # belt and braces: a plan never lists these
+        if d.backup in plan.protected and not d.orphan:  # belt and braces: never listed
             raise OperationFailed(
                 f"refusing to delete {d.backup}: it is the {plan.protected[d.backup]}."
             )
@@ -591,7 +643,7 @@ async def apply_prune(
         _save_lock_cache(site, lock_cache)
     done: dict[str, set[str]] = {}
     for d in plan.deletions:
-        if not d.outcome.startswith("failed"):
+        if not d.outcome.startswith("failed") and not d.orphan:
             done.setdefault(d.backup, set()).add(d.location)
     for bid, locs in done.items():
         if catalog is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kconsole.backups.archive import verify_file
 from kconsole.backups.catalog import Backup
+from kconsole.backups.manifest import sign_manifest
 from kconsole.backups.restore import backup_paths, fetch_verified
 from kconsole.backups.stores import Store
 from kconsole.crypto import Decryptor, Encryptor, Key, Keyring
@@ -61,6 +62,7 @@ async def rekey_backup(
             plaintext_size=pt_size,
             extra={**backup.manifest.extra, "rekeyed_from": backup.manifest.key_id},
         )
+        manifest = sign_manifest(manifest, key.master)
         for name in backup.replicas:
             if name not in stores:
                 continue

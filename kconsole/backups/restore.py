@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from kconsole.backups.archive import ArchiveReport, checked_tar_chunks
 from kconsole.backups.catalog import Backup
 from kconsole.backups.pipeline import threaded_chunks
 from kconsole.backups.stores import LocalStore, Store, hash_file
+from kconsole.backups.trust import check_backup, confined_paths
 from kconsole.crypto import Keyring
 from kconsole.errors import OperationFailed
 from kconsole.site import Node, Site
@@ -51,10 +53,54 @@ class RestoreReport:
 
 
 def backup_paths(backup: Backup) -> list[str]:
-    """The relative paths a backup holds (what restore may write)."""
+    """The relative paths a backup holds (what restore may write), each checked against what
+    its kind may hold: OperationFailed for a manifest naming anything else."""
     if backup.manifest is not None:
-        return [p.strip("/") for p in backup.manifest.paths]
+        return confined_paths(backup, backup.manifest.paths)
     return LEGACY_PATHS.get(backup.kind, [])
+
+
+def swap_script(root: str, staging: str, paths: list[str]) -> str:
+    """The shell script that swaps the extracted `paths` from `staging` into `root`.
+
+    First every path's directory is resolved on the node (symlinks followed) and must stay
+    inside the root; then each live path is moved to `*.pre-restore` and the restored one
+    moved in. If any step fails, everything moved so far is put back, the staging directory
+    is removed, and it exits 1 with the reason on stderr.
+    """
+    q = shlex.quote
+    base = root.rstrip("/")
+    lines = [f"R=$(realpath -e -- {q(root)}) || {{ echo 'the node root is missing' >&2; exit 1; }}"]
+    undo: list[str] = []
+    for i, rel in enumerate(paths):
+        live = f"{base}/{rel}"
+        lines.append(f"m{i}=0; p{i}=0")
+        undo[:0] = [
+            f'if [ "$p{i}" = 1 ]; then rm -rf -- {q(live)}; fi',
+            f'if [ "$m{i}" = 1 ]; then mv -- {q(live + PRE_RESTORE)} {q(live)}; fi',
+        ]
+    lines.append(
+        f'fail() {{ echo "$1" >&2; {"; ".join([*undo, f"rm -rf -- {q(staging)}"])}; exit 1; }}'
+    )
+    for rel in paths:
+        live = f"{base}/{rel}"
+        lines.append(
+            f"d=$(realpath -m -- {q(posixpath.dirname(live))}); "
+            f'case "$d/" in "${{R%/}}"/*) ;; *) fail {q(f"/{rel} resolves outside the node root")};; esac'
+        )
+    for i, rel in enumerate(paths):
+        live, old, new = q(f"{base}/{rel}"), q(f"{base}/{rel}{PRE_RESTORE}"), q(f"{staging}/{rel}")
+        what = q(f"cannot move /{rel} aside")
+        lines.append(
+            f"if [ -e {live} ] || [ -L {live} ]; then "
+            f"{{ rm -rf -- {old} && mv -- {live} {old}; }} || fail {what}; m{i}=1; fi"
+        )
+        lines.append(
+            f'{{ mkdir -p -- "$(dirname -- {live})" && mv -- {new} {live}; }} '
+            f"|| fail {q(f'cannot move the restored /{rel} into place')}; p{i}=1"
+        )
+    lines.append(f"rm -rf -- {q(staging)}")
+    return "\n".join(lines) + "\n"
 
 
 async def checked_copy(
@@ -121,6 +167,7 @@ async def restore_backup(
 ) -> RestoreReport:
     """Restore `backup` into `node` (it may be another node's backup: a rebuild)."""
     sudo_p = "sudo -n " if sudo else ""
+    check_backup(site, backup, keyring)  # nothing a refused manifest says is used
     if backup.manifest is not None and backup.manifest.content != "tar":
         raise OperationFailed(
             f"{backup.id} is a log stream, not a file archive; it cannot be restored into a node."
@@ -144,11 +191,13 @@ async def restore_backup(
                 f"{node.service} is still running on {node.name}; stop it before restoring."
             )
     local, replica, temporary = await fetch_verified(site, backup, stores, emit)
+    root = node.root or "/"
+    staging = f"{root.rstrip('/')}/.kconsole-restore-{run_id}"
+    q_staging = shlex.quote(staging)
+    staged = False
     try:
         where = f"{backup.id}"
-        root = node.root or "/"
-        staging = f"{root.rstrip('/')}/.kconsole-restore-{run_id}"
-        q_staging = shlex.quote(staging)
+        staged = True
         prep = await transport.run(
             node, f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}", timeout=120
         )
@@ -158,29 +207,24 @@ async def restore_backup(
                 f"{prep.stderr.decode('utf-8', 'replace').strip()}."
             )
         # One pass: decrypt, decompress and check every member before its bytes go on, into
-        # the staging directory; authentication ends with the stream, and only a stream that
-        # ended cleanly is swapped in.
+        # the staging directory; authentication and the plaintext SHA-256 end with the
+        # stream, and only a stream that ended cleanly is swapped in (the finally below
+        # removes the staging directory otherwise).
         extract = f"{sudo_p}tar --no-same-owner -xf - -C {q_staging}"
         await emit("stdout", f"streaming {backup.id} from {replica} into {node.name}:{staging}")
         walked: list[ArchiveReport] = []
         expect = backup.manifest.plaintext_sha256 if backup.manifest else None
-        try:
-            result = await transport.stream_in(
-                node,
-                extract,
-                threaded_chunks(
-                    lambda: checked_tar_chunks(
-                        local, keyring, backup.legacy, paths, where, expect, walked
-                    )
-                ),
-                timeout=0,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=120)
-            raise
+        result = await transport.stream_in(
+            node,
+            extract,
+            threaded_chunks(
+                lambda: checked_tar_chunks(
+                    local, keyring, backup.legacy, paths, where, expect, walked
+                )
+            ),
+            timeout=0,
+        )
         if result.exit_status != 0 or not walked:
-            await transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=120)
             err = result.stderr.decode("utf-8", "replace").strip().splitlines()
             raise OperationFailed(
                 f"extracting {backup.id} on {node.name} failed: {err[-1] if err else 'tar exit ' + str(result.exit_status)}."
@@ -191,24 +235,14 @@ async def restore_backup(
             f"verified {backup.id} from {replica} as it streamed: {report.members} files, "
             f"key {report.key_id}",
         )
-        swap = ["set -e"]
-        for rel in paths:
-            live = shlex.quote(f"{root.rstrip('/')}/{rel}")
-            old = shlex.quote(f"{root.rstrip('/')}/{rel}{PRE_RESTORE}")
-            new = shlex.quote(f"{staging}/{rel}")
-            swap.append(
-                f"if [ -e {live} ] || [ -L {live} ]; then rm -rf {old}; mv {live} {old}; fi"
-            )
-            swap.append(f'mkdir -p "$(dirname {live})"; mv {new} {live}')
-        swap.append(f"rm -rf {q_staging}")
-        done = await transport.run(
-            node, f"{sudo_p}sh -c {shlex.quote('; '.join(swap))}", timeout=300
-        )
+        script = swap_script(root, staging, paths)
+        done = await transport.run(node, f"{sudo_p}sh -c {shlex.quote(script)}", timeout=300)
+        staged = False  # the script removes the staging directory, whatever happens
         if done.exit_status != 0:
             raise OperationFailed(
                 f"swapping the restored files into place on {node.name} failed: "
-                f"{done.stderr.decode('utf-8', 'replace').strip()}; the previous state is "
-                f"kept as *{PRE_RESTORE}."
+                f"{done.stderr.decode('utf-8', 'replace').strip()}; everything it had moved "
+                "is back in place."
             )
         await emit(
             "stdout",
@@ -225,5 +259,12 @@ async def restore_backup(
             paths,
         )
     finally:
+        if staged:
+            # Failed or cancelled between creating the staging directory and the swap: remove
+            # it (bounded), so no `.kconsole-restore-*` is left on the node.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=60), 90
+                )
         if temporary:
             local.unlink(missing_ok=True)

@@ -15,12 +15,14 @@ import hashlib
 import os
 import posixpath
 import shutil
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kconsole.config import format_duration
 from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write, fsync_dir
 from kconsole.site import Location, Site
@@ -45,6 +47,39 @@ def safe_key(key: str) -> str:
     if norm.startswith("..") or norm in (".", "") or "\x00" in norm:
         raise UsageError(f"backup path {key!r} is not inside its location.")
     return norm
+
+
+async def bounded_call(fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a daemon thread, awaited for at most `timeout` seconds
+    (TimeoutError after that). Unlike `asyncio.to_thread`, a call that never answers (a slow
+    or hung endpoint) cannot hold up the process at exit: nothing waits for the thread."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if done.done():
+            return  # given up on already
+        if ok:
+            done.set_result(value)
+        else:
+            done.set_exception(value)
+
+    def work() -> None:
+        try:
+            outcome = (True, fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting task
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=work, name="kconsole-store-call", daemon=True).start()
+    return await asyncio.wait_for(done, timeout)
+
+
+def transfer_timeout(size: int, floor: float, rate: float) -> float:
+    """Seconds to allow for moving `size` bytes: `floor`, plus the size at the slowest `rate`
+    (bytes/s) a location is still considered working at."""
+    return floor + size / rate
 
 
 def hash_file(path: Path) -> tuple[int, str]:
@@ -291,6 +326,10 @@ class LocalStore(Store):
 class SftpLocationStore(Store):
     """A directory on a host reached over SFTP (the plan's DR site)."""
 
+    call_timeout = 60.0
+    """Seconds a write may take on top of its size at `min_rate` (the same bound as S3)."""
+    min_rate = float(1 << 20)
+
     def __init__(self, location: Location, site: Site, transport: Any) -> None:
         from kconsole.transport.sftp import SftpStore
 
@@ -378,9 +417,24 @@ class SftpLocationStore(Store):
             return dict(await asyncio.gather(*(one(k) for k in keys)))
 
     async def write_bytes(self, key: str, data: bytes) -> None:
-        await self._mkdirs(posixpath.dirname(self._path(key)))
-        async with self.sftp.open_write(self.target, self._path(key)) as writer:
-            await writer.write(data)
+        async def write() -> None:
+            await self._mkdirs(posixpath.dirname(self._path(key)))
+            async with self.sftp.open_write(self.target, self._path(key)) as writer:
+                await writer.write(data)
+
+        await self._bounded(f"writing {key}", write(), len(data))
+
+    async def _bounded(self, what: str, work: Awaitable[Any], size: int) -> Any:
+        """`work`, given up after the time `size` bytes may take (the partial file is removed
+        by the transfer itself when it is cancelled)."""
+        limit = transfer_timeout(size, self.call_timeout, self.min_rate)
+        try:
+            return await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            raise OperationFailed(
+                f"SFTP location {self.location.name}: {what} did not finish within "
+                f"{format_duration(limit)}; the host is down or too slow."
+            ) from None
 
     async def _mkdirs(self, path: str) -> None:
         async with self.sftp.session(self.target) as sftp:
@@ -390,8 +444,11 @@ class SftpLocationStore(Store):
     async def put_file(
         self, local: Path, key: str, sha256: str, progress: Progress | None = None
     ) -> None:
-        await self._mkdirs(posixpath.dirname(self._path(key)))
-        done = await self.sftp.put(self.target, local, self._path(key), progress=progress)
+        async def put() -> Any:
+            await self._mkdirs(posixpath.dirname(self._path(key)))
+            return await self.sftp.put(self.target, local, self._path(key), progress=progress)
+
+        done = await self._bounded(f"uploading {key}", put(), local.stat().st_size)
         if done.sha256 != sha256:
             await self.delete(key)
             raise OperationFailed(f"{local} changed while it was copied to {self.describe(key)}.")
@@ -404,7 +461,9 @@ class SftpLocationStore(Store):
         )
 
     async def delete(self, key: str) -> None:
-        await self.sftp.remove(self.target, self._path(key), missing_ok=True)
+        await self._bounded(
+            f"deleting {key}", self.sftp.remove(self.target, self._path(key), missing_ok=True), 0
+        )
 
 
 class S3Store(Store):
@@ -412,6 +471,13 @@ class S3Store(Store):
 
     page_size = 1000
     """Keys per ListObjectsV2 page (S3's maximum); the listing follows continuation tokens."""
+    call_timeout = 60.0
+    """Seconds any one request may take, retries included (a manifest, a checkpoint, a HEAD);
+    then the operation fails instead of waiting on a slow endpoint."""
+    list_timeout = 600.0
+    """Seconds a whole listing may take (a large bucket is many pages)."""
+    min_rate = float(1 << 20)
+    """Bytes/s below which an upload or download is given up (1 MiB/s), on top of call_timeout."""
 
     def __init__(self, location: Location) -> None:
         self.location = location
@@ -452,12 +518,25 @@ class S3Store(Store):
     def describe(self, key: str) -> str:
         return f"s3://{self.location.bucket}/{self._key(key)}"
 
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
+        limit = self.call_timeout if timeout is None else timeout
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await bounded_call(fn, *args, timeout=limit, **kwargs)
+        except TimeoutError:
+            raise OperationFailed(
+                f"S3 location {self.location.name}: {what} got no answer within "
+                f"{format_duration(limit)}; the endpoint is down or too slow."
+            ) from None
         except Boto3Error as exc:  # S3UploadFailedError and friends wrap the real cause
             cause = str(exc).split(": ", 1)[-1].rstrip(".")
             raise OperationFailed(
@@ -490,7 +569,7 @@ class S3Store(Store):
                     out.append(ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp()))
             return out
 
-        return list(await self._call("listing", run))
+        return list(await self._call("listing", run, timeout=self.list_timeout))
 
     async def read_bytes(self, key: str) -> bytes:
         resp = await self._call(
@@ -499,7 +578,7 @@ class S3Store(Store):
             Bucket=self.location.bucket,
             Key=self._key(key),
         )
-        return bytes(await asyncio.to_thread(resp["Body"].read))
+        return bytes(await self._call(f"reading {key}", resp["Body"].read))
 
     def _lock_args(self) -> dict[str, Any]:
         if not self.location.object_lock:
@@ -537,8 +616,13 @@ class S3Store(Store):
 
         # Big backups: parts of at least size/9000 so we stay under S3's 10,000-part limit.
         chunk = max(64 << 20, -(-size // 9000))
+        # A single-part upload runs in the bounded call's own thread, so a hung endpoint holds
+        # nothing at exit; multipart ones keep their parallel parts (s3transfer's threads).
         cfg = TransferConfig(
-            multipart_threshold=64 << 20, multipart_chunksize=chunk, max_concurrency=4
+            multipart_threshold=64 << 20,
+            multipart_chunksize=chunk,
+            max_concurrency=4,
+            use_threads=size >= 64 << 20,
         )
         lock = self._lock_args()
         # Over the threshold boto3 sends the lock headers on CreateMultipartUpload, which S3
@@ -553,6 +637,7 @@ class S3Store(Store):
             ExtraArgs=extra,
             Callback=cb,
             Config=cfg,
+            timeout=transfer_timeout(size, self.call_timeout, self.min_rate),
         )
         head = await self._call(
             f"checking {key}",
@@ -609,12 +694,17 @@ class S3Store(Store):
         partial = local.with_name(local.name + ".partial")
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
+            from boto3.s3.transfer import TransferConfig
+
+            size = int((await self.head(key)).get("ContentLength", 0))
             await self._call(
                 f"downloading {key}",
                 self.client().download_file,
                 self.location.bucket,
                 self._key(key),
                 str(partial),
+                Config=TransferConfig(use_threads=size >= 64 << 20),
+                timeout=transfer_timeout(size, self.call_timeout, self.min_rate),
             )
             os.chmod(partial, 0o600)
             _, got = await asyncio.to_thread(hash_file, partial)
@@ -676,7 +766,7 @@ class S3Store(Store):
                     Key=full,
                     VersionId=version_id,
                 )
-                return when, bytes(await asyncio.to_thread(resp["Body"].read))
+                return when, bytes(await self._call(f"reading {key}", resp["Body"].read))
 
         return list(await asyncio.gather(*(one(v, w) for v, w in versions)))
 

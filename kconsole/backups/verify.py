@@ -16,6 +16,7 @@ from kconsole.backups.archive import decrypting_reader, verify_file
 from kconsole.backups.catalog import Backup, content_verified, record_verification
 from kconsole.backups.restore import backup_paths, checked_copy
 from kconsole.backups.stores import Store
+from kconsole.backups.trust import check_backup
 from kconsole.crypto import Keyring
 from kconsole.errors import OperationFailed
 from kconsole.site import Site
@@ -97,6 +98,22 @@ async def verify_backup(
     bad (the catalog keeps the backup restorable), but neither is a complete verification.
     """
     outcome = VerifyOutcome(backup.id, True, legacy=backup.legacy)
+    try:
+        signed = check_backup(site, backup, keyring)
+    except OperationFailed as exc:
+        # Nothing of a refused manifest is used: no copy is fetched, nothing decrypted.
+        outcome.ok = False
+        outcome.problems.append(str(exc).rstrip("."))
+        if record:
+            record_verification(site, backup.id, False, outcome.problems[0])
+        await emit("stderr", f"{backup.id}: FAILED: {outcome.problems[0]}")
+        return outcome
+    if backup.manifest is not None and not signed:
+        await emit(
+            "stderr",
+            f"{backup.id}: its manifest is unsigned (written before manifests were signed); "
+            "its fields were checked against the site, its origin cannot be",
+        )
     good_copy: Path | None = None
     temps: list[Path] = []
     held = [(n, s) for n, s in stores.items() if n in backup.replicas]
@@ -216,9 +233,16 @@ async def verify_backup(
     return outcome
 
 
-def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int | None = 5) -> str:
+def verify_failure(
+    bad: list[str],
+    incomplete: list[str],
+    total: int,
+    limit: int | None = 5,
+    why: dict[str, str] | None = None,
+) -> str:
     """One sentence naming the backups that failed verification or miss a replica
-    (the first `limit` of each; all with None)."""
+    (the first `limit` of each; all with None). With `why` (id -> its first problem) and a
+    single failed backup, the sentence says why it failed."""
 
     def names(ids: list[str]) -> str:
         shown = ids if limit is None else ids[:limit]
@@ -226,7 +250,11 @@ def verify_failure(bad: list[str], incomplete: list[str], total: int, limit: int
 
     parts = []
     if bad:
-        parts.append(f"{len(bad)} of {total} backups failed verification: {names(bad)}")
+        reason = (why or {}).get(bad[0], "") if len(bad) == 1 else ""
+        parts.append(
+            f"{len(bad)} of {total} backups failed verification: {names(bad)}"
+            + (f" ({reason})" if reason else "")
+        )
     if incomplete:
         parts.append(
             f"{len(incomplete)} of {total} backups have a missing or damaged replica or could not "

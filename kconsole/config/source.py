@@ -54,6 +54,14 @@ class SourceFile:
         return Problem(self.path, line, col, message)
 
 
+MAX_TOML_BYTES = 1024 * 1024
+"""Largest runbook or site file read (the biggest shipped runbook is a few tens of KiB);
+parsing keeps several copies of a file in memory, so a bigger one is refused unread."""
+
+MAX_TOML_DEPTH = 32
+"""Deepest nesting of arrays and tables a file may have (the schemas need four or so)."""
+
+
 class TomlFileError(Exception):
     """The file cannot be read as TOML; carries the Problem."""
 
@@ -67,13 +75,18 @@ def load_toml(path: str | Path, shown_as: str | None = None) -> SourceFile:
     shown = shown_as or str(path)
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
         raise TomlFileError(Problem(shown, 1, 1, "file not found")) from None
     except IsADirectoryError:
         raise TomlFileError(Problem(shown, 1, 1, "is a directory, not a TOML file")) from None
     except OSError as exc:
         raise TomlFileError(Problem(shown, 1, 1, f"cannot read: {exc.strerror}")) from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise TomlFileError(
+            Problem(shown, 1, 1, f"is larger than {MAX_TOML_BYTES // 1024} KiB; not read as TOML")
+        )
     if b"\x00" in raw:
         raise TomlFileError(Problem(shown, 1, 1, "is a binary file, not TOML text"))
     try:
@@ -91,7 +104,33 @@ def load_toml(path: str | Path, shown_as: str | None = None) -> SourceFile:
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
         reason = _TOML_ERR_POS.sub("", msg).strip().rstrip(".")
         raise TomlFileError(Problem(shown, line, col, f"TOML syntax error: {reason}")) from None
+    except RecursionError:
+        raise TomlFileError(Problem(shown, 1, 1, _TOO_DEEP)) from None
+    if _depth(data) > MAX_TOML_DEPTH:
+        raise TomlFileError(Problem(shown, 1, 1, _TOO_DEEP))
     return SourceFile(shown, data, text, _locate_keys(text))
+
+
+_TOO_DEEP = f"arrays and tables are nested more than {MAX_TOML_DEPTH} deep"
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and tables, walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        if deepest > MAX_TOML_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _locate_keys(text: str) -> dict[KeyPath, tuple[int, int]]:

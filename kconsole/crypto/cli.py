@@ -16,6 +16,7 @@ from kconsole.crypto.keys import Key, Keyring, keygen, read_key_file
 from kconsole.crypto.legacy import LABEL, SALTED, LegacyKdf, decrypt_legacy_file
 from kconsole.crypto.stream import MAGIC, decrypt_file, encrypt_file, open_input
 from kconsole.errors import EXIT_OK, UsageError
+from kconsole.fsutil import refuse_overwriting_input
 
 Format = Literal["kdxenc", "openssl-legacy"]
 
@@ -39,7 +40,9 @@ def cmd_keygen(out: Path) -> int:
 
 
 def cmd_encrypt(key_path: Path, in_path: Path, out_path: Path) -> int:
-    """Encrypt IN to OUT in the native authenticated format with the key file."""
+    """Encrypt IN to OUT in the native authenticated format with the key file (OUT may not be
+    IN or the key file under any name: that would destroy it)."""
+    refuse_overwriting_input(out_path, input=in_path, key_file=key_path)
     key = read_key_file(key_path)
     result = encrypt_file(key, in_path, out_path)
     print(
@@ -81,8 +84,13 @@ def cmd_decrypt(
     """Decrypt IN to OUT, native or legacy by its magic; OUT appears only if it all checks out.
 
     `pbkdf2`, `kdf` ("sha256", "md5", "pbkdf2") and `iterations` only matter for legacy
-    files, and only when the plaintext is not gzip (otherwise the KDF is detected).
+    files, and only when the plaintext is not gzip (otherwise the KDF is detected). OUT may
+    not be IN or a key file under any name (symlink, hard link, another spelling).
     """
+    refuse_overwriting_input(out_path, input=in_path, key_file=key_path)
+    if keyring_dir is not None and os.path.isdir(keyring_dir):
+        for entry in os.scandir(keyring_dir):
+            refuse_overwriting_input(out_path, key_file=entry.path)
     legacy_kdf = _legacy_kdf(pbkdf2, kdf, iterations)
     keys: Key | Keyring
     if key_path is not None and keyring_dir is None:

@@ -40,7 +40,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kconsole.backups.manifest import Manifest, backup_id, iso, manifest_key, object_key
+from kconsole.backups.manifest import (
+    Manifest,
+    backup_id,
+    iso,
+    manifest_key,
+    object_key,
+    sign_manifest,
+)
 from kconsole.crypto import Encryptor, Key, read_key_file
 from kconsole.errors import UsageError
 from kconsole.lab import labtool
@@ -331,6 +338,7 @@ def write_history(
                     tool="kconsole lab history",
                     extra={"synthetic": True, **({"command": c.command} if c.command else {})},
                 )
+                manifest = sign_manifest(manifest, key.master)
                 t = when.timestamp()
                 for sink in sinks:
                     sink.put(object_key(c.kind, node_name, bid), cipher, t)

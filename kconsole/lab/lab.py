@@ -126,6 +126,7 @@ class Lab:
         self._owns_pidfile = False
         self.started_in = 0.0
         """Seconds `start()` took."""
+        self._shared_token = secrets.token_hex(4)
 
     # ------------------------------------------------------------------ paths
 
@@ -366,6 +367,8 @@ class Lab:
             current_key=self._current_key(),
             admins=[user],
             generated=labtool.now_iso(),
+            # Labs in one process share moto's memory: each gets its own shared prefix.
+            shared_prefix=f"kconsole-shared/{self._shared_token}",
         )
         sitefile.write_text(self.site_path, text)
 

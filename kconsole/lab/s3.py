@@ -55,7 +55,7 @@ class S3Endpoint:
                 "(pip install 'kconsole[lab]')."
             ) from None
 
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server = _serialised(ThreadedMotoServer)(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         self._moto = server
         self.internal_port = int(server.get_host_and_port()[1])
@@ -109,3 +109,38 @@ class S3Endpoint:
         if self._moto is not None:
             server, self._moto = self._moto, None
             await asyncio.to_thread(server.stop)
+
+
+def _serialised(server_cls: Any) -> Any:
+    """moto's threaded server, answering one request at a time.
+
+    moto 5.2.1 checks `If-None-Match: *` and `If-Match` and then writes, in request
+    threads with no lock between the two, so nothing stops two racing conditional PUTs
+    from both succeeding (not seen in 300 tries here: the window is small, not closed).
+    Real S3 decides them atomically and the shared run store's leases rely on that, so
+    the lab serialises requests, as a single-threaded server would.
+    """
+    import threading
+
+    from werkzeug.serving import make_server
+
+    class SerialisedMotoServer(server_cls):  # type: ignore[misc,valid-type]
+        def _server_entry(self) -> None:
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                create_backend_app,
+            )
+
+            app = DomainDispatcherApplication(create_backend_app)
+            one_at_a_time = threading.Lock()
+
+            def serialised(environ: Any, start_response: Any) -> Any:
+                with one_at_a_time:
+                    # Drain the body inside the lock: werkzeug streams it lazily.
+                    return list(app(environ, start_response))
+
+            self._server = make_server(self._ip_address, self._port, serialised, True)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return SerialisedMotoServer

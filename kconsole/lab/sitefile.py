@@ -61,6 +61,7 @@ def render_site(
     current_key: str,
     admins: Iterable[str],
     generated: str,
+    shared_prefix: str = "kconsole-shared",
 ) -> str:
     """The text of the lab's site.toml."""
     nodes = list(nodes)
@@ -76,6 +77,8 @@ def render_site(
         'state_dir = "state"',
         f"description = {q('KALDRIX lab fleet on 127.0.0.1: bootstrap, validator and API nodes and a DR host')}",
         f"health_url = {q(public)}",
+        "# Runs are shared with every console on this site through the S3 location.",
+        f"shared = {q('cloud/' + shared_prefix)}",
         "",
         "[ssh]",
         f"user = {q(user)}",

@@ -48,7 +48,10 @@ _COMMON = (
     "expect",
     "guide",
     "estimate",
+    "approvers",
 )
+MAX_APPROVERS = 5
+"""More approvers than this is a typo, not a policy."""
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PARAM_ATTRS: dict[str, tuple[str, ...]] = {"node": NODE_ATTRS, "backup": BACKUP_ATTRS}
 
@@ -338,6 +341,27 @@ def _steps(
                     (*kp, "gate"), 'a typed gate needs the value to type, e.g. "type:{node}"'
                 )
             )
+        approvers = raw.get("approvers", 1)
+        if "approvers" in raw:
+            if not isinstance(approvers, int) or isinstance(approvers, bool):
+                problems.append(src.problem((*kp, "approvers"), "approvers must be an integer"))
+                approvers = 1
+            elif not 1 <= approvers <= MAX_APPROVERS:
+                problems.append(
+                    src.problem(
+                        (*kp, "approvers"),
+                        f"approvers must be between 1 and {MAX_APPROVERS}, not {approvers}",
+                    )
+                )
+                approvers = 1
+            elif approvers > 1 and not gate:
+                problems.append(
+                    src.problem(
+                        (*kp, "approvers"),
+                        f"{label}: approvers = {approvers} needs a gate "
+                        '(gate = "confirm" or "type:VALUE") for them to confirm',
+                    )
+                )
         for_each = _for_each(src, kp, raw.get("for_each"), params, problems)
         has_node = (
             "for_each" in raw or "node" in raw or (isinstance(sid, str) and sid in node_rollbacks)
@@ -384,6 +408,7 @@ def _steps(
                 expect=expect,
                 guide=str(raw.get("guide", "")),
                 estimate=estimate,
+                approvers=approvers,
             )
         )
     return steps

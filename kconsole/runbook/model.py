@@ -64,6 +64,8 @@ class Step:
     expect: Expect | None = None
     guide: str = ""
     estimate: float | None = None
+    approvers: int = 1
+    """Different accounts that must confirm the step's gate (2: a two-person gate)."""
 
 
 @dataclass

@@ -2,6 +2,12 @@
 
 In `command` fields every substituted value is shell-quoted, so a parameter can never
 inject shell syntax. Validation walks the same placeholders to find undefined names.
+
+Templates take names, not Python's format language: no conversions (`!r`), no indexing,
+one level of attribute from a fixed list, and a format spec only on `{now}` (a strftime
+pattern of at most NOW_SPEC_MAX characters). `validate` rejects the rest, and the renderer
+refuses it too, so a runbook that skipped validation cannot reach a private attribute or
+allocate a huge padded string.
 """
 
 from __future__ import annotations
@@ -10,9 +16,14 @@ import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from kconsole.errors import OperationFailed
 from kconsole.site import Node
+
+NOW_SPEC_MAX = 64
+"""Longest strftime pattern `{now:...}` takes."""
 
 NODE_ATTRS = ("name", "host", "port", "root", "groups", "health_url", "service")
 BACKUP_ATTRS = ("id", "path", "kind", "node", "key_id", "created", "location", "size")
@@ -21,7 +32,7 @@ SITE_ATTRS = ("name", "health_url")
 BUILTINS: dict[str, tuple[str, ...] | None] = {
     "run": RUN_ATTRS,
     "site": SITE_ATTRS,
-    "now": None,
+    "now": (),
 }
 
 
@@ -95,8 +106,24 @@ class _Formatter(string.Formatter):
         self.quote = quote
 
     def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec and not (isinstance(value, datetime) and len(format_spec) <= NOW_SPEC_MAX):
+            raise OperationFailed(
+                f"template format spec :{format_spec[:20]} is not allowed (only {{now:...}} takes one)."
+            )
         text = super().format_field(value, format_spec)
         return shlex.quote(text) if self.quote else text
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion is not None:
+            raise OperationFailed(f"template conversion !{conversion} is not allowed.")
+        return value
+
+    def get_field(self, field_name: str, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        root, _, attr = field_name.partition(".")
+        if "[" in field_name or "." in attr or attr.startswith("_"):
+            raise OperationFailed(f"template placeholder {{{field_name}}} is not allowed.")
+        obj = self.get_value(root, args, kwargs)
+        return (getattr(obj, attr) if attr else obj), root
 
     def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
         if isinstance(key, int):
@@ -123,15 +150,31 @@ def render_value(value: Any, context: Mapping[str, Any], *, quote: bool = False)
 def placeholders(template: str) -> list[tuple[str, str | None]]:
     """The (root name, attribute) of every placeholder; ValueError on bad syntax."""
     out: list[tuple[str, str | None]] = []
-    for _, field_name, spec, _ in string.Formatter().parse(template):
+    for _, field_name, spec, conversion in string.Formatter().parse(template):
         if field_name is None:
             continue
         if field_name == "" or field_name.isdigit():
             raise ValueError("empty or positional placeholder {} (write {name})")
         if "[" in field_name:
             raise ValueError(f"indexing in placeholder {{{field_name}}} is not supported")
+        if conversion is not None:
+            raise ValueError(
+                f"conversion !{conversion} in placeholder {{{field_name}}} is not supported "
+                "(templates take names)"
+            )
         root, _, attr = field_name.partition(".")
+        if not root.isidentifier() or (attr and not attr.replace(".", "_").isidentifier()):
+            raise ValueError(f"placeholder {{{field_name[:40]}}} is not a name")
         out.append((root, attr or None))
         if spec and "{" in spec:
-            raise ValueError(f"nested placeholder in {{{field_name}:{spec}}} is not supported")
+            raise ValueError(f"nested placeholder in {{{field_name}:{spec[:20]}}} is not supported")
+        if spec and root != "now":
+            raise ValueError(
+                f"format spec in placeholder {{{field_name}:{spec[:20]}}} is not supported: "
+                "templates take names, not format specs (only {now:...} takes a strftime pattern)"
+            )
+        if spec and len(spec) > NOW_SPEC_MAX:
+            raise ValueError(
+                f"the strftime pattern of {{now}} is longer than {NOW_SPEC_MAX} characters"
+            )
     return out

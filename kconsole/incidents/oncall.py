@@ -1,7 +1,7 @@
 """Who to call now: the site's contacts and escalation matrices read against the clock.
 
-Pure functions over the engine's site model (no Textual), so the engine can adopt them
-as they are when `kconsole contacts` learns to say who is on call.
+Pure functions over the site model, shared by the console's escalation panel and
+`kconsole contacts --now`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ MATRIX_FOR_SCENARIO = {
     "backup": "backup",
     "verification": "backup",
     "security-incident": "security",
+    "security": "security",
+    "recovery": "recovery",
 }
-"""The escalation matrix a runbook scenario escalates through; anything else is a recovery."""
+"""The escalation matrix a runbook scenario (or an incident type) escalates through;
+anything else is a recovery."""
 
 
 def is_on_call(contact: Contact, now: datetime) -> bool:
@@ -75,14 +78,22 @@ class CallNow:
 
 
 def call_now(
-    site: Site, now: datetime, scenario: str = "single-node", elapsed: float = 0.0
+    site: Site,
+    now: datetime,
+    scenario: str = "single-node",
+    elapsed: float = 0.0,
+    level_no: int | None = None,
 ) -> CallNow:
-    """Who to call `elapsed` seconds into an incident of `scenario` (0: a fresh one)."""
+    """Who to call `elapsed` seconds into an incident of `scenario` (0: a fresh one), or at
+    `level_no` when the incident's paging says which level it has reached."""
     matrix = matrix_for(site, scenario)
     if matrix is None:
         people = tuple(c for c in site.contacts if is_on_call(c, now))
         return CallNow(None, None, people, ())
-    level = level_at(matrix, elapsed)
+    if level_no is not None and matrix.levels:
+        level: EscalationLevel | None = matrix.levels[max(0, min(level_no, len(matrix.levels)) - 1)]
+    else:
+        level = level_at(matrix, elapsed)
     holders = [c for c in site.contacts if level is not None and c.role == level.role]
     return CallNow(
         matrix,
