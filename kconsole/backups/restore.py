@@ -211,7 +211,7 @@ async def restore_backup(
         # stream, and only a stream that ended cleanly is swapped in (the finally below
         # removes the staging directory otherwise).
         extract = f"{sudo_p}tar --no-same-owner -xf - -C {q_staging}"
-        await emit("stdout", f"streaming {backup.id} from {replica} into {node.name}:{staging}")
+        await emit("stdout", f"streaming into {node.name}:{staging} from {replica}")
         walked: list[ArchiveReport] = []
         expect = backup.manifest.plaintext_sha256 if backup.manifest else None
         result = await transport.stream_in(
