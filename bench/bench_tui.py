@@ -6,7 +6,7 @@ mix, interleaved, --repeat times each:
 
 - kconsole: `screens.app.build_app` on that site, an in-memory transport answering the
   first fleet poll, no periodic poll of its own (`poll_interval=0`); later polls are the
-  message the app posts when a poll comes back (`KconsoleApp.FleetPolled`);
+  call the app makes when a poll comes back (`KconsoleApp.show_fleet`);
 - bare app: a Textual App with one DataTable (the same columns and rows: group, node,
   state, latency, height, detail) and a second screen with a small table, switched with
   the same keys (`switch_mode`, as the console does); a poll is a message whose handler
@@ -231,7 +231,7 @@ def kconsole_side(site_path: Path) -> Side:
     from kconsole.runbook.load import shipped_runbooks_dir
     from kconsole.services import Services
     from kconsole.site import load_site
-    from screens.app import KconsoleApp, build_app
+    from screens.app import build_app
     from screens.contacts import ContactsScreen
     from screens.dashboard import DashboardScreen
     from screens.widgets import FleetTable
@@ -276,7 +276,7 @@ def kconsole_side(site_path: Path) -> Side:
             for name, state, latency, height in poll_states(names, generation)
         ]
         when = app.clock.now()
-        app.post_message(KconsoleApp.FleetPolled(statuses, when))
+        app.call_later(app.show_fleet, statuses, when)
         return lambda: app.fleet_polled_at is when  # a new datetime object per poll
 
     return Side(

@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -44,13 +44,33 @@ def _out(line: str) -> None:
         print(line, flush=True)
 
 
+def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A plain fixed-width table on stdout, laid out by rich: columns as wide as their
+    content, one space apart, never wrapped. A column named with a leading `>` is
+    right-aligned (the `>` is not shown)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="")
+    for name in columns:
+        right = name.startswith(">")
+        table.add_column(name.lstrip(">"), justify="right" if right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console = Console(width=100_000, color_system=None, highlight=False, emoji=False)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        _out(line.rstrip())
+
+
 def _err(line: str) -> None:
     with contextlib.suppress(BrokenPipeError, OSError):
         print(line, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full CLI contract of DESIGN.md."""
+    """The full CLI (docs/cli.md)."""
     # --site is accepted before or after the command; SUPPRESS keeps a subcommand's
     # unset --site from overwriting one given before it.
     common = _Parser(add_help=False)
@@ -215,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kconsole` script."""
     try:
-        args = build_parser().parse_args(argv)
+        given = list(sys.argv[1:] if argv is None else argv)
+        if any("\x00" in a for a in given):
+            raise UsageError("an argument holds a NUL character, which no path or value may.")
+        args = build_parser().parse_args(given)
         handler = _HANDLERS.get(args.command or "console")
         if handler is None:
             raise UsageError(f"kconsole {args.command} is not available in this version.")
@@ -346,9 +369,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """`kconsole runs`"""
     from kconsole.journal import list_runs
     from kconsole.shared.runs import merged_runs
+    from kconsole.site import current_user
 
     site = _site(args)
-    runs, problem = merged_runs(site, list_runs(site.state_dir))
+    runs, problem = merged_runs(site, list_runs(site.state_dir), current_user())
     if problem:
         _err(f"kconsole: warning: {problem} Showing this console's runs only.")
     if args.json:
@@ -359,21 +383,23 @@ def cmd_runs(args: argparse.Namespace) -> int:
         _out("no runs yet.")
         return EXIT_OK
     if not site.shared:
-        _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} DRILL")
-        for r in runs:
-            _out(
-                f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} {'yes' if r.drill else ''}"
-            )
-        return EXIT_OK
-    _out(f"{'RUN':22} {'RUNBOOK':28} {'STATUS':12} {'STARTED':25} {'DRILL':5} {'USER':10} CONSOLE")
-    for r in runs:
-        console = r.console or "this console"
-        if r.holder:
-            console += f" (lease: {r.holder})"
-        _out(
-            f"{r.id:22} {r.runbook:28} {r.status:12} {r.started:25} "
-            f"{'yes' if r.drill else '':5} {r.user:10} {console}"
+        _table(
+            ("RUN", "RUNBOOK", "STATUS", "STARTED", "DRILL"),
+            ((r.id, r.runbook, r.status, r.started, "yes" if r.drill else "") for r in runs),
         )
+        return EXIT_OK
+
+    def console_of(r: Any) -> str:
+        held = f" (lease: {r.holder})" if r.holder else ""
+        return (r.console or "this console") + held
+
+    _table(
+        ("RUN", "RUNBOOK", "STATUS", "STARTED", "DRILL", "USER", "CONSOLE"),
+        (
+            (r.id, r.runbook, r.status, r.started, "yes" if r.drill else "", r.user, console_of(r))
+            for r in runs
+        ),
+    )
     return EXIT_OK
 
 
@@ -384,14 +410,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     site = _site(args)
     log = AuditLog(site.state_dir)
     if args.audit_command == "show":
-        for entry in log.read():
-            if args.json:
+        entries = log.read()
+        if args.json:
+            for entry in entries:
                 _out(json.dumps(entry, sort_keys=True))
-            else:
-                _out(
-                    f"{entry['seq']:>6} {entry['ts']} {entry['actor']:12} {entry['action']:14} "
-                    f"{entry.get('target', '')} {entry.get('result', '')}"
-                )
+        elif entries:
+            _table(
+                (">SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "RESULT"),
+                (
+                    (
+                        e["seq"],
+                        e["ts"],
+                        e["actor"],
+                        e["action"],
+                        e.get("target", ""),
+                        e.get("result", ""),
+                    )
+                    for e in entries
+                ),
+            )
         return EXIT_OK
     result = log.verify()
     if not result.ok:
@@ -449,9 +486,10 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         return EXIT_OK
     from kconsole.config import format_duration
 
-    _out(f"{'NAME':16} {'ROLE':22} {'PHONE':14} {'ON CALL':15} EMAIL")
-    for c in site.contacts:
-        _out(f"{c.name:16} {c.role:22} {c.phone:14} {c.on_call:15} {c.email}")
+    _table(
+        ("NAME", "ROLE", "PHONE", "ON CALL", "EMAIL"),
+        ((c.name, c.role, c.phone, c.on_call, c.email) for c in site.contacts),
+    )
     for m in site.escalation.values():
         _out("")
         _out(f"{m.title}:")
@@ -471,14 +509,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         for s in statuses:
             _out(json.dumps(s.as_json()))
         return EXIT_OK
-    _out(f"{'NODE':14} {'HOST':22} {'STATE':12} {'LATENCY':>9} {'HEIGHT':>8}  DETAIL")
-    for s in statuses:
-        latency = f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-"
-        height = str(s.height) if s.height is not None else "-"
-        _out(
-            f"{s.name:14} {s.host + ':' + str(site.nodes[s.name].port):22} {s.state:12} {latency:>9} "
-            f"{height:>8}  {s.detail}"
-        )
+    _table(
+        ("NODE", "HOST", "STATE", ">LATENCY", ">HEIGHT", "DETAIL"),
+        (
+            (
+                s.name,
+                f"{s.host}:{site.nodes[s.name].port}",
+                s.state,
+                f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-",
+                s.height if s.height is not None else "-",
+                s.detail,
+            )
+            for s in statuses
+        ),
+    )
     up = sum(1 for s in statuses if s.state == "active")
     _out(f"{up}/{len(statuses)} active, polled in {took:.1f}s")
     return EXIT_OK
@@ -544,13 +588,21 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             _out(json.dumps(o.as_json()))
         return EXIT_OK
     _out(f"catalog of {site.name} as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC")
-    _out(f"{'ID':46} {'LOCATION':9} {'SIZE':>10} {'AGE':>8} {'RPO':>6} {'STATUS':15} KEY")
-    for r in rows:
-        key = "legacy" if r["legacy"] else r["key_id"][:8]
-        _out(
-            f"{r['id']:46} {r['location']:9} {r['size']:>10} {format_duration(r['age_s']):>8} "
-            f"{format_duration(r['rpo_s']) if r['rpo_s'] else '-':>6} {r['status']:15} {key}"
-        )
+    _table(
+        ("ID", "LOCATION", ">SIZE", ">AGE", ">RPO", "STATUS", "KEY"),
+        (
+            (
+                r["id"],
+                r["location"],
+                r["size"],
+                format_duration(r["age_s"]),
+                format_duration(r["rpo_s"]) if r["rpo_s"] else "-",
+                r["status"],
+                "legacy" if r["legacy"] else r["key_id"][:8],
+            )
+            for r in rows
+        ),
+    )
     _out(f"{len(rows)} copies of {len({r['id'] for r in rows})} backups")
     if orphans:
         _out(
@@ -566,17 +618,23 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         f"newest good backup against the RPO, as of {catalog.as_of:%Y-%m-%d %H:%M:%S} UTC "
         "(LOSS: what a failure now would lose)"
     )
-    _out(
-        f"{'TIER':10} {'KIND':17} {'NODE':12} {'AGE':>8} {'RPO':>6} {'STATE':6} {'LOSS':>8} {'BLOCKS':>7}  NEWEST"
+    _table(
+        ("TIER", "KIND", "NODE", ">AGE", ">RPO", "STATE", ">LOSS", ">BLOCKS", "NEWEST"),
+        (
+            (
+                f["tier"],
+                f["kind"],
+                f["node"],
+                format_duration(f["age_s"]) if f["age_s"] is not None else "never",
+                format_duration(f["rpo_s"]),
+                f["status"],
+                format_duration(f["loss_s"]) if f["loss_s"] is not None else "all",
+                f["block_lag"] if f["block_lag"] is not None else "?",
+                f["newest"] or "-",
+            )
+            for f in fresh
+        ),
     )
-    for f in fresh:
-        age = format_duration(f["age_s"]) if f["age_s"] is not None else "never"
-        loss = format_duration(f["loss_s"]) if f["loss_s"] is not None else "all"
-        blocks = str(f["block_lag"]) if f["block_lag"] is not None else "?"
-        _out(
-            f"{f['tier']:10} {f['kind']:17} {f['node']:12} {age:>8} {format_duration(f['rpo_s']):>6} "
-            f"{f['status']:6} {loss:>8} {blocks:>7}  {f['newest'] or '-'}"
-        )
     for t in tier_summary(fresh):
         worst = format_duration(t["max_loss_s"]) if t["max_loss_s"] is not None else "everything"
         _out(
@@ -657,7 +715,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         return EXIT_OK
     now = rows[0].as_of
     _out(f"schedule of {site.name} as of {now:%Y-%m-%d %H:%M %Z} (cron's local time)")
-    _out(f"{'RUNBOOK':25} {'CRON':13} {'NEXT DUE':17} {'LAST RUN':28} STATE")
+    table = []
     for r in rows:
         last = (
             f"{r.last.last_started[:16].replace('T', ' ')} {r.last.last_status}"
@@ -667,9 +725,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         state = "OVERDUE" if r.overdue else ("no runbook" if not r.available else "ok")
         if r.reason:
             state += f" ({r.reason})"
-        _out(
-            f"{r.entry.runbook:25} {r.entry.cron:13} {r.next_due:%Y-%m-%d %H:%M} {last:28} {state}"
-        )
+        table.append((r.entry.runbook, r.entry.cron, f"{r.next_due:%Y-%m-%d %H:%M}", last, state))
+    _table(("RUNBOOK", "CRON", "NEXT DUE", "LAST RUN", "STATE"), table)
     overdue = [r.entry.runbook for r in rows if r.overdue]
     rotation = key_rotation(site, now)
     if rotation is not None:
@@ -817,17 +874,21 @@ def cmd_crypto(args: argparse.Namespace) -> int:
     """`kconsole crypto keygen|encrypt|decrypt`"""
     from kconsole.crypto import cli as crypto_cli
 
-    if args.crypto_command == "keygen":
-        site = _site_owning_keys(args, Path(args.output))
-        if site is None:
-            return crypto_cli.cmd_keygen(Path(args.output))
-        from kconsole.audit import AuditLog
+    # Any file written into the site's key directory (a new key, or a decrypted one that
+    # holds 64 hex characters) can become the key the site encrypts with: admins only.
+    site = _site_owning_keys(args, Path(args.output))
+    if site is not None:
         from kconsole.site import current_user
 
         user = current_user()
-        site.access.require_admin(user, "write a key into the site's key directory")
+        site.access.require_admin(user, "write into the site's key directory")
+    if args.crypto_command == "keygen":
         code = crypto_cli.cmd_keygen(Path(args.output))
-        AuditLog(site.state_dir).append(user, "crypto-keygen", str(Path(args.output).resolve()))
+        if site is not None:
+            from kconsole.audit import AuditLog
+
+            target = str(Path(args.output).resolve())
+            AuditLog(site.state_dir).append(user, "crypto-keygen", target)
         return code
     if args.crypto_command == "encrypt":
         return crypto_cli.cmd_encrypt(Path(args.key), Path(args.input), Path(args.output))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,7 @@ from kconsole.gates import (
     confirm_unattended,
     confirm_yes,
 )
-from kconsole.headless import EXIT_FOR_STATUS, human_line
+from kconsole.headless import EXIT_FOR_STATUS, human_line, install_stop_signals
 from kconsole.journal import RunJournal, iso, list_runs, new_run_id
 from kconsole.reports import (
     build_report,
@@ -603,10 +602,8 @@ def run_drill(
 
     async def guarded() -> tuple[int, str]:
         task = asyncio.create_task(main())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            # As `kconsole run`: a stop signal ends the drill's run as interrupted, resumable.
-            loop.add_signal_handler(sig, task.cancel)
+        # As `kconsole run`: a stop signal ends the drill's run as interrupted, resumable.
+        install_stop_signals(asyncio.get_running_loop(), task)
         try:
             return await task
         except asyncio.CancelledError:

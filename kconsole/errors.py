@@ -30,11 +30,5 @@ class OperationFailed(KconsoleError):
     exit_code = EXIT_FAILED
 
 
-class Interrupted(KconsoleError):
-    """The run stopped and can be resumed with `--resume`. Exit 3."""
-
-    exit_code = EXIT_INTERRUPTED
-
-
 class AccessDenied(UsageError):
     """The operator's role does not allow this action (an auditor changing something)."""

@@ -11,17 +11,19 @@ flight when the process died.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kconsole.actions import REGISTRY
 from kconsole.actions.base import ActionResult, Confirm, StepContext
 from kconsole.actions.gate import GateRefused, GateUnanswered
 from kconsole.audit import AuditLog
 from kconsole.config import format_duration
-from kconsole.errors import KconsoleError
+from kconsole.errors import KconsoleError, UsageError
 from kconsole.gates import GateRequest
 from kconsole.incidents.desk import IncidentDesk, incident_of_run
 from kconsole.journal import InstanceState, RunJournal, iso
@@ -32,6 +34,7 @@ from kconsole.services import Services
 from kconsole.site import Site
 
 MAX_BACKOFF = 300.0
+R = TypeVar("R")
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -96,6 +99,7 @@ class Executor:
         self.prior = prior or {}
         self.run_id = journal.run_id
         self.audit = AuditLog(site.state_dir)
+        self._io_thread: ThreadPoolExecutor | None = None
         self._aborting: str = ""
         self._abort_status = "failed"
         self._stopped: str = ""
@@ -125,7 +129,7 @@ class Executor:
         """Let new steps start again."""
         self._resume.set()
 
-    def note(self, text: str, user: str | None = None) -> dict[str, Any]:
+    async def note(self, text: str, user: str | None = None) -> dict[str, Any]:
         """An operator note on the run's timeline: journaled and audited (the text is
         the operator's own; only its length goes to the audit log)."""
         who = user or self.user
@@ -137,8 +141,8 @@ class Executor:
             "text": text,
             "time": iso(self.services.clock.now()),
         }
-        self._emit(record)
-        self.audit.append(who, "run.note", self.run_id, chars=len(text))
+        await self._emit(record)
+        await self._audit(who, "run.note", self.run_id, chars=len(text))
         return record
 
     @property
@@ -152,12 +156,24 @@ class Executor:
 
     # -- events --------------------------------------------------------------------------
 
-    def _emit(self, record: dict[str, Any], durable: bool = True) -> None:
-        self.journal.write(record, durable=durable)
+    async def _io(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run journal or audit I/O (fsync, the audit log's lock) on the run's own I/O
+        thread, one call at a time in the order made: records stay in order, and the event
+        loop (the console's) never waits on a disk or on a lock another process holds."""
+        if self._io_thread is None:
+            self._io_thread = ThreadPoolExecutor(1, thread_name_prefix=f"run-{self.run_id}-io")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io_thread, functools.partial(fn, *args, **kwargs))
+
+    async def _audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
+        await self._io(self.audit.append, actor, action, target, **detail)
+
+    async def _emit(self, record: dict[str, Any], durable: bool = True) -> None:
+        await self._io(self.journal.write, record, durable=durable)
         if self.on_event is not None:
             self.on_event(record)
 
-    def _step_event(
+    async def _step_event(
         self,
         inst: _Instance | Step,
         node: str | None,
@@ -175,7 +191,7 @@ class Executor:
             "time": iso(self.services.clock.now()),
         }
         record.update(extra)
-        self._emit(record, durable)
+        await self._emit(record, durable)
 
     # -- the run -------------------------------------------------------------------------
 
@@ -197,9 +213,20 @@ class Executor:
             self.incident = incident_of_run(self.journal.path)
         desk = IncidentDesk(self.site, self.services.clock, self.user)
         if self.incident:
-            desk.get(self.incident)  # an unknown id is refused before anything runs
+            try:
+                desk.get(self.incident)  # an unknown id is refused before anything runs
+            except UsageError:
+                if not resumed:
+                    raise
+                # Taken over from another console, whose incident this console does not
+                # have (incidents are not shared yet): the recovery goes on, unlinked here.
+                self._warn(
+                    f"incident {self.incident} is not on this console; this run goes on "
+                    "without updating it here"
+                )
+                self.incident = ""
         if resumed:
-            self._emit(
+            await self._emit(
                 {
                     "type": "run",
                     "event": "resumed",
@@ -209,7 +236,7 @@ class Executor:
                 }
             )
         else:
-            self._emit(
+            await self._emit(
                 {
                     "type": "run",
                     "event": "created",
@@ -228,7 +255,7 @@ class Executor:
             )
         if self.incident:
             desk.link_run(self.incident, self.run_id, self.runbook.id)
-        self.audit.append(
+        await self._audit(
             self.user,
             "run.resume" if resumed else "run.start",
             self.run_id,
@@ -239,7 +266,7 @@ class Executor:
         try:
             status, reason = await self._schedule()
         except asyncio.CancelledError:
-            self._finish(
+            await self._finish(
                 "interrupted",
                 f"stopped by a signal or a closed session; resume with --resume {self.run_id}",
                 final=False,
@@ -247,7 +274,7 @@ class Executor:
             # Queued only: whoever delivers next (the console, a run, `incident tick`) sends it.
             self._announce(desk)
             raise
-        self._finish(status, reason, final=status not in ("waiting", "interrupted"))
+        await self._finish(status, reason, final=status not in ("waiting", "interrupted"))
         if status != "waiting":
             self._announce(desk)
             await self._deliver(desk)
@@ -286,8 +313,8 @@ class Executor:
                 }
             )
 
-    def _finish(self, status: str, reason: str, final: bool) -> None:
-        self._emit(
+    async def _finish(self, status: str, reason: str, final: bool) -> None:
+        await self._emit(
             {
                 "type": "run",
                 "event": "finished" if final else "stopped",
@@ -298,7 +325,7 @@ class Executor:
                 "elapsed_s": round(self.elapsed(), 3),
             }
         )
-        self.audit.append(
+        await self._audit(
             self.user,
             "run.finish" if final else "run.stop",
             self.run_id,
@@ -343,7 +370,9 @@ class Executor:
                         pending.remove(step)
                         blocked = [n for n in step.needs if outcome[n] in ("failed", "skipped")]
                         if blocked:
-                            self._skip(step, f"needs {blocked[0]}, which {outcome[blocked[0]]}")
+                            await self._skip(
+                                step, f"needs {blocked[0]}, which {outcome[blocked[0]]}"
+                            )
                             outcome[step.id] = "skipped"
                             continue
                         running[asyncio.create_task(self._run_step(step), name=step.id)] = step
@@ -368,14 +397,14 @@ class Executor:
         if self._stopped:
             return "waiting", self._stopped
         for step in pending:
-            self._skip(step, self._aborting or "not reached")
+            await self._skip(step, self._aborting or "not reached")
         if self._aborting:
             return self._abort_status, self._aborting
         return "succeeded", ""
 
-    def _skip(self, step: Step, reason: str) -> None:
+    async def _skip(self, step: Step, reason: str) -> None:
         for node in self._nodes_for(step, quiet=True):
-            self._step_event(step, node.name if node else None, "skipped", reason=reason)
+            await self._step_event(step, node.name if node else None, "skipped", reason=reason)
 
     def _context(self, node: NodeRef | None) -> dict[str, Any]:
         ctx: dict[str, Any] = dict(self.params)
@@ -401,18 +430,20 @@ class Executor:
         try:
             nodes = self._nodes_for(step)
         except Exception as exc:  # noqa: BLE001 - a bad node reference fails the step, not the console
-            self._step_event(step, None, "failed", reason=str(exc))
+            await self._step_event(step, None, "failed", reason=str(exc))
             return await self._on_failure(step, None, str(exc))
         if step.gate and "{node" not in step.gate:
             try:
                 await self._gate(step, None, nodes)
             except _SkipStep as exc:
                 for node in nodes:
-                    self._step_event(step, node.name if node else None, "skipped", reason=str(exc))
+                    await self._step_event(
+                        step, node.name if node else None, "skipped", reason=str(exc)
+                    )
                 return "continued"
             except GateRefused as exc:
                 for node in nodes:
-                    self._step_event(
+                    await self._step_event(
                         step, node.name if node else None, "skipped", reason=str(exc).rstrip(".")
                     )
                 return "failed"
@@ -422,7 +453,7 @@ class Executor:
         async def one(inst: _Instance) -> str:
             async with limit:
                 if self._aborting or self._stopped:
-                    self._step_event(
+                    await self._step_event(
                         inst, inst.node_name, "skipped", reason=self._aborting or self._stopped
                     )
                     return "skipped"
@@ -468,7 +499,7 @@ class Executor:
             approvers=step.approvers,
             approved_by=list(prior.approved_by) if prior is not None else [],
         )
-        self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
+        await self._step_event(step, node_name, "gate", question=request.question(), kind=kind)
         answer = await self.confirm(request)
         if answer is None:
             raise _StopRun(f"waiting at gate {step.id}: {request.question()}")
@@ -476,17 +507,17 @@ class Executor:
             answer = await self._confirm_abort(step, node_name, request)
         by = request.answered_by or self.user
         if not answer:
-            self._step_event(step, node_name, "refused", by=by)
-            self.audit.append(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
+            await self._step_event(step, node_name, "refused", by=by)
+            await self._audit(self.user, "gate.refuse", f"{self.run_id}/{step.id}", node=node_name)
             self.abort(f"{self.user} refused the gate of {step.id} and chose to abort the run")
             raise GateRefused(f"the operator refused the gate of {step.id}.")
         if request.skipped and request.skippable:
-            self.audit.append(self.user, "gate.skip", f"{self.run_id}/{step.id}", node=node_name)
+            await self._audit(self.user, "gate.skip", f"{self.run_id}/{step.id}", node=node_name)
             raise _SkipStep(f"skipped by {by} in the drill walkthrough")
         if step.approvers > 1:
-            self._approve(step, node_name, request, by)
-        self._step_event(step, node_name, "confirmed", by=by, note=request.note)
-        self.audit.append(
+            await self._approve(step, node_name, request, by)
+        await self._step_event(step, node_name, "confirmed", by=by, note=request.note)
+        await self._audit(
             self.user, "gate.confirm", f"{self.run_id}/{step.id}", node=node_name, by=by
         )
 
@@ -504,20 +535,22 @@ class Executor:
             prompt=f"You refused {gate.title}{' on ' + gate.node if gate.node else ''}. "
             "Abort the run? (no: back to the gate)",
         )
-        self._step_event(step, node_name, "gate", question=ask.question(), kind="abort")
+        await self._step_event(step, node_name, "gate", question=ask.question(), kind="abort")
         really = await self.confirm(ask)
         if really is None:
             raise _StopRun(f"waiting at gate {step.id}: {ask.question()}")
         if really:
             gate.answered_by = ask.answered_by or gate.answered_by
             return False
-        self._step_event(step, node_name, "gate", question=gate.question(), kind=gate.kind)
+        await self._step_event(step, node_name, "gate", question=gate.question(), kind=gate.kind)
         again = await self.confirm(gate)
         if again is None:
             raise _StopRun(f"waiting at gate {step.id}: {gate.question()}")
         return bool(again)
 
-    def _approve(self, step: Step, node_name: str | None, request: GateRequest, by: str) -> None:
+    async def _approve(
+        self, step: Step, node_name: str | None, request: GateRequest, by: str
+    ) -> None:
         """One approval of a two-person gate, by the acting account (`--yes` included: it
         approves as the account that gave it). Returns once the gate has all it needs;
         until then the run stops there, waiting for another account."""
@@ -528,7 +561,7 @@ class Executor:
                 f"it twice; {request.approval_line()}"
             )
         approved.append(self.user)
-        self._step_event(
+        await self._step_event(
             step,
             node_name,
             "approved",
@@ -537,7 +570,7 @@ class Executor:
             count=len(approved),
             of=step.approvers,
         )
-        self.audit.append(
+        await self._audit(
             self.user,
             "gate.approve",
             f"{self.run_id}/{step.id}",
@@ -565,15 +598,15 @@ class Executor:
             node=inst.node_name,
             prompt=f"{inst.step.id}{' on ' + inst.node_name if inst.node_name else ''} {what}; run it again?",
         )
-        self._step_event(inst, inst.node_name, "gate", question=request.prompt, kind="rerun")
+        await self._step_event(inst, inst.node_name, "gate", question=request.prompt, kind="rerun")
         answer = await self.confirm(request)
         if answer is None:
             raise _StopRun(f"waiting to re-run {inst.step.id}: {request.prompt}")
         if answer:
-            self._step_event(
+            await self._step_event(
                 inst, inst.node_name, "confirmed", by=request.answered_by or self.user, rerun=True
             )
-            self.audit.append(
+            await self._audit(
                 self.user, "step.rerun", f"{self.run_id}/{inst.step.id}", node=inst.node_name
             )
         return bool(answer)
@@ -588,17 +621,17 @@ class Executor:
                 inst, prior
             ):
                 reason = "the operator chose not to re-run it"
-                self._step_event(inst, inst.node_name, "failed", reason=reason)
+                await self._step_event(inst, inst.node_name, "failed", reason=reason)
                 self.abort(f"{step.id} was not re-run")
                 return "failed"
         try:
             if step.gate and "{node" in step.gate:
                 await self._gate(step, inst.node, [inst.node])
         except _SkipStep as exc:
-            self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
+            await self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
             return "continued"
         except GateRefused as exc:
-            self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
+            await self._step_event(inst, inst.node_name, "skipped", reason=str(exc))
             return "failed"
         action_cls = REGISTRY[step.action]
         attempts = step.retries + 1
@@ -606,7 +639,7 @@ class Executor:
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 delay = min(MAX_BACKOFF, step.backoff * 2 ** (attempt - 2))
-                self._step_event(
+                await self._step_event(
                     inst, inst.node_name, "retrying", attempt=attempt, reason=reason, delay_s=delay
                 )
                 await self.services.clock.sleep(delay)
@@ -614,7 +647,7 @@ class Executor:
             command = self.rendered_command(step, inst.node)
             if command:
                 started["command"] = command  # the report's timeline shows it as run
-            self._step_event(inst, inst.node_name, "started", **started)
+            await self._step_event(inst, inst.node_name, "started", **started)
             t0 = self.services.clock.monotonic()
             try:
                 result = await self._attempt(inst, action_cls())
@@ -622,7 +655,7 @@ class Executor:
             except GateUnanswered as exc:
                 raise _StopRun(f"waiting at gate {step.id}: {exc}") from None
             except GateRefused as exc:
-                self._step_event(inst, inst.node_name, "failed", reason=str(exc))
+                await self._step_event(inst, inst.node_name, "failed", reason=str(exc))
                 self.abort(str(exc).rstrip("."))
                 return "failed"
             except TimeoutError:
@@ -638,7 +671,7 @@ class Executor:
                 result = None
             duration = round(self.services.clock.monotonic() - t0, 3)
             if not reason and result is not None:
-                self._step_event(
+                await self._step_event(
                     inst,
                     inst.node_name,
                     "finished",
@@ -650,7 +683,7 @@ class Executor:
                 return "ok"
             extra: dict[str, Any] = {"exit_code": result.exit_code} if result is not None else {}
             if attempt == attempts:
-                self._step_event(
+                await self._step_event(
                     inst,
                     inst.node_name,
                     "failed",
@@ -676,7 +709,7 @@ class Executor:
             rollback = self.runbook.steps[step.on_failure]
             targets = self._nodes_for(rollback) if (rollback.for_each or rollback.node) else [node]
             for target in targets:
-                self._step_event(
+                await self._step_event(
                     rollback,
                     target.name if target else None,
                     "output",
@@ -723,7 +756,7 @@ class Executor:
                 values[name] = spec.default
 
         async def emit(stream: str, text: str) -> None:
-            self._step_event(
+            await self._step_event(
                 inst, inst.node_name, "output", durable=False, stream=stream, text=text
             )
 

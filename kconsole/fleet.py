@@ -24,7 +24,8 @@ class NodeStatus:
     host: str
     groups: tuple[str, ...]
     state: str
-    """active, inactive or unreachable."""
+    """active, behind (active, but BEHIND_BLOCKS or more below the fleet's highest chain
+    height), inactive or unreachable."""
     detail: str
     latency_ms: float | None
     height: int | None = None
@@ -75,6 +76,25 @@ async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatu
     return NodeStatus(node.name, node.host, node.groups, state, detail, latency, height)
 
 
+BEHIND_BLOCKS = 100
+"""How far below the highest node of the fleet an active node's chain height may be before
+it shows as `behind` (a node recovered from a backup is still catching up with its peers)."""
+
+
+def mark_behind(statuses: list[NodeStatus], limit: int = BEHIND_BLOCKS) -> None:
+    """Turn each active node whose height is `limit` or more blocks below the highest
+    height any node reported into `behind`, saying by how much (in place)."""
+    heights = [s.height for s in statuses if s.height is not None]
+    if not heights:
+        return
+    top = max(heights)
+    leader = next(s.name for s in statuses if s.height == top)
+    for s in statuses:
+        if s.state == "active" and s.height is not None and top - s.height >= limit:
+            s.state = "behind"
+            s.detail += f", {top - s.height} blocks behind {leader} (height {top})"
+
+
 async def poll_fleet(
     site: Site, services: Services, timeout: float | None = None, limit: int = 64
 ) -> list[NodeStatus]:
@@ -96,7 +116,9 @@ async def poll_fleet(
                     None,
                 )
 
-    return list(await asyncio.gather(*(one(n) for n in site.nodes.values())))
+    statuses = list(await asyncio.gather(*(one(n) for n in site.nodes.values())))
+    mark_behind(statuses)
+    return statuses
 
 
 def poll_once(site: Site) -> tuple[list[NodeStatus], float]:

@@ -66,10 +66,12 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], bool]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             # A bad line in the middle is damage, not a crash artefact; skip it but keep going.
             continue
+        if isinstance(record, dict):  # a JSON line that is not a record is damage too
+            records.append(record)
     return records, torn
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from kconsole.audit import AuditLog
 from kconsole.backups.manifest import parse_id, parse_iso
 from kconsole.config import format_duration
-from kconsole.errors import UsageError
+from kconsole.errors import KconsoleError, UsageError
 from kconsole.fsutil import atomic_write
 from kconsole.journal import RunSummary, iso, list_runs, run_dir, summarise
 from kconsole.runbook import load_runbook
@@ -131,14 +131,14 @@ def _detection(
         if _t(value):
             return _t(value), source
     if incident:
+        from kconsole.incidents.store import IncidentStore
+
         try:
-            data = json.loads(
-                (site.state_dir / "incidents" / f"{incident}.json").read_text(encoding="utf-8")
-            )
-            if _t(data.get("detected")):
-                return _t(data["detected"]), f"incident {incident}'s detected time"
-        except (OSError, ValueError, AttributeError):
-            pass
+            found = _t(IncidentStore(site.state_dir).load(str(incident)).detected)
+        except KconsoleError:
+            found = None  # an incident file gone or unreadable: fall back, and say so below
+        if found:
+            return found, f"incident {incident}'s detected time"
     seen = evidence.get("detected") or {}
     if _t(seen.get("time")):
         return _t(seen["time"]), str(seen.get("source") or "the first failure the console saw")
@@ -381,6 +381,7 @@ def build_report(site: Site, run_id: str, *, compare: bool = True) -> dict[str, 
         "started": summary.started,
         "finished": summary.finished or None,
         "elapsed_s": elapsed,
+        "incident": head.get("incident") or summary.params.get("incident") or None,
         "detected": iso(detected) if detected else None,
         "detected_source": detected_source,
         "recovery_s": recovery_s,
@@ -708,6 +709,10 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- **Detected**: {rep['detected'] or 'not recorded'} (from {rep['detected_source']})",
         f"- **Parameters**: {', '.join(f'{k}={v}' for k, v in rep['params'].items()) or 'none'}",
     ]
+    if rep["incident"]:
+        out.append(
+            f"- **Incident**: {rep['incident']} (`kconsole incident report {rep['incident']}`)"
+        )
     if rep["injected"]:
         out.append(f"- **Injected Failure**: {', '.join(rep['injected'])}")
     out += ["", "## Test Objectives"]

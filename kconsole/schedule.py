@@ -8,8 +8,9 @@ runbook that replaces the script. A site tier that holds a single kind may set i
 
 Cron expressions are the standard five fields (minute hour day-of-month month
 day-of-week, with `*`, `a-b`, `*/n`, `a-b/n`, lists, month and day names, and the
-`@hourly`-style shorthands). Like cron, they are read in the machine's local time and,
-as in Vixie cron, when both day fields are restricted a day matching either one fires.
+`@hourly`-style shorthands), parsed and evaluated by cronsim. Like cron, they are read in
+the machine's local time and, as in Vixie cron, when both day fields are restricted a day
+matching either one fires.
 """
 
 from __future__ import annotations
@@ -23,24 +24,11 @@ from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
+from cronsim import CronSim, CronSimError
+
 from kconsole.errors import UsageError
 from kconsole.site import Site
 
-_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-)
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
-        start=1,
-    )
-}
-_DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
 _ALIASES = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -51,52 +39,55 @@ _ALIASES = {
     "@hourly": "0 * * * *",
 }
 _MINUTE = timedelta(minutes=1)
-_SEARCH_STEPS = 200_000
 
 
 @dataclass(frozen=True)
 class Cron:
-    """A parsed five-field cron expression."""
+    """A five-field cron expression, parsed and evaluated by cronsim (Vixie cron's rules)
+    on the wall clock of the times it is given."""
 
     text: str
+    expr: str
+    """The five fields (a `@daily`-style shorthand spelled out)."""
     minutes: frozenset[int]
     hours: frozenset[int]
     days: frozenset[int]
     months: frozenset[int]
     weekdays: frozenset[int]
-    """0 = Sunday (7 is folded onto 0)."""
-    dom_star: bool
-    dow_star: bool
+    """0 = Sunday (7 is folded onto 0). The sets hold the plain values; cronsim's extensions
+    (`L`, `5#2`) are evaluated by `next_after` and `last_at_or_before` only."""
+    day_and: bool
+    """Whether a day must match both day fields (one of them starts with `*`)."""
 
     @classmethod
     def parse(cls, text: str) -> Cron:
         """Parse `text`; ValueError naming the bad field."""
         expr = _ALIASES.get(text.strip().lower(), text.strip())
-        parts = expr.split()
-        if len(parts) != 5:
+        if len(expr.split()) != 5:
             raise ValueError(
                 f'"{text}" is not a cron expression (five fields: minute hour day month weekday)'
             )
-        sets = [_field(p, *spec, text) for p, spec in zip(parts, _FIELDS, strict=True)]
-        weekdays = frozenset(0 if d == 7 else d for d in sets[4])
+        try:
+            sim = CronSim(expr, datetime(2000, 1, 1))
+        except CronSimError as exc:
+            why = str(exc).rstrip(".").lower()
+            raise ValueError(f'{why} in cron expression "{text}"') from None
         return cls(
             text.strip(),
-            sets[0],
-            sets[1],
-            sets[2],
-            sets[3],
-            weekdays,
-            parts[2].startswith("*"),
-            parts[4].startswith("*"),
+            expr,
+            frozenset(sim.minutes),
+            frozenset(sim.hours),
+            frozenset(d for d in sim.days if d > 0),
+            frozenset(sim.months),
+            frozenset(0 if d == 7 else d for d in sim.weekdays if isinstance(d, int)),
+            sim.day_and,
         )
 
     def day_matches(self, d: date) -> bool:
         """Whether cron runs on day `d` (Vixie cron's either-day rule when both are restricted)."""
         dom = d.day in self.days
         dow = d.isoweekday() % 7 in self.weekdays
-        if self.dom_star or self.dow_star:
-            return dom and dow
-        return dom or dow
+        return (dom and dow) if self.day_and else (dom or dow)
 
     def matches(self, t: datetime) -> bool:
         """Whether cron fires in the minute of `t` (read as wall-clock time)."""
@@ -109,43 +100,20 @@ class Cron:
 
     def next_after(self, t: datetime) -> datetime:
         """The first firing strictly after `t` (same tzinfo as `t`; computed on its wall clock)."""
-        cur = _wall(t).replace(second=0, microsecond=0) + _MINUTE
-        for _ in range(_SEARCH_STEPS):
-            if cur.month not in self.months:
-                cur = (cur.replace(day=1, hour=0, minute=0) + timedelta(days=32)).replace(day=1)
-            elif not self.day_matches(cur.date()):
-                cur = cur.replace(hour=0, minute=0) + timedelta(days=1)
-            elif cur.hour not in self.hours:
-                cur = cur.replace(minute=0) + timedelta(hours=1)
-            elif cur.minute not in self.minutes:
-                cur += _MINUTE
-            else:
-                return cur.replace(tzinfo=t.tzinfo)
-        raise ValueError(f'cron expression "{self.text}" never fires')
+        start = _wall(t).replace(second=0, microsecond=0)
+        return next(CronSim(self.expr, start)).replace(tzinfo=t.tzinfo)
 
     def last_at_or_before(self, t: datetime) -> datetime:
         """The latest firing at or before `t` (same tzinfo as `t`)."""
-        cur = _wall(t).replace(second=0, microsecond=0)
-        for _ in range(_SEARCH_STEPS):
-            if cur.month not in self.months:
-                cur = cur.replace(day=1, hour=0, minute=0) - _MINUTE
-            elif not self.day_matches(cur.date()):
-                cur = cur.replace(hour=0, minute=0) - _MINUTE
-            elif cur.hour not in self.hours:
-                cur = cur.replace(minute=0) - _MINUTE
-            elif cur.minute not in self.minutes:
-                cur -= _MINUTE
-            else:
-                return cur.replace(tzinfo=t.tzinfo)
-        raise ValueError(f'cron expression "{self.text}" never fires')
+        # cronsim's reverse walk excludes its start: start one minute on to include `t`'s.
+        start = _wall(t).replace(second=0, microsecond=0) + _MINUTE
+        return next(CronSim(self.expr, start, reverse=True)).replace(tzinfo=t.tzinfo)
 
     def firings(self, after: datetime, until: datetime, limit: int = 10_000) -> int:
         """How many times it fires in (after, until], counting at most `limit`."""
         n = 0
-        t = after
-        while n < limit:
-            t = self.next_after(t)
-            if t > until:
+        for t in CronSim(self.expr, _wall(after).replace(second=0, microsecond=0)):
+            if n >= limit or t.replace(tzinfo=after.tzinfo) > until:
                 break
             n += 1
         return n
@@ -153,46 +121,6 @@ class Cron:
 
 def _wall(t: datetime) -> datetime:
     return t.replace(tzinfo=None)
-
-
-def _field(part: str, name: str, low: int, high: int, text: str) -> frozenset[int]:
-    names = _MONTHS if name == "month" else _DAYS if name == "day of week" else {}
-
-    def number(token: str) -> int:
-        token = token.lower()
-        if token in names:
-            return names[token]
-        if not token.isdigit():
-            raise ValueError(f'bad {name} "{token}" in cron expression "{text}"')
-        value = int(token)
-        if not low <= value <= high:
-            raise ValueError(
-                f'{name} {value} is out of range {low}-{high} in cron expression "{text}"'
-            )
-        return value
-
-    out: set[int] = set()
-    for item in part.split(","):
-        base, _, step_text = item.partition("/")
-        step = 1
-        if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise ValueError(
-                    f'bad step "/{step_text}" in the {name} of cron expression "{text}"'
-                )
-            step = int(step_text)
-        if base == "*":
-            first, last = low, high
-        elif "-" in base:
-            a, _, b = base.partition("-")
-            first, last = number(a), number(b)
-            if first > last:
-                raise ValueError(f'{name} range {base} runs backwards in cron expression "{text}"')
-        else:
-            first = number(base)
-            last = high if step_text else first
-        out.update(range(first, last + 1, step))
-    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -422,7 +350,7 @@ def crontab(
         "# Each run holds a lock (flock -n: a run still going makes the next one skip, never overlap) and",
         f"# appends its JSON events to {cron_dir}/RUNBOOK.log; `kconsole runs` and `kconsole schedule` show them.",
     ]
-    envs = sorted({t.webhook_env for t in site.notify.values() if t.webhook_env})
+    envs = sorted({t.secret_env for t in site.notify.values() if t.secret_env})
     if envs:
         lines.append(
             f"# Notifications need {', '.join(envs)} in cron's environment: set it below (this crontab"

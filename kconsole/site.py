@@ -720,7 +720,7 @@ def build_site(src: SourceFile, problems: list[Problem]) -> Site | None:
     if expect_type(src, site_t, ("site",), "shared", str, "a location name", problems) and shared:
         shared_loc = locations.get(shared.split("/", 1)[0])
         if shared_loc is None or shared_loc.type != "s3":
-            s3 = sorted(n for n, loc_ in locations.items() if loc_.type == "s3")
+            s3 = sorted(n for n, other in locations.items() if other.type == "s3")
             problems.append(
                 src.problem(
                     ("site", "shared"),

@@ -31,6 +31,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.reactive import var
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState
 
@@ -43,6 +44,7 @@ from kconsole.gates import GateRequest
 from kconsole.incidents import Incident, IncidentDesk
 from kconsole.incidents.alerts import Alert, firing_alerts, suggest
 from kconsole.journal import new_run_id
+from kconsole.reports import render_report
 from kconsole.runbook.load import shipped_runbooks_dir
 from kconsole.runbook.model import Runbook
 from kconsole.schedule import ScheduleStatus, schedule_status
@@ -58,7 +60,6 @@ from screens.dashboard import DashboardScreen
 from screens.dialogs import ChooseNodeScreen, ConfirmScreen, GateScreen, NoteScreen
 from screens.drills import DrillScreen
 from screens.keys import check_keymap, default_keymap_path, load_keymap
-from screens.report_source import engine_reports
 from screens.run import RunScreen
 from screens.run_model import RunModel
 from screens.run_session import RunSession, load_run_model
@@ -168,12 +169,11 @@ class KconsoleApp(App[int]):
         ),
     ]
 
-    @dataclass
-    class FleetPolled(Message):
-        """A fleet poll came back."""
-
-        statuses: list[NodeStatus]
-        when: datetime
+    fleet: var[dict[str, NodeStatus]] = var(dict, always_update=True)
+    """The last poll, by node. Screens watch it: `self.watch(app, "fleet", callback)`."""
+    run_revision: var[int] = var(0)
+    """Bumped when a record of the shown run arrives (a burst merges into one bump):
+    screens showing a run watch it and redraw from the model."""
 
     @dataclass
     class RunbooksLoaded(Message):
@@ -250,8 +250,6 @@ class KconsoleApp(App[int]):
         """Where runbooks are looked for, first match of an id wins."""
         self.poll_interval = poll_interval
         """Seconds between fleet polls (0: only the first)."""
-        self.fleet: dict[str, NodeStatus] = {}
-        """The last poll, by node."""
         self.fleet_polled_at: datetime | None = None
         """When the last poll came back."""
         self.runbooks: list[RunbookEntry] = []
@@ -276,8 +274,6 @@ class KconsoleApp(App[int]):
         self._polling = False
         self._run_worker: Worker[Any] | None = None
         self._gate_lock = asyncio.Lock()
-        self.fleet_signal: Signal[None] = Signal(self, "fleet")
-        self.run_signal: Signal[None] = Signal(self, "run")
         self.runbooks_signal: Signal[None] = Signal(self, "runbooks")
         self.catalog_signal: Signal[None] = Signal(self, "catalog")
         self.schedule_signal: Signal[None] = Signal(self, "schedule")
@@ -416,15 +412,8 @@ class KconsoleApp(App[int]):
         if self._hung_up:
             return
         self._hung_up = True
-        if self.run_active and self.session is not None:
-            with contextlib.suppress(Exception):
-                AuditLog(self.site.state_dir).append(
-                    self.user,
-                    "console.hangup",
-                    self.session.run_id,
-                    signal=signal.Signals(sig).name,
-                )
-        self._stop_and_exit(terminal_gone=sig == signal.SIGHUP)
+        hung_run = self.session.run_id if self.run_active and self.session is not None else None
+        self._stop_and_exit(terminal_gone=sig == signal.SIGHUP, hangup=(sig, hung_run))
 
     async def on_unmount(self) -> None:
         """Close pooled connections."""
@@ -628,13 +617,12 @@ class KconsoleApp(App[int]):
             statuses = await poll_fleet(self.site, self.services)
         finally:
             self._polling = False
-        self.post_message(self.FleetPolled(statuses, self.clock.now()))
+        self.show_fleet(statuses, self.clock.now())
 
-    def on_kconsole_app_fleet_polled(self, message: FleetPolled) -> None:
-        """Keep the poll; tell the screens."""
-        self.fleet = {s.name: s for s in message.statuses}
-        self.fleet_polled_at = message.when
-        self.fleet_signal.publish(None)
+    def show_fleet(self, statuses: Sequence[NodeStatus], when: datetime) -> None:
+        """Keep a poll; the screens watching `fleet` redraw."""
+        self.fleet_polled_at = when
+        self.fleet = {s.name: s for s in statuses}
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -715,6 +703,9 @@ class KconsoleApp(App[int]):
             return None
         self.session = session
         self.shown_run = session.model
+        lease = getattr(session.journal.mirror, "lease", None)
+        if lease is not None:
+            lease.on_lost = self._lease_lost_in_thread
         self.post_message(self.RunChanged())
         self.tick_incidents()  # a recovery may have opened an incident
         await self.switch_mode("run")
@@ -733,13 +724,31 @@ class KconsoleApp(App[int]):
         )
         return outcome.status
 
+    def _lease_lost_in_thread(self, why: str) -> None:
+        """The run's lease is gone (another console took the run over, or it could not be
+        renewed for a whole lease): called from the lease's thread."""
+        with contextlib.suppress(Exception):  # the console may be on its way out already
+            self.call_from_thread(self._lease_lost, why)
+
+    def _lease_lost(self, why: str) -> None:
+        """Stop the run here, resumable, rather than drive it from two consoles at once."""
+        self.notify(
+            f"{why.rstrip('.')}; this console stopped the run (interrupted, resumable).",
+            title="Run lease lost",
+            severity="error",
+            timeout=30,
+        )
+        worker = self._run_worker
+        if worker is not None and worker.is_running:
+            worker.cancel()
+
     def _on_run_event(self, _record: dict[str, Any]) -> None:
         """The executor's event sink (the model is already updated): schedule a redraw."""
         self.post_message(self.RunChanged())
 
     def on_kconsole_app_run_changed(self, message: RunChanged) -> None:
-        """Tell the screens the run moved."""
-        self.run_signal.publish(None)
+        """Tell the screens the run moved (they watch `run_revision`)."""
+        self.run_revision += 1
 
     async def confirm_gate(self, request: GateRequest) -> bool | None:
         """The executor's `confirm`: a gate dialog, one at a time, over the Run screen."""
@@ -796,15 +805,19 @@ class KconsoleApp(App[int]):
 
         def answered(text: str | None) -> None:
             if text:
-                try:
-                    session.note(self.user, text)
-                except KconsoleError as exc:
-                    self.notify(str(exc), severity="error")
-                    return
-                self.post_message(self.RunChanged())
-                self.notify("note added to the journal")
+                self._write_note(session, text)
 
         self.push_screen(NoteScreen(), answered)
+
+    @work(group="note", exit_on_error=False, description="journal an operator note")
+    async def _write_note(self, session: RunSession, text: str) -> None:
+        try:
+            await session.note(self.user, text)
+        except KconsoleError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.post_message(self.RunChanged())
+        self.notify("note added to the journal")
 
     def open_run(self, run_id: str) -> None:
         """Show a run in the Run screen: live if it is this console's, else from its journal."""
@@ -826,22 +839,11 @@ class KconsoleApp(App[int]):
         self.post_message(self.RunChanged())
         self.show("run")
 
-    def open_report(self, run_id: str) -> None:
-        """The run's report, once the engine can write reports."""
-        renderer = engine_reports()
-        if renderer is None:
-            self.notify(
-                "Reports are not available in this kconsole yet (no kconsole.reports).",
-                title="No report",
-                severity="warning",
-            )
-            return
-        self._open_report(run_id, renderer)
-
     @work(group="report", exclusive=True, exit_on_error=False, description="write a run's report")
-    async def _open_report(self, run_id: str, renderer: Callable[[Site, str], str]) -> None:
+    async def open_report(self, run_id: str) -> None:
+        """The run's report (what `kconsole report RUN_ID` prints), written in a thread."""
         try:
-            text = await asyncio.to_thread(renderer, self.site, run_id)
+            text = await asyncio.to_thread(render_report, self.site, run_id)
         except KconsoleError as exc:
             self.notify(str(exc), title="No report", severity="error")
             return
@@ -895,13 +897,31 @@ class KconsoleApp(App[int]):
             self._stop_and_exit()
 
     @work(group="quit", exit_on_error=False, description="stop the run and quit")
-    async def _stop_and_exit(self, terminal_gone: bool = False) -> None:
+    async def _stop_and_exit(
+        self, terminal_gone: bool = False, hangup: tuple[int, str | None] | None = None
+    ) -> None:
+        audited: asyncio.Future[Any] | None = None
+        if hangup is not None and hangup[1] is not None:
+            # Audited off the event loop (the log's lock may be held by another process),
+            # alongside stopping the run, and waited for, up to EXIT_GRACE, before exiting.
+            audited = asyncio.ensure_future(
+                asyncio.to_thread(
+                    AuditLog(self.site.state_dir).append,
+                    self.user,
+                    "console.hangup",
+                    hangup[1],
+                    signal=signal.Signals(hangup[0]).name,
+                )
+            )
         worker = self._run_worker
         if worker is not None and worker.is_running:
             worker.cancel()
             with contextlib.suppress(Exception):
                 await worker.wait()
             self.interrupted_run = True
+        if audited is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(audited), EXIT_GRACE)
         code = EXIT_INTERRUPTED if self.interrupted_run else EXIT_OK
         if terminal_gone:
             # The journal and audit log are durable by now. Restoring a terminal that is gone

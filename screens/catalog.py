@@ -53,7 +53,8 @@ class CatalogScreen(ConsoleScreen):
     NAME = "Catalog"
     HELP = "Backups across all locations, filter as you type"
     CSS_PATH = "catalog.tcss"
-    AUTO_FOCUS = "#filter"
+    AUTO_FOCUS = "#backups"
+    """The table, not the filter: the screen keys (`d`, `r`, ...) work as soon as it opens."""
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding(
             "slash",

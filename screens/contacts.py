@@ -94,7 +94,7 @@ class ContactsScreen(ConsoleScreen):
             ("Email", "email", 28),
         ):
             table.add_column(label, key=key, width=width)
-        self.console.run_signal.subscribe(self, self._redraw)
+        self.watch(self.console, "run_revision", self._redraw, init=False)
         self.console.incidents_signal.subscribe(self, self._incidents_changed)
         self.set_interval(1.0, self._draw_incident_line)
         self._incidents_changed(None)

@@ -117,8 +117,8 @@ class DashboardScreen(ConsoleScreen):
 
     def on_mount(self) -> None:
         """Draw from what the app knows and follow its changes."""
-        self.console.fleet_signal.subscribe(self, self._fleet_changed)
-        self.console.run_signal.subscribe(self, self._run_changed)
+        self.watch(self.console, "fleet", self._fleet_changed, init=False)
+        self.watch(self.console, "run_revision", self._run_changed, init=False)
         self.console.catalog_signal.subscribe(self, self._catalog_changed)
         self.console.schedule_signal.subscribe(self, self._catalog_changed)
         self.console.schedule_signal.subscribe(self, self._run_changed)
@@ -191,9 +191,12 @@ class DashboardScreen(ConsoleScreen):
             summary.update(f"polling {len(app.site.nodes)} nodes…")
             return
         up = sum(1 for s in app.fleet.values() if s.state == "active")
-        down = [s.name for s in app.fleet.values() if s.state != "active"]
+        behind = [s.name for s in app.fleet.values() if s.state == "behind"]
+        down = [s.name for s in app.fleet.values() if s.state not in ("active", "behind")]
         when = app.fleet_polled_at.strftime("%H:%M:%S") if app.fleet_polled_at else "?"
         text = f"{up}/{len(app.fleet)} active · polled {when} UTC"
+        if behind:
+            text += f" · BEHIND its peers: {', '.join(behind)}"
         if down:
             verb = "recover it" if len(down) == 1 else "choose which to recover"
             text += f" · DOWN: {', '.join(down)} — Enter to {verb}"

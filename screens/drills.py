@@ -258,7 +258,12 @@ class DrillScreen(ConsoleScreen):
         async def confirm(request: GateRequest) -> bool | None:
             session = app.session
             step = session.executor.runbook.steps.get(request.step_id) if session else None
-            if session is not None and step is not None and request.kind != "rerun":
+            if (
+                session is not None
+                and step is not None
+                and request.kind != "rerun"
+                and not request.prompt.startswith("You refused")  # the abort question
+            ):
                 request.guide = briefing_text(briefing(session.executor, step))
             return await app.confirm_gate(request)
 

@@ -108,7 +108,7 @@ class RunScreen(ConsoleScreen):
             ("Title", "title", 48),
         ):
             table.add_column(label, key=key, width=width)
-        self.console.run_signal.subscribe(self, self._run_changed)
+        self.watch(self.console, "run_revision", self._run_changed, init=False)
         self.console.incidents_signal.subscribe(self, self._incidents_changed)
         self._run_changed(None)
 
@@ -170,19 +170,23 @@ class RunScreen(ConsoleScreen):
         paused = " · PAUSED" if self.console.run_paused(model) else ""
         drill = " · DRILL" if model.drill else ""
         live = "" if self.console.is_live(model) else " · (journal)"
-        notes = f" · ✎ {len(model.notes)} note(s), last: {model.notes[-1]}" if model.notes else ""
-        reason = f" — {model.reason}" if model.reason else ""
         incident = f" · incident {model.incident}" if model.incident else ""
-        text = (
+        lines = [
             f"{model.runbook.title}{drill} · run {model.run_id or '-'}{incident} · {model.status}"
-            f"{paused}{live} · {done}/{len(model.steps)} done{reason}{notes}"
-        )
+            f"{paused}{live} · {done}/{len(model.steps)} done"
+        ]
+        # The failure and the last note get lines of their own, wrapped, so that a narrow
+        # terminal cuts neither.
+        if model.reason:
+            lines.append(f"— {model.reason}")
+        if model.notes:
+            lines.append(f"✎ {len(model.notes)} note(s), last: {model.notes[-1]}")
         gone = model.unreachable_node()
         if gone:
             key = self.console.key_for("run-escalate")
             escalate = f"; {key} escalates {model.incident}" if self._escalatable() else ""
-            text += f"\n{gone} is unreachable: {WHAT_NEXT_UNREACHABLE}{escalate}."
-        head.update(text)
+            lines.append(f"{gone} is unreachable: {WHAT_NEXT_UNREACHABLE}{escalate}.")
+        head.update("\n".join(lines))
         head.set_class(model.status in ("failed", "aborted") or bool(model.gated()), "-alert")
 
     def selected(self) -> StepRun | None:

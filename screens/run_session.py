@@ -140,10 +140,10 @@ class RunSession:
         finally:
             await asyncio.to_thread(self.journal.close)
 
-    def note(self, user: str, text: str) -> dict[str, Any]:
-        """An operator note: journaled with the run and audited (blocking I/O)."""
+    async def note(self, user: str, text: str) -> dict[str, Any]:
+        """An operator note: journaled with the run and audited (on the run's I/O thread)."""
         self.site.access.require_operate(user, "add notes to runs")
-        return self.executor.note(text, user)
+        return await self.executor.note(text, user)
 
 
 def _feeding(model: RunModel, on_event: EventSink) -> EventSink:

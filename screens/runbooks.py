@@ -81,7 +81,7 @@ class RunbooksScreen(ConsoleScreen):
         ):
             table.add_column(label, key=key, width=width)
         self.console.runbooks_signal.subscribe(self, self._refill)
-        self.console.fleet_signal.subscribe(self, self._suggest)
+        self.watch(self.console, "fleet", self._suggest, init=False)
         self._refill(None)
 
     def on_screen_resume(self) -> None:

@@ -85,17 +85,18 @@ class RunsScreen(ConsoleScreen):
         """Columns, then the journal read in a worker."""
         table = self.query_one("#runs", DataTable)
         for label, key, width in (
+            # When it started comes second, so that 80 columns never cut it off.
             ("Run", "id", 20),
-            ("Runbook", "runbook", 22),
+            ("Started", "started", 16),
             ("Status", "status", 14),
-            ("Started", "started", 19),
+            ("Runbook", "runbook", 22),
             ("Drill", "drill", 5),
             ("User", "user", 10),
         ):
             table.add_column(label, key=key, width=width)
         if self.console.site.shared:
             table.add_column("Console", key="console", width=28)
-        self.console.run_signal.subscribe(self, self._run_changed)
+        self.watch(self.console, "run_revision", self._run_changed, init=False)
         self.action_reload()
 
     def _run_changed(self, _data: object) -> None:
@@ -128,9 +129,9 @@ class RunsScreen(ConsoleScreen):
         for r in runs:
             cells: list[Any] = [
                 plain(r.id),
-                plain(r.runbook),
+                plain(r.started[:16].replace("T", " ")),
                 state_label(self.app, r.status),
-                plain(r.started[:19].replace("T", " ")),
+                plain(r.runbook),
                 "yes" if r.drill else "",
                 plain(r.user),
             ]
@@ -151,7 +152,7 @@ class RunsScreen(ConsoleScreen):
         local = list_runs(site.state_dir)
         if not site.shared:
             return local, ""
-        return merged_runs(site, local)
+        return merged_runs(site, local, self.console.user)
 
     def _console_of(self, run: RunSummary) -> str:
         """Which console a run belongs to, as the table shows it."""

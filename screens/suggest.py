@@ -20,8 +20,9 @@ PREFERRED_FOR_DOWN = ("validator", "bootstrap", "api", "dr")
 
 
 def down_nodes(site: Site, statuses: Iterable[NodeStatus]) -> list[str]:
-    """Nodes not active in the last poll, validators first, then in site order."""
-    down = {s.name for s in statuses if s.state != "active"}
+    """Nodes inactive or unreachable in the last poll, validators first, then in site order
+    (a node that is up but behind its peers is catching up, not down)."""
+    down = {s.name for s in statuses if s.state not in ("active", "behind")}
 
     def rank(name: str) -> int:
         groups = site.nodes[name].groups

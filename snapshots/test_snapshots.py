@@ -231,13 +231,15 @@ class TestCatalog:
     def test_filtered_small(self, snap_compare: Any, tmp_path: Path) -> None:
         """Only stale backups."""
         console = make_console(tmp_path, catalog=catalog_rows(60))
-        script = _then(_keys("b"), lambda pilot: type_text(pilot, "status:stale"))
+        script = _then(_keys("b", "slash"), lambda pilot: type_text(pilot, "status:stale"))
         assert snap_compare(console.app, terminal_size=SMALL, run_before=script)
 
     def test_filtered_large(self, snap_compare: Any, tmp_path: Path) -> None:
         """validator-keys of validator2 in every location."""
         console = make_console(tmp_path, catalog=catalog_rows(60))
-        script = _then(_keys("b"), lambda pilot: type_text(pilot, "validator-keys validator2"))
+        script = _then(
+            _keys("b", "slash"), lambda pilot: type_text(pilot, "validator-keys validator2")
+        )
         assert snap_compare(console.app, terminal_size=LARGE, run_before=script)
 
 

@@ -151,3 +151,40 @@ def test_alertmanager_down_is_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(OperationFailed, match="cannot be read"):
         asyncio.run(firing_alerts(site))
     assert main(["--site", str(site.path), "incident", "alerts"]) == 1
+
+
+async def test_the_dashboard_shows_firing_alerts_and_opens_an_incident_from_one(
+    alertmanager: str, tmp_path: Path
+) -> None:
+    from screens.dialogs import ConfirmScreen
+    from screens.runbooks import RunbooksScreen
+    from tests.tui_support import make_console, settle, wait_for
+
+    _amtool(
+        alertmanager,
+        "BackupAgeHigh",
+        "node=validator2",
+        "kind=validator-keys",
+        "severity=critical",
+        "site=kaldrix-test",
+        "--annotation=summary=Backups older than their RPO",
+    )
+    console = make_console(tmp_path, site_extra=f'\n[alertmanager]\nurl = "{alertmanager}"\n')
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await wait_for(pilot, lambda: app.alerts, "the firing alerts")
+        await pilot.pause()
+        strip = str(app.screen.query_one("#incidents-strip").render())
+        assert "firing: BackupAgeHigh (critical) validator-keys validator2" in strip
+        assert "o open incident" in strip
+        await pilot.press("o")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "Suggested runbook: backup-validator-keys" in str(
+            app.screen.query_one("#question").render()
+        )
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunbooksScreen), "the runbooks")
+        (inc,) = app.desk.incidents()
+    assert inc.type == "backup" and inc.runbook == "backup-validator-keys"
+    assert inc.nodes == ["validator2"] and inc.level == 1

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kconsole.crypto import NotKdxFileError, TamperedError, WrongKeyError, keygen
-from kconsole.crypto.cli import cmd_decrypt, cmd_encrypt, cmd_keygen, detect_format
+from kconsole.crypto import NotKdxFileError, TamperedError, WrongKeyError, detect_format, keygen
+from kconsole.crypto.cli import cmd_decrypt, cmd_encrypt, cmd_keygen
 from kconsole.errors import UsageError
 
 OPENSSL = shutil.which("openssl")

@@ -296,6 +296,33 @@ class TestDelivery:
         assert events.count("notification-failed") == 2
         assert events.count("notification-delivered") == 2
 
+    def test_a_dead_target_costs_one_try_per_pass_and_order_is_kept(
+        self, site: Site, sink: Sink
+    ) -> None:
+        clock = StepClock()
+        sink.down = True
+        desk = IncidentDesk(site, clock, user="oncall")
+        first = desk.open("recovery", "critical", "validator3 down")
+        second = desk.open("backup", "high", "backups stale")
+        results = asyncio.run(desk.deliver())
+        assert sorted(r.message.target for r in results) == ["pagerduty", "slack"]
+        assert len(desk.outbox.pending()) == 4
+        sink.down = False
+        clock.advance(minutes=5)
+        assert len(asyncio.run(desk.deliver())) == 4
+        texts = sink.texts()
+        assert first.id in texts[0] and second.id in texts[1]
+
+    def test_a_drill_never_reaches_pagerduty(self, site: Site, sink: Sink) -> None:
+        desk = IncidentDesk(site, StepClock(), user="oncall")
+        desk.open("recovery", "critical", "drill: validator3 wiped", drill=True)
+        desk.announce("[DRILL] Recover a single node (run R9) succeeded in 23 s.")
+        asyncio.run(desk.deliver())
+        assert sink.pagerduty() == []
+        texts = sink.texts()
+        assert texts[0].startswith("# [DRILL] EMERGENCY NOTIFICATION")
+        assert texts[1].startswith("[DRILL] Recover")
+
     def test_no_secret_reaches_the_outbox_or_the_timeline(self, site: Site, sink: Sink) -> None:
         sink.down = True
         desk = IncidentDesk(site, StepClock(), user="oncall")
@@ -317,6 +344,61 @@ class TestDelivery:
         assert not slack.delivered
         assert "KCONSOLE_TEST_WEBHOOK is not set" in slack.error
         assert any(m.target == "slack" for m in desk.outbox.pending())
+
+
+ESCALATING_RUNBOOK = """
+[runbook]
+id = "escalating"
+title = "Escalates"
+rto = "1h"
+rpo = "1h"
+scenario = "single-node"
+
+[[steps]]
+id = "escalate"
+action = "incident.escalate"
+matrix = "recovery"
+level = 3
+text = "restore failed (run {run.id})"
+"""
+
+
+class TestRunbookEscalation:
+    """`incident.escalate` in a run that belongs to an incident escalates that incident."""
+
+    def test_the_step_pages_up_to_its_level_once(self, site: Site, sink: Sink) -> None:
+        from kconsole.executor import Executor
+        from kconsole.gates import confirm_yes
+        from kconsole.journal import RunJournal
+        from kconsole.runbook import load_runbook
+        from kconsole.services import Services
+
+        clock = StepClock()
+        desk = IncidentDesk(site, clock, user="oncall")
+        inc = desk.open("recovery", "critical", "validator3 down", nodes=["validator3"])
+        path = site.base_dir / "escalating.toml"
+        path.write_text(ESCALATING_RUNBOOK)
+        rb = load_runbook(path)
+
+        async def run(run_id: str) -> str:
+            journal = RunJournal.create(site.state_dir, run_id, rb.text)
+            ex = Executor(rb, site, {}, journal=journal, confirm=confirm_yes,
+                          services=Services(clock=clock), user="oncall", incident=inc.id)  # fmt: skip
+            try:
+                return (await ex.run()).status
+            finally:
+                journal.close()
+
+        assert asyncio.run(run("20261203-030000-0001")) == "succeeded"
+        assert asyncio.run(run("20261203-030000-0002")) == "succeeded"  # a second run: no page
+        assert _levels_paged(desk, inc.id) == [1, 2, 3]
+        shown = desk.get(inc.id)
+        assert shown.runs == ["20261203-030000-0001", "20261203-030000-0002"]
+        notes = [t["text"] for t in shown.timeline if t["event"] == "note"]
+        assert (
+            notes[0]
+            == "run 20261203-030000-0001, step escalate: restore failed (run 20261203-030000-0001)"
+        )
 
 
 class TestRunEnding:

@@ -534,8 +534,17 @@ async def test_crash_wipe_and_compromise(clean: Lab) -> None:
         lab, "bootstrap2", "systemctl is-active kaldrix-node; sudo -n systemctl start kaldrix-node"
     )
     assert res.stdout == "failed\n" and res.exit_status == 0
+    # A one-shot fault is over once its node is recovered: `fault list` stops listing it.
+    await wait_until(
+        lambda: (
+            Fault("crash", "bootstrap2") not in lab.faults
+            and "crash=bootstrap2" not in lab.fault_file.read_text()
+        ),
+        what="the crash fault to be retired",
+    )
     res = await run_on(lab, "bootstrap3", "sudo -n systemctl start kaldrix-node")
     assert res.exit_status == 1
+    assert Fault("wipe", "bootstrap3") in lab.faults  # not recovered yet: still listed
     res = await run_on(lab, "bootstrap3", "journalctl -u kaldrix-node -n 3")
     assert "chain state" in res.stdout and "unusable" in res.stdout
     res = await run_on(lab, "validator1", "sudo -n kali-security-scan")

@@ -234,3 +234,129 @@ def test_test_runbooks_are_drills_by_default() -> None:
 
     assert is_test_runbook(load_runbook(resolve_runbook_path("test-single-node-recovery", [])))
     assert not is_test_runbook(load_runbook(resolve_runbook_path("recover-single-node", [])))
+
+
+async def test_a_drill_gate_can_skip_a_step_and_the_report_says_so(site_path: Path) -> None:
+    """Only a drill's gates are skippable; a skipped step does not run, is journaled and
+    audited, later steps still run, and the report lists it as an issue."""
+    from kconsole.audit import AuditLog
+    from kconsole.executor import Executor
+    from kconsole.gates import GateRequest
+    from kconsole.journal import RunJournal, new_run_id
+    from kconsole.reports import build_report
+    from kconsole.runbook import load_runbook
+    from kconsole.services import Services
+    from kconsole.site import load_site
+
+    site = load_site(site_path)
+    rb_path = site_path.parent / "skip.toml"
+    rb_path.write_text(
+        FAILING.replace("exit 5", "exit 0").replace(
+            'command = "echo stopping"', 'command = "echo stopping"\ngate = "confirm"'
+        )
+    )
+    rb = load_runbook(rb_path)
+    asked: list[GateRequest] = []
+
+    async def skip_first(request: GateRequest) -> bool:
+        asked.append(request)
+        request.answered_by = "tester"
+        request.skipped = request.skippable
+        return True
+
+    for drill in (False, True):
+        run_id = new_run_id()
+        journal = RunJournal.create(site.state_dir, run_id, rb.text)
+        events: list[dict] = []
+        executor = Executor(
+            rb,
+            site,
+            {},
+            journal=journal,
+            confirm=skip_first,
+            services=Services(),
+            user="tester",
+            drill=drill,
+            on_event=events.append,
+        )
+        try:
+            outcome = await executor.run()
+        finally:
+            journal.close()
+        assert outcome.status == "succeeded"
+        stop = [e for e in events if e.get("step") == "stop" and e.get("type") == "step"]
+        if not drill:
+            assert asked[-1].skippable is False
+            assert any(e["event"] == "finished" for e in stop)
+            continue
+        assert asked[-1].skippable is True
+        assert [e["event"] for e in stop] == ["gate", "skipped"]
+        assert stop[-1]["reason"] == "skipped by tester in the drill walkthrough"
+        assert any(e.get("step") == "restore" and e["event"] == "finished" for e in events)
+        rep = build_report(site, run_id)
+        assert any(
+            i["kind"] == "skipped"
+            and i["severity"] == "Medium"
+            and "Step stop was skipped" in i["text"]
+            for i in rep["issues"]
+        )
+        assert any(e["action"] == "gate.skip" for e in AuditLog(site.state_dir).read())
+
+
+def test_rto_counts_from_the_incidents_detected_time(cli, site_path: Path, write_runbook) -> None:
+    """A run started for an incident counts its RTO from the incident's detection, and says so."""
+    code, out, err = cli(
+        "--site",
+        site_path,
+        "incident",
+        "open",
+        "--type",
+        "recovery",
+        "--severity",
+        "high",
+        "--summary",
+        "validator1 down",
+        "--detected",
+        "2026-01-01T00:00:00Z",
+        "--json",
+    )
+    assert code == 0, err
+    incident = json.loads(out.splitlines()[-1])["id"]
+    rb = write_runbook(FAILING.replace("exit 5", "exit 0"))
+    code, out, err = cli("--site", site_path, "run", rb, "--yes", "--json", "--incident", incident)
+    assert code == 0, out + err
+    run_id = json.loads(out.splitlines()[0])["run"]
+    code, md, _ = cli("--site", site_path, "report", run_id)
+    assert f"- **Incident**: {incident}" in md
+    assert f"(from incident {incident}'s detected time)" in md
+    # Detected months before the run: far outside the 1h RTO, though the run took seconds.
+    assert "- **RTO Met**: No (" in md and "from detection against 1h00m)" in md
+    assert "Recovery took" in md and "Severity: High" in md
+
+
+def test_interrupted_and_aborted_runs_are_issues_not_none() -> None:
+    from kconsole.reports import derive_issues, derive_next_steps, derive_recommendations
+
+    base = {
+        "run": "r1",
+        "runbook": "recover-single-node",
+        "reason": "",
+        "failures": [],
+        "retries": [],
+        "skipped": [],
+        "steps": [],
+        "rto_met": False,
+        "rpo_met": None,
+        "consistency": None,
+        "signoffs": {},
+        "data_consistency": {"verified": False},
+    }
+    for status, kind in (("interrupted", "interrupted"), ("aborted", "run")):
+        rep = {**base, "status": status}
+        issues = derive_issues(rep)
+        assert issues and issues[0]["kind"] == kind and issues[0]["severity"] == "High"
+        assert derive_recommendations(issues)
+        steps = derive_next_steps(rep)
+        assert steps[0].startswith(
+            "Resume or close run r1" if status == "interrupted" else "Recover"
+        )

@@ -17,7 +17,7 @@ from kconsole.errors import UsageError
 from kconsole.headless import run_headless
 from kconsole.journal import list_runs, summarise
 from kconsole.shared import Lease, LeaseHeld, SharedStore, console_name, read_lease
-from kconsole.shared.runs import merged_runs
+from kconsole.shared.runs import merged_runs, shared_runs
 from kconsole.site import Access, Site, load_site
 from tests.lablive import LiveLab, live_lab
 
@@ -65,7 +65,9 @@ def console(lab: LiveLab, name: str, lease: str = "60s") -> Site:
     path.write_text(text)
     site = load_site(path)
     # Two accounts may operate: identities are injected at the engine level below.
-    return dataclasses.replace(site, access=Access(admin=("alice", "bob"), configured=True))
+    return dataclasses.replace(
+        site, access=Access(admin=("alice", "bob"), auditor=("carol",), configured=True)
+    )
 
 
 def runbook(tmp_path: Path, approvers: int = 1) -> Path:
@@ -279,8 +281,12 @@ def test_a_console_that_lost_the_store_works_locally_and_catches_up(
         assert problem and run_id not in {r.id for r in runs}
     finally:
         lab.fault("clear", "s3=down")
-    # The store is back: A's next listing sends what it missed; B then sees the run.
-    assert shared_view(a, run_id).status == "succeeded"
+    # The store is back: A's next listing sends what it missed (an operator's listing: an
+    # auditor's writes nothing); B then sees the run.
+    runs, problem = merged_runs(a, list_runs(a.state_dir), "carol")
+    assert problem == "" and run_id not in {r.id for r in shared_runs(a)}
+    runs, problem = merged_runs(a, list_runs(a.state_dir), "alice")
+    assert problem == "" and run_id in {r.id for r in shared_runs(a)}
     seen = shared_view(b, run_id)
     assert seen.status == "succeeded" and seen.console == console_name(a)
     assert len(seen.records) == len(summarise(a.state_dir / "runs" / run_id).records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,6 +246,13 @@ def test_failed_single_node_restore_rolls_back(name: str) -> None:
     for step in after:
         assert step.on_failure == rollback.id, f"{name}: {step.id} fails without rolling back"
     assert any(s.action == "wait.until" and s.fields.get("advancing") for s in after)
+
+
+def test_the_runbook_format_reference_names_every_action() -> None:
+    from kconsole.actions import REGISTRY
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "runbook-format.md").read_text()
+    assert [name for name in REGISTRY if f"| `{name}` |" not in text] == []
 
 
 def test_the_security_runbooks_destructive_steps_need_two_people() -> None:

@@ -54,12 +54,12 @@ def test_a_spoofed_user_cannot_write_a_key_into_the_site_key_dir(
     assert code == 2
     assert err.strip() == (
         f"kconsole: {OS_ACCOUNT} is not a backup admin and may not "
-        "write a key into the site's key directory."
+        "write into the site's key directory."
     )
     assert not target.exists()
     (refusal,) = _refusals(cli, site)
     assert refusal["actor"] == OS_ACCOUNT
-    assert refusal["target"] == "write a key into the site's key directory"
+    assert refusal["target"] == "write into the site's key directory"
     assert refusal["result"] == "refused"
     assert refusal["detail"] == {"role": "auditor", "reason": err.strip()[len("kconsole: ") :]}
     assert cli("--site", site, "audit", "verify")[0] == 0
@@ -142,3 +142,25 @@ async def test_an_auditor_in_the_console_is_refused_through_the_engine(tmp_path:
     refused = [e for e in AuditLog(app.site.state_dir).read() if e["action"] == "access-denied"]
     assert refused and all(e["actor"] == "audrey" for e in refused)
     assert {e["target"] for e in refused} >= {"run runbooks", "resume runs"}
+
+
+def test_an_auditor_cannot_plant_a_key_by_decrypting_into_the_key_dir(
+    cli, site_path: Path, tmp_path: Path, spoofed_env: None
+) -> None:
+    """A decrypted file of 64 hex characters is a key file: decrypt -o KEYS_DIR/x.key is a
+    way to plant one, refused like keygen."""
+    site = _audited_site(site_path, admin="admin", auditor=OS_ACCOUNT)
+    key = tmp_path / "own.key"
+    assert cli("crypto", "keygen", "-o", key)[0] == 0
+    plain = tmp_path / "plain.txt"
+    plain.write_text("ab" * 32 + "\n")
+    assert cli("crypto", "encrypt", "--key", key, plain, "-o", tmp_path / "p.kdx")[0] == 0
+    target = site.parent / "keys" / "planted.key"
+    for args in (
+        ("crypto", "decrypt", "--key", key, tmp_path / "p.kdx", "-o", target),
+        ("crypto", "encrypt", "--key", key, plain, "-o", target),
+    ):
+        code, _, err = cli("--site", site, *args)
+        assert code == 2 and "may not write into the site's key directory" in err
+        assert not target.exists()
+    assert len(_refusals(cli, site)) == 2

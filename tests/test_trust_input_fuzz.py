@@ -4,7 +4,8 @@ and exit 2 (or a problem list), never an internal error. Small in the suite;
 `KCONSOLE_FUZZ=large` runs 40 times as many cases (see tests/test_validate_fuzz.py).
 
 The CLI fuzz leaves out `lab` and `web` (they start servers and serve until stopped) and
-the bare console (it needs a terminal; `test_trust_input` covers its refusal).
+the bare console (it needs a terminal; `test_trust_input` covers its refusal); a drill is
+only ever given scenario names that do not exist.
 """
 
 from __future__ import annotations
@@ -188,6 +189,18 @@ COMMANDS = [
     ["metrics"],
     ["schedule"],
     ["site", "import"],
+    ["incident", "open"],
+    ["incident", "list"],
+    ["incident", "show"],
+    ["incident", "ack"],
+    ["incident", "escalate"],
+    ["incident", "update"],
+    ["incident", "note"],
+    ["incident", "tick"],
+    ["incident", "report"],
+    ["drill"],
+    ["drills"],
+    ["report", "sign"],
 ]
 ARGS = [
     "--json",
@@ -237,6 +250,19 @@ ARGS = [
     "--",
     "--version",
     "--help",
+    "--type",
+    "backup",
+    "--severity",
+    "high",
+    "--summary",
+    "--status",
+    "resolved",
+    "--note",
+    "--all",
+    "--role",
+    "test-engineer",
+    "INC-1",
+    "--exercise",
 ]
 FUZZ_SITE = """
 [site]

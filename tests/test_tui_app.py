@@ -117,3 +117,46 @@ def test_rto_levels() -> None:
     assert rto_level(600, 3700, 3600) == "red"
     assert rto_level(3600, 3600, 3600) == "breached"
     assert rto_level(99999, 99999, 0) == "ok"
+
+
+def test_a_node_far_behind_its_peers_is_behind_not_active_and_not_down(tmp_path: Path) -> None:
+    """A recovered node hundreds of blocks below the others shows as `behind`, saying by how
+    much; it is not offered for recovery (it is catching up)."""
+    from kconsole.fleet import BEHIND_BLOCKS, NodeStatus, mark_behind
+    from kconsole.site import load_site
+
+    site = load_site(write_site(tmp_path))
+    heights = {"validator1": 5000, "validator2": 4550, "validator3": 5000 - BEHIND_BLOCKS + 1}
+    statuses = [
+        NodeStatus(
+            n, "", site.nodes[n].groups, "active", "kaldrix-node active", 1.0, heights.get(n)
+        )
+        for n in site.nodes
+    ]
+    statuses[-1].state = "inactive"
+    mark_behind(statuses)
+    by_name = {s.name: s for s in statuses}
+    assert by_name["validator2"].state == "behind"
+    assert by_name["validator2"].detail.endswith(", 450 blocks behind validator1 (height 5000)")
+    assert by_name["validator3"].state == "active"  # 99 blocks: within the limit
+    assert by_name["validator1"].state == "active"
+    assert [s.name for s in statuses if s.state not in ("active", "behind")] == [statuses[-1].name]
+    assert down_nodes(site, statuses) == [statuses[-1].name]
+
+
+async def test_the_dashboard_watches_the_fleet_and_names_a_node_behind(tmp_path: Path) -> None:
+    """The app's `fleet` is a reactive the dashboard watches: a poll kept with show_fleet
+    redraws it, and a node behind its peers is named apart from the down ones."""
+    from dataclasses import replace
+
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        statuses = list(app.fleet.values())
+        behind = replace(statuses[1], state="behind", detail="412 blocks behind validator1")
+        app.show_fleet([statuses[0], behind, *statuses[2:]], app.clock.now())
+        summary = app.screen.query_one("#fleet-summary")
+        await wait_for(pilot, lambda: "BEHIND" in str(summary.render()), "the redraw")
+        assert f"BEHIND its peers: {behind.name}" in str(summary.render())
+        assert "DOWN" not in str(summary.render())

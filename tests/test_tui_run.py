@@ -3,6 +3,8 @@ abort, notes, the RTO clock, quitting during a run and re-attaching to it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,8 +181,13 @@ async def test_pause_abort_and_note_on_a_running_step(tmp_path: Path) -> None:
         assert isinstance(app.screen, NoteScreen)
         await type_text(pilot, "Jane")
         await pilot.press("enter")
-        assert "✎ 1 note(s), last: 03:14:00 alice: Jane" in str(
-            app.screen.query_one("#run-head").render()
+        await wait_for(  # the note is journaled and audited in a worker, off the event loop
+            pilot,
+            lambda: (
+                "✎ 1 note(s), last: 03:14:00 alice: Jane"
+                in str(app.screen.query_one("#run-head").render())
+            ),
+            "the note in the run header",
         )
         await pilot.press("x")
         assert (
@@ -294,3 +301,52 @@ async def test_an_auditor_sees_the_plan_but_cannot_start_or_re_attach(tmp_path: 
         assert any("auditor" in n.message for n in app._notifications)
         assert not app.reattach_run("20261126-031400-0001")
     assert not (app.site.state_dir / "runs").exists()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, threading
+fh = open(sys.argv[1], "ab")
+fcntl.flock(fh, fcntl.LOCK_EX)
+print("locked", flush=True)
+threading.Timer(60, os._exit, args=(0,)).start()  # never outlive a test that went wrong
+sys.stdin.read()
+os._exit(0)
+"""
+
+
+async def test_keys_answer_while_another_process_holds_the_audit_lock(tmp_path: Path) -> None:
+    """A headless run (here: another process) holding the audit log's lock does not freeze
+    the console: the run started from the console waits for the lock, the keys do not."""
+    console = make_console(tmp_path, down=["validator2"])
+    app = console.app
+    log = AuditLog(app.site.state_dir).path
+    log.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        async with app.run_test(size=(100, 32)) as pilot:
+            await settle(pilot)
+            # Starts the recovery: its incident and its run are audited, so they wait for the lock.
+            await pilot.press(*SCENARIO_1[:-1])
+            await pilot.press("d")
+            await wait_for(pilot, lambda: app.current_mode == "dashboard", "the dashboard")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: app.current_mode == "contacts", "the contacts")
+            assert b"run.start" not in log.read_bytes()  # the run is still waiting for the lock
+            assert holder.stdin is not None
+            holder.stdin.close()  # the other process lets go; the run carries on to its gate
+            await wait_for(pilot, lambda: _gate(app), "the first gate")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: _asks_abort(app), "the abort question")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not app.run_active, "the run to end")
+    finally:
+        if holder.stdin is not None and not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(timeout=70)
+    assert "run.start" in [e["action"] for e in AuditLog(app.site.state_dir).read()]

@@ -276,6 +276,7 @@ async def test_catalog_filters_as_you_type_within_a_window(tmp_path: Path) -> No
         table = app.screen.query_one("#backups", DataTable)
         assert table.row_count == WINDOW
         assert "showing 2,000 of 5,000" in _text(app, "#catalog-status")
+        await pilot.press("slash")
         assert isinstance(app.focused, Input)
         await type_text(pilot, "keys node:api1")
         await settle(pilot)
@@ -454,6 +455,63 @@ async def test_the_parameters_say_which_backup_will_be_restored(tmp_path: Path) 
         )
 
 
+async def test_screen_keys_work_as_soon_as_the_catalog_opens(tmp_path: Path) -> None:
+    """The catalog opens on its table: `d` goes to the dashboard instead of into the filter;
+    `/` is how to type a filter, and escape leaves it for the screen keys again."""
+    console = make_console(tmp_path, catalog=catalog_rows(30))
+    app = console.app
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await settle(pilot)
+        assert isinstance(app.focused, DataTable)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.current_mode == "dashboard", "the dashboard")
+        await pilot.press("b")
+        await settle(pilot)
+        await pilot.press("slash", "d")
+        assert app.current_mode == "catalog"
+        assert app.screen.query_one("#filter", Input).value == "d"
+        await pilot.press("escape", "d")
+        await wait_for(pilot, lambda: app.current_mode == "dashboard", "the dashboard")
+
+
+async def test_at_80x24_the_run_header_keeps_the_failure_and_runs_keep_the_time(
+    tmp_path: Path,
+) -> None:
+    console = make_console(tmp_path, down=["validator2"])
+    app = console.app
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("r", "enter", "enter", "enter")
+        await wait_for(pilot, lambda: app.gate_open, "the first gate")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: "Abort the run?" in _question(app), "the abort question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.run_active, "the run to end")
+        await pilot.pause()
+        # A failure as long as a real one (the refusal's own reason is short).
+        reason = (
+            "restore on validator2 failed: exit code 2, expected 0: tar: "
+            "./chain/blocks/000123.ldb: Cannot write: No space left on device"
+        )
+        app.shown_run.reason = reason
+        app.post_message(app.RunChanged())
+        await pilot.pause()
+        head = app.screen.query_one("#run-head")
+        assert reason in _text(app, "#run-head")
+        # Every line of the header, the failure wrapped onto its own, fits: nothing is cut.
+        width = head.content_region.width
+        assert head.get_content_height(head.size, app.size, width) <= head.content_region.height
+        await pilot.press("h")
+        await settle(pilot)
+        table = app.screen.query_one("#runs", DataTable)
+        assert _cells(table, 1) == ["2026-11-26 03:14"]
+        shown = table.scrollable_content_region.width
+        run_and_started = sum(c.get_render_width(table) for c in table.ordered_columns[:2])
+        assert run_and_started <= shown
+
+
 async def test_drill_screen_previews_and_runs_a_walked_through_drill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -502,7 +560,12 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         await wait_for(
             pilot, lambda: app.gate_open and app.screen is not first, "the next step's gate"
         )
+        second = app.screen
         await pilot.press("escape")  # stop the drill here
+        await wait_for(
+            pilot, lambda: app.gate_open and app.screen is not second, "the abort question"
+        )
+        await pilot.press("y")  # yes, abort
         await wait_for(pilot, lambda: not app.run_active, "the drill to stop")
         await wait_for(pilot, lambda: drills.last_drill is not None, "the drill's run id")
         run_id = drills.last_drill
@@ -526,3 +589,21 @@ async def test_drill_screen_previews_and_runs_a_walked_through_drill(
         assert not any(
             c.command == "systemctl stop kaldrix-node" for c in console.transport.calls
         )  # the skipped step did not run
+
+
+async def test_drill_switch_is_on_by_default_for_test_runbooks(tmp_path: Path) -> None:
+    from textual.widgets import Checkbox
+
+    from kconsole.runbook import load_runbook, resolve_runbook_path
+
+    console = make_console(tmp_path)
+    app = console.app
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for name, ticked in (("test-single-node-recovery", True), ("recover-single-node", False)):
+            rb = load_runbook(resolve_runbook_path(name, [tmp_path / "runbooks"]))
+            await app.push_screen(ParamsScreen(rb, {}))
+            await settle(pilot)
+            assert app.screen.query_one("#drill", Checkbox).value is ticked, name
+            app.pop_screen()
+            await settle(pilot)

@@ -11,7 +11,8 @@ import pytest
 from textual.widgets import DataTable
 
 from kconsole.journal import summarise
-from kconsole.shared import console_name
+from kconsole.shared import SharedStore, console_name
+from kconsole.shared.lease import lease_name
 from screens.dialogs import GateScreen
 from screens.runs import RunsScreen
 from tests.tui_support import make_console, settle, utc_local_time, wait_for  # noqa: F401
@@ -108,3 +109,26 @@ async def test_runs_lists_another_consoles_run_and_e_takes_it_over(
     events = [r["event"] for r in records if r.get("type") == "run"]
     assert events[:3] == ["created", "stopped", "resumed"]
     assert next(r for r in records if r.get("event") == "resumed")["user"] == "olga"
+
+
+async def test_a_console_whose_lease_is_taken_stops_its_run(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = shared_console(tmp_path / "a", s3_endpoint, "alice", monkeypatch)
+    a.app.site.lease = 3.0  # renewed every second
+    async with a.app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot)
+        await pilot.press(*TO_FIRST_GATE)
+        await wait_for(pilot, lambda: _gate(a.app), "the first gate")
+        store = SharedStore.for_site(a.app.site)
+        assert store is not None
+        await wait_for(pilot, lambda: store.read(lease_name(RUN)) is not None, "the lease")
+        # Another console found the lease expired and took it (If-Match on what it read).
+        seen = store.read(lease_name(RUN))
+        assert seen is not None
+        assert store.replace(
+            lease_name(RUN), b'{"holder": "elsewhere", "state": "live"}', seen.etag
+        )
+        await wait_for(pilot, lambda: not a.app.run_active, "the run to stop")
+        assert any(n.title == "Run lease lost" for n in a.app._notifications)
+    assert summarise(a.app.site.state_dir / "runs" / RUN).status == "interrupted"

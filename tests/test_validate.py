@@ -268,3 +268,21 @@ def test_folder_with_mixed_files(cli, tmp_path: Path, write_runbook) -> None:
     assert code == 2
     assert "b.toml:15:1:" in err
     assert "a.toml" not in err
+
+
+def test_the_readme_validate_commands_pass_in_a_checkout(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every `kconsole validate` line of README.md, run from the repository's root as a new
+    user would, finds no problem (it once named a site.toml a checkout does not have)."""
+    root = Path(__file__).resolve().parent.parent
+    commands = [
+        line.split("#")[0].split()[1:]
+        for line in (root / "README.md").read_text().splitlines()
+        if line.startswith("kconsole validate ")
+    ]
+    assert commands
+    monkeypatch.chdir(root)
+    for args in commands:
+        code, out, err = cli(*args)
+        assert code == 0, f"kconsole {' '.join(args)}: {out}{err}"

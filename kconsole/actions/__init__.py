@@ -42,9 +42,4 @@ REGISTRY: dict[str, type[Action]] = {
 }
 
 
-def get_action(name: str) -> type[Action] | None:
-    """The Action class registered as `name`, or None."""
-    return REGISTRY.get(name)
-
-
-__all__ = ["REGISTRY", "Action", "ActionResult", "Field", "StepContext", "get_action"]
+__all__ = ["REGISTRY", "Action", "ActionResult", "Field", "StepContext"]

@@ -55,8 +55,12 @@ class CryptoDecrypt(Action):
 
     async def run(self, ctx: StepContext) -> ActionResult:
         """Decrypt; a failed decrypt leaves no output file."""
-        from kconsole.crypto import decrypt_file, decrypt_legacy_file, read_key_file
-        from kconsole.crypto.cli import detect_format
+        from kconsole.crypto import (
+            decrypt_file,
+            decrypt_legacy_file,
+            detect_format,
+            read_key_file,
+        )
 
         keys = (
             read_key_file(ctx.values["key"])

@@ -7,6 +7,7 @@ from typing import ClassVar
 from kconsole.actions.base import Action, ActionResult, Field, StepContext
 from kconsole.actions.notify import pick_target, send_webhook
 from kconsole.errors import OperationFailed
+from kconsole.incidents.desk import IncidentDesk, incident_of_run
 
 
 class IncidentEscalate(Action):
@@ -22,7 +23,12 @@ class IncidentEscalate(Action):
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
-        """Find the level's role and contacts, then notify."""
+        """Escalate the run's incident to the level (each level paged once, through the
+        outbox); a run without an incident names the level's contacts and notifies."""
+        journal = ctx.site.state_dir / "runs" / ctx.run_id / "journal.jsonl"
+        incident_id = incident_of_run(journal)
+        if incident_id:
+            return await self._escalate_incident(ctx, incident_id)
         name = ctx.values["matrix"]
         matrix = ctx.site.escalation.get(name)
         if matrix is None:
@@ -44,4 +50,32 @@ class IncidentEscalate(Action):
             stdout=text,
             summary=f"L{level_no} {level.role}: {who}",
             data={"matrix": name, "level": level_no, "role": level.role},
+        )
+
+    async def _escalate_incident(self, ctx: StepContext, incident_id: str) -> ActionResult:
+        desk = IncidentDesk(ctx.site, ctx.services.clock, ctx.user or None)
+        wanted = int(ctx.values.get("level") or 1)
+        inc = desk.get(incident_id)
+        paged = []
+        while inc.is_open and inc.level < wanted and not inc.acknowledged_by:
+            before = inc.level
+            inc = desk.escalate(incident_id, ctx.values["text"])
+            if inc.level == before:
+                break
+            paged.append(inc.level)
+        desk.note(incident_id, f"run {ctx.run_id}, step {ctx.step.id}: {ctx.values['text']}")
+        await desk.deliver()
+        what = (
+            f"paged level(s) {', '.join(map(str, paged))}"
+            if paged
+            else f"already at level {inc.level}"
+            + (f", acknowledged by {inc.acknowledged_by}" if inc.acknowledged_by else "")
+        )
+        summary = f"incident {incident_id}: {what}"
+        await ctx.emit("stdout", summary)
+        return ActionResult(
+            exit_code=0,
+            stdout=summary,
+            summary=summary,
+            data={"incident": incident_id, "level": inc.level},
         )

@@ -16,6 +16,11 @@ def pick_target(site: Site, name: str | None) -> NotifyTarget | None:
     if name:
         if name not in site.notify:
             raise OperationFailed(f'notify target "{name}" is not in the site\'s [notify] table.')
+        if site.notify[name].kind != "slack":
+            raise OperationFailed(
+                f'notify target "{name}" is PagerDuty, which pages people through incidents; '
+                "a notify step posts to a Slack-style webhook."
+            )
         return site.notify[name]
     return next((t for t in site.notify.values() if t.kind == "slack"), None)
 
@@ -24,7 +29,7 @@ async def send_webhook(target: NotifyTarget, text: str, timeout: float = 10.0) -
     """Post `text`; returns what happened in words. The URL is never included in messages."""
     url = target.url()
     if not url:
-        return f"not sent: {target.webhook_env} is not set for notify target {target.name}"
+        return f"not sent: {target.secret_env} is not set for notify target {target.name}"
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             resp = await client.post(url, json={"text": text})

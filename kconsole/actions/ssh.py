@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from kconsole.actions.base import Action, ActionResult, Field, StepContext
 from kconsole.errors import OperationFailed
@@ -85,9 +86,13 @@ class SshExec(Action):
 
 
 async def _file_chunks(path: Path, size: int = 1 << 18) -> AsyncIterator[bytes]:
-    with path.open("rb") as fh:
-        while chunk := fh.read(size):
+    # Reads in a thread: the console's event loop never waits on the disk.
+    fh = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, size):
             yield chunk
+    finally:
+        await asyncio.to_thread(fh.close)
 
 
 class SshStream(Action):
@@ -139,14 +144,24 @@ class SshCapture(Action):
     async def run(self, ctx: StepContext) -> ActionResult:
         """Write to a temp file beside `dest`; rename only if the command succeeded."""
         dest = Path(ctx.values["dest"])
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
-        fh = tmp.open("wb")
+
+        def open_tmp() -> BinaryIO:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            return tmp.open("wb")
+
+        def finish(fh: BinaryIO) -> None:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+        # Every file operation runs in a thread: the console's event loop never waits on
+        # the disk (the executor awaits this action on it).
+        fh = await asyncio.to_thread(open_tmp)
         size = 0
 
         async def sink(data: bytes) -> None:
             nonlocal size
-            fh.write(data)
+            await asyncio.to_thread(fh.write, data)
             size += len(data)
 
         emitter = _LineEmitter(ctx)
@@ -158,15 +173,14 @@ class SshCapture(Action):
                 timeout=step_limit(ctx, 0),
                 on_output=emitter,
             )
-            fh.flush()
-            os.fsync(fh.fileno())
+            await asyncio.to_thread(finish, fh)
         finally:
-            fh.close()
+            await asyncio.to_thread(fh.close)
             await emitter.flush()
         if result.exit_status != 0:
-            tmp.unlink(missing_ok=True)
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
         else:
-            os.replace(tmp, dest)
+            await asyncio.to_thread(os.replace, tmp, dest)
         return ActionResult(
             exit_code=result.exit_status,
             stderr=result.stderr.decode("utf-8", "replace"),

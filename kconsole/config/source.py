@@ -106,21 +106,29 @@ def load_toml(path: str | Path, shown_as: str | None = None) -> SourceFile:
         raise TomlFileError(Problem(shown, line, col, f"TOML syntax error: {reason}")) from None
     except RecursionError:
         raise TomlFileError(Problem(shown, 1, 1, _TOO_DEEP)) from None
-    if _depth(data) > MAX_TOML_DEPTH:
+    depth, nul = _shape(data)
+    if depth > MAX_TOML_DEPTH:
         raise TomlFileError(Problem(shown, 1, 1, _TOO_DEEP))
+    if nul:  # no path, name or command may hold one; the OS would refuse it later
+        raise TomlFileError(Problem(shown, 1, 1, "a string holds a NUL character (\\u0000)"))
     return SourceFile(shown, data, text, _locate_keys(text))
 
 
 _TOO_DEEP = f"arrays and tables are nested more than {MAX_TOML_DEPTH} deep"
 
 
-def _depth(value: Any) -> int:
-    """How deeply `value` nests lists and tables, walked without recursion."""
-    deepest = 0
+def _shape(value: Any) -> tuple[int, bool]:
+    """How deeply `value` nests lists and tables, and whether a key or string holds a NUL;
+    walked without recursion."""
+    deepest, nul = 0, False
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, level = stack.pop()
+        if isinstance(item, str):
+            nul = nul or "\x00" in item
+            continue
         if isinstance(item, dict):
+            nul = nul or any("\x00" in k for k in item)
             children: Any = item.values()
         elif isinstance(item, list):
             children = item
@@ -128,9 +136,9 @@ def _depth(value: Any) -> int:
             continue
         deepest = max(deepest, level + 1)
         if deepest > MAX_TOML_DEPTH:
-            return deepest
+            return deepest, nul
         stack.extend((child, level + 1) for child in children)
-    return deepest
+    return deepest, nul
 
 
 def _locate_keys(text: str) -> dict[KeyPath, tuple[int, int]]:

@@ -5,6 +5,7 @@ New backups are written only in KDXENC v1 (chunked AES-256-GCM, `stream`); the p
 docs/encryption.md for the byte layout and what each error means.
 """
 
+from kconsole.crypto.detect import Format, detect_format
 from kconsole.crypto.errors import (
     ArchiveError,
     DecryptionFailed,
@@ -44,6 +45,8 @@ from kconsole.crypto.stream import (
 )
 
 __all__ = [
+    "Format",
+    "detect_format",
     "ArchiveCheck",
     "ArchiveError",
     "DecryptResult",

@@ -9,27 +9,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 
+from kconsole.crypto.detect import detect_format
 from kconsole.crypto.errors import NotKdxFileError
 from kconsole.crypto.keys import Key, Keyring, keygen, read_key_file
-from kconsole.crypto.legacy import LABEL, SALTED, LegacyKdf, decrypt_legacy_file
-from kconsole.crypto.stream import MAGIC, decrypt_file, encrypt_file, open_input
+from kconsole.crypto.legacy import LABEL, LegacyKdf, decrypt_legacy_file
+from kconsole.crypto.stream import decrypt_file, encrypt_file
 from kconsole.errors import EXIT_OK, UsageError
 from kconsole.fsutil import refuse_overwriting_input
-
-Format = Literal["kdxenc", "openssl-legacy"]
-
-
-def detect_format(path: str | os.PathLike[str]) -> Format | None:
-    """Which encrypted format a file is in, by its magic bytes (None if neither)."""
-    with open_input(path) as fh:
-        head = fh.read(len(SALTED))
-    if head.startswith(MAGIC):
-        return "kdxenc"
-    if head == SALTED:
-        return "openssl-legacy"
-    return None
 
 
 def cmd_keygen(out: Path) -> int:

@@ -341,8 +341,10 @@ class IncidentDesk:
         """Put a message for every target in the outbox (nothing is sent here)."""
         now = self.clock.now()
         for target in self.site.notify.values():
-            if target.kind == "pagerduty" and not event_action:
-                continue  # PagerDuty takes trigger / acknowledge / resolve, not chat
+            if target.kind == "pagerduty" and (not event_action or (inc and inc.drill)):
+                # PagerDuty takes trigger / acknowledge / resolve, not chat; and a drill
+                # never wakes anyone through it (the channel gets it, marked [DRILL]).
+                continue
             self.outbox.new(
                 now,
                 target.name,
@@ -355,11 +357,11 @@ class IncidentDesk:
             )
 
     def announce(self, text: str, incident: str = "", severity: str = "high") -> None:
-        """Queue a one-line announcement (a run's ending) for every Slack-style target, and
-        for PagerDuty only when it concerns an incident."""
+        """Queue a one-line announcement (a run's ending) for every Slack-style target
+        (PagerDuty pages people; a run's ending is for the channel)."""
         now = self.clock.now()
         for target in self.site.notify.values():
-            if target.kind == "pagerduty" and not incident:
+            if target.kind == "pagerduty":
                 continue
             self.outbox.new(
                 now,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import tomllib
+from importlib import resources
+from pathlib import Path
 
-from kconsole.errors import KconsoleError
 from kconsole.incidents.model import TYPE_TITLE, Incident
 from kconsole.site import Site
 
@@ -34,19 +35,37 @@ def run_command(incident: Incident) -> str:
     return f"{args} --incident {incident.id}"
 
 
+def _step_titles(site: Site, runbook_id: str) -> list[str]:
+    """The titles of a runbook's main operator-facing steps, read straight from its TOML (the
+    site's runbooks/ first, then the shipped ones). Loading it as a Runbook would pull the
+    action registry into paging, and `incident.escalate` pages through here."""
+    for folder in (site.base_dir / "runbooks", Path(str(resources.files("runbooks")))):
+        path = folder / f"{runbook_id}.toml"
+        if not path.is_file():
+            continue
+        try:
+            steps = tomllib.loads(path.read_text(encoding="utf-8")).get("steps", [])
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return []
+        rollback = {s.get("on_failure") for s in steps if isinstance(s, dict)}
+        return [
+            str(s.get("title") or s.get("id"))
+            for s in steps
+            if isinstance(s, dict)
+            and s.get("action") not in ("notify", "incident.escalate")
+            and s.get("id") not in rollback
+        ]
+    return []
+
+
 def immediate_actions(site: Site, incident: Incident, count: int = 3) -> list[str]:
     """Three actions: start the runbook, then its first operator-facing steps."""
     actions = [f"Start the runbook: `{run_command(incident)}`"]
-    with contextlib.suppress(KconsoleError, OSError):
-        from kconsole.runbook import load_runbook, resolve_runbook_path
-
-        rb = load_runbook(resolve_runbook_path(incident.runbook, [site.base_dir / "runbooks"]))
-        for step in rb.steps.values():
-            if len(actions) >= count:
-                break
-            if step.action in ("notify", "incident.escalate") or step.id in rb.rollback_steps:
-                continue
-            actions.append(step.title or step.id)
+    node = incident.nodes[0] if incident.nodes else "the node"
+    for title in _step_titles(site, incident.runbook):
+        if len(actions) >= count:
+            break
+        actions.append(title.replace("{node}", node).replace("{node.name}", node))
     fallback = [
         "Acknowledge the page: `kconsole incident ack " + incident.id + "`",
         "Post status updates: `kconsole incident update "

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -79,7 +80,8 @@ class Outbox:
 
     def new(self, now: datetime, target: str, text: str, **fields: Any) -> Message:
         """Make and store a message for `target`."""
-        stamp = f"{now:%Y%m%dT%H%M%S%f}"
+        # Sorted by name = sent in order: the (possibly injected) time, then the real one.
+        stamp = f"{now:%Y%m%dT%H%M%S%f}-{time.time_ns():020d}"
         message = Message(
             id=f"{stamp}-{secrets.token_hex(3)}",
             target=target,
@@ -103,13 +105,20 @@ class Outbox:
     async def deliver(self, send: Sender, now: datetime, force: bool = False) -> list[Delivery]:
         """Try every message that is due (all of them with `force`); returns what happened."""
         results: list[Delivery] = []
+        failing: set[str] = set()
         for message in self.pending():
             if not force and message.next_try and message.next_try > iso(now):
+                continue
+            if message.target in failing:
+                # One failure per target per pass: a black-holed target costs one timeout,
+                # not one per queued message. The rest wait for the next pass.
                 continue
             path = self.dir / f"{message.id}.json"
             result = await self._deliver_one(path, send, now)
             if result is not None:
                 results.append(result)
+                if not result.delivered:
+                    failing.add(message.target)
         return results
 
     async def _deliver_one(self, path: Path, send: Sender, now: datetime) -> Delivery | None:

@@ -72,6 +72,8 @@ BASE_FLEET: tuple[tuple[str, str], ...] = (
 DR_NODE = "backup-dr"
 MAX_NODES = 1000
 FAULT_POLL = 0.5
+ONE_SHOT = ("crash", "wipe")
+"""Faults that act once, when set: listed until the node's service is active again."""
 WEBHOOK_PATH = "/services/KCONSOLE/LAB/WEBHOOK"
 
 
@@ -115,6 +117,8 @@ class Lab:
         self.faults: tuple[Fault, ...] = ()
         """The faults in force, in the order they were set."""
         self.damage: dict[tuple[str, ...], corrupt.Damage] = {}
+        self._struck: dict[tuple[str, ...], int | None] = {}
+        """One-shot faults applied: the pid of the service process they killed (or None)."""
         """Backups corrupted by `corrupt` faults, by fault identity."""
         self._corrupting: set[tuple[str, ...]] = set()
         self._init: Init | None = None
@@ -510,6 +514,8 @@ class Lab:
 
     async def _do(self, f: Fault) -> None:
         host = self.hosts.get(f.node)
+        if f.kind in ONE_SHOT and host and host.service:
+            self._struck[f.identity] = host.service.main_pid
         if f.kind in ("down", "crash") and host and host.service:
             host.service.crash()
         elif f.kind == "wipe" and host and host.service:
@@ -528,6 +534,7 @@ class Lab:
 
     async def _undo(self, f: Fault) -> None:
         host = self.hosts.get(f.node)
+        self._struck.pop(f.identity, None)
         if f.kind == "down" and host and host.service and host.service.enabled:
             reply = await host.service.start()  # the host boots; its service starts if it can
             if reply.rc:
@@ -598,6 +605,32 @@ class Lab:
             for f in self.faults:
                 if f.kind == "corrupt" and f.identity not in self.damage:
                     await self._try_corrupt(f)
+            await self._retire_recovered()
+
+    async def _retire_recovered(self) -> None:
+        """Drop a one-shot fault (crash, wipe) once its node's kaldrix-node is active again
+        in a process started after the fault: it did its damage when set, the node has been
+        recovered, and `fault list` must no longer say otherwise."""
+        async with self._lock:
+            over = []
+            for f in self.faults:
+                host = self.hosts.get(f.node)
+                service = host.service if host is not None else None
+                if (
+                    f.identity in self._struck
+                    and service is not None
+                    and service.state == "active"
+                    and service.main_pid not in (None, self._struck[f.identity])
+                ):
+                    over.append(f)
+            if not over:
+                return
+            for f in over:
+                self._struck.pop(f.identity, None)
+            self.faults = tuple(f for f in self.faults if f not in over)
+            self._fault_text = write_fault_file(self.fault_file, self.faults)
+        for f in over:
+            self._event(f"fault over: {f} ({f.node}'s kaldrix-node is active again)")
 
     def _event(self, message: str, level: int = logging.INFO) -> None:
         log.log(level, message)

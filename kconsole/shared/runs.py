@@ -160,14 +160,18 @@ def _holder(lease: LeaseView | None) -> str:
     return f"{lease.user}@{lease.holder}" if lease.user else lease.holder
 
 
-def merged_runs(site: Site, local: list[RunSummary]) -> tuple[list[RunSummary], str]:
+def merged_runs(
+    site: Site, local: list[RunSummary], user: str = ""
+) -> tuple[list[RunSummary], str]:
     """This console's runs and the shared ones, newest first: for a run in both, the copy
-    with more records wins (the other console went on with it). Runs of this console the
-    store is behind on (it was unreachable) are caught up first. Also a problem sentence
-    when the store could not be read ("" otherwise)."""
+    with more records wins (the other console went on with it). When `user` may operate,
+    runs of this console the store is behind on (it was unreachable) are caught up first;
+    an auditor's listing writes nothing. Also a problem sentence when the store could not
+    be read ("" otherwise)."""
+    may_write = bool(user) and site.access.role_of(user) in ("admin", "operator")
     try:
         shared = shared_runs(site)
-        if catch_up(site, local, {r.id: r for r in shared}):
+        if may_write and catch_up(site, local, {r.id: r for r in shared}):
             shared = shared_runs(site)
     except StoreUnavailable as exc:
         return local, str(exc)

@@ -19,6 +19,7 @@ Tone = Literal["success", "warning", "error", "accent", "muted", "plain"]
 _LABELS: dict[str, tuple[str, Tone]] = {
     # fleet
     "active": ("● active", "success"),
+    "behind": ("◐ behind", "warning"),
     "inactive": ("○ inactive", "error"),
     "unreachable": ("✖ unreachable", "error"),
     "polling": ("… polling", "muted"),
