@@ -297,7 +297,8 @@ async def test_verify_once_checks_copies_at_rest_after_create_verified_the_conte
         outcome = await verify_backup(lab_site, backup, stores, ring, emit, content="once")
         assert outcome.complete and outcome.content_from_record and outcome.members == 0
         assert sorted(outcome.checked) == sorted(backup.replicas)
-        assert "size and SHA-256 checked at rest; content verified when it was written" in said[-1]
+        assert "content verified when it was written" in said[-1]
+        assert "size and SHA-256 checked: primary: SHA-256 of the local file" in said[-1]
         full = await verify_backup(lab_site, backup, stores, ring, noop_emit)
         assert full.complete and not full.content_from_record and full.members > 20
         obj = Path(stores["primary"].describe(manifest.object_key()))

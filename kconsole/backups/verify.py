@@ -15,7 +15,7 @@ from typing import BinaryIO, cast
 from kconsole.backups.archive import decrypting_reader, verify_file
 from kconsole.backups.catalog import Backup, content_verified, record_verification
 from kconsole.backups.restore import backup_paths, checked_copy
-from kconsole.backups.stores import Store
+from kconsole.backups.stores import LocalStore, Store
 from kconsole.backups.trust import check_backup
 from kconsole.crypto import Keyring
 from kconsole.errors import OperationFailed
@@ -46,6 +46,8 @@ class VerifyOutcome:
     """Copies not read because an earlier one was good (`first_good`)."""
     content_from_record: bool = False
     """The content check was skipped: it passed before for this ciphertext (`content = "once"`)."""
+    methods: dict[str, str] = field(default_factory=dict)
+    """Location -> how its copy's SHA-256 was checked (at rest by the store, or read back)."""
 
     @property
     def complete(self) -> bool:
@@ -117,19 +119,44 @@ async def verify_backup(
     good_copy: Path | None = None
     temps: list[Path] = []
     held = [(n, s) for n, s in stores.items() if n in backup.replicas]
+    skip_content = (
+        content == "once"
+        and backup.manifest is not None
+        and content_verified(site, backup.id, backup.manifest.ciphertext_sha256)
+    )
+    # The content check needs one copy here: a local one, else the first location's is read
+    # back; every other copy is checked where it lies when its store can (no bytes moved).
+    reader = None
+    if not skip_content and not any(isinstance(s, LocalStore) for _, s in held) and held:
+        reader = held[0][0]
 
-    async def check(name: str, store: Store) -> Path | BaseException:
-        try:
-            path, temporary = await checked_copy(site, backup, name, store, "verify")
-        except (OperationFailed, OSError) as exc:
-            return exc
+    async def read_back(name: str, store: Store) -> Path:
+        path, temporary = await checked_copy(site, backup, name, store, "verify")
         if temporary:
             temps.append(path)
+        outcome.methods[name] = (
+            "SHA-256 of the local file" if isinstance(store, LocalStore) else "read back"
+        )
         return path
+
+    async def check(name: str, store: Store) -> Path | str | BaseException:
+        try:
+            if backup.manifest is not None and name != reader:
+                how = await store.check_at_rest(
+                    backup.replicas[name].key,
+                    backup.manifest.ciphertext_sha256,
+                    backup.manifest.ciphertext_size,
+                )
+                if how is not None:
+                    outcome.methods[name] = how
+                    return how
+            return await read_back(name, store)
+        except (OperationFailed, OSError) as exc:
+            return exc
 
     try:
         if first_good:
-            copies: list[Path | BaseException] = []
+            copies: list[Path | str | BaseException] = []
             for name, store in held:
                 if copies and not isinstance(copies[-1], BaseException):
                     outcome.skipped.append(name)
@@ -144,21 +171,26 @@ async def verify_backup(
                 outcome.problems.append(f"{name}: {outcome.damaged[name]}")
             else:
                 outcome.checked.append(name)
-                if good_copy is None:
-                    good_copy = got  # the first good copy, in the locations' order
-        restorable = good_copy is not None
-        skip_content = (
-            content == "once"
-            and backup.manifest is not None
-            and content_verified(site, backup.id, backup.manifest.ciphertext_sha256)
-        )
-        if good_copy is None:
+                if good_copy is None and isinstance(got, Path):
+                    good_copy = got  # the first good copy read here, in the locations' order
+        if good_copy is None and outcome.checked and not skip_content:
+            # Every copy read here was bad but one checked at rest is good: the content
+            # check reads that one back.
+            first = outcome.checked[0]
+            try:
+                good_copy = await read_back(first, stores[first])
+            except (OperationFailed, OSError) as exc:
+                outcome.ok = False
+                outcome.problems.append(f"{first}: {str(exc).rstrip('.')}")
+        checked_somewhere = bool(outcome.checked)
+        restorable = good_copy is not None or (skip_content and checked_somewhere)
+        if not restorable:
             outcome.ok = False
             if not outcome.problems:
                 outcome.problems.append("no replica could be read")
         elif skip_content:
             outcome.content_from_record = True
-        else:
+        elif good_copy is not None:
             try:
                 if backup.manifest is not None and backup.manifest.content == "stream":
                     await asyncio.to_thread(_verify_stream_file, good_copy, keyring, backup.id)
@@ -212,11 +244,14 @@ async def verify_backup(
     if outcome.complete:
         verdict = "ok"
         # Say what was checked now and what was not: no overstated verdict.
+        how = "; ".join(f"{n}: {outcome.methods[n]}" for n in outcome.checked)
         if outcome.content_from_record:
             verdict += (
-                f" ({len(outcome.checked)} copies' size and SHA-256 checked at rest; "
+                f" (each copy's size and SHA-256 checked: {how}; "
                 "content verified when it was written)"
             )
+        else:
+            verdict += f" (each copy's SHA-256 checked: {how}; content decrypted and walked)"
         if outcome.skipped:
             verdict += (
                 f"; copy in {', '.join(outcome.checked)} good, {', '.join(outcome.skipped)} "
