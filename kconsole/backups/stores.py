@@ -549,6 +549,8 @@ class SftpLocationStore(Store):
     async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
         """`sha256sum` run on the host over SSH (the host reads its own disk); None when the
         host runs no commands for us (an SFTP-only account) or has no `sha256sum`."""
+        if self._on_host is False:
+            return None  # this host already could not hash one of our files
         path = self._path(key)
         node = self.sftp.target(self.target)
         limit = transfer_timeout(size, self.call_timeout, self.min_rate)
@@ -557,6 +559,7 @@ class SftpLocationStore(Store):
         )
         fields = done.stdout.split()
         if done.exit_status != 0 or not fields or len(fields[0]) != 64:
+            self._on_host = False
             return None
         got = fields[0].decode("ascii", "replace").lower()
         if got != sha256:
