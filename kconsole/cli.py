@@ -7,14 +7,11 @@ Exit codes: 0 success, 1 the operation ran and failed, 2 bad input or usage,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import errno
 import json
 import os
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,6 +26,9 @@ from kconsole.errors import (
     OperationFailed,
     UsageError,
 )
+
+# asyncio, tempfile, traceback and signal are imported where used: `kconsole --version`
+# and usage errors should cost no more than starting Python.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", metavar="DIR", help="lab directory (default: a per-user state directory)"
     )
     lab.add_argument("--faults", default="", metavar="SPEC")
+    lab.add_argument(
+        "--state-size", metavar="SIZE", help="grow each fleet node's chain state to SIZE (e.g. 1G)"
+    )
     lab.add_argument(
         "mode", nargs="?", choices=["serve"], help="serve headless until SIGINT/SIGTERM"
     )
@@ -266,6 +269,9 @@ _SETUP_ERRNOS = frozenset(
 
 def _internal_error(exc: BaseException) -> int:
     """One sentence on stderr, the traceback in a crash log."""
+    import tempfile
+    import traceback
+
     fd, path = tempfile.mkstemp(prefix="kconsole-crash-", suffix=".log")
     with os.fdopen(fd, "w") as fh:
         traceback.print_exc(file=fh)
@@ -321,6 +327,8 @@ def cmd_site(args: argparse.Namespace) -> int:
         raise UsageError(
             f"directory {out.parent} does not exist; create it or pick another -o FILE."
         )
+    import tempfile
+
     with (
         tempfile.TemporaryDirectory() as tmp
     ):  # the result must load as a site, or nothing is written
@@ -533,6 +541,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     from kconsole.backups.catalog import live_heights, tier_summary
     from kconsole.config import format_duration
     from kconsole.runbook.coverage import expected_nodes
+    from kconsole.services import run_once
     from kconsole.site import BACKUP_KINDS
 
     site = _site(args)
@@ -545,13 +554,16 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             f"unknown location {args.location}; the site has {', '.join(site.locations)}."
         )
 
-    async def build(session: Any) -> tuple[Any, dict[str, int | None]]:
+    async def build(services: Any) -> tuple[Any, dict[str, int | None]]:
+        import asyncio
+
         catalog, heights = await asyncio.gather(
-            session.catalog(), live_heights(site, [args.node] if args.node else None)
+            services.backups(site).catalog(),
+            live_heights(site, [args.node] if args.node else None, health=services.health),
         )
         return catalog, heights
 
-    catalog, heights = _with_backups(site, build)
+    catalog, heights = run_once(site, build)
     rows = catalog.rows(args.kind, args.node, args.location)
     fresh = [
         f
@@ -916,7 +928,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
         if not args.dir:
             raise UsageError("kconsole lab serve needs --dir DIR.")
-        return serve(directory, args.nodes, args.faults)
+        return serve(directory, args.nodes, args.faults, state_size=args.state_size)
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise UsageError(
             "kconsole lab opens the console and needs a terminal; "

@@ -7,12 +7,9 @@ own deadline, and failures become a state with a reason, never an exception.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import httpx
 
 from kconsole.errors import OperationFailed
 from kconsole.services import Services, run_once
@@ -40,22 +37,6 @@ class NodeStatus:
         return out
 
 
-async def _health(url: str, timeout: float) -> tuple[bool, str, int | None]:
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            resp = await client.get(url)
-    except httpx.HTTPError as exc:
-        return False, f"health URL unreachable ({exc.__class__.__name__})", None
-    height = None
-    try:
-        body = resp.json()
-        if isinstance(body, dict) and isinstance(body.get("height"), int):
-            height = body["height"]
-    except (json.JSONDecodeError, ValueError):
-        pass
-    return resp.status_code == 200, f"health {resp.status_code}", height
-
-
 async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatus:
     """Poll one node; never raises."""
     transport = services.transport
@@ -63,8 +44,12 @@ async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatu
     try:
         if transport is None:
             raise OperationFailed("no SSH transport")
-        latency = round(await asyncio.wait_for(transport.probe(node), timeout), 1)
-        result = await transport.run(node, f"systemctl is-active {node.service}", timeout=timeout)
+        # One command per node: its round trip is the latency shown.
+        took, result = await asyncio.wait_for(
+            transport.timed_run(node, f"systemctl is-active {node.service}", timeout=timeout),
+            timeout,
+        )
+        latency = round(took, 1)
         service = result.stdout.decode("utf-8", "replace").strip() or f"exit {result.exit_status}"
         state = "active" if result.exit_status == 0 and service == "active" else "inactive"
         detail = f"{node.service} {service}"
@@ -83,9 +68,10 @@ async def poll_node(node: Node, services: Services, timeout: float) -> NodeStatu
         )
     height = None
     if node.health_url:
-        ok, health_detail, height = await _health(node.health_url, min(timeout, 5.0))
-        detail = f"{detail}, {health_detail}"
-        if state == "active" and not ok:
+        health = await services.health.read(node.health_url, min(timeout, 5.0))
+        height = health.height
+        detail = f"{detail}, {health.detail}"
+        if state == "active" and not health.ok:
             detail += " (service up but unhealthy)"
     return NodeStatus(node.name, node.host, node.groups, state, detail, latency, height)
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from kconsole.health import HealthReader
     from kconsole.site import Site
 
 T = TypeVar("T")
@@ -48,6 +49,16 @@ class Services:
     transport: Any = None
     http_timeout: float = 10.0
     _backups: Any = None
+    _health: Any = None
+
+    @property
+    def health(self) -> HealthReader:
+        """The one health-URL reader of these services (fleet status, live heights, backups)."""
+        if self._health is None:
+            from kconsole.health import HealthReader
+
+            self._health = HealthReader()
+        return self._health  # type: ignore[no-any-return]
 
     def backups(self, site: Site) -> Any:
         """The run's BackupSession (stores, keyring, catalog), made on first use."""
@@ -68,6 +79,8 @@ class Services:
         """Close pooled connections."""
         if self._backups is not None:
             await self._backups.close()
+        if self._health is not None:
+            await self._health.close()
         if self.transport is not None and hasattr(self.transport, "close"):
             await self.transport.close()
 

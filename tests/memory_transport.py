@@ -203,6 +203,13 @@ class MemoryTransport:
         self._check_up(node)
         return self.latency_ms.get(node.name, 1.0)
 
+    async def timed_run(
+        self, node: Node, command: str, *, timeout: float | None = None
+    ) -> tuple[float, CommandResult]:
+        """`probe` then `run`, so scripted latencies, holds and replies all apply."""
+        latency = await self.probe(node)
+        return latency, await self.run(node, command, timeout=timeout)
+
     async def close(self) -> None:
         """Mark the transport closed."""
         self.closed = True

@@ -90,6 +90,7 @@ async def test_create_verify_restore_byte_for_byte(lab_site: Site) -> None:
         before = tree(root / STATE)
         manifest = await make_backup(lab_site, transport)
         assert manifest.key_id == Keyring(lab_site.keys_dir).current().key_id  # type: ignore[arg-type]
+        assert manifest.compression == "zstd"  # the node has zstd: the fast codec is used
         stores = open_stores(lab_site, transport)
         catalog = await build_catalog(lab_site, stores)
         backup = catalog.find(manifest.id)
@@ -155,7 +156,8 @@ async def test_corrupted_object_is_caught(lab_site: Site) -> None:
 
 
 async def test_hostile_archive_never_reaches_the_node(lab_site: Site, tmp_path: Path) -> None:
-    """A backup whose tar escapes its paths is refused before anything is extracted."""
+    """A backup whose tar escapes its paths is refused before that member reaches the node,
+    and what was unpacked before it is removed with the staging directory."""
     transport = SshTransport(lab_site, use_ssh_config=False)
     try:
         buf = io.BytesIO()
@@ -270,3 +272,40 @@ def test_runbook_ssh_exec_and_stream_against_sshd(lab_site: Site, tmp_path: Path
     code, out, err = cli("--site", site_file, "run", rb, "--yes")
     assert code == 0, out + err
     assert "hello from node1" in out
+
+
+async def test_verify_once_checks_copies_at_rest_after_create_verified_the_content(
+    lab_site: Site,
+) -> None:
+    """backup.create verified the content as written; a `content = "once"` verify checks each
+    copy's SHA-256 and skips the decrypt, but a copy that differs is still caught."""
+    from kconsole.backups.catalog import content_verified
+
+    transport = SshTransport(lab_site, use_ssh_config=False)
+    try:
+        manifest = await make_backup(lab_site, transport)
+        assert content_verified(lab_site, manifest.id, manifest.ciphertext_sha256)
+        assert not content_verified(lab_site, manifest.id, "0" * 64)  # another ciphertext
+        stores = open_stores(lab_site, transport)
+        backup = (await build_catalog(lab_site, stores)).find(manifest.id)
+        ring = Keyring(lab_site.keys_dir)  # type: ignore[arg-type]
+        said: list[str] = []
+
+        async def emit(stream: str, text: str) -> None:
+            said.append(text)
+
+        outcome = await verify_backup(lab_site, backup, stores, ring, emit, content="once")
+        assert outcome.complete and outcome.content_from_record and outcome.members == 0
+        assert sorted(outcome.checked) == sorted(backup.replicas)
+        assert "content verified when it was written" in said[-1]
+        assert "size and SHA-256 checked: primary: SHA-256 of the local file" in said[-1]
+        full = await verify_backup(lab_site, backup, stores, ring, noop_emit)
+        assert full.complete and not full.content_from_record and full.members > 20
+        obj = Path(stores["primary"].describe(manifest.object_key()))
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        obj.write_bytes(bytes(data))
+        bad = await verify_backup(lab_site, backup, stores, ring, noop_emit, content="once")
+        assert "the copy is corrupt" in bad.damaged["primary"]
+    finally:
+        await transport.close()

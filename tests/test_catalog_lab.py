@@ -391,3 +391,49 @@ async def test_objects_without_object_lock_are_reported(world: World, tmp_path: 
         unlocked.object_key(),
         unlocked.manifest_key(),
     }
+
+
+async def test_verify_first_good_stops_at_the_first_good_copy_and_falls_back(
+    world: World,
+) -> None:
+    """Before a restore one good copy is enough: the rest are not read; a bad first copy is
+    reported as damaged and the next one is read."""
+    w = world
+    services = Services.for_site(w.site)
+    try:
+        req = CreateRequest(
+            node=w.site.nodes["validator3"],
+            kind="blockchain-state",
+            paths=["/var/lib/kaldrix/state"],
+            run_id="first-good",
+        )
+        manifest = await create_backup(
+            w.site,
+            req,
+            transport=services.transport,
+            stores=w.stores,
+            key=w.session.current_key(),
+            emit=quiet,
+        )
+    finally:
+        await services.close()
+    backup = (await build_catalog(w.site, w.stores)).find(manifest.id)
+    assert list(backup.replicas) and set(backup.replicas) == set(w.stores)
+    held = list(w.stores)
+    ring = w.session.keyring()
+    outcome = await verify_backup(
+        w.site, backup, w.stores, ring, quiet, content="once", first_good=True
+    )
+    assert outcome.restorable and outcome.content_from_record
+    assert outcome.checked == held[:1] and outcome.skipped == held[1:]
+    first = w.stores[held[0]]
+    assert isinstance(first, LocalStore)
+    obj = first.path(backup.replicas[held[0]].key)
+    data = bytearray(obj.read_bytes())
+    data[7] ^= 0x01
+    obj.write_bytes(bytes(data))
+    outcome = await verify_backup(
+        w.site, backup, w.stores, ring, quiet, content="once", first_good=True
+    )
+    assert outcome.restorable and "the copy is corrupt" in outcome.damaged[held[0]]
+    assert outcome.checked == held[1:2] and outcome.skipped == held[2:]

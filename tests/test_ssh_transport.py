@@ -472,3 +472,37 @@ def test_quote_argv_and_node_specs() -> None:
 
 def test_sshd_fixture_starts_a_real_sshd(sshd_server: Sshd) -> None:  # noqa: F811
     assert sshd_server.process is not None and sshd_server.process.poll() is None
+
+
+# -- the OpenSSH client config -------------------------------------------------------
+
+
+async def test_ssh_config_is_honoured_and_read_once_per_process(
+    server: ServerBase, tmp_path: Path
+) -> None:
+    """The login user comes from the site's ssh_config (the site sets none); a fleet's worth of
+    connections reads and tokenizes the file once, and an edit is read again."""
+    from kconsole.transport import sshconfig
+
+    config = tmp_path / "ssh_config"
+    blocks = "".join(f"Host other{i}\n  HostName 10.0.{i // 250}.{i % 250}\n" for i in range(300))
+    config.write_text(f"{blocks}Host {server.host}\n  User {server.user}\n")
+    site = with_ssh(server.site(), user=None, config=config)
+    before = sshconfig.reads
+    for _ in range(3):
+        t = SshTransport(site)
+        try:
+            assert (await t.run(node_of(t), Commands.TRUE)).ok
+        finally:
+            await t.close()
+    assert sshconfig.reads == before + 1
+    config.write_text(f"{blocks}Host {server.host}\n  User {server.user}\n  Port 1\n")
+    os.utime(config, ns=(1, 1))
+    t = SshTransport(site)
+    try:
+        # The node's own port still wins over the file's (as OpenSSH's -p does).
+        async with t.connection(node_of(t)) as conn:
+            assert conn.get_extra_info("username") == server.user
+    finally:
+        await t.close()
+    assert sshconfig.reads == before + 2

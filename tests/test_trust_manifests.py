@@ -84,7 +84,7 @@ FORGED: dict[str, tuple[dict[str, Any], str]] = {
     "key id not hex": ({"key_id": "../../keys/evil"}, "key_id"),
     "checksum not hex": ({"ciphertext_sha256": "z" * 64}, "ciphertext_sha256"),
     "no encryption": ({"encryption": "none"}, "encryption"),
-    "another codec": ({"compression": "zstd"}, "compression"),
+    "another codec": ({"compression": "xz"}, "compression"),  # gzip and zstd are written
     "content a script": ({"content": "sh"}, "content"),
     "negative chain height": ({"chain_height": -5}, "chain_height"),
     "a command in a file archive": ({"extra": {"command": "rm -rf /"}}, "extra"),

@@ -87,6 +87,7 @@ class BackupCreate(Action):
             stores=session.stores(ctx.values.get("locations")),
             key=session.current_key(),
             emit=ctx.emit,
+            health=ctx.services.health,
         )
         session.invalidate()
         return ActionResult(
@@ -172,6 +173,13 @@ class BackupVerify(Action):
             default="every",
             help='"every" replica must verify, or "one" good copy is enough (before a restore)',
         ),
+        "content": Field(
+            "str",
+            choices=("always", "once"),
+            default="always",
+            help='"once": skip the decrypt and archive walk when they already passed for this '
+            "ciphertext (as backup.create records); each copy's size and SHA-256 is still checked",
+        ),
     }
 
     async def run(self, ctx: StepContext) -> ActionResult:
@@ -218,6 +226,8 @@ class BackupVerify(Action):
                 keyring,
                 ctx.emit,
                 unreachable={n: e for n, e in catalog.errors.items() if n in stores},
+                content=str(ctx.values.get("content") or "always"),
+                first_good=ctx.values.get("require") == "one",
             )
             if not outcome.restorable:
                 bad.append(backup.id)

@@ -1,6 +1,7 @@
 """Reading a backup's plaintext without writing it anywhere, and checking its archive.
 
-`inspect_archive` inflates every gzip layer (the plan's backups have two), walks every
+`inspect_archive` inflates every gzip layer (the plan's backups have two) or the zstd
+layer (kconsole's captures where the node has zstd), walks every
 tar member, and refuses any member that would land outside the backup's own paths:
 absolute or `..` names, links whose target leaves the prefix, devices and FIFOs. It is
 the pre-flight check before a restore lets remote `tar` extract anything, and the heart
@@ -24,6 +25,7 @@ from kconsole.crypto.stream import Decryptor, PlaintextReader
 from kconsole.errors import OperationFailed
 
 MAX_LAYERS = 8
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class UnsafeArchive(OperationFailed):
@@ -112,10 +114,23 @@ def check_member(member: tarfile.TarInfo, prefixes: list[str], where: str) -> No
             )
 
 
-def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tuple[int, int, int]:
-    """Inflate all gzip layers and walk the tar; (gzip layers, members, tar bytes)."""
+def _unzstd(stream: BinaryIO) -> BinaryIO:
+    """A buffered reader of the decompressed zstd `stream` (frame checksums checked)."""
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        stream, read_across_frames=True, closefd=False
+    )
+    return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, reader), 1 << 18))
+
+
+def decompressed(plaintext: BinaryIO, where: str) -> tuple[BinaryIO, int]:
+    """The tar inside `plaintext`: every gzip layer inflated, or the zstd layer; (stream,
+    compression layers)."""
     layers = 0
     stream: BinaryIO = plaintext
+    if _peek(stream, 4) == ZSTD_MAGIC:
+        return _unzstd(stream), 1
     head = _peek(stream)
     while head[:2] == b"\x1f\x8b":
         layers += 1
@@ -131,6 +146,14 @@ def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tup
             head = _peek(stream)
         except (OSError, EOFError) as exc:
             raise BadArchive(f"{where}: gzip layer {layers} is damaged ({exc}).") from None
+    return stream, layers
+
+
+def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tuple[int, int, int]:
+    """Inflate all gzip layers (or the zstd one) and walk the tar; (layers, members, tar bytes)."""
+    import zstandard
+
+    stream, layers = decompressed(plaintext, where)
     members = 0
     counted = _Counting(stream)
     try:
@@ -140,24 +163,24 @@ def inspect_archive(plaintext: BinaryIO, prefixes: list[str], where: str) -> tup
                 members += 1
     except tarfile.ReadError as exc:
         raise BadArchive(f"{where} is not a readable tar archive ({exc}).") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as exc:
         raise BadArchive(f"{where}: the archive is damaged ({exc}).") from None
     # Drain what tarfile left (zero blocks) so gzip checks its CRC and length trailer.
     try:
         while counted.read(1 << 20):
             pass
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zstandard.ZstdError) as exc:
         raise BadArchive(f"{where}: the archive is damaged ({exc}).") from None
     if members == 0:
         raise BadArchive(f"{where} holds no files; restoring it would restore nothing.")
     return layers, members, counted.size
 
 
-def _peek(stream: BinaryIO) -> bytes:
+def _peek(stream: BinaryIO, n: int = 2) -> bytes:
     peek = getattr(stream, "peek", None)
     if peek is None:
         raise TypeError("stream must be buffered")
-    return bytes(peek(2)[:2])
+    return bytes(peek(n)[:n])
 
 
 def verify_file(
@@ -180,24 +203,102 @@ def verify_file(
     )
 
 
-def plaintext_chunks(
-    path: Path, keys: Key | Keyring, legacy: bool, where: str, size: int = 1 << 18
+class _Recording(io.RawIOBase):
+    """Pass-through reader that keeps what was read until `take()` hands it on."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self.src = src
+        self.kept = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.src.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.kept += data
+        return n
+
+    def take(self) -> bytes:
+        out = bytes(self.kept)
+        self.kept.clear()
+        return out
+
+
+def checked_tar_chunks(
+    path: Path,
+    keys: Key | Keyring,
+    legacy: bool,
+    prefixes: list[str],
+    where: str,
+    plaintext_sha256: str | None = None,
+    report: list[ArchiveReport] | None = None,
 ) -> Iterator[bytes]:
-    """The plaintext to send to a node: the gzip stream of a native backup, or the plain
-    tar of a legacy one (its gzip layers inflated here, however many there are)."""
-    with path.open("rb") as fh:
-        reader, _ = decrypting_reader(fh, keys, legacy, where)
-        stream: BinaryIO = reader
-        if legacy:
-            while _peek(stream)[:2] == b"\x1f\x8b":
-                stream = cast(
-                    BinaryIO,
-                    io.BufferedReader(
-                        cast(io.RawIOBase, gzip.GzipFile(fileobj=stream, mode="rb")), 1 << 18
-                    ),
-                )
-        while chunk := stream.read(size):
-            yield chunk
-        if legacy:
-            while reader.read(1 << 20):
+    """The plain tar of a backup, for a node's `tar -xf -`, decrypted, decompressed and
+    checked in one pass: bytes are handed on only once the member they belong to has passed
+    `check_member` (its header first, then its data as it is read, so memory stays bounded).
+
+    The end of the stream is where authentication finishes: a damaged, truncated or
+    substituted backup (or a plaintext SHA-256 other than `plaintext_sha256`) raises there,
+    after the node may have unpacked part of it, so the caller extracts into a staging
+    directory and swaps it in only when this generator ends cleanly. `report` receives the
+    walk's ArchiveReport.
+    """
+    import zstandard
+
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {path}: {exc.strerror}.") from None
+    with fh:
+        reader, decryptor = decrypting_reader(fh, keys, legacy, where)
+        stream, layers = decompressed(reader, where)
+        rec = _Recording(stream)
+        members = tar_bytes = 0
+        try:
+            with tarfile.open(fileobj=cast(BinaryIO, rec), mode="r|") as tar:
+                for member in tar:
+                    check_member(member, prefixes, where)
+                    members += 1
+                    chunk = rec.take()
+                    tar_bytes += len(chunk)
+                    yield chunk
+                    if member.isfile() and member.size:
+                        data = tar.extractfile(member)
+                        assert data is not None
+                        while data.read(1 << 20):
+                            chunk = rec.take()
+                            tar_bytes += len(chunk)
+                            yield chunk
+            while rec.read(1 << 20):  # the end-of-archive blocks, and gzip's trailer check
                 pass
+        except tarfile.ReadError as exc:
+            raise BadArchive(f"{where} is not a readable tar archive ({exc}).") from None
+        except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+            raise BadArchive(f"{where}: the archive is damaged ({exc}).") from None
+        chunk = rec.take()
+        tar_bytes += len(chunk)
+        if members == 0:
+            raise BadArchive(f"{where} holds no files; restoring it would restore nothing.")
+        while reader.read(1 << 20):  # anything after the archive still has to authenticate
+            pass
+        result = decryptor.result
+        assert result is not None
+        if plaintext_sha256 and result.plaintext_sha256 != plaintext_sha256:
+            raise OperationFailed(
+                f"{where} decrypts to data whose SHA-256 differs from its manifest."
+            )
+        if report is not None:
+            report.append(
+                ArchiveReport(
+                    layers,
+                    members,
+                    tar_bytes,
+                    result.plaintext_sha256,
+                    result.plaintext_size,
+                    result.key_id,
+                )
+            )
+        yield chunk

@@ -27,9 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from kconsole.backups.manifest import (
     MANIFEST_SUFFIX,
@@ -43,6 +41,9 @@ from kconsole.config.problems import did_you_mean
 from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write, atomic_writer, locked
 from kconsole.site import Site
+
+if TYPE_CHECKING:
+    from kconsole.health import HealthReader
 
 STATUSES = ("ok", "stale", "failed-verify", "missing-replica")
 CACHE_VERSION = 4
@@ -375,30 +376,31 @@ def _node_order(site: Site) -> Any:
 
 
 async def live_heights(
-    site: Site, nodes: Iterable[str] | None = None, timeout: float = 3.0
+    site: Site,
+    nodes: Iterable[str] | None = None,
+    timeout: float = 3.0,
+    health: HealthReader | None = None,
 ) -> dict[str, int | None]:
-    """Each node's chain height from its health URL, all at once; None when it does not answer."""
+    """Each node's chain height from its health URL, all at once; None when it does not answer.
+
+    `health` is the caller's reader (`Services.health`); without one a reader is made and
+    closed here."""
+    from kconsole.health import HealthReader
+
     wanted = [
         site.nodes[n] for n in (nodes if nodes is not None else site.nodes) if n in site.nodes
     ]
+    reader = health or HealthReader()
 
-    async def one(client: httpx.AsyncClient, url: str) -> int | None:
-        try:
-            body = (await client.get(url)).json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        height = body.get("height") if isinstance(body, dict) else None
-        return height if isinstance(height, int) and not isinstance(height, bool) else None
+    async def one(url: str) -> int | None:
+        return (await reader.read(url, timeout)).height if url else None
 
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        heights = await asyncio.gather(
-            *(one(client, n.health_url) if n.health_url else _none() for n in wanted)
-        )
+    try:
+        heights = await asyncio.gather(*(one(n.health_url or "") for n in wanted))
+    finally:
+        if health is None:
+            await reader.close()
     return {n.name: h for n, h in zip(wanted, heights, strict=True)}
-
-
-async def _none() -> None:
-    return None
 
 
 def _cache_path(site: Site) -> Path:
@@ -422,18 +424,34 @@ def load_verify_state(site: Site) -> dict[str, dict[str, Any]]:
 
 
 def record_verification(
-    site: Site, bid: str, ok: bool, reason: str = "", damaged: dict[str, str] | None = None
+    site: Site,
+    bid: str,
+    ok: bool,
+    reason: str = "",
+    damaged: dict[str, str] | None = None,
+    content_sha256: str | None = None,
 ) -> None:
     """Remember a verification result: not `ok` (no good copy) shows as failed-verify; a
-    restorable backup with `damaged` copies (location -> why) shows as missing those replicas."""
+    restorable backup with `damaged` copies (location -> why) shows as missing those replicas.
+    `content_sha256` is the ciphertext SHA-256 whose content (authenticated decrypt, archive
+    walk, plaintext SHA-256) was verified: a copy at rest with that hash needs no second read."""
     with locked(_verify_lock(site)):  # a cron verify and the console may record at once
         state = load_verify_state(site)
         state[bid] = {"ok": ok, "reason": reason, "time": iso(datetime.now(UTC))}
         if damaged:
             state[bid]["damaged"] = dict(damaged)
+        if ok and content_sha256:
+            state[bid]["content_sha256"] = content_sha256
         atomic_write(
             _verify_path(site), json.dumps(state, indent=1, sort_keys=True).encode(), 0o600
         )
+
+
+def content_verified(site: Site, bid: str, ciphertext_sha256: str) -> bool:
+    """Whether the content of backup `bid` with this ciphertext SHA-256 was verified before
+    (by the backup's own creation or an earlier full verify)."""
+    entry = load_verify_state(site).get(bid) or {}
+    return bool(entry.get("ok")) and entry.get("content_sha256") == ciphertext_sha256
 
 
 def forget_verifications(site: Site, ids: Iterable[str]) -> None:

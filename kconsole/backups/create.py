@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from kconsole import __version__
 from kconsole.backups.archive import verify_file
 from kconsole.backups.manifest import (
@@ -36,6 +34,7 @@ from kconsole.backups.stores import LocalStore, Store
 from kconsole.crypto import Encryptor, Key
 from kconsole.errors import OperationFailed
 from kconsole.fsutil import fsync_dir
+from kconsole.health import HealthReader
 from kconsole.site import Node, Site
 
 Emit = Callable[[str, str], Awaitable[None]]
@@ -54,25 +53,40 @@ class CreateRequest:
     consistent: bool = False
 
 
-async def chain_height(node: Node) -> int | None:
-    """The node's chain height from its health URL, if it says."""
+async def chain_height(node: Node, health: HealthReader | None = None) -> int | None:
+    """The node's chain height from its health URL, if it says (through the run's reader)."""
     if not node.health_url:
         return None
+    reader = health or HealthReader()
     try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            body = (await client.get(node.health_url)).json()
-        return int(body["height"]) if isinstance(body, dict) and "height" in body else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
+        return (await reader.read(node.health_url, 5.0)).height
+    finally:
+        if health is None:
+            await reader.close()
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+"""The first bytes of a zstd frame: how a capture's codec is told from its data."""
+
+ZSTD_LEVEL = 1
+"""zstd -1: several times faster than gzip -6 on chain state, and about as small."""
 
 
 def capture_command(req: CreateRequest) -> str:
-    """The remote command whose stdout is the backup."""
+    """The remote command whose stdout is the backup: a tar compressed with zstd where the
+    node has it (multi-threaded, level ZSTD_LEVEL), else with gzip as the plan's script does.
+    The codec is told from the stream's first bytes and recorded in the manifest."""
     sudo = "sudo -n " if req.sudo else ""
     if req.command:
         return f"{sudo}{req.command}"
     rels = [shlex.quote(p.strip("/")) for p in req.paths]
-    return f"{sudo}tar -C {shlex.quote(req.node.root or '/')} -czf - -- {' '.join(rels)}"
+    tar = f"{sudo}tar -C {shlex.quote(req.node.root or '/')}"
+    files = f"-- {' '.join(rels)}"
+    zstd = shlex.quote(f"zstd -{ZSTD_LEVEL} -T0 -q")
+    return (
+        f"if command -v zstd >/dev/null 2>&1; then {tar} -I {zstd} -cf - {files}; "
+        f"else {tar} -czf - {files}; fi"
+    )
 
 
 async def _service(transport: Any, req: CreateRequest, verb: str, emit: Emit) -> None:
@@ -114,6 +128,7 @@ async def create_backup(
     stores: dict[str, Store],
     key: Key,
     emit: Emit,
+    health: HealthReader | None = None,
 ) -> Manifest:
     """Make one backup; returns its manifest once every location holds a verified copy."""
     if not stores:
@@ -125,7 +140,7 @@ async def create_backup(
     final, primary = _staging(site, stores, okey)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
-    height = await chain_height(req.node)
+    height = await chain_height(req.node, health)
     command = capture_command(req)
     await emit(
         "stdout", f"capturing {', '.join(req.paths) or req.command} from {req.node.name} as {bid}"
@@ -134,6 +149,7 @@ async def create_backup(
     gzipper = zlib.compressobj(6, zlib.DEFLATED, 31) if req.command else None
     t0 = time.monotonic()
     received = 0
+    head = b""
     next_report = 64 << 20
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -145,7 +161,9 @@ async def create_backup(
     try:
 
         async def sink(data: bytes) -> None:
-            nonlocal received, next_report
+            nonlocal received, next_report, head
+            if len(head) < len(ZSTD_MAGIC):
+                head += data[: len(ZSTD_MAGIC) - len(head)]
             received += len(data)
             if gzipper is not None:
                 data = gzipper.compress(data)
@@ -213,6 +231,7 @@ async def create_backup(
             plaintext_size=enc.plaintext_size,
             plaintext_sha256=enc.plaintext_sha256,
             content="stream" if req.command else "tar",
+            compression="zstd" if head == ZSTD_MAGIC else "gzip",
             chain_height=height,
             run=req.run_id,
             duration_s=round(time.monotonic() - t0, 3),
@@ -221,6 +240,13 @@ async def create_backup(
         )
         manifest = sign_manifest(manifest, key.master)
         await store_backup(manifest, partial, stores, primary, emit)
+        if not req.command:
+            # The content was verified as written (authenticated decrypt and tar walk above)
+            # and every copy was checked by size and SHA-256: a verify step need not decrypt
+            # it again (`content = "once"`).
+            from kconsole.backups.catalog import record_verification
+
+            record_verification(site, bid, True, content_sha256=enc.ciphertext_sha256)
         return manifest
     finally:
         # The staged file (a `.partial` name, never listed) goes whatever happened; the

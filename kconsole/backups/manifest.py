@@ -185,7 +185,7 @@ KIND_PATHS: dict[str, tuple[str, ...]] = {
 manifest path outside these is refused, at creation and at verification."""
 
 ENCRYPTIONS = ("kdxenc-v1",)
-COMPRESSIONS = ("gzip",)
+COMPRESSIONS = ("gzip", "zstd")
 CONTENTS = ("tar", "stream")
 MAX_SIZE = 1 << 50
 """1 PiB: a size beyond it is not a backup of a node, it is a manifest lying."""

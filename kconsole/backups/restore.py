@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kconsole.backups.archive import plaintext_chunks, verify_file
+from kconsole.backups.archive import ArchiveReport, checked_tar_chunks
 from kconsole.backups.catalog import Backup
 from kconsole.backups.pipeline import threaded_chunks
 from kconsole.backups.stores import LocalStore, Store, hash_file
@@ -197,15 +197,6 @@ async def restore_backup(
     staged = False
     try:
         where = f"{backup.id}"
-        report = await asyncio.to_thread(verify_file, local, keyring, backup.legacy, paths, where)
-        if backup.manifest and report.plaintext_sha256 != backup.manifest.plaintext_sha256:
-            raise OperationFailed(
-                f"{backup.id} decrypts to data whose SHA-256 differs from its manifest."
-            )
-        await emit(
-            "stdout",
-            f"verified {backup.id} from {replica}: {report.members} files, key {report.key_id}",
-        )
         staged = True
         prep = await transport.run(
             node, f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}", timeout=120
@@ -215,21 +206,35 @@ async def restore_backup(
                 f"cannot create the staging directory {staging} on {node.name}: "
                 f"{prep.stderr.decode('utf-8', 'replace').strip()}."
             )
-        tar_flags = "-xf" if backup.legacy else "-xzf"
-        extract = f"{sudo_p}tar --no-same-owner {tar_flags} - -C {q_staging}"
-        await emit("stdout", f"streaming into {node.name}:{staging}")
-        keys_for_stream = keyring
+        # One pass: decrypt, decompress and check every member before its bytes go on, into
+        # the staging directory; authentication and the plaintext SHA-256 end with the
+        # stream, and only a stream that ended cleanly is swapped in (the finally below
+        # removes the staging directory otherwise).
+        extract = f"{sudo_p}tar --no-same-owner -xf - -C {q_staging}"
+        await emit("stdout", f"streaming into {node.name}:{staging} from {replica}")
+        walked: list[ArchiveReport] = []
+        expect = backup.manifest.plaintext_sha256 if backup.manifest else None
         result = await transport.stream_in(
             node,
             extract,
-            threaded_chunks(lambda: plaintext_chunks(local, keys_for_stream, backup.legacy, where)),
+            threaded_chunks(
+                lambda: checked_tar_chunks(
+                    local, keyring, backup.legacy, paths, where, expect, walked
+                )
+            ),
             timeout=0,
         )
-        if result.exit_status != 0:
+        if result.exit_status != 0 or not walked:
             err = result.stderr.decode("utf-8", "replace").strip().splitlines()
             raise OperationFailed(
                 f"extracting {backup.id} on {node.name} failed: {err[-1] if err else 'tar exit ' + str(result.exit_status)}."
             )
+        report = walked[0]
+        await emit(
+            "stdout",
+            f"verified {backup.id} from {replica} as it streamed: {report.members} files, "
+            f"key {report.key_id}",
+        )
         script = swap_script(root, staging, paths)
         done = await transport.run(node, f"{sudo_p}sh -c {shlex.quote(script)}", timeout=300)
         staged = False  # the script removes the staging directory, whatever happens

@@ -8,12 +8,14 @@ and SHA-256; nothing appears under its final name before it is complete.
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import configparser
 import contextlib
 import hashlib
 import os
 import posixpath
+import shlex
 import shutil
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +32,8 @@ from kconsole.site import Location, Site
 Progress = Callable[[int, int], None]
 PIECE = 1 << 20
 SMALL_READ = 1 << 16
+S3_MULTIPART = 64 << 20
+"""Objects from this size up go to S3 in parts (boto3's multipart threshold as kconsole sets it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,26 @@ def hash_file(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def s3_part_size(size: int) -> int:
+    """The part size kconsole uploads `size` bytes to S3 with (0: one part): at least 64 MiB,
+    and big enough to stay under S3's 10,000-part limit."""
+    return 0 if size < S3_MULTIPART else max(S3_MULTIPART, -(-size // 9000))
+
+
+def s3_sha256(path: Path, part: int) -> str:
+    """The SHA-256 checksum S3 reports for `path` uploaded in parts of `part` bytes (0: one
+    part): base64 of the SHA-256, or for multipart the composite, base64 of the SHA-256 of
+    the parts' SHA-256s followed by "-" and the number of parts."""
+    if not part:
+        return base64.b64encode(bytes.fromhex(hash_file(path)[1])).decode()
+    digests = []
+    with path.open("rb") as fh:
+        while data := fh.read(part):
+            digests.append(hashlib.sha256(data).digest())
+    combined = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
+    return f"{combined}-{len(digests)}"
 
 
 def read_small_file(path: str) -> bytes:
@@ -197,6 +221,13 @@ class Store:
     async def delete(self, key: str) -> None:
         """Remove `key` (S3 with versioning keeps older versions)."""
         raise NotImplementedError
+
+    async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
+        """Check the copy of `key` against `sha256` and `size` where it lies, without moving
+        its bytes here: how it was checked, or None when this location cannot (the caller
+        reads the copy back instead). A copy that was checked and does not match raises
+        OperationFailed."""
+        return None
 
     async def close(self) -> None:
         """Release connections."""
@@ -353,6 +384,7 @@ class SftpLocationStore(Store):
             spec = location.host if location.port == 22 else f"{location.host}:{location.port}"
             self.target = spec
         self.root = location.path.rstrip("/") or "/"
+        self._on_host: bool | None = None
 
     def _path(self, key: str) -> str:
         return posixpath.join(self.root, safe_key(key))
@@ -456,14 +488,63 @@ class SftpLocationStore(Store):
     async def put_file(
         self, local: Path, key: str, sha256: str, progress: Progress | None = None
     ) -> None:
+        size = local.stat().st_size
+        # When the host can hash its own disk, the upload is checked by `sha256sum` there
+        # instead of reading every byte back over SFTP (half the traffic).
+        on_host = await self._hashes_on_host()
+
         async def put() -> Any:
             await self._mkdirs(posixpath.dirname(self._path(key)))
-            return await self.sftp.put(self.target, local, self._path(key), progress=progress)
+            return await self.sftp.put(
+                self.target,
+                local,
+                self._path(key),
+                progress=progress,
+                verify="size" if on_host else "readback",
+            )
 
-        done = await self._bounded(f"uploading {key}", put(), local.stat().st_size)
+        done = await self._bounded(f"uploading {key}", put(), size)
         if done.sha256 != sha256:
             await self.delete(key)
             raise OperationFailed(f"{local} changed while it was copied to {self.describe(key)}.")
+        if on_host:
+            try:
+                how = await self.check_at_rest(key, sha256, size)
+                if how is None:
+                    # The shell sees other paths than SFTP (a chrooted SFTP server, as in the
+                    # lab): read it back after all, and stop asking this host.
+                    self._on_host = False
+                    back = await self._bounded(
+                        f"reading back {key}", self.sftp.sha256(self.target, self._path(key)), size
+                    )
+                    got = back.sha256
+                    if got != sha256:
+                        raise OperationFailed(
+                            f"{self.describe(key)} reads back with SHA-256 {got[:12]}..., the "
+                            f"local file has {sha256[:12]}...: the upload is corrupt."
+                        )
+            except BaseException:
+                with contextlib.suppress(OperationFailed, OSError):
+                    await self.delete(key)
+                raise
+
+    async def _hashes_on_host(self) -> bool:
+        """Whether the host runs `sha256sum` for us (asked once per store)."""
+        if self._on_host is None:
+            try:
+                done = await self._bounded(
+                    "asking the host for sha256sum",
+                    self.sftp.transport.run(
+                        self.sftp.target(self.target),
+                        "sha256sum --version",
+                        timeout=self.call_timeout,
+                    ),
+                    0,
+                )
+                self._on_host = done.exit_status == 0
+            except OperationFailed:
+                self._on_host = False
+        return self._on_host
 
     async def get_file(
         self, key: str, local: Path, sha256: str | None = None, progress: Progress | None = None
@@ -476,6 +557,29 @@ class SftpLocationStore(Store):
         await self._bounded(
             f"deleting {key}", self.sftp.remove(self.target, self._path(key), missing_ok=True), 0
         )
+
+    async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
+        """`sha256sum` run on the host over SSH (the host reads its own disk); None when the
+        host runs no commands for us (an SFTP-only account) or has no `sha256sum`."""
+        if self._on_host is False:
+            return None  # this host already could not hash one of our files
+        path = self._path(key)
+        node = self.sftp.target(self.target)
+        limit = transfer_timeout(size, self.call_timeout, self.min_rate)
+        done = await self.sftp.transport.run(
+            node, f"sha256sum -- {shlex.quote(path)}", timeout=limit
+        )
+        fields = done.stdout.split()
+        if done.exit_status != 0 or not fields or len(fields[0]) != 64:
+            self._on_host = False
+            return None
+        got = fields[0].decode("ascii", "replace").lower()
+        if got != sha256:
+            raise OperationFailed(
+                f"{self.describe(key)} has SHA-256 {got[:12]}... on the host, its manifest says "
+                f"{sha256[:12]}...: the copy is corrupt"
+            )
+        return "SHA-256 computed on the host by sha256sum"
 
 
 class S3Store(Store):
@@ -614,16 +718,28 @@ class S3Store(Store):
                 progress(sent, size)
 
         # Big backups: parts of at least size/9000 so we stay under S3's 10,000-part limit.
-        chunk = max(64 << 20, -(-size // 9000))
+        part = s3_part_size(size)
+        chunk = part or S3_MULTIPART
+        # What S3's own SHA-256 checksum of this object must be: for a multipart upload the
+        # composite over these parts, kept beside the whole SHA-256 so a later check at rest
+        # can compare S3's checksum without reading the object back.
+        s3_sum = await asyncio.to_thread(s3_sha256, local, part)
         # A single-part upload runs in the bounded call's own thread, so a hung endpoint holds
         # nothing at exit; multipart ones keep their parallel parts (s3transfer's threads).
         cfg = TransferConfig(
-            multipart_threshold=64 << 20,
+            multipart_threshold=S3_MULTIPART,
             multipart_chunksize=chunk,
             max_concurrency=4,
-            use_threads=size >= 64 << 20,
+            use_threads=size >= S3_MULTIPART,
         )
-        extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256", **self._lock_args()}
+        lock = self._lock_args()
+        # Over the threshold boto3 sends the lock headers on CreateMultipartUpload, which S3
+        # applies to the completed object; moto (the lab) drops them, see _lock_after_upload.
+        extra = {
+            "Metadata": {"sha256": sha256, "s3-sha256": s3_sum},
+            "ChecksumAlgorithm": "SHA256",
+            **lock,
+        }
         await self._call(
             f"uploading {key}",
             self.client().upload_file,
@@ -635,20 +751,55 @@ class S3Store(Store):
             Config=cfg,
             timeout=transfer_timeout(size, self.call_timeout, self.min_rate),
         )
-        head = await self._call(
-            f"checking {key}",
-            self.client().head_object,
-            Bucket=self.location.bucket,
-            Key=self._key(key),
-        )
+        head = await self.head(key)
         if int(head["ContentLength"]) != size or head.get("Metadata", {}).get("sha256") != sha256:
             raise OperationFailed(
                 f"{self.describe(key)} did not land whole ({head['ContentLength']} of {size} bytes)."
             )
+        stored = _s3_checksum(head)
+        if stored is not None and stored != s3_sum.split("-")[0]:
+            raise OperationFailed(
+                f"{self.describe(key)} landed with S3 SHA-256 checksum {stored}, the local file's "
+                f"is {s3_sum}: the upload is corrupt."
+            )
+        if lock and not head.get("ObjectLockMode"):
+            head = await self._lock_after_upload(key, head, lock)
         if self.location.object_lock and not head.get("ObjectLockMode"):
             raise OperationFailed(
                 f"{self.describe(key)} was stored without Object Lock, which this site requires."
             )
+
+    async def _lock_after_upload(
+        self, key: str, head: dict[str, Any], lock: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Put the retention on the version just written when the upload did not carry it.
+
+        S3 applies lock headers sent with CreateMultipartUpload (and a bucket's default
+        retention) to the completed object; some S3-compatible servers, moto among them,
+        apply neither to multipart uploads. PutObjectRetention on that version works on
+        both, and the head that follows is what decides, so the check stays the same.
+        """
+        version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+        await self._call(
+            f"locking {key}",
+            self.client().put_object_retention,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+            Retention={
+                "Mode": lock["ObjectLockMode"],
+                "RetainUntilDate": lock["ObjectLockRetainUntilDate"],
+            },
+            **version,
+        )
+        return dict(
+            await self._call(
+                f"checking {key}",
+                self.client().head_object,
+                Bucket=self.location.bucket,
+                Key=self._key(key),
+                **version,
+            )
+        )
 
     async def get_file(
         self, key: str, local: Path, sha256: str | None = None, progress: Progress | None = None
@@ -690,13 +841,14 @@ class S3Store(Store):
         )
 
     async def head(self, key: str) -> dict[str, Any]:
-        """The object's metadata (lock mode, retention, version)."""
+        """The object's metadata (lock mode, retention, version, S3's SHA-256 checksum)."""
         return dict(
             await self._call(
                 f"checking {key}",
                 self.client().head_object,
                 Bucket=self.location.bucket,
                 Key=self._key(key),
+                ChecksumMode="ENABLED",
             )
         )
 
@@ -751,6 +903,55 @@ class S3Store(Store):
             Key=self._key(key),
         )
         return {k: v for k, v in dict(resp).items() if k != "ResponseMetadata"}
+
+    async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
+        """S3's own SHA-256 checksum of the object (HeadObject with ChecksumMode), which S3
+        computed from the bytes it received; None for an object stored without one.
+
+        One part: the checksum is the SHA-256 of the whole object, compared with the
+        manifest's. Multipart: it is a composite (the SHA-256 of the parts' SHA-256s); it is
+        compared with the composite kconsole computed from the local ciphertext (whose
+        SHA-256 is the manifest's) when it uploaded it and stored in the object's metadata,
+        so it proves S3 holds the bytes that were uploaded, part by part, not a fresh hash
+        of the whole object. Neither reads the object's bytes.
+        """
+        head = await self.head(key)
+        stored = _s3_checksum(head)
+        if stored is None:
+            return None
+        if int(head.get("ContentLength", -1)) != size:
+            raise OperationFailed(
+                f"{self.describe(key)} holds {head.get('ContentLength')} bytes, its manifest says "
+                f"{size}: the copy is corrupt"
+            )
+        whole = base64.b64encode(bytes.fromhex(sha256)).decode()
+        if stored == whole:
+            return "SHA-256 checked by S3's checksum"
+        meta = head.get("Metadata", {})
+        composite = str(meta.get("s3-sha256", ""))
+        if "-" in composite:
+            total, parts = composite.split("-", 1)
+            if meta.get("sha256") == sha256 and stored == total:
+                return (
+                    f"S3's composite checksum of {parts} parts matched the one computed from "
+                    "the ciphertext at upload"
+                )
+            raise OperationFailed(
+                f"{self.describe(key)} has S3 composite checksum {stored}, {total} was uploaded "
+                "for this manifest: the copy is corrupt"
+            )
+        if not composite and size >= S3_MULTIPART:
+            return None  # multipart, from before composites were recorded: read it back
+        raise OperationFailed(
+            f"{self.describe(key)} has S3 SHA-256 checksum {stored}, its manifest says "
+            f"{whole}: the copy is corrupt"
+        )
+
+
+def _s3_checksum(head: dict[str, Any]) -> str | None:
+    """S3's SHA-256 checksum in a HeadObject answer, without a composite's "-parts" tail."""
+    value = head.get("ChecksumSHA256")
+    return str(value).split("-")[0] if value else None
 
 
 def s3_client(location: Location, config: Any) -> Any:

@@ -1,4 +1,5 @@
-"""`python -m kconsole.lab serve --dir DIR [--nodes N] [--faults SPEC]` and
+"""`python -m kconsole.lab serve --dir DIR [--nodes N] [--faults SPEC] [--state-size SIZE]`,
+`python -m kconsole.lab grow --dir DIR NODE SIZE` and
 `python -m kconsole.lab fault --dir DIR (set SPEC | clear [SPEC] | list)`."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kconsole.errors import KconsoleError
+from kconsole.errors import KconsoleError, UsageError
 from kconsole.lab.faults import (
     FAULT_KINDS,
     parse_fault,
@@ -32,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--faults", default="", help="faults to start with, e.g. down=validator2,slow=api1:0.5"
     )
+    s.add_argument(
+        "--state-size",
+        default=None,
+        help="grow every fleet node's chain state to this size first (e.g. 1G; see grow)",
+    )
+    g = sub.add_parser(
+        "grow", help="add SIZE bytes of block bodies to NODE's chain state (e.g. 1G, 256M)"
+    )
+    g.add_argument("--dir", required=True, type=Path)
+    g.add_argument("node")
+    g.add_argument("size")
     f = sub.add_parser(
         "fault",
         help="change the faults of a running lab (edits DIR/faults.toml)",
@@ -87,12 +99,26 @@ def _history(dir: Path, days: float, locations: str) -> int:
     return 0
 
 
+def _grow(dir: Path, node: str, size: str) -> int:
+    from kconsole.lab.grow import grow_state, parse_size
+    from kconsole.lab.labtool import STATE_DIR
+
+    root = dir / "nodes" / node
+    if not root.is_dir():
+        raise UsageError(f"{dir} has no lab node named {node!r}.")
+    added = grow_state(root / STATE_DIR, parse_size(size), node)
+    print(f"{node}: {added} bytes of block bodies added")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; KconsoleError becomes one line on stderr and its exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return serve(args.dir, args.nodes, args.faults)
+            return serve(args.dir, args.nodes, args.faults, state_size=args.state_size)
+        if args.command == "grow":
+            return _grow(args.dir, args.node, args.size)
         if args.command == "history":
             return _history(args.dir, args.days, args.locations)
         return _fault(args.dir, args.action, args.spec)

@@ -307,6 +307,34 @@ def recover_state(root: Path) -> tuple[dict[str, Any], str]:
     return index, f"index said height {said}, the block files verify to {height}; index rewritten"
 
 
+BODY_DIR = "bodies"
+"""Where grown block bodies live, inside the state directory (`kconsole.lab.grow`)."""
+
+
+def body_sizes(state: Path) -> dict[str, int]:
+    """The grown segments as listed in `bodies/sizes.json` (empty when never grown)."""
+    try:
+        listed = json.loads((state / BODY_DIR / "sizes.json").read_text())
+    except FileNotFoundError:
+        return {}
+    return {str(k): int(v) for k, v in listed.items()}
+
+
+def check_bodies(state: Path) -> tuple[bool, str]:
+    """Every listed body segment is present at its listed size (a cheap stat, not a read)."""
+    sizes = body_sizes(state)
+    total = 0
+    for name, expect in sorted(sizes.items()):
+        try:
+            got = (state / BODY_DIR / name).stat().st_size
+        except FileNotFoundError:
+            return False, f"FAIL block body {BODY_DIR}/{name} is missing"
+        if got != expect:
+            return False, f"FAIL block body {BODY_DIR}/{name} is {got} bytes, {expect} expected"
+        total += got
+    return True, f"ok   {len(sizes)} block body files, {total} bytes, sizes as listed"
+
+
 def verify_state(root: Path) -> tuple[bool, list[str]]:
     """Check the whole chain: snapshot checksum, every block's hash and link, the index."""
     out: list[str] = []
@@ -345,6 +373,11 @@ def verify_state(root: Path) -> tuple[bool, list[str]]:
         f"ok   {len(segs)} block files, heights {meta.get('height')}..{height}, every link verified"
     )
     out.append(f"ok   tip {prev[:16]} matches index.json")
+    if (state / BODY_DIR).is_dir():
+        ok, line = check_bodies(state)
+        out.append(line)
+        if not ok:
+            return False, out
     return True, out
 
 

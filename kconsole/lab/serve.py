@@ -12,13 +12,27 @@ from pathlib import Path
 from kconsole.lab.lab import Lab
 
 
-def serve(dir: Path, nodes: int = 9, faults: str = "", history: bool = True) -> int:
+def serve(
+    dir: Path,
+    nodes: int = 9,
+    faults: str = "",
+    history: bool = True,
+    state_size: str | None = None,
+) -> int:
     """Start the lab in `dir`, print `ready DIR/site.toml`, serve until SIGINT/SIGTERM, stop, return 0.
+
+    With `state_size` (`1G`, `512M`) every fleet node's chain state is first grown with
+    block bodies until they hold that many bytes (a restart on the same DIR grows nothing).
 
     Errors the operator can act on (bad fault spec, a lab already running in DIR) are raised
     as KconsoleError for the CLI to report.
     """
-    return asyncio.run(_serve(Path(dir), nodes, faults, history))
+    size = None
+    if state_size:
+        from kconsole.lab.grow import parse_size
+
+        size = parse_size(state_size)
+    return asyncio.run(_serve(Path(dir), nodes, faults, history, size))
 
 
 STALE_KIND = "transaction-logs"
@@ -52,7 +66,22 @@ async def _mirror_history(lab: Lab) -> None:
     await asyncio.to_thread(mirror_history, load_site(lab.site_path), "primary", "cloud")
 
 
-async def _serve(dir: Path, nodes: int, faults: str, history: bool = True) -> int:
+async def _grow_fleet(lab: Lab, size: int) -> None:
+    from kconsole.lab.grow import grow_state
+    from kconsole.lab.labtool import STATE_DIR, body_sizes
+
+    for name, host in lab.hosts.items():
+        if host.service is None:
+            continue
+        state = host.root / STATE_DIR
+        missing = size - sum(body_sizes(state).values())
+        if missing > 0:
+            await asyncio.to_thread(grow_state, state, missing, name)
+
+
+async def _serve(
+    dir: Path, nodes: int, faults: str, history: bool = True, state_size: int | None = None
+) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("kconsole lab: %(message)s"))
     logger = logging.getLogger("kconsole.lab")
@@ -66,6 +95,8 @@ async def _serve(dir: Path, nodes: int, faults: str, history: bool = True) -> in
         lab = await Lab.start(dir, nodes=nodes, faults=faults)
         background: asyncio.Task[None] | None = None
         try:
+            if state_size:
+                await _grow_fleet(lab, state_size)
             if history and not _has_backups(dir):
                 # A few backups of every kind, one tier stale.
                 await _write_history(lab)

@@ -166,6 +166,13 @@ class NodeTransport(Protocol):
         """Reach the node (or reuse the connection) and return the round trip in ms."""
         ...
 
+    async def timed_run(
+        self, node: Node, command: str, *, timeout: float | None = None
+    ) -> tuple[float, CommandResult]:
+        """`probe` and `run` in one command: a read-only `command`'s round trip in ms (the
+        handshake not counted) and its result. A lost connection is retried once."""
+        ...
+
     async def close(self) -> None:
         """Close every connection."""
         ...

@@ -40,6 +40,7 @@ from kconsole.transport.base import (
     known_hosts_name,
     quote_argv,
 )
+from kconsole.transport.sshconfig import preloaded_options
 
 __all__ = ["SshTransport", "node_from_spec", "quote_argv", "bounded_command"]
 
@@ -296,24 +297,36 @@ class SshTransport:
         The handshake is not counted, so a fresh and a reused connection compare fairly.
         Raises NodeUnreachable (also when the node answers too slowly) or HostKeyRejected.
         """
-        limit = self.settings.connect_timeout
+        return (await self.timed_run(node, "true"))[0]
+
+    async def timed_run(
+        self, node: Node, command: str, *, timeout: float | None = None
+    ) -> tuple[float, CommandResult]:
+        """Connect (or reuse the connection), run the read-only `command`, and return its
+        round trip in ms with its result: a status poll's one command per node.
+
+        The handshake is not counted, so a fresh and a reused connection compare fairly.
+        Raises NodeUnreachable (also when the node answers too slowly) or HostKeyRejected.
+        """
+        limit = timeout or self.settings.connect_timeout
         for attempt in range(2):
             await self._connection(node, retry=True)
             started = time.monotonic()
             try:
-                await self.run(node, "true", timeout=limit)
+                result = await self.run(node, command, timeout=limit)
             except CommandTimeout:
                 raise NodeUnreachable(
-                    node.name, f"it took longer than {format_seconds(limit)} to run `true`"
+                    node.name, f"it took longer than {format_seconds(limit)} to run `{command}`"
                 ) from None
             except ConnectionLost as exc:
-                # `true` is harmless to run again: one reconnect, as for a stale connection.
+                # A read-only command is harmless to run again: one reconnect, as for a
+                # stale connection.
                 if attempt:
                     raise NodeUnreachable(node.name, exc.reason) from None
                 await asyncio.sleep(random.uniform(*RETRY_JITTER))
                 continue
-            break
-        return (time.monotonic() - started) * 1000.0
+            return (time.monotonic() - started) * 1000.0, result
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def close(self) -> None:
         """Stop what is still being stopped, then close every connection (the jump host's last)."""
@@ -429,7 +442,6 @@ class SshTransport:
         witness = _HostKeyWitness(known_hosts)
         options: dict[str, Any] = {
             "known_hosts": known_hosts,
-            "config": self._ssh_config(),
             "connect_timeout": self.settings.connect_timeout,
             "keepalive_interval": self.settings.keepalive,
             "keepalive_count_max": 3,
@@ -453,6 +465,14 @@ class SshTransport:
                 raise NodeUnreachable(
                     node.name, f"its {jump.name} is unreachable ({exc.reason})"
                 ) from None
+        config = self._ssh_config()
+        if config:
+            # Read and tokenized once per process, not once per connection.
+            options["options"] = preloaded_options(
+                config, node.host, node.port, options.get("username")
+            )
+        else:
+            options["config"] = None
         where = f"{node.host}:{node.port}"
         try:
             async with self._dialing:
