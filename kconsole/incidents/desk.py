@@ -105,6 +105,13 @@ class IncidentDesk:
             return f"{exc} Showing this console's incidents as last read."
         return ""
 
+    def opened_elsewhere(self, inc: Incident) -> str:
+        """`by alice on host:/state` when another console opened the incident, else ""."""
+        mine = self.store.mirror.console if self.store.mirror is not None else ""
+        if not inc.opened_on or inc.opened_on == mine:
+            return ""
+        return f"by {inc.opened_by or '?'} on {inc.opened_on}"
+
     def close_shared(self, timeout: float = 10.0) -> str:
         """Send what is queued for the shared store (bounded wait); a sentence saying what
         stayed behind, or ""."""
