@@ -55,6 +55,9 @@ class IncidentMirror:
         self._closing = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._known: dict[str, tuple[int, int]] = {}
+        """Per incident: (events, batches) of this console's stream the store is known to
+        hold, so each send need not read the stream back (a conflict forgets it)."""
 
     @classmethod
     def for_site(cls, site: Site) -> IncidentMirror | None:
@@ -122,17 +125,22 @@ class IncidentMirror:
         (blocking). `have`/`batches`: what the store holds of this console's stream, when
         the caller has just read it. The number of events sent."""
         local, _torn = read_records(self.root / incident_id / "events.jsonl")
+        if have is None and incident_id in self._known:
+            have, batches = self._known[incident_id]
         for _attempt in range(3):
             if have is None:
                 view = self.store.read_stream(self._stream(incident_id))
                 have, batches = len(view.records), view.batches
+            self._known[incident_id] = (have, batches)
             if len(local) <= have:
                 return 0
             if self.store.append(
                 self._stream(incident_id), local[have:], batches + 1, self.console
             ):
+                self._known[incident_id] = (len(local), batches + 1)
                 return len(local) - have
             have = None  # another process of this console wrote that batch: read again
+            self._known.pop(incident_id, None)
         return 0
 
     def close(self, timeout: float = 10.0) -> bool:
