@@ -153,6 +153,16 @@ def test_escalating_from_another_console_claims_the_level_in_the_store(lab: Live
     assert da.store.claim_page(inc.id, 2) is False
     assert da.pull_shared() == "" and da.get(inc.id).level == 2
 
+    # A escalates to level 3; B, which has not read that yet, escalates too: the store
+    # refuses B's claim, so level 3 is paged once and B reads A's page instead.
+    assert da.escalate(inc.id).level == 3
+    assert da.close_shared() == ""
+    assert db.escalate(inc.id).level == 3
+    assert db.close_shared() == ""
+    assert da.pull_shared() == ""
+    paged = [t for t in da.get(inc.id).timeline if t["event"] == "paged"]
+    assert [t["text"].split()[1] for t in paged] == ["1", "2", "3"]
+
 
 def test_a_console_that_lost_the_store_works_locally_and_catches_up(lab: LiveLab) -> None:
     a, b = console(lab, "a4"), console(lab, "b4")

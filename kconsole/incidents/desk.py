@@ -267,7 +267,8 @@ class IncidentDesk:
         now = self.clock.now()
         self._event(incident_id, "escalated", level=inc.level + 1, text=text)
         self.audit.append(self.user, "incident.escalate", incident_id, level=inc.level + 1)
-        self._page(inc, inc.level + 1, now)
+        if self._page(inc, inc.level + 1, now) is None and self.store.mirror is not None:
+            self.pull_shared()  # another console paged that level first: read its page
         return self.get(incident_id)
 
     def update(self, incident_id: str, status: str, note: str = "") -> Incident:
