@@ -173,6 +173,7 @@ class ContactsScreen(ConsoleScreen):
         keys = f" · {ack} acknowledge" if not inc.acknowledged_by else ""
         line.update(
             f"{inc.id} · {inc.severity} {inc.type} · level {inc.level} · {clock}{keys} · {esc} escalate"
+            + (f" · opened {o}" if (o := desk.opened_elsewhere(inc)) else "")
         )
         line.set_class(not inc.acknowledged_by, "-alert")
 

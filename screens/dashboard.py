@@ -152,8 +152,11 @@ class DashboardScreen(ConsoleScreen):
             newest = app.incidents[0]
             more = f" (+{len(app.incidents) - 1} more)" if len(app.incidents) > 1 else ""
             ack = "ack " + newest.acknowledged_by if newest.acknowledged_by else "NOT acknowledged"
+            where = app.desk.opened_elsewhere(newest)
+            where = f" (opened {where})" if where else ""
             parts.append(
-                f"! {newest.id} {newest.severity} {newest.type} L{newest.level} {ack}{more}"
+                f"! {newest.id} {newest.severity} {newest.type} L{newest.level} {ack}"
+                f"{where}{more}"
                 f" · {app.key_for('show-contacts')} escalation"
             )
         if app.alerts:

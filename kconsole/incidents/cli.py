@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -78,9 +79,10 @@ def _line(desk: IncidentDesk, inc: Incident) -> str:
     when = f"next page {nxt:%H:%M:%S}Z" if nxt else ""
     ack = f"ack {inc.acknowledged_by}" if inc.acknowledged_by else when
     drill = " [drill]" if inc.drill else ""
+    where = f"  (opened by {inc.opened_by} on {inc.opened_on})" if inc.opened_on else ""
     return (
         f"{inc.id:26} {inc.type:9} {inc.severity:9} {inc.status:13} L{inc.level} "
-        f"{ack:24} {inc.summary}{drill}"
+        f"{ack:24} {inc.summary}{drill}{where}"
     )
 
 
@@ -95,8 +97,23 @@ def _report_deliveries(desk: IncidentDesk, out: Printer) -> None:
 
 
 def cmd_incident(args: argparse.Namespace, site: Site, out: Printer) -> int:
-    """Run one `kconsole incident` subcommand."""
+    """Run one `kconsole incident` subcommand (with a shared store: having read every
+    console's incidents first, and sent this one's changes after, within a bounded wait)."""
     desk = IncidentDesk(site)
+    if args.incident_command != "alerts":
+        _warn(desk.pull_shared())
+    try:
+        return _cmd_incident(args, site, desk, out)
+    finally:
+        _warn(desk.close_shared())
+
+
+def _warn(problem: str) -> None:
+    if problem:
+        print(f"kconsole: warning: {problem}", file=sys.stderr)
+
+
+def _cmd_incident(args: argparse.Namespace, site: Site, desk: IncidentDesk, out: Printer) -> int:
     cmd = args.incident_command
     if cmd == "open":
         inc = desk.open(
@@ -132,7 +149,8 @@ def cmd_incident(args: argparse.Namespace, site: Site, out: Printer) -> int:
             return EXIT_OK
         out(_line(desk, inc))
         for t in inc.timeline:
-            out(f"  {t['time']}  {t['event']:22} {t['by']:12} {t['text']}")
+            on = f"  [{t['console']}]" if t.get("console") and t["console"] != inc.opened_on else ""
+            out(f"  {t['time']}  {t['event']:22} {t['by']:12} {t['text']}{on}")
         return EXIT_OK
     if cmd == "ack":
         inc = desk.acknowledge(args.id)
@@ -216,6 +234,7 @@ def _report(args: argparse.Namespace, site: Site, desk: IncidentDesk, out: Print
 def print_call_now(site: Site, as_json: bool, out: Printer) -> int:
     """`kconsole contacts --now`: who to call for each open incident, or for a fresh one."""
     desk = IncidentDesk(site)
+    _warn(desk.pull_shared())
     now = desk.clock.now()
     incidents = desk.incidents()
     rows: list[tuple[str, Any]] = []

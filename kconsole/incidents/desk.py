@@ -7,6 +7,7 @@ notification goes through the outbox.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,10 +31,12 @@ from kconsole.incidents.model import (
 from kconsole.incidents.notification import emergency_notification, suggest_runbook
 from kconsole.incidents.oncall import MATRIX_FOR_SCENARIO, is_on_call
 from kconsole.incidents.outbox import Delivery, Outbox
+from kconsole.incidents.sharing import IncidentMirror
 from kconsole.incidents.store import IncidentStore, new_incident_id
 from kconsole.incidents.targets import make_sender
 from kconsole.journal import iso, read_records
 from kconsole.services import Clock
+from kconsole.shared import StoreUnavailable
 from kconsole.site import Site, current_user
 
 DELIVERY_TIMEOUT = 5.0
@@ -60,7 +63,10 @@ class IncidentDesk:
         self.user = user or current_user()
         self.make_id: Callable[[datetime], str] = new_incident_id
         """New incident ids (tests pin them)."""
+        self.shared_problem = ""
+        """Why the last tick could not read the shared store ("" when it could)."""
         self.store = IncidentStore(site.state_dir)
+        self.store.mirror = IncidentMirror.for_site(site)
         self.outbox = Outbox(site.state_dir)
         self.audit = AuditLog(site.state_dir)
 
@@ -82,6 +88,40 @@ class IncidentDesk:
         wait = matrix.levels[incident.level - 1].wait if incident.level else 0.0
         due = parse_time(incident.level_due or incident.opened)
         return due + timedelta(seconds=wait)
+
+    # -- the shared store ----------------------------------------------------------------
+
+    def pull_shared(self) -> str:
+        """Read every console's incidents from the shared store (blocking) and, when this
+        account may operate, send it what this console's logs have that it lacks. A
+        sentence saying why the store could not be read, or "" (also with no store)."""
+        mirror = self.store.mirror
+        if mirror is None:
+            return ""
+        may_write = self.site.access.role_of(self.user) in ("admin", "operator")
+        try:
+            mirror.pull(catch_up=may_write)
+        except StoreUnavailable as exc:
+            return f"{exc} Showing this console's incidents as last read."
+        return ""
+
+    def opened_elsewhere(self, inc: Incident) -> str:
+        """`by alice on host:/state` when another console opened the incident, else ""."""
+        mine = self.store.mirror.console if self.store.mirror is not None else ""
+        if not inc.opened_on or inc.opened_on == mine:
+            return ""
+        return f"by {inc.opened_by or '?'} on {inc.opened_on}"
+
+    def close_shared(self, timeout: float = 10.0) -> str:
+        """Send what is queued for the shared store (bounded wait); a sentence saying what
+        stayed behind, or ""."""
+        mirror = self.store.mirror
+        if mirror is None or mirror.close(timeout):
+            return ""
+        return (
+            f"incident changes not yet in the shared store ({mirror.last_error or 'unreachable'}"
+            "); they stay in this console's log and go with its next incident command."
+        )
 
     # -- changes -------------------------------------------------------------------------
 
@@ -227,7 +267,8 @@ class IncidentDesk:
         now = self.clock.now()
         self._event(incident_id, "escalated", level=inc.level + 1, text=text)
         self.audit.append(self.user, "incident.escalate", incident_id, level=inc.level + 1)
-        self._page(inc, inc.level + 1, now)
+        if self._page(inc, inc.level + 1, now) is None and self.store.mirror is not None:
+            self.pull_shared()  # another console paged that level first: read its page
         return self.get(incident_id)
 
     def update(self, incident_id: str, status: str, note: str = "") -> Incident:
@@ -328,8 +369,10 @@ class IncidentDesk:
         return pages
 
     async def tick(self) -> tuple[list[Page], list[Delivery]]:
-        """Page what is due, then try the outbox: what the console, headless runs and
-        `kconsole incident tick` call."""
+        """Read the other consoles' incidents, page what is due, then try the outbox: what
+        the console, headless runs and `kconsole incident tick` call."""
+        if self.store.mirror is not None:
+            self.shared_problem = await asyncio.to_thread(self.pull_shared)
         pages = self.due_pages()
         return pages, await self.deliver()
 

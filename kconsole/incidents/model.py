@@ -70,6 +70,8 @@ class Incident:
     runs: list[str] = field(default_factory=list)
     run_status: dict[str, str] = field(default_factory=dict)
     resolved_at: str = ""
+    opened_on: str = ""
+    """The console it was opened on (`host:state_dir`; "" without a shared store)."""
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -99,6 +101,7 @@ class Incident:
             drill=bool(first.get("drill")),
             impact=first.get("impact", ""),
             runbook=first.get("runbook", ""),
+            opened_on=first.get("console", ""),
         )
         for ev in events:
             inc.apply(ev)
@@ -132,6 +135,7 @@ class Incident:
                 "time": ev["time"],
                 "event": kind,
                 "by": ev.get("by", ""),
+                "console": ev.get("console", ""),
                 "text": timeline_text(ev),
             }
         )
@@ -151,6 +155,8 @@ class Incident:
             "nodes": self.nodes,
             "runs": self.runs,
             "drill": self.drill,
+            "opened_by": self.opened_by,
+            "console": self.opened_on or None,
         }
         if timeline:
             out["timeline"] = self.timeline

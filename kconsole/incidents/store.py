@@ -5,6 +5,7 @@ Layout under the site's `state_dir`::
     incidents/<id>/events.jsonl   one JSON event per line, append-only (the incident)
     incidents/<id>/lock           flock held while an event is appended
     incidents/<id>/pages/L<n>     created once (O_EXCL) by whoever pages level n
+    incidents/<id>/shared.jsonl   other consoles' events, as last read from the shared store
 
 Everything an incident is goes through `IncidentStore`, so a mirror (the shared store) has
 one place to hook: `events(id)` and `append(id, event)`.
@@ -17,12 +18,16 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kconsole.errors import UsageError
 from kconsole.fsutil import fsync_dir, locked
 from kconsole.incidents.model import Incident
 from kconsole.journal import read_records
+from kconsole.shared import StoreUnavailable
+
+if TYPE_CHECKING:
+    from kconsole.incidents.sharing import IncidentMirror
 
 
 def new_incident_id(now: datetime) -> str:
@@ -35,6 +40,9 @@ class IncidentStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "incidents"
+        self.mirror: IncidentMirror | None = None
+        """The shared store's side (`[site] shared`): appends are sent there, pages claimed
+        there, and other consoles' events read back (None: this console only)."""
 
     def _dir(self, incident_id: str) -> Path:
         if not incident_id or "/" in incident_id or incident_id.startswith("."):
@@ -52,11 +60,14 @@ class IncidentStore:
 
     def exists(self, incident_id: str) -> bool:
         """Whether an incident with this id has been opened."""
-        return (self._dir(incident_id) / "events.jsonl").exists()
+        d = self._dir(incident_id)
+        return (d / "events.jsonl").exists() or (d / "shared.jsonl").exists()
 
     def append(self, incident_id: str, event: dict[str, Any]) -> None:
         """Append one event, durable before this returns (several processes may append)."""
         d = self._dir(incident_id)
+        if self.mirror is not None:
+            event.setdefault("console", self.mirror.console)
         line = json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n"
         with locked(d / "lock"):
             path = d / "events.jsonl"
@@ -72,6 +83,8 @@ class IncidentStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if self.mirror is not None:
+            self.mirror.push(incident_id)  # after the local write: it is the source of truth
 
     def claim_page(self, incident_id: str, level: int) -> bool:
         """True for exactly one caller per incident and level, whichever process asks first."""
@@ -83,12 +96,31 @@ class IncidentStore:
             return False
         os.close(fd)
         fsync_dir(marker.parent)
-        return True
+        return self._claim_shared_page(incident_id, level)
+
+    def _claim_shared_page(self, incident_id: str, level: int) -> bool:
+        """Across consoles: the store's conditional create decides. An unreachable store
+        cannot say, and a page sent twice is better than a page never sent: this console
+        pages (its local claim stands)."""
+        if self.mirror is None or level == 1:
+            # Level 1 is paged by the console that opens the incident, before any other
+            # console can know its id: opening never waits for the store.
+            return True
+        try:
+            return self.mirror.claim_page(incident_id, level)
+        except StoreUnavailable:
+            return True
 
     def events(self, incident_id: str) -> list[dict[str, Any]]:
         """Every committed event of the incident, oldest first."""
-        records, _torn = read_records(self._dir(incident_id) / "events.jsonl")
-        return records
+        d = self._dir(incident_id)
+        records, _torn = read_records(d / "events.jsonl")
+        theirs, _torn = read_records(d / "shared.jsonl")
+        if not theirs:
+            return records
+        # Other consoles' events interleave with ours by time; `opened` always comes first.
+        merged = records + theirs
+        return sorted(merged, key=lambda e: (e.get("event") != "opened", str(e.get("time", ""))))
 
     def load(self, incident_id: str) -> Incident:
         """The incident folded from its events; UsageError if there is none."""
@@ -103,7 +135,11 @@ class IncidentStore:
         """Every incident id, newest first."""
         if not self.root.is_dir():
             return []
-        found = [p.name for p in self.root.iterdir() if (p / "events.jsonl").exists()]
+        found = [
+            p.name
+            for p in self.root.iterdir()
+            if (p / "events.jsonl").exists() or (p / "shared.jsonl").exists()
+        ]
         return sorted(found, reverse=True)
 
     def all(self) -> list[Incident]:

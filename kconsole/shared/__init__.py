@@ -1,8 +1,8 @@
-"""Runs (and, later, incidents) shared between consoles through the site's S3 location.
+"""Runs and incidents shared between consoles through the site's S3 location.
 
-`SharedStore.append(stream, records, batch)` is the small API other records go through
-(an incident's changes as stream `incidents/<id>`, with a `StreamMirror` to batch them in
-the background); runs use it through `kconsole.shared.runs`.
+`SharedStore.append(stream, records, batch)` is the small API records go through: runs use
+it through `kconsole.shared.runs`, incidents through `kconsole.incidents.sharing` (one
+stream per incident and console, `incidents/<id>/<console-key>`).
 """
 
 from kconsole.shared.lease import Lease, LeaseHeld, read_lease
