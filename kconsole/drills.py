@@ -34,9 +34,11 @@ from kconsole.gates import (
 )
 from kconsole.headless import EXIT_FOR_STATUS, human_line, install_stop_signals
 from kconsole.journal import RunJournal, iso, list_runs, new_run_id
+from kconsole.recovery_check import check_heights
 from kconsole.reports import (
     build_report,
-    consistency_check,
+    console_cpu,
+    console_usage,
     previous_drills,
     read_evidence,
     write_evidence,
@@ -357,26 +359,13 @@ async def _detect(
 ) -> datetime | None:
     """The time of the first poll that saw every target node not active (None: never)."""
     for _ in range(max(1, int(within / 0.5))):
-        statuses = await poll_fleet(site, services, timeout=5)
+        statuses = await poll_fleet(site, services, timeout=5, source="a drill's detection poll")
         seen = services.clock.now()
         states = {s.name: s.state for s in statuses}
         if all(states.get(n) != "active" for n in nodes):
             return seen
         await services.clock.sleep(0.5)
     return None
-
-
-async def _consistency(
-    site: Site, nodes: list[str], services: Services, within: float
-) -> dict[str, Any]:
-    for _ in range(max(1, int(within / 2) + 1)):
-        statuses = await poll_fleet(site, services, timeout=5)
-        heights = {s.name: s.height for s in statuses if s.state == "active"}
-        check = consistency_check(heights, nodes, iso(services.clock.now()))
-        if all(n["ok"] for n in check["nodes"]):
-            break
-        await services.clock.sleep(2)
-    return check
 
 
 # -- the drill -------------------------------------------------------------------------------
@@ -511,8 +500,12 @@ async def check_after(
     site: Site, run_id: str, plan: DrillPlan, services: Services, catchup: float | None = None
 ) -> dict[str, Any]:
     """After a successful recovery: the nodes' heights against their peers, kept as evidence."""
-    check = await _consistency(
-        site, plan.nodes, services, CATCHUP_WITHIN if catchup is None else catchup
+    check = await check_heights(
+        site,
+        plan.nodes,
+        services,
+        CATCHUP_WITHIN if catchup is None else catchup,
+        source="a drill's consistency check",
     )
     write_evidence(site, run_id, consistency=check)
     return check
@@ -542,6 +535,8 @@ def run_drill(
             printer(text)
 
     services = Services.for_site(site)
+
+    cpu_before = console_cpu()
 
     async def main() -> tuple[int, str]:
         try:
@@ -596,6 +591,7 @@ def run_drill(
                 journal.close()
             if outcome.status == "succeeded":
                 await check_after(site, run_id, plan, services, catchup)
+            write_evidence(site, run_id, console_resources=console_usage(cpu_before))
             return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED), run_id
         finally:
             await services.close()
