@@ -19,6 +19,7 @@ from kconsole.journal import RunJournal, new_run_id, run_dir, summarise
 from kconsole.recovery_check import restored_nodes, verify_recovery
 from kconsole.reports import console_cpu, console_usage, write_evidence
 from kconsole.runbook import load_runbook, resolve_runbook_path
+from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import parse_param_args, resolve_params
 from kconsole.runs import check_named_backups, open_resume
 from kconsole.services import Services, run_once
@@ -177,7 +178,7 @@ def run_headless(
     finally:
         journal.close()
     if outcome is not None and outcome.status == "succeeded":
-        _check_recovered(site, run_id, printer if not as_json else None)
+        _check_recovered(site, run_id, rb, printer if not as_json else None)
     with contextlib.suppress(OSError):
         # Measured even for a failed or interrupted run: the report's System Resource Usage.
         write_evidence(site, run_id, console_resources=console_usage(cpu_before))
@@ -194,10 +195,12 @@ def run_headless(
     return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
 
 
-def _check_recovered(site: Site, run_id: str, printer: Callable[[str], None] | None) -> None:
+def _check_recovered(
+    site: Site, run_id: str, rb: Runbook, printer: Callable[[str], None] | None
+) -> None:
     """After a run that restored backups onto nodes succeeded: compare those nodes' heights
     with their peers' and keep it as the run's evidence (the report's "Data Consistency")."""
-    nodes = restored_nodes(summarise(run_dir(site.state_dir, run_id)))
+    nodes = restored_nodes(summarise(run_dir(site.state_dir, run_id)), rb)
     if not nodes:
         return
     try:

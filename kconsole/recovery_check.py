@@ -12,6 +12,7 @@ from typing import Any
 from kconsole.fleet import poll_fleet
 from kconsole.journal import RunSummary, iso
 from kconsole.reports import consistency_check, write_evidence
+from kconsole.runbook.model import Runbook
 from kconsole.services import Services
 from kconsole.site import Site
 
@@ -19,14 +20,15 @@ CATCHUP_WITHIN = 30.0
 """Seconds a recovered node is given to come within the limit of its peers."""
 
 
-def restored_nodes(summary: RunSummary) -> list[str]:
-    """The nodes a run restored a backup onto (the finished `backup.restore` steps)."""
+def restored_nodes(summary: RunSummary, runbook: Runbook) -> list[str]:
+    """The nodes a run restored a backup onto (its finished `backup.restore` steps)."""
+    restores = {sid for sid, step in runbook.steps.items() if step.action == "backup.restore"}
     names: list[str] = []
     for r in summary.records:
         if (
             r.get("type") == "step"
             and r.get("event") == "finished"
-            and r.get("action") == "backup.restore"
+            and (r.get("action") == "backup.restore" or r.get("step") in restores)
             and r.get("node")
             and r["node"] not in names
         ):
