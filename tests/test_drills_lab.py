@@ -142,3 +142,17 @@ def test_the_complete_network_drill_runs_unattended(cli, lab: LiveLab) -> None:
     assert rep["detected_source"].startswith("the first failure the console saw on")
     assert rep["rto_met"] is True and rep["consistency"]["nodes"]
     assert_template_filled(md)
+
+
+def test_the_security_drill_stops_at_its_two_person_gate(cli, lab: LiveLab) -> None:
+    # `--yes` is one account: the security runbook's isolation/restore gates need a second
+    # one, so the unattended drill stops there, resumable, and its report says so.
+    code, out, err = cli("--site", lab.site, "drill", "security-incident", "--lab", "--yes")
+    assert code == 3, out + err
+    assert "injected compromise=" in out and "the fleet poll cannot see it" in out
+    assert "needs 1 more approval from a different account" in out
+    md, rep = report(cli, lab, latest_run(cli, lab))
+    assert rep["drill"] is True and rep["status"] == "waiting" and rep["rto_met"] is False
+    assert rep["injected"] and all(i.startswith("compromise=") for i in rep["injected"])
+    assert rep["detected_source"] == "the run's start, as no detection time was recorded"
+    assert_template_filled(md)
