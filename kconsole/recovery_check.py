@@ -39,15 +39,23 @@ def restored_nodes(summary: RunSummary, runbook: Runbook) -> list[str]:
 async def check_heights(
     site: Site, nodes: list[str], services: Services, within: float, source: str
 ) -> dict[str, Any]:
-    """Poll until every node in `nodes` is within the limit of its peers (or `within`
-    seconds of the services' clock have passed); the last poll's check."""
+    """Poll until every node in `nodes` is within the limit of its peers, no node got closer
+    since the previous poll, or `within` seconds of the services' clock have passed; the
+    last poll's check."""
     check: dict[str, Any] = {}
+    before: list[int | None] | None = None
     for _ in range(max(1, int(within / 2) + 1)):
         statuses = await poll_fleet(site, services, timeout=5, source=source)
         heights = {s.name: s.height for s in statuses if s.state in ("active", "behind")}
         check = consistency_check(heights, nodes, iso(services.clock.now()))
         if all(n["ok"] for n in check["nodes"]):
             break
+        lags = [n["lag_blocks"] for n in check["nodes"]]
+        if before is not None and not any(
+            a is not None and (b is None or a < b) for a, b in zip(lags, before, strict=True)
+        ):
+            break  # no node got closer to its peers since the last poll: it is not catching up
+        before = lags
         await services.clock.sleep(2)
     return check
 
