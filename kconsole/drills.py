@@ -34,9 +34,11 @@ from kconsole.gates import (
 )
 from kconsole.headless import EXIT_FOR_STATUS, human_line, install_stop_signals
 from kconsole.journal import RunJournal, iso, list_runs, new_run_id
+from kconsole.recovery_check import check_heights
 from kconsole.reports import (
     build_report,
-    consistency_check,
+    console_cpu,
+    console_usage,
     previous_drills,
     read_evidence,
     write_evidence,
@@ -64,6 +66,21 @@ class Scenario:
     runbook: str
     fault: str
     """The lab fault injected on each target node (`wipe`, `crash`, `compromise`)."""
+
+
+SILENT_FAULTS = ("compromise",)
+"""Faults a fleet poll cannot see (the nodes stay active): a drill does not poll for them,
+and its report counts from the run's start."""
+
+
+def not_seen(sc: Scenario) -> str:
+    """Why a drill has no detection time."""
+    if sc.fault in SILENT_FAULTS:
+        return (
+            f"a {sc.fault} leaves the nodes active, so the fleet poll cannot see it; "
+            "the report counts RTO from the run's start"
+        )
+    return f"not seen within {DETECT_WITHIN:g}s"
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -357,26 +374,13 @@ async def _detect(
 ) -> datetime | None:
     """The time of the first poll that saw every target node not active (None: never)."""
     for _ in range(max(1, int(within / 0.5))):
-        statuses = await poll_fleet(site, services, timeout=5)
+        statuses = await poll_fleet(site, services, timeout=5, source="a drill's detection poll")
         seen = services.clock.now()
         states = {s.name: s.state for s in statuses}
         if all(states.get(n) != "active" for n in nodes):
             return seen
         await services.clock.sleep(0.5)
     return None
-
-
-async def _consistency(
-    site: Site, nodes: list[str], services: Services, within: float
-) -> dict[str, Any]:
-    for _ in range(max(1, int(within / 2) + 1)):
-        statuses = await poll_fleet(site, services, timeout=5)
-        heights = {s.name: s.height for s in statuses if s.state == "active"}
-        check = consistency_check(heights, nodes, iso(services.clock.now()))
-        if all(n["ok"] for n in check["nodes"]):
-            break
-        await services.clock.sleep(2)
-    return check
 
 
 # -- the drill -------------------------------------------------------------------------------
@@ -479,7 +483,11 @@ async def inject_and_detect(
     AuditLog(site.state_dir).append(
         plan.user, "drill.inject", plan.scenario.id, injected=injected, lab=plan.on_lab
     )
-    detected = await _detect(site, plan.nodes, services, DETECT_WITHIN)
+    detected = (
+        await _detect(site, plan.nodes, services, DETECT_WITHIN)
+        if plan.scenario.fault not in SILENT_FAULTS
+        else None
+    )
     if plan.on_lab:
         # The damage is done (wiped state, killed unit, planted implant): clear the fault
         # so the recovery meets a node that can come back.
@@ -511,8 +519,12 @@ async def check_after(
     site: Site, run_id: str, plan: DrillPlan, services: Services, catchup: float | None = None
 ) -> dict[str, Any]:
     """After a successful recovery: the nodes' heights against their peers, kept as evidence."""
-    check = await _consistency(
-        site, plan.nodes, services, CATCHUP_WITHIN if catchup is None else catchup
+    check = await check_heights(
+        site,
+        plan.nodes,
+        services,
+        CATCHUP_WITHIN if catchup is None else catchup,
+        source="a drill's consistency check",
     )
     write_evidence(site, run_id, consistency=check)
     return check
@@ -543,6 +555,8 @@ def run_drill(
 
     services = Services.for_site(site)
 
+    cpu_before = console_cpu()
+
     async def main() -> tuple[int, str]:
         try:
             say(f"drill {sc.id}: injecting {', '.join(plan.injects)}")
@@ -550,7 +564,7 @@ def run_drill(
             say(
                 f"injected {', '.join(injected)}; detected at {iso(detected)}"
                 if detected
-                else f"injected {', '.join(injected)}; not seen within {DETECT_WITHIN:g}s"
+                else f"injected {', '.join(injected)}; " + not_seen(sc)
             )
             run_id = new_run_id()
             journal = RunJournal.create(site.state_dir, run_id, plan.runbook.text)
@@ -596,6 +610,7 @@ def run_drill(
                 journal.close()
             if outcome.status == "succeeded":
                 await check_after(site, run_id, plan, services, catchup)
+            write_evidence(site, run_id, console_resources=console_usage(cpu_before))
             return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED), run_id
         finally:
             await services.close()

@@ -7,11 +7,13 @@ own deadline, and failures become a state with a reason, never an exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from kconsole.errors import OperationFailed
+from kconsole.outages import record_polls
 from kconsole.services import Services, run_once
 from kconsole.site import Node, Site
 
@@ -96,9 +98,16 @@ def mark_behind(statuses: list[NodeStatus], limit: int = BEHIND_BLOCKS) -> None:
 
 
 async def poll_fleet(
-    site: Site, services: Services, timeout: float | None = None, limit: int = 64
+    site: Site,
+    services: Services,
+    timeout: float | None = None,
+    limit: int = 64,
+    source: str = "a fleet status poll",
 ) -> list[NodeStatus]:
-    """Poll every node concurrently (at most `limit` at once); results in site order."""
+    """Poll every node concurrently (at most `limit` at once); results in site order.
+
+    Each node's first failure is recorded in the site's state (`kconsole.outages`, written
+    in a thread so an event loop never waits on the disk), named by `source`."""
     per_node = timeout or (site.ssh.connect_timeout + 10.0)
     gate = asyncio.Semaphore(limit)
 
@@ -118,6 +127,16 @@ async def poll_fleet(
 
     statuses = list(await asyncio.gather(*(one(n) for n in site.nodes.values())))
     mark_behind(statuses)
+    seen = services.clock.now()
+    # An unwritable state dir must not stop a status poll; a report then falls back.
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(
+            record_polls,
+            site.state_dir,
+            [(s.name, s.state, s.detail) for s in statuses],
+            seen,
+            source,
+        )
     return statuses
 
 
@@ -125,5 +144,7 @@ def poll_once(site: Site) -> tuple[list[NodeStatus], float]:
     """Blocking single poll for the CLI: (statuses, seconds taken)."""
 
     t0 = time.monotonic()
-    statuses = run_once(site, lambda services: poll_fleet(site, services))
+    statuses = run_once(
+        site, lambda services: poll_fleet(site, services, source="`kconsole status`")
+    )
     return statuses, time.monotonic() - t0

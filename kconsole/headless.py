@@ -15,11 +15,14 @@ from kconsole.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, KconsoleErro
 from kconsole.executor import Executor, RunOutcome
 from kconsole.gates import confirm_on_terminal, confirm_unattended, confirm_yes
 from kconsole.incidents.desk import DELIVERY_TIMEOUT, IncidentDesk
-from kconsole.journal import RunJournal, new_run_id
+from kconsole.journal import RunJournal, new_run_id, run_dir, summarise
+from kconsole.recovery_check import restored_nodes, verify_recovery
+from kconsole.reports import console_cpu, console_usage, write_evidence
 from kconsole.runbook import load_runbook, resolve_runbook_path
+from kconsole.runbook.model import Runbook
 from kconsole.runbook.params import parse_param_args, resolve_params
 from kconsole.runs import check_named_backups, open_resume
-from kconsole.services import Services
+from kconsole.services import Services, run_once
 from kconsole.shared.runs import share_new_run
 from kconsole.site import Site, current_user
 
@@ -169,10 +172,16 @@ def run_headless(
         raw_params=raw_params,
         incident=incident,
     )
+    cpu_before = console_cpu()
     try:
         outcome = _drive(executor, resumed=bool(resume), services=services)
     finally:
         journal.close()
+    if outcome is not None and outcome.status == "succeeded":
+        _check_recovered(site, run_id, rb, printer if not as_json else None)
+    with contextlib.suppress(OSError):
+        # Measured even for a failed or interrupted run: the report's System Resource Usage.
+        write_evidence(site, run_id, console_resources=console_usage(cpu_before))
     if outcome is None:
         if not as_json:
             printer(
@@ -184,6 +193,31 @@ def run_headless(
             f"run {run_id} stopped at a gate; resume with: kconsole run {rb.id} --resume {run_id}"
         )
     return EXIT_FOR_STATUS.get(outcome.status, EXIT_FAILED)
+
+
+def _check_recovered(
+    site: Site, run_id: str, rb: Runbook, printer: Callable[[str], None] | None
+) -> None:
+    """After a run that restored backups onto nodes succeeded: compare those nodes' heights
+    with their peers' and keep it as the run's evidence (the report's "Data Consistency")."""
+    nodes = restored_nodes(summarise(run_dir(site.state_dir, run_id)), rb)
+    if not nodes:
+        return
+    try:
+        check = run_once(site, lambda services: verify_recovery(site, run_id, nodes, services))
+    except (KeyboardInterrupt, OSError) as exc:
+        # The run itself succeeded; the report will say no consistency check ran.
+        if printer:
+            printer(f"consistency check of {', '.join(nodes)} did not complete ({exc!r})")
+        return
+    if printer:
+        for n in check["nodes"]:
+            lag = "no height" if n["lag_blocks"] is None else f"{n['lag_blocks']} blocks behind"
+            verdict = "consistent" if n["ok"] else "NOT consistent"
+            printer(
+                f"consistency: {n['node']} {lag} its peers' highest "
+                f"(limit {check['limit_blocks']}): {verdict}"
+            )
 
 
 PAGING_INTERVAL = 30.0

@@ -32,6 +32,7 @@ from kconsole.config import format_duration
 from kconsole.errors import KconsoleError, UsageError
 from kconsole.fsutil import atomic_write
 from kconsole.journal import RunSummary, iso, list_runs, run_dir, summarise
+from kconsole.outages import first_failure
 from kconsole.runbook import load_runbook
 from kconsole.site import Site
 
@@ -116,6 +117,27 @@ def consistency_check(
     return {"checked": checked, "limit_blocks": CONSISTENCY_BLOCKS, "nodes": nodes}
 
 
+def console_usage(cpu_before: float) -> dict[str, Any]:
+    """What the console process can measure of itself: CPU seconds (user + system) since
+    `cpu_before` (a `console_cpu()` reading) and its peak resident set size so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "cpu_s": round(usage.ru_utime + usage.ru_stime - cpu_before, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports kilobytes
+        "measured": "the kconsole process that drove the run (getrusage RUSAGE_SELF)",
+    }
+
+
+def console_cpu() -> float:
+    """The console process's CPU seconds so far (user + system)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
 # -- facts ---------------------------------------------------------------------------------
 
 
@@ -142,7 +164,13 @@ def _detection(
     seen = evidence.get("detected") or {}
     if _t(seen.get("time")):
         return _t(seen["time"]), str(seen.get("source") or "the first failure the console saw")
-    return _t(summary.started), "the run's start, as no detection time was recorded"
+    started = _t(summary.started)
+    if started is not None:
+        outage = first_failure(site.state_dir, _runbook_nodes(summary), started, _t)
+        if outage is not None:
+            when, node, source = outage
+            return when, f"the first failure the console saw on {node} ({source})"
+    return started, "the run's start, as no detection time was recorded"
 
 
 def _runbook_nodes(summary: RunSummary) -> list[str]:
@@ -180,6 +208,8 @@ def build_report(site: Site, run_id: str, *, compare: bool = True) -> dict[str, 
     verify_failed = False
     creation_s = 0.0
     created_bytes = 0
+    restored_bytes = 0
+    restore_s = 0.0
     created = 0
     for r in records:
         kind = r.get("type")
@@ -270,6 +300,9 @@ def build_report(site: Site, run_id: str, *, compare: bool = True) -> dict[str, 
                 window = (
                     (detected - created_at).total_seconds() if created_at and detected else None
                 )
+                if data.get("bytes") and duration:
+                    restored_bytes += int(data["bytes"])
+                    restore_s += float(duration)
                 backups_used.append(
                     {
                         "node": node,
@@ -398,6 +431,9 @@ def build_report(site: Site, run_id: str, *, compare: bool = True) -> dict[str, 
         "backups_created": created,
         "backup_creation_s": creation_s if created else None,
         "backup_bytes": created_bytes if created else None,
+        "restored_bytes": restored_bytes or None,
+        "restore_s": restore_s or None,
+        "console_resources": evidence.get("console_resources"),
         "backups_used": backups_used,
         "params": summary.params,
         "steps": steps,
@@ -659,11 +695,33 @@ def _perf(rep: dict[str, Any]) -> list[tuple[str, str]]:
         )
     else:
         recovery = "not measured (the run has not ended)"
+    rates = []
+    if rep.get("restored_bytes") and rep.get("restore_s"):
+        rates.append(
+            f"{rep['restored_bytes'] / rep['restore_s'] / 1e6:.2f} MB/s restored "
+            f"({rep['restored_bytes']} bytes written to the node(s) over "
+            f"{_dur(rep['restore_s'])} of restore steps)"
+        )
     if rep["backup_bytes"] and rep["backup_creation_s"]:
-        rate = f"{rep['backup_bytes'] / rep['backup_creation_s'] / 1e6:.2f} MB/s (encrypted backup bytes over creation time)"
+        rates.append(
+            f"{rep['backup_bytes'] / rep['backup_creation_s'] / 1e6:.2f} MB/s "
+            "(encrypted backup bytes over creation time)"
+        )
+    rate = "; ".join(rates) or (
+        "not measured (no backup was created, and no restore recorded its byte count)"
+    )
+    res = rep.get("console_resources")
+    if isinstance(res, dict) and res.get("cpu_s") is not None:
+        usage = (
+            f"the console process only: {res['cpu_s']:.2f}s CPU time (user + system) during "
+            f"the run, peak RSS {res['peak_rss_mb']:.1f} MB over the process's life; "
+            "not measured on the nodes (kconsole does not sample their CPU, memory or disk)"
+        )
     else:
-        rate = "not measured (restores do not record their byte count; no backup was created)"
-    usage = "not measured (kconsole does not sample CPU, memory or disk on the nodes)"
+        usage = (
+            "not measured (this run was not driven by `kconsole run` or `kconsole drill`, "
+            "which measure the console process; the nodes are never sampled)"
+        )
     return [
         ("Backup Creation Time", creation),
         ("Recovery Time", recovery),

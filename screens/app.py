@@ -614,7 +614,7 @@ class KconsoleApp(App[int]):
     @work(group="fleet", exit_on_error=False, description="poll every node")
     async def _poll_fleet(self) -> None:
         try:
-            statuses = await poll_fleet(self.site, self.services)
+            statuses = await poll_fleet(self.site, self.services, source="the console's fleet poll")
         finally:
             self._polling = False
         self.show_fleet(statuses, self.clock.now())

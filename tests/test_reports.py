@@ -360,3 +360,78 @@ def test_interrupted_and_aborted_runs_are_issues_not_none() -> None:
         assert steps[0].startswith(
             "Resume or close run r1" if status == "interrupted" else "Recover"
         )
+
+
+def test_the_first_failure_the_console_saw_is_kept_per_node(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from kconsole.outages import FILE, first_failure, record_polls
+    from kconsole.reports import _t
+
+    t0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    down = [("validator1", "unreachable", "no answer"), ("validator2", "active", "ok")]
+    assert record_polls(tmp_path, down, t0, "`kconsole status`") is True
+    # Still down: the first failure stays the first, and nothing is rewritten.
+    assert record_polls(tmp_path, down, t0 + timedelta(minutes=1), "a drill poll") is False
+    at = t0 + timedelta(minutes=5)
+    assert first_failure(tmp_path, ["validator1", "validator2"], at, _t) == (
+        t0,
+        "validator1",
+        "`kconsole status`",
+    )
+    assert first_failure(tmp_path, ["validator2"], at, _t) is None
+    assert first_failure(tmp_path, ["validator1"], t0 - timedelta(seconds=1), _t) is None
+    up = [("validator1", "behind", "catching up")]  # behind is not down
+    assert record_polls(tmp_path, up, t0 + timedelta(minutes=10), "the console's fleet poll")
+    assert first_failure(tmp_path, ["validator1"], t0 + timedelta(minutes=11), _t) is None
+    assert first_failure(tmp_path, ["validator1"], at, _t) is not None  # open at that time
+    assert (tmp_path / FILE).stat().st_mode & 0o777 == 0o644
+
+
+NODE_RUN = """
+[runbook]
+id = "recover-node-demo"
+title = "Recover node demo"
+rto = "1h"
+rpo = "15m"
+scenario = "single-node"
+
+[params.node]
+type = "node"
+
+[[steps]]
+id = "restore"
+action = "shell"
+command = "echo restoring"
+"""
+
+
+def test_rto_without_an_incident_counts_from_the_first_failure_seen(
+    cli, site_path: Path, write_runbook
+) -> None:
+    from datetime import UTC, datetime
+
+    from kconsole.outages import record_polls
+    from kconsole.reports import build_report, render_markdown
+    from kconsole.site import load_site
+
+    site = load_site(site_path)
+    seen = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+    record_polls(site.state_dir, [("validator1", "inactive", "stopped")], seen, "`kconsole status`")
+    rb = write_runbook(NODE_RUN)
+    code, out, err = cli(
+        "--site", site_path, "run", rb, "--param", "node=validator1", "--yes", "--json"
+    )
+    assert code == 0, out + err
+    run_id = json.loads(out.splitlines()[0])["run"]
+    rep = build_report(site, run_id)
+    assert rep["detected"].startswith("2026-01-01T08:00:00")
+    assert (
+        rep["detected_source"]
+        == "the first failure the console saw on validator1 (`kconsole status`)"
+    )
+    # The console measured itself while it drove the run, and says that is all it measured.
+    usage = next(x for x in render_markdown(rep).splitlines() if "System Resource Usage" in x)
+    assert "the console process only: " in usage and "CPU time" in usage
+    assert "not measured on the nodes" in usage
+    assert rep["console_resources"]["peak_rss_mb"] > 0

@@ -154,6 +154,7 @@ class BackupRestore(Action):
                 "replica": report.replica,
                 "members": report.members,
                 "key_id": report.key_id,
+                "bytes": report.plaintext_size,
             },
         )
 
