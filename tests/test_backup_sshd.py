@@ -1,9 +1,10 @@
 """Backups against a real OpenSSH sshd on loopback: create, catalog, verify, restore
 byte for byte, corruption and hostile archives refused; ssh.exec and ssh.stream."""
 
-from __future__ import shutil
+from __future__ import annotations
 
 import dataclasses
+import shutil
 import hashlib
 import io
 import os
