@@ -4,10 +4,10 @@ byte for byte, corruption and hostile archives refused; ssh.exec and ssh.stream.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import textwrap
 from collections.abc import Iterator
