@@ -32,7 +32,7 @@ from kconsole.gates import (
     confirm_unattended,
     confirm_yes,
 )
-from kconsole.headless import EXIT_FOR_STATUS, human_line, install_stop_signals
+from kconsole.headless import EXIT_FOR_STATUS, event_printer, install_stop_signals
 from kconsole.journal import RunJournal, iso, list_runs, new_run_id
 from kconsole.recovery_check import check_heights
 from kconsole.reports import (
@@ -580,15 +580,7 @@ def run_drill(
             else:
                 confirm = confirm_unattended
 
-            def on_event(record: dict[str, Any]) -> None:
-                if as_json:
-                    if record.get("type") == "step":
-                        printer(json.dumps(record, ensure_ascii=False))
-                else:
-                    line = human_line(record)
-                    if line:
-                        printer(line)
-
+            on_event = event_printer(as_json, printer)
             executor = Executor(
                 runbook,
                 site,

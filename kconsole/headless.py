@@ -88,6 +88,24 @@ def human_line(record: dict[str, Any]) -> str | None:
     return f"{t} {_SYMBOL.get(ev, '  ')} {record['step']}{where} {ev}{extra}"
 
 
+def event_printer(
+    as_json: bool, printer: Callable[[str], None]
+) -> Callable[[dict[str, Any]], None]:
+    """The run's journal events for the terminal: one JSON line per step event with
+    `--json`, else the human line of every event that has one."""
+
+    def on_event(record: dict[str, Any]) -> None:
+        if as_json:
+            if record.get("type") == "step":
+                printer(json.dumps(record, ensure_ascii=False))
+        else:
+            line = human_line(record)
+            if line:
+                printer(line)
+
+    return on_event
+
+
 def run_headless(
     *,
     site: Site,
@@ -148,15 +166,7 @@ def run_headless(
     else:
         confirm = confirm_unattended
 
-    def on_event(record: dict[str, Any]) -> None:
-        if as_json:
-            if record.get("type") == "step":
-                printer(json.dumps(record, ensure_ascii=False))
-        else:
-            line = human_line(record)
-            if line:
-                printer(line)
-
+    on_event = event_printer(as_json, printer)
     services = Services.for_site(site)
     executor = Executor(
         rb,
