@@ -45,23 +45,23 @@ def _out(line: str) -> None:
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A plain fixed-width table on stdout, laid out by rich: columns as wide as their
-    content, one space apart, never wrapped. A column named with a leading `>` is
-    right-aligned (the `>` is not shown)."""
-    from rich.console import Console
-    from rich.table import Table
+    """A plain fixed-width table on stdout: columns as wide as their content (in terminal
+    cells, so wide characters line up), one space apart, never wrapped, no trailing
+    spaces. A column named with a leading `>` is right-aligned (the `>` is not shown).
+    Cells are printed as they are, never read as markup; a line break in one is a space."""
+    from rich.cells import cell_len
 
-    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="")
-    for name in columns:
-        right = name.startswith(">")
-        table.add_column(name.lstrip(">"), justify="right" if right else "left", no_wrap=True)
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
-    console = Console(width=100_000, color_system=None, highlight=False, emoji=False)
-    with console.capture() as captured:
-        console.print(table)
-    for line in captured.get().splitlines():
-        _out(line.rstrip())
+    right = [name.startswith(">") for name in columns]
+    lines = [[name.lstrip(">") for name in columns]]
+    lines += [[" ".join(str(cell).splitlines()) for cell in row] for row in rows]
+    sizes = [[cell_len(cell) for cell in line] for line in lines]
+    widths = [max(line[i] for line in sizes) for i in range(len(columns))]
+    for line, size in zip(lines, sizes, strict=True):
+        parts = [
+            " " * (widths[i] - size[i]) + cell if right[i] else cell + " " * (widths[i] - size[i])
+            for i, cell in enumerate(line)
+        ]
+        _out(" ".join(parts).rstrip())
 
 
 def _err(line: str) -> None:
@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", parents=[common], help="one poll of every node")
     st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--ssh",
+        action="store_true",
+        help="check the service over SSH on every node (default: only where the health URL "
+        "is missing or does not answer 200)",
+    )
 
     cat = sub.add_parser("catalog", parents=[common], help="backups across all locations")
     cat.add_argument("--json", action="store_true")
@@ -504,11 +510,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from kconsole.fleet import poll_once
 
     site = _site(args)
-    statuses, took = poll_once(site)
+    statuses, took = poll_once(site, ssh=args.ssh)
     if args.json:
         for s in statuses:
             _out(json.dumps(s.as_json()))
         return EXIT_OK
+    # The latency says what it measured: the SSH command's round trip or the health read's.
     _table(
         ("NODE", "HOST", "STATE", ">LATENCY", ">HEIGHT", "DETAIL"),
         (
@@ -516,7 +523,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 s.name,
                 f"{s.host}:{site.nodes[s.name].port}",
                 s.state,
-                f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-",
+                f"{s.latency_ms:.0f} ms {s.latency_of}" if s.latency_ms is not None else "-",
                 s.height if s.height is not None else "-",
                 s.detail,
             )
@@ -524,7 +531,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         ),
     )
     up = sum(1 for s in statuses if s.state == "active")
-    _out(f"{up}/{len(statuses)} active, polled in {took:.1f}s")
+    over_ssh = sum(1 for s in statuses if "ssh" in s.checked)
+    _out(
+        f"{up}/{len(statuses)} active, polled in {took:.2f}s "
+        f"({over_ssh} of {len(statuses)} checked over SSH)"
+    )
     return EXIT_OK
 
 

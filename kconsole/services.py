@@ -41,6 +41,34 @@ class Clock:
         return await asyncio.wait_for(work, seconds)
 
 
+class LazyTransport:
+    """The site's `SshTransport`, made on first use: a poll that never needs SSH never
+    imports asyncssh nor reads a key or known_hosts. Everything else is the real one's."""
+
+    def __init__(self, site: Site) -> None:
+        self._site = site
+        self._real: Any = None
+
+    @property
+    def made(self) -> bool:
+        """Whether the real transport was made (some node was reached over SSH)."""
+        return self._real is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._real is None:
+            from kconsole.transport.ssh import SshTransport
+
+            self._real = SshTransport(self._site)
+        return getattr(self._real, name)
+
+    async def close(self) -> None:
+        """Close the real transport's connections, if it was made."""
+        if self._real is not None:
+            await self._real.close()
+
+
 @dataclass
 class Services:
     """The transports and clock a run uses. `transport` is the node command transport."""
@@ -69,8 +97,11 @@ class Services:
         return self._backups
 
     @classmethod
-    def for_site(cls, site: Site) -> Services:
-        """The real services for `site`: SSH to its nodes over a pooled transport."""
+    def for_site(cls, site: Site, *, lazy: bool = False) -> Services:
+        """The real services for `site`: SSH to its nodes over a pooled transport (with
+        `lazy`, made on first use)."""
+        if lazy:
+            return cls(transport=LazyTransport(site))
         from kconsole.transport.ssh import SshTransport
 
         return cls(transport=SshTransport(site))
@@ -85,12 +116,15 @@ class Services:
             await self.transport.close()
 
 
-def run_once(site: Site, work: Callable[[Services], Awaitable[T]]) -> T:
+def run_once(
+    site: Site, work: Callable[[Services], Awaitable[T]], *, lazy_transport: bool = False
+) -> T:
     """Blocking: run `work(services)` on a fresh event loop with the site's real services,
-    closing their connections afterwards (the CLI's one-shot commands)."""
+    closing their connections afterwards (the CLI's one-shot commands). `lazy_transport`:
+    the SSH transport is made only if `work` uses it."""
 
     async def main() -> T:
-        services = Services.for_site(site)
+        services = Services.for_site(site, lazy=lazy_transport)
         try:
             return await work(services)
         finally:

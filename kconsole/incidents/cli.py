@@ -8,13 +8,17 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kconsole.errors import EXIT_OK, UsageError
-from kconsole.incidents.desk import IncidentDesk
 from kconsole.incidents.model import INCIDENT_TYPES, SEVERITIES, UPDATE_STATUSES, Incident
 from kconsole.incidents.oncall import call_now
 from kconsole.site import Site
+
+if TYPE_CHECKING:
+    # The desk (HTTP client, targets) is imported where a command uses it: building the
+    # parser must not cost every `kconsole` invocation its imports.
+    from kconsole.incidents.desk import IncidentDesk
 
 Printer = Callable[[str], None]
 
@@ -99,6 +103,8 @@ def _report_deliveries(desk: IncidentDesk, out: Printer) -> None:
 def cmd_incident(args: argparse.Namespace, site: Site, out: Printer) -> int:
     """Run one `kconsole incident` subcommand (with a shared store: having read every
     console's incidents first, and sent this one's changes after, within a bounded wait)."""
+    from kconsole.incidents.desk import IncidentDesk
+
     desk = IncidentDesk(site)
     if args.incident_command != "alerts":
         _warn(desk.pull_shared())
@@ -233,6 +239,8 @@ def _report(args: argparse.Namespace, site: Site, desk: IncidentDesk, out: Print
 
 def print_call_now(site: Site, as_json: bool, out: Printer) -> int:
     """`kconsole contacts --now`: who to call for each open incident, or for a fresh one."""
+    from kconsole.incidents.desk import IncidentDesk
+
     desk = IncidentDesk(site)
     _warn(desk.pull_shared())
     now = desk.clock.now()
