@@ -16,9 +16,12 @@ table shows the best and median wall time of each and the ratio of the medians
   one local file, and against the same with `tar | zstd -1` on the node;
 - recovery: the shipped recover-single-node runbook (--yes) from that backup, against
   the plan's manual restore (stop, `openssl enc -d | gunzip | ssh NODE tar -xzf -`, start);
-- status: `kconsole status` on a lab of N nodes, against `parallel-ssh -p 50` running
-  `systemctl is-active` on every node (or `xargs -P 50 ssh` without it) and `curl` of
-  every health URL (xargs -P 50);
+- status: `kconsole status` on a lab of N nodes (health URLs first, SSH only where a
+  node's health URL does not answer 200: in a healthy lab no node is reached over SSH),
+  against `parallel-ssh -p 50` running `systemctl is-active` on every node (or
+  `xargs -P 50 ssh` without it) and against `curl` of every health URL (xargs -P 50);
+  and `kconsole status --ssh` (the service checked over SSH on every node, the health URL
+  read alongside) against the same parallel-ssh;
 - version: `kconsole --version` against `python -c pass`;
 - crypto: `kconsole crypto encrypt` (the whole CLI; its output fsynced) against
   `openssl enc -aes-256-cbc` (not fsynced) on 512 MiB of random data.
@@ -272,6 +275,13 @@ def bench_status(work: Path, nodes: int, repeat: int, rows: list[Row]) -> None:
             repeat,
             rows_add(rows, f"status, {len(names)} nodes", "`kconsole status`", label),
             lambda: sh(ours, env, check=False),
+            lambda: sh(peer, env, check=False),
+        )
+        ours_ssh = kconsole(d, "status", "--ssh")
+        timed(
+            repeat,
+            rows_add(rows, "same", "`kconsole status --ssh`", label),
+            lambda: sh(ours_ssh, env, check=False),
             lambda: sh(peer, env, check=False),
         )
         curls = work / f"urls{nodes}"
