@@ -477,6 +477,37 @@ def test_sshd_fixture_starts_a_real_sshd(sshd_server: Sshd) -> None:  # noqa: F8
 # -- the OpenSSH client config -------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "host", ["web1", "web2", "Web1", "db1", "db2", "dbx", "other7", "other299", "nosuch"]
+)
+def test_ssh_config_evaluation_matches_asyncssh(tmp_path: Path, host: str) -> None:
+    """The cached evaluation (skipping blocks that do not apply, plain Host names matched
+    by set) gives exactly the options asyncssh's own parser gives, wildcards, negations,
+    Match blocks and case included."""
+    import getpass
+
+    from asyncssh.config import SSHClientConfig
+
+    from kconsole.transport.sshconfig import preloaded_options
+
+    config = tmp_path / "ssh_config"
+    blocks = "".join(
+        f"Host other{i}\n  HostName 10.0.0.{i % 250}\n  Port {1000 + i}\n" for i in range(300)
+    )
+    config.write_text(
+        "User global\n"
+        + blocks
+        + "Host web1,web2 db?\n  Port 2201\nHost web*\n  User w\nHost !web2 web2\n  Port 9\n"
+        "Host Web1\n  Port 7\nHost db1 !db2\n  Port 3\nMatch host db*\n  User m\n"
+        "Host *\n  Port 22\n  IdentityFile ~/.ssh/id_%h\n"
+    )
+    ours = preloaded_options([str(config)], host, 22, "root").config
+    theirs = SSHClientConfig.load(
+        None, [str(config)], False, False, False, getpass.getuser(), "root", host, 22
+    )
+    assert ours._options == theirs._options
+
+
 async def test_ssh_config_is_honoured_and_read_once_per_process(
     server: ServerBase, tmp_path: Path
 ) -> None:
