@@ -240,11 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kconsole` script."""
-    import warnings
-
-    # cryptography warns about DSA when asyncssh is imported: noise on the operator's stderr
-    # for every command that reaches a node over SSH, about a key type we never use.
-    warnings.filterwarnings("ignore", message="DSA is deprecated")
     try:
         given = list(sys.argv[1:] if argv is None else argv)
         if any("\x00" in a for a in given):
