@@ -205,7 +205,12 @@ def test_corrupt_primary_falls_back_to_dr(cli, lab: LiveLab, tmp_path: Path) -> 
     code, out, err = cli("--site", lab.site, "run", rb2, "--json", "--yes")
     assert code == 0, out + err
     texts = [e.get("text", "") for e in events(out) if e["event"] == "output"]
+    # The primary copy is streamed and found bad on the way (its hash, or its
+    # authentication where the flipped byte lies): the staging directory is emptied and the
+    # DR copy restored instead; nothing is left behind.
     assert any("replica in primary unusable" in t for t in texts)
+    assert any("from dr as it streamed" in t for t in texts), texts
+    assert not list(lab.root("bootstrap2").glob(".kconsole-restore-*"))
 
 
 def test_s3_errors_fail_the_backup(cli, lab: LiveLab, tmp_path: Path) -> None:
