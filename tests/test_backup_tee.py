@@ -87,3 +87,15 @@ def test_streamed_s3_parts_stay_within_s3s_limits() -> None:
     assert stream_part_size(1000) == S3_STREAM_PART
     assert stream_part_size(1001) == 2 * S3_STREAM_PART
     assert sum(stream_part_size(n) for n in range(1, 10_001)) > 800 << 30
+
+
+async def test_an_unexpected_error_in_a_location_never_hangs_the_capture() -> None:
+    class Broken(Recording):
+        async def write(self, data: bytes) -> None:
+            raise RuntimeError("the SFTP channel closed")
+
+    tee = Tee({"broken": Broken("broken")})
+    for _ in range(Tee.DEPTH * 3):
+        await tee.write(b"z" * BLOCK)
+    await tee.close()
+    assert tee.failed == {"broken": "RuntimeError: the SFTP channel closed"}

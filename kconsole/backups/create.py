@@ -147,7 +147,9 @@ class Tee:
                 continue  # drained, so the capture never waits on a failed location
             try:
                 await upload.write(block)
-            except (OperationFailed, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure: the location is out
+                # Whatever went wrong, this location stops taking blocks (its queue is
+                # drained from here on), so the capture can never wait on it forever.
                 self.failed[name] = _reason(exc)
 
     async def write(self, data: bytes) -> None:
@@ -183,7 +185,10 @@ class Tee:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc).rstrip(".") or type(exc).__name__
+    text = str(exc).rstrip(".")
+    if isinstance(exc, OperationFailed):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def create_backup(
