@@ -7,7 +7,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kconsole.backups.create import Tee
+from kconsole.backups.pipeline import ChunkPipe
 from kconsole.backups.uploads import S3_STREAM_PART, Upload, stream_part_size
 from kconsole.errors import OperationFailed
 
@@ -99,3 +102,35 @@ async def test_an_unexpected_error_in_a_location_never_hangs_the_capture() -> No
         await tee.write(b"z" * BLOCK)
     await tee.close()
     assert tee.failed == {"broken": "RuntimeError: the SFTP channel closed"}
+
+
+async def _pieces(n: int, fail: bool = False):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield bytes([i]) * 1000
+    if fail:
+        raise OperationFailed("the DR host went away")
+
+
+async def test_a_remote_copy_reads_in_order_through_the_pipe() -> None:
+    pipe = ChunkPipe(depth=2)
+    feeder = asyncio.ensure_future(pipe.feed(_pieces(20)))
+    got = await asyncio.to_thread(pipe.as_file().read)
+    await feeder
+    assert got == b"".join(bytes([i]) * 1000 for i in range(20))
+
+
+async def test_a_failing_remote_copy_raises_in_the_reader() -> None:
+    pipe = ChunkPipe(depth=2)
+    feeder = asyncio.ensure_future(pipe.feed(_pieces(5, fail=True)))
+    with pytest.raises(OperationFailed, match="went away"):
+        await asyncio.to_thread(pipe.as_file().read)
+    await feeder
+
+
+async def test_a_reader_that_stops_early_ends_the_feeding() -> None:
+    pipe = ChunkPipe(depth=1)
+    feeder = asyncio.ensure_future(pipe.feed(_pieces(1000)))
+    assert await asyncio.to_thread(pipe.as_file().read, 10) == bytes(10)
+    pipe.stop()
+    await asyncio.wait_for(feeder, 10)  # returns instead of waiting on a full queue forever

@@ -15,7 +15,7 @@ import hashlib
 import io
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -251,7 +251,7 @@ class _Recording(io.RawIOBase):
 
 
 def checked_tar_chunks(
-    path: Path,
+    path: Path | Callable[[], BinaryIO],
     keys: Key | Keyring,
     legacy: bool,
     prefixes: list[str],
@@ -273,12 +273,15 @@ def checked_tar_chunks(
     """
     import zstandard
 
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise OperationFailed(f"cannot read {path}: {exc.strerror}.") from None
+    if isinstance(path, Path):
+        try:
+            fh: BinaryIO = path.open("rb")
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {path}: {exc.strerror}.") from None
+    else:
+        fh = path()  # a stream (a remote copy as it arrives)
     with fh:
-        hashed = _Hashing(cast(BinaryIO, fh))
+        hashed = _Hashing(fh)
         reader, decryptor = decrypting_reader(cast(BinaryIO, hashed), keys, legacy, where)
         stream, layers = decompressed(reader, where)
         rec = _Recording(stream)
@@ -316,7 +319,7 @@ def checked_tar_chunks(
         assert result is not None
         if ciphertext_sha256 and hashed.digest.hexdigest() != ciphertext_sha256:
             raise OperationFailed(
-                f"{path} has SHA-256 {hashed.digest.hexdigest()[:12]}..., its manifest says "
+                f"{where} has SHA-256 {hashed.digest.hexdigest()[:12]}..., its manifest says "
                 f"{ciphertext_sha256[:12]}...: the copy is corrupt."
             )
         if plaintext_sha256 and result.plaintext_sha256 != plaintext_sha256:

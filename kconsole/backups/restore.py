@@ -17,11 +17,11 @@ import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kconsole.backups.archive import ArchiveReport, checked_tar_chunks
 from kconsole.backups.catalog import Backup
-from kconsole.backups.pipeline import threaded_chunks
+from kconsole.backups.pipeline import ChunkPipe, threaded_chunks
 from kconsole.backups.stores import LocalStore, Store, hash_file
 from kconsole.backups.trust import check_backup, confined_paths
 from kconsole.crypto import Keyring
@@ -215,9 +215,16 @@ async def restore_backup(
                 continue
             local: Path | None = None
             temporary = False
+            pipe: ChunkPipe | None = None
+            feeder: asyncio.Future[None] | None = None
             try:
+                key = backup.replicas[name].key
                 if isinstance(store, LocalStore):
-                    local = store.path(backup.replicas[name].key)
+                    local = store.path(key)
+                elif store.streams and expect_ct:
+                    # Read as it arrives, hashed with the rest of the stream: no local copy.
+                    pipe = ChunkPipe()
+                    feeder = asyncio.ensure_future(pipe.feed(store.chunks(key)))
                 else:
                     await emit("stdout", f"fetching {backup.id} from {name}")
                     local, temporary = await checked_copy(site, backup, name, store, "fetch")
@@ -240,14 +247,19 @@ async def restore_backup(
                 extract = f"{sudo_p}tar --no-same-owner -xf - -C {q_staging}"
                 await emit("stdout", f"streaming into {node.name}:{staging} from {name}")
                 walked: list[ArchiveReport] = []
-                assert local is not None
+                source: Path | Callable[[], BinaryIO]
+                if pipe is not None:
+                    source = pipe.as_file
+                else:
+                    assert local is not None
+                    source = local
                 result = await transport.stream_in(
                     node,
                     extract,
                     threaded_chunks(
                         functools.partial(
                             checked_tar_chunks,
-                            local,
+                            source,
                             keyring,
                             backup.legacy,
                             paths,
@@ -274,6 +286,11 @@ async def restore_backup(
                 problems.append(f"{name}: {why}")
                 await emit("stderr", f"replica in {name} unusable: {why}")
             finally:
+                if pipe is not None:
+                    pipe.stop()
+                if feeder is not None:
+                    feeder.cancel()
+                    await asyncio.gather(feeder, return_exceptions=True)
                 if temporary and local is not None:
                     local.unlink(missing_ok=True)
         if report is None:

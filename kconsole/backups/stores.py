@@ -18,7 +18,7 @@ import posixpath
 import shlex
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,8 @@ from kconsole.site import Location, Site
 Progress = Callable[[int, int], None]
 PIECE = 1 << 20
 SMALL_READ = 1 << 16
+STREAM_PIECE = 4 << 20
+"""Bytes per read when a remote copy is streamed (restore)."""
 S3_MULTIPART = 64 << 20
 """Objects from this size up go to S3 in parts (boto3's multipart threshold as kconsole sets it)."""
 
@@ -220,6 +222,14 @@ class Store:
 
     async def delete(self, key: str) -> None:
         """Remove `key` (S3 with versioning keeps older versions)."""
+        raise NotImplementedError
+
+    streams = False
+    """Whether `chunks` reads a copy as it arrives (a remote location)."""
+
+    def chunks(self, key: str) -> AsyncIterator[bytes]:
+        """The bytes of `key` in order, as they arrive, each read bounded in time (only where
+        `streams`); nothing is checked here: the reader hashes them against the manifest."""
         raise NotImplementedError
 
     async def check_at_rest(
@@ -560,6 +570,33 @@ class SftpLocationStore(Store):
             self.target, self._path(key), local, progress=progress, expected_sha256=sha256
         )
 
+    streams = True
+
+    async def chunks(self, key: str) -> AsyncIterator[bytes]:
+        import asyncssh
+
+        path = self._path(key)
+        async with self.sftp.session(self.target) as sftp:
+            try:
+                fh = await self._bounded(f"opening {key}", sftp.open(path, "rb"), 0)
+            except asyncssh.SFTPError as exc:
+                raise OperationFailed(f"cannot read {self.describe(key)}: {exc.reason}.") from None
+            async with fh:
+                offset = 0
+                while True:
+                    try:
+                        data = await self._bounded(
+                            f"reading {key}", fh.read(STREAM_PIECE, offset), STREAM_PIECE
+                        )
+                    except asyncssh.SFTPError as exc:
+                        raise OperationFailed(
+                            f"reading {self.describe(key)} failed: {exc.reason}."
+                        ) from None
+                    if not data:
+                        return
+                    offset += len(data)
+                    yield data if isinstance(data, bytes) else data.encode()
+
     async def delete(self, key: str) -> None:
         await self._bounded(
             f"deleting {key}", self.sftp.remove(self.target, self._path(key), missing_ok=True), 0
@@ -861,6 +898,26 @@ class S3Store(Store):
             with contextlib.suppress(OSError):
                 partial.unlink()
             raise
+
+    streams = True
+
+    async def chunks(self, key: str) -> AsyncIterator[bytes]:
+        resp = await self._call(
+            f"reading {key}",
+            self.client().get_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+        )
+        body = resp["Body"]
+        limit = transfer_timeout(STREAM_PIECE, self.call_timeout, self.min_rate)
+        try:
+            while data := await self._call(
+                f"reading {key}", body.read, STREAM_PIECE, timeout=limit
+            ):
+                yield bytes(data)
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
 
     async def delete(self, key: str) -> None:
         await self._call(
