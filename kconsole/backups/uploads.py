@@ -31,6 +31,8 @@ S3_STREAM_PART = 16 << 20
 step of that many parts is one S3_STREAM_PART larger, so 10,000 parts (S3's limit) hold
 about 880 GB."""
 S3_PARTS_PER_STEP = 1000
+ABORT_WAIT_S = 30.0
+"""How long an abandoned S3 upload waits for the parts it has in flight before aborting."""
 S3_PARTS_IN_FLIGHT = 4
 """Parts uploaded at once (each in its own thread): memory is at most this many parts."""
 
@@ -274,8 +276,12 @@ class S3Upload(Upload):
         return {"s3_sha256": composite}
 
     async def abort(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        if self._tasks:
+            # Parts still being sent would land after the abort (S3 then keeps them until
+            # the abort is repeated): let them settle first, bounded.
+            _, pending = await asyncio.wait(list(self._tasks), timeout=ABORT_WAIT_S)
+            for task in pending:
+                task.cancel()
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
             with contextlib.suppress(Exception):
