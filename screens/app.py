@@ -762,7 +762,12 @@ class KconsoleApp(App[int]):
             # otherwise show whatever state the last frame caught, e.g. "planned").
             self.run_revision += 1
             painted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.call_after_refresh(lambda: painted.done() or painted.set_result(None))
+
+            def mark_painted() -> None:
+                if not painted.done():
+                    painted.set_result(None)
+
+            self.call_after_refresh(mark_painted)
             await painted
             self.bell()
             self.gate_open = True

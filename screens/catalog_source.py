@@ -30,7 +30,7 @@ class CatalogReading:
 
     rows: list[CatalogRow]
     """One per (backup, location): the `catalog --json` lines."""
-    tiers: list[Mapping[str, Any]] = field(default_factory=list)
+    tiers: Sequence[Mapping[str, Any]] = field(default_factory=list)
     """The engine's `tier_summary` lines: tier, rpo_s, status (ok|stale|none), nodes, breached, max_loss_s."""
     errors: dict[str, str] = field(default_factory=dict)
     """Locations that could not be listed, and why."""

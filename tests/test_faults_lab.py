@@ -205,7 +205,38 @@ def test_corrupt_primary_falls_back_to_dr(cli, lab: LiveLab, tmp_path: Path) -> 
     code, out, err = cli("--site", lab.site, "run", rb2, "--json", "--yes")
     assert code == 0, out + err
     texts = [e.get("text", "") for e in events(out) if e["event"] == "output"]
+    # The primary copy is streamed and found bad on the way (its hash, or its
+    # authentication where the flipped byte lies): the staging directory is emptied and the
+    # DR copy restored instead; nothing is left behind.
     assert any("replica in primary unusable" in t for t in texts)
+    assert any("from dr as it streamed" in t for t in texts), texts
+    assert not list(lab.root("bootstrap2").glob(".kconsole-restore-*"))
+
+
+def test_a_corrupt_remote_copy_streamed_into_a_node_is_refused_and_leaves_nothing(
+    cli, lab: LiveLab, tmp_path: Path
+) -> None:
+    """Restoring from the DR host streams its copy into the node as it arrives (no local
+    copy); a flipped byte there is caught on the way, the staging directory removed, and the
+    node's state left as it was."""
+    rb = _backup_then(tmp_path, "bootstrap1", "")
+    code, out, err = cli("--site", lab.site, "run", rb, "--json", "--yes")
+    assert code == 0, out + err
+    state = lab.root("bootstrap1") / "var/lib/kaldrix/state"
+    before = sorted(p.name for p in state.rglob("*"))
+    lab.fault("set", "corrupt=latest:bootstrap1:blockchain-state@dr")
+    restore = RESTORE.replace('needs = ["backup"]\n', "").format(node="bootstrap1")
+    restore = restore.replace(
+        'kind = "blockchain-state"\ngate', 'kind = "blockchain-state"\nlocation = "dr"\ngate'
+    )
+    assert 'location = "dr"' in restore
+    code, out, err = cli("--site", lab.site, "run", runbook(tmp_path, restore), "--json", "--yes")
+    assert code == 1, out + err
+    reason = failure(events(out))
+    assert "no good copy" in reason and "dr:" in reason, reason
+    print(reason)
+    assert not list(lab.root("bootstrap1").glob(".kconsole-restore-*"))
+    assert sorted(p.name for p in state.rglob("*")) == before
 
 
 def test_s3_errors_fail_the_backup(cli, lab: LiveLab, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -75,8 +76,23 @@ def test_a_state_over_64_mib_backs_up_locked_to_s3_and_restores_byte_exact(
         objects = s3.list_objects_v2(Bucket=site.locations["cloud"].bucket)["Contents"]
         big = [o for o in objects if o["Key"].endswith(".kdx") and o["Size"] > 64 << 20]
         assert len(big) == 1 and "blockchain-state/validator1/" in big[0]["Key"]
-        head = s3.head_object(Bucket=site.locations["cloud"].bucket, Key=big[0]["Key"])
+        head = s3.head_object(
+            Bucket=site.locations["cloud"].bucket, Key=big[0]["Key"], ChecksumMode="ENABLED"
+        )
         assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockRetainUntilDate"]
+        # It was streamed as it was captured, in parts whose SHA-256s S3 checked on arrival;
+        # the signed manifest records the composite S3 computed from them, and no upload is
+        # left open.
+        manifest = json.loads((lab.dir / "backups" / (big[0]["Key"] + ".json")).read_bytes())
+        composite = manifest["extra"]["copies"]["cloud"]["s3_sha256"]
+        total, parts = composite.split("-")
+        assert int(parts) > 1 and head["ChecksumSHA256"].split("-")[0] == total
+        bucket = site.locations["cloud"].bucket
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        code, out, err = cli("--site", lab.site, "verify", manifest["id"])
+        assert code == 0, out + err
+        assert f"S3's composite checksum of {parts} parts matched" in out + err
+        assert "dr: SHA-256 computed on the host by sha256sum" in out + err
 
         for f in list((state / "bodies").glob("*.dat"))[:2]:
             f.write_bytes(b"garbage")
@@ -101,3 +117,60 @@ def test_a_state_over_64_mib_backs_up_locked_to_s3_and_restores_byte_exact(
         code, out, err = cli("--site", lab.site, "run", str(rb2), "--yes")
         assert code == 0, out + err
         assert tree(state) == before
+
+
+def test_a_location_failing_mid_stream_stops_the_capture_and_leaves_nothing(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket refuses once the backup is past the multipart threshold: the capture stops
+    there (it does not run to the end first), the run fails naming the location, and no copy
+    or staging file is left in the primary, on the DR host or in the bucket."""
+    with live_lab(tmp_path / "lab", nodes=2) as lab:
+        for key, value in lab.env().items():
+            monkeypatch.setenv(key, value)
+        site = load_site(lab.site)
+        subprocess.run(
+            [sys.executable, "-m", "kconsole.lab", "grow", "--dir", str(lab.dir)]
+            + ["validator1", "160M"],
+            check=True,
+            capture_output=True,
+        )
+        rb = tmp_path / "backup.toml"
+        rb.write_text(
+            textwrap.dedent("""
+            [runbook]
+            id = "big-backup"
+            title = "Back up a big state"
+            rto = "30m"
+
+            [[steps]]
+            id = "backup"
+            action = "backup.create"
+            node = "validator1"
+            kind = "blockchain-state"
+            paths = ["/var/lib/kaldrix/state"]
+        """)
+        )
+        lab.fault("set", "s3=down")
+        code, out, err = cli("--site", lab.site, "run", str(rb), "--yes", "--json")
+        lab.fault("clear")
+        assert code == 1, out + err
+        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        reason = next(e["reason"] for e in events if e.get("event") == "failed")
+        assert "not in every location: cloud:" in reason, reason
+        said = [e.get("text", "") for e in events]
+        assert not any(t.startswith("captured ") for t in said), "the capture ran to its end"
+        assert any(t == "64 MiB captured" for t in said)
+        bid = next(t for t in said if t.startswith("capturing ")).rsplit(" as ", 1)[1]
+        leftovers = [
+            p
+            for where in (lab.dir / "backups", lab.root("backup-dr"), lab.dir / "state")
+            for p in where.rglob("*")
+            if p.is_file() and bid in p.name
+        ]
+        assert leftovers == []
+        s3 = S3Store(site.locations["cloud"]).client()
+        bucket = site.locations["cloud"].bucket
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert not any(bid in k for k in keys)

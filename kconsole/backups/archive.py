@@ -11,10 +11,11 @@ of `kconsole verify`.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -203,6 +204,28 @@ def verify_file(
     )
 
 
+class _Hashing(io.RawIOBase):
+    """Pass-through reader that hashes and counts what is read (a ciphertext file, checked
+    against its manifest as it streams)."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        super().__init__()
+        self.src = src
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.src.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.digest.update(data)
+        self.size += n
+        return n
+
+
 class _Recording(io.RawIOBase):
     """Pass-through reader that keeps what was read until `take()` hands it on."""
 
@@ -228,32 +251,38 @@ class _Recording(io.RawIOBase):
 
 
 def checked_tar_chunks(
-    path: Path,
+    path: Path | Callable[[], BinaryIO],
     keys: Key | Keyring,
     legacy: bool,
     prefixes: list[str],
     where: str,
     plaintext_sha256: str | None = None,
     report: list[ArchiveReport] | None = None,
+    ciphertext_sha256: str | None = None,
 ) -> Iterator[bytes]:
     """The plain tar of a backup, for a node's `tar -xf -`, decrypted, decompressed and
     checked in one pass: bytes are handed on only once the member they belong to has passed
     `check_member` (its header first, then its data as it is read, so memory stays bounded).
 
     The end of the stream is where authentication finishes: a damaged, truncated or
-    substituted backup (or a plaintext SHA-256 other than `plaintext_sha256`) raises there,
+    substituted backup (or a plaintext SHA-256 other than `plaintext_sha256`, or a file whose
+    SHA-256 is not `ciphertext_sha256`, hashed as it is read) raises there,
     after the node may have unpacked part of it, so the caller extracts into a staging
     directory and swaps it in only when this generator ends cleanly. `report` receives the
     walk's ArchiveReport.
     """
     import zstandard
 
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise OperationFailed(f"cannot read {path}: {exc.strerror}.") from None
+    if isinstance(path, Path):
+        try:
+            fh: BinaryIO = path.open("rb")
+        except OSError as exc:
+            raise OperationFailed(f"cannot read {path}: {exc.strerror}.") from None
+    else:
+        fh = path()  # a stream (a remote copy as it arrives)
     with fh:
-        reader, decryptor = decrypting_reader(fh, keys, legacy, where)
+        hashed = _Hashing(fh)
+        reader, decryptor = decrypting_reader(cast(BinaryIO, hashed), keys, legacy, where)
         stream, layers = decompressed(reader, where)
         rec = _Recording(stream)
         members = tar_bytes = 0
@@ -284,8 +313,15 @@ def checked_tar_chunks(
             raise BadArchive(f"{where} holds no files; restoring it would restore nothing.")
         while reader.read(1 << 20):  # anything after the archive still has to authenticate
             pass
+        while hashed.read(1 << 20):  # the whole file counts, whatever the decryptor needed
+            pass
         result = decryptor.result
         assert result is not None
+        if ciphertext_sha256 and hashed.digest.hexdigest() != ciphertext_sha256:
+            raise OperationFailed(
+                f"{where} has SHA-256 {hashed.digest.hexdigest()[:12]}..., its manifest says "
+                f"{ciphertext_sha256[:12]}...: the copy is corrupt."
+            )
         if plaintext_sha256 and result.plaintext_sha256 != plaintext_sha256:
             raise OperationFailed(
                 f"{where} decrypts to data whose SHA-256 differs from its manifest."

@@ -1,9 +1,11 @@
 """`backup.create`: remote tar streamed over SSH, encrypted on the fly, stored in every
 location with a manifest. No plaintext ever touches a disk.
 
-The ciphertext is staged once (in the primary local location, or the state directory),
-verified by a full authenticated decrypt and archive walk, then copied to every other
-location, each copy checked by size and SHA-256.
+The ciphertext is staged once (in the primary local location, or the state directory) and,
+as it is produced, streamed to the DR host and the bucket (`kconsole.backups.uploads`): one
+pass over the data, memory bounded. When the capture ends the staged file is verified by a
+full authenticated decrypt and archive walk while the copies are completed and checked where
+they lie (size and SHA-256: `sha256sum` on the host, S3's checksums of the parts sent).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kconsole.backups.manifest import (
     sign_manifest,
 )
 from kconsole.backups.stores import LocalStore, Store
+from kconsole.backups.uploads import Upload, open_upload
 from kconsole.crypto import Encryptor, Key
 from kconsole.errors import OperationFailed
 from kconsole.fsutil import fsync_dir
@@ -120,6 +123,74 @@ def _staging(site: Site, stores: dict[str, Store], key: str) -> tuple[Path, Loca
     return site.state_dir / "staging" / Path(key).name, None
 
 
+class Tee:
+    """The ciphertext, in blocks of BLOCK bytes, to every streaming upload at once: one task
+    per location, each with at most DEPTH blocks queued, so a slow location slows the capture
+    instead of filling memory. A location that fails stops receiving; `failed` says which."""
+
+    BLOCK = 4 << 20
+    DEPTH = 4
+
+    def __init__(self, uploads: dict[str, Upload]) -> None:
+        self.uploads = uploads
+        self.failed: dict[str, str] = {}
+        self._buffer = bytearray()
+        self._queues: dict[str, asyncio.Queue[bytes | None]] = {
+            n: asyncio.Queue(self.DEPTH) for n in uploads
+        }
+        self._tasks = [asyncio.ensure_future(self._pump(n)) for n in uploads]
+
+    async def _pump(self, name: str) -> None:
+        queue, upload = self._queues[name], self.uploads[name]
+        while (block := await queue.get()) is not None:
+            if name in self.failed:
+                continue  # drained, so the capture never waits on a failed location
+            try:
+                await upload.write(block)
+            except Exception as exc:  # noqa: BLE001 - any failure: the location is out
+                # Whatever went wrong, this location stops taking blocks (its queue is
+                # drained from here on), so the capture can never wait on it forever.
+                self.failed[name] = _reason(exc)
+
+    async def write(self, data: bytes) -> None:
+        """Queue `data` for every location still taking it."""
+        if not self.uploads:
+            return
+        self._buffer += data
+        if len(self._buffer) >= self.BLOCK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        block, self._buffer = bytes(self._buffer), bytearray()
+        for name, queue in self._queues.items():
+            if name not in self.failed:
+                await queue.put(block)
+
+    async def close(self) -> None:
+        """Deliver what is buffered and wait until every location has taken it all."""
+        if self._buffer:
+            await self._flush()
+        for queue in self._queues.values():
+            await queue.put(None)
+        await asyncio.gather(*self._tasks)
+
+    async def abort(self) -> None:
+        """Stop every location (nothing stays under its final name)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(u.abort() for u in self.uploads.values()))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).rstrip(".")
+    if isinstance(exc, OperationFailed):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def create_backup(
     site: Site,
     req: CreateRequest,
@@ -158,67 +229,112 @@ async def create_backup(
             f"cannot stage the backup in {final.parent}: {exc.strerror}."
         ) from None
     out = os.fdopen(fd, "wb")
+    # Every other location that can take the ciphertext as it comes does (SFTP, S3); the rest
+    # get a copy of the staged file once it is complete.
+    uploads: dict[str, Upload] = {}
+    for name, store in stores.items():
+        if store is not primary and (up := open_upload(name, store, okey)) is not None:
+            uploads[name] = up
+    tee = Tee(uploads)
+    placed: dict[str, dict[str, Any]] = {}
     try:
-
-        async def sink(data: bytes) -> None:
-            nonlocal received, next_report, head
-            if len(head) < len(ZSTD_MAGIC):
-                head += data[: len(ZSTD_MAGIC) - len(head)]
-            received += len(data)
-            if gzipper is not None:
-                data = gzipper.compress(data)
-            out.write(encryptor.update(data))
-            if received >= next_report:
-                next_report += 64 << 20
-                await emit("stdout", f"{received >> 20} MiB captured")
-
-        if req.consistent:
-            await _service(transport, req, "stop", emit)
         try:
-            # No transport limit: a big capture runs as long as it needs; the step's own
-            # timeout (cancellation) still stops it and the remote command with it.
-            result = await transport.capture(req.node, command, sink, timeout=0)
-        finally:
+
+            async def sink(data: bytes) -> None:
+                nonlocal received, next_report, head
+                if len(head) < len(ZSTD_MAGIC):
+                    head += data[: len(ZSTD_MAGIC) - len(head)]
+                received += len(data)
+                if gzipper is not None:
+                    data = gzipper.compress(data)
+                sealed = encryptor.update(data)
+                out.write(sealed)
+                await tee.write(sealed)
+                if tee.failed:
+                    # One location refusing the copy fails the backup: stop capturing now
+                    # rather than at the end of a long capture.
+                    raise OperationFailed(_not_everywhere(bid, tee.failed))
+                if received >= next_report:
+                    next_report += 64 << 20
+                    await emit("stdout", f"{received >> 20} MiB captured")
+
             if req.consistent:
-                await _service(transport, req, "start", emit)
-        stderr = result.stderr.decode("utf-8", "replace").strip()
-        if result.exit_status == 1 and not req.command:
-            await emit(
-                "stderr",
-                "tar: files changed while they were read; this copy may be inconsistent "
-                "(stop the service first for a consistent one)",
-            )
-        elif result.exit_status != 0:
-            last = stderr.splitlines()[-1] if stderr else f"exit {result.exit_status}"
-            raise OperationFailed(f"capturing the backup on {req.node.name} failed: {last}.")
-        if received == 0:
-            raise OperationFailed(f"the capture on {req.node.name} produced no data.")
-        if gzipper is not None:
-            out.write(encryptor.update(gzipper.flush()))
-        out.write(encryptor.finalize())
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        if isinstance(exc, OSError):
+                await _service(transport, req, "stop", emit)
+            try:
+                # No transport limit: a big capture runs as long as it needs; the step's own
+                # timeout (cancellation) still stops it and the remote command with it.
+                result = await transport.capture(req.node, command, sink, timeout=0)
+            finally:
+                if req.consistent:
+                    await _service(transport, req, "start", emit)
+            stderr = result.stderr.decode("utf-8", "replace").strip()
+            if result.exit_status == 1 and not req.command:
+                await emit(
+                    "stderr",
+                    "tar: files changed while they were read; this copy may be inconsistent "
+                    "(stop the service first for a consistent one)",
+                )
+            elif result.exit_status != 0:
+                last = stderr.splitlines()[-1] if stderr else f"exit {result.exit_status}"
+                raise OperationFailed(f"capturing the backup on {req.node.name} failed: {last}.")
+            if received == 0:
+                raise OperationFailed(f"the capture on {req.node.name} produced no data.")
+            if gzipper is not None:
+                sealed = encryptor.update(gzipper.flush())
+                out.write(sealed)
+                await tee.write(sealed)
+            sealed = encryptor.finalize()
+            out.write(sealed)
+            await tee.write(sealed)
+            out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+            out.close()
+            await tee.close()
+            if tee.failed:
+                raise OperationFailed(_not_everywhere(bid, tee.failed))
+        except OSError as exc:
             raise OperationFailed(
                 f"writing the backup to {final.parent} failed: {exc.strerror}."
             ) from None
-        raise
-    finally:
-        if not out.closed:
-            out.close()
-    try:
+        finally:
+            if not out.closed:
+                out.close()
         enc = encryptor.result
         assert enc is not None
+        await emit(
+            "stdout",
+            f"captured {received >> 20} MiB in {time.monotonic() - t0:.1f}s; "
+            f"{enc.ciphertext_size} bytes encrypted",
+        )
         prefixes = [] if req.command else [p.strip("/") for p in req.paths]
-        if not req.command:
-            report = await asyncio.to_thread(verify_file, partial, key, False, prefixes, bid)
-            await emit(
-                "stdout", f"verified: {report.members} files, {enc.ciphertext_size} bytes encrypted"
-            )
+
+        async def content() -> None:
+            if not req.command:
+                report = await asyncio.to_thread(verify_file, partial, key, False, prefixes, bid)
+                await emit(
+                    "stdout",
+                    f"verified: {report.members} files, {enc.ciphertext_size} bytes encrypted",
+                )
+
+        errors: dict[str, str] = {}
+
+        async def complete(name: str, store: Store) -> None:
+            try:
+                if name in uploads:
+                    placed[name] = await uploads[name].finish(
+                        partial, enc.ciphertext_sha256, enc.ciphertext_size
+                    )
+                elif store is not primary:
+                    await store.put_file(partial, okey, enc.ciphertext_sha256)
+                    placed[name] = {}
+            except (OperationFailed, OSError) as exc:
+                errors[name] = _reason(exc)
+
+        # The content check of the staged file runs while the copies are completed.
+        await asyncio.gather(content(), *(complete(n, s) for n, s in stores.items()))
+        if errors:
+            raise OperationFailed(_not_everywhere(bid, errors))
+        copies = {n: info for n, info in placed.items() if info}
         manifest = Manifest(
             id=bid,
             kind=req.kind,
@@ -236,10 +352,12 @@ async def create_backup(
             run=req.run_id,
             duration_s=round(time.monotonic() - t0, 3),
             tool=f"kconsole {__version__}",
-            extra={"command": req.command} if req.command else {},
+            extra=({"command": req.command} if req.command else {})
+            | ({"copies": copies} if copies else {}),
         )
         manifest = sign_manifest(manifest, key.master)
-        await store_backup(manifest, partial, stores, primary, emit)
+        placed_now, placed = set(placed), {}  # store_backup owns them from here
+        await store_backup(manifest, partial, stores, primary, emit, placed=placed_now)
         if not req.command:
             # The content was verified as written (authenticated decrypt and tar walk above)
             # and every copy was checked by size and SHA-256: a verify step need not decrypt
@@ -248,11 +366,39 @@ async def create_backup(
 
             record_verification(site, bid, True, content_sha256=enc.ciphertext_sha256)
         return manifest
+    except BaseException:
+        await _abandon(tee, placed, okey, stores, emit)
+        raise
     finally:
         # The staged file (a `.partial` name, never listed) goes whatever happened; the
         # primary's copy is a hard link to it, made just before its manifest is written.
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+
+def _not_everywhere(bid: str, errors: dict[str, str]) -> str:
+    problems = "; ".join(f"{n}: {why}" for n, why in errors.items())
+    return f"backup {bid} is not in every location: {problems}."
+
+
+async def _abandon(
+    tee: Tee, placed: dict[str, dict[str, Any]], okey: str, stores: dict[str, Store], emit: Emit
+) -> None:
+    """After a failure before the manifests: stop the streams and delete the copies already
+    complete (bounded; what cannot be deleted is left for the catalog to report)."""
+    with contextlib.suppress(Exception):
+        await tee.abort()
+    for name in placed:
+        try:
+            await asyncio.wait_for(stores[name].delete(okey), CLEANUP_TIMEOUT_S)
+        except (OperationFailed, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await emit(
+                    "stderr",
+                    f"could not remove the incomplete copy {stores[name].describe(okey)} "
+                    f"({_reason(exc)}); the catalog lists it as an orphan and backup.prune "
+                    "removes it",
+                )
 
 
 CLEANUP_TIMEOUT_S = 30.0
@@ -265,8 +411,10 @@ async def store_backup(
     stores: dict[str, Store],
     primary: LocalStore | None,
     emit: Emit,
+    placed: set[str] | None = None,
 ) -> None:
-    """Put the verified ciphertext `staged` and its manifest in every location.
+    """Put the verified ciphertext `staged` and its manifest in every location (the object is
+    already in the locations in `placed`: only its manifest is written there).
 
     A copy appears under its final name only with its manifest: the primary's is linked into
     place just before its manifest is written, and wherever the manifest could not be written
@@ -281,7 +429,9 @@ async def store_backup(
 
     async def replicate(name: str, store: Store) -> None:
         try:
-            if store is primary:
+            if name in (placed or ()):
+                pass
+            elif store is primary:
                 final = primary.path(okey)
                 final.unlink(missing_ok=True)
                 os.link(staged, final)

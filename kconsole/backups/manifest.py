@@ -327,6 +327,16 @@ def manifest_mac(m: Manifest, master: bytes) -> str:
     return hmac.new(mac_key, _mac_body(m), hashlib.sha256).hexdigest()
 
 
+def recorded_copy(m: Manifest, location: str) -> dict[str, str]:
+    """What `m` recorded about its copy in `location` as it was written (`extra.copies`: an
+    S3 composite checksum); empty when it recorded nothing or something malformed."""
+    copies = m.extra.get("copies")
+    entry = copies.get(location) if isinstance(copies, dict) else None
+    if not isinstance(entry, dict):
+        return {}
+    return {k: v for k, v in entry.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def sign_manifest(m: Manifest, master: bytes) -> Manifest:
     """`m` with its `mac` set from the key it was encrypted with (the key's master bytes)."""
     return replace(m, mac=manifest_mac(m, master))

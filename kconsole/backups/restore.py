@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import posixpath
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kconsole.backups.archive import ArchiveReport, checked_tar_chunks
 from kconsole.backups.catalog import Backup
-from kconsole.backups.pipeline import threaded_chunks
+from kconsole.backups.pipeline import ChunkPipe, threaded_chunks
 from kconsole.backups.stores import LocalStore, Store, hash_file
 from kconsole.backups.trust import check_backup, confined_paths
 from kconsole.crypto import Keyring
@@ -37,6 +38,10 @@ LEGACY_PATHS = {
     "archive": ["etc/kaldrix", "var/lib/kaldrix", "var/log/kaldrix"],
 }
 PRE_RESTORE = ".pre-restore"
+
+
+class RestoreFailed(OperationFailed):
+    """The node's side of a restore failed (staging, extraction): not the copy's fault."""
 
 
 @dataclass
@@ -190,46 +195,108 @@ async def restore_backup(
             raise OperationFailed(
                 f"{node.service} is still running on {node.name}; stop it before restoring."
             )
-    local, replica, temporary = await fetch_verified(site, backup, stores, emit)
     root = node.root or "/"
     staging = f"{root.rstrip('/')}/.kconsole-restore-{run_id}"
     q_staging = shlex.quote(staging)
     staged = False
+    expect = backup.manifest.plaintext_sha256 if backup.manifest else None
+    expect_ct = backup.manifest.ciphertext_sha256 if backup.manifest else None
+    problems: list[str] = []
+    report: ArchiveReport | None = None
+    replica = ""
     try:
-        where = f"{backup.id}"
-        staged = True
-        prep = await transport.run(
-            node, f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}", timeout=120
-        )
-        if prep.exit_status != 0:
-            raise OperationFailed(
-                f"cannot create the staging directory {staging} on {node.name}: "
-                f"{prep.stderr.decode('utf-8', 'replace').strip()}."
-            )
-        # One pass: decrypt, decompress and check every member before its bytes go on, into
-        # the staging directory; authentication and the plaintext SHA-256 end with the
-        # stream, and only a stream that ended cleanly is swapped in (the finally below
-        # removes the staging directory otherwise).
-        extract = f"{sudo_p}tar --no-same-owner -xf - -C {q_staging}"
-        await emit("stdout", f"streaming into {node.name}:{staging} from {replica}")
-        walked: list[ArchiveReport] = []
-        expect = backup.manifest.plaintext_sha256 if backup.manifest else None
-        result = await transport.stream_in(
-            node,
-            extract,
-            threaded_chunks(
-                lambda: checked_tar_chunks(
-                    local, keyring, backup.legacy, paths, where, expect, walked
+        # Copies fastest first. A local copy is read once: hashed against its manifest,
+        # decrypted, decompressed and checked as it streams into the node; a remote one is
+        # downloaded and checked first. A copy found bad on the way (its hash, its
+        # authentication, its archive) is reported, the staging directory emptied, and the
+        # next copy streamed.
+        for name, store in stores.items():
+            if name not in backup.replicas:
+                continue
+            local: Path | None = None
+            temporary = False
+            pipe: ChunkPipe | None = None
+            feeder: asyncio.Future[None] | None = None
+            try:
+                key = backup.replicas[name].key
+                if isinstance(store, LocalStore):
+                    local = store.path(key)
+                elif store.streams and expect_ct:
+                    # Read as it arrives, hashed with the rest of the stream: no local copy.
+                    pipe = ChunkPipe()
+                    feeder = asyncio.ensure_future(pipe.feed(store.chunks(key)))
+                else:
+                    await emit("stdout", f"fetching {backup.id} from {name}")
+                    local, temporary = await checked_copy(site, backup, name, store, "fetch")
+                staged = True
+                prep = await transport.run(
+                    node,
+                    f"{sudo_p}rm -rf {q_staging} && {sudo_p}mkdir -p {q_staging}",
+                    timeout=120,
                 )
-            ),
-            timeout=0,
-        )
-        if result.exit_status != 0 or not walked:
-            err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+                if prep.exit_status != 0:
+                    raise RestoreFailed(
+                        f"cannot create the staging directory {staging} on {node.name}: "
+                        f"{prep.stderr.decode('utf-8', 'replace').strip()}."
+                    )
+                # One pass: decrypt, decompress and check every member before its bytes go
+                # on, into the staging directory; authentication, the plaintext SHA-256 and
+                # the file's SHA-256 end with the stream, and only a stream that ended
+                # cleanly is swapped in (the finally below removes the staging directory
+                # otherwise).
+                extract = f"{sudo_p}tar --no-same-owner -xf - -C {q_staging}"
+                await emit("stdout", f"streaming into {node.name}:{staging} from {name}")
+                walked: list[ArchiveReport] = []
+                source: Path | Callable[[], BinaryIO]
+                if pipe is not None:
+                    source = pipe.as_file
+                else:
+                    assert local is not None
+                    source = local
+                result = await transport.stream_in(
+                    node,
+                    extract,
+                    threaded_chunks(
+                        functools.partial(
+                            checked_tar_chunks,
+                            source,
+                            keyring,
+                            backup.legacy,
+                            paths,
+                            backup.id,
+                            expect,
+                            walked,
+                            ciphertext_sha256=expect_ct,
+                        )
+                    ),
+                    timeout=0,
+                )
+                if result.exit_status != 0 or not walked:
+                    err = result.stderr.decode("utf-8", "replace").strip().splitlines()
+                    raise RestoreFailed(
+                        f"extracting {backup.id} on {node.name} failed: "
+                        f"{err[-1] if err else 'tar exit ' + str(result.exit_status)}."
+                    )
+                report, replica = walked[0], name
+                break
+            except RestoreFailed:
+                raise  # the node's side failed: another copy would fail the same way
+            except (OperationFailed, OSError) as exc:
+                why = str(exc).rstrip(".")
+                problems.append(f"{name}: {why}")
+                await emit("stderr", f"replica in {name} unusable: {why}")
+            finally:
+                if pipe is not None:
+                    pipe.stop()
+                if feeder is not None:
+                    feeder.cancel()
+                    await asyncio.gather(feeder, return_exceptions=True)
+                if temporary and local is not None:
+                    local.unlink(missing_ok=True)
+        if report is None:
             raise OperationFailed(
-                f"extracting {backup.id} on {node.name} failed: {err[-1] if err else 'tar exit ' + str(result.exit_status)}."
+                f"no good copy of {backup.id}: {'; '.join(problems) or 'it has no replicas'}."
             )
-        report = walked[0]
         await emit(
             "stdout",
             f"verified {backup.id} from {replica} as it streamed: {report.members} files, "
@@ -266,5 +333,3 @@ async def restore_backup(
                 await asyncio.wait_for(
                     transport.run(node, f"{sudo_p}rm -rf {q_staging}", timeout=60), 90
                 )
-        if temporary:
-            local.unlink(missing_ok=True)

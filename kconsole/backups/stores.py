@@ -18,7 +18,7 @@ import posixpath
 import shlex
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,8 @@ from kconsole.site import Location, Site
 Progress = Callable[[int, int], None]
 PIECE = 1 << 20
 SMALL_READ = 1 << 16
+STREAM_PIECE = 4 << 20
+"""Bytes per read when a remote copy is streamed (restore)."""
 S3_MULTIPART = 64 << 20
 """Objects from this size up go to S3 in parts (boto3's multipart threshold as kconsole sets it)."""
 
@@ -222,11 +224,22 @@ class Store:
         """Remove `key` (S3 with versioning keeps older versions)."""
         raise NotImplementedError
 
-    async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
+    streams = False
+    """Whether `chunks` reads a copy as it arrives (a remote location)."""
+
+    def chunks(self, key: str) -> AsyncIterator[bytes]:
+        """The bytes of `key` in order, as they arrive, each read bounded in time (only where
+        `streams`); nothing is checked here: the reader hashes them against the manifest."""
+        raise NotImplementedError
+
+    async def check_at_rest(
+        self, key: str, sha256: str, size: int, recorded: dict[str, Any] | None = None
+    ) -> str | None:
         """Check the copy of `key` against `sha256` and `size` where it lies, without moving
         its bytes here: how it was checked, or None when this location cannot (the caller
-        reads the copy back instead). A copy that was checked and does not match raises
-        OperationFailed."""
+        reads the copy back instead). `recorded` is what the manifest recorded about this
+        copy when it was written (an S3 composite checksum). A copy that was checked and does
+        not match raises OperationFailed."""
         return None
 
     async def close(self) -> None:
@@ -508,25 +521,29 @@ class SftpLocationStore(Store):
             await self.delete(key)
             raise OperationFailed(f"{local} changed while it was copied to {self.describe(key)}.")
         if on_host:
-            try:
-                how = await self.check_at_rest(key, sha256, size)
-                if how is None:
-                    # The shell sees other paths than SFTP (a chrooted SFTP server, as in the
-                    # lab): read it back after all, and stop asking this host.
-                    self._on_host = False
-                    back = await self._bounded(
-                        f"reading back {key}", self.sftp.sha256(self.target, self._path(key)), size
+            await self.confirm_at_rest(key, sha256, size)
+
+    async def confirm_at_rest(self, key: str, sha256: str, size: int) -> None:
+        """Check a copy just written (and measured by size) with `sha256sum` on the host; where
+        the host's shell cannot see it, read it back after all and stop asking this host. A
+        copy that does not match is deleted and OperationFailed raised."""
+        try:
+            how = await self.check_at_rest(key, sha256, size)
+            if how is None:
+                self._on_host = False
+                back = await self._bounded(
+                    f"reading back {key}", self.sftp.sha256(self.target, self._path(key)), size
+                )
+                got = back.sha256
+                if got != sha256:
+                    raise OperationFailed(
+                        f"{self.describe(key)} reads back with SHA-256 {got[:12]}..., the "
+                        f"local file has {sha256[:12]}...: the upload is corrupt."
                     )
-                    got = back.sha256
-                    if got != sha256:
-                        raise OperationFailed(
-                            f"{self.describe(key)} reads back with SHA-256 {got[:12]}..., the "
-                            f"local file has {sha256[:12]}...: the upload is corrupt."
-                        )
-            except BaseException:
-                with contextlib.suppress(OperationFailed, OSError):
-                    await self.delete(key)
-                raise
+        except BaseException:
+            with contextlib.suppress(OperationFailed, OSError):
+                await self.delete(key)
+            raise
 
     async def _hashes_on_host(self) -> bool:
         """Whether the host runs `sha256sum` for us (asked once per store)."""
@@ -553,22 +570,57 @@ class SftpLocationStore(Store):
             self.target, self._path(key), local, progress=progress, expected_sha256=sha256
         )
 
+    streams = True
+
+    async def chunks(self, key: str) -> AsyncIterator[bytes]:
+        import asyncssh
+
+        path = self._path(key)
+        async with self.sftp.session(self.target) as sftp:
+            try:
+                fh = await self._bounded(f"opening {key}", sftp.open(path, "rb"), 0)
+            except asyncssh.SFTPError as exc:
+                raise OperationFailed(f"cannot read {self.describe(key)}: {exc.reason}.") from None
+            async with fh:
+                offset = 0
+                while True:
+                    try:
+                        data = await self._bounded(
+                            f"reading {key}", fh.read(STREAM_PIECE, offset), STREAM_PIECE
+                        )
+                    except asyncssh.SFTPError as exc:
+                        raise OperationFailed(
+                            f"reading {self.describe(key)} failed: {exc.reason}."
+                        ) from None
+                    if not data:
+                        return
+                    offset += len(data)
+                    yield data if isinstance(data, bytes) else data.encode()
+
     async def delete(self, key: str) -> None:
         await self._bounded(
             f"deleting {key}", self.sftp.remove(self.target, self._path(key), missing_ok=True), 0
         )
 
-    async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
+    async def check_at_rest(
+        self, key: str, sha256: str, size: int, recorded: dict[str, Any] | None = None
+    ) -> str | None:
         """`sha256sum` run on the host over SSH (the host reads its own disk); None when the
         host runs no commands for us (an SFTP-only account) or has no `sha256sum`."""
         if self._on_host is False:
             return None  # this host already could not hash one of our files
-        path = self._path(key)
         node = self.sftp.target(self.target)
+        path = self._path(key)
+        command = f"sha256sum -- {shlex.quote(path)}"
+        rooted = node.path(path)
+        if rooted != path:
+            # The shell sees the SFTP path as it is, or, where the SFTP server is chrooted to
+            # the node's root (the lab's sandbox), under that root.
+            command = (
+                f'f={shlex.quote(path)}; [ -e "$f" ] || f={shlex.quote(rooted)}; sha256sum -- "$f"'
+            )
         limit = transfer_timeout(size, self.call_timeout, self.min_rate)
-        done = await self.sftp.transport.run(
-            node, f"sha256sum -- {shlex.quote(path)}", timeout=limit
-        )
+        done = await self.sftp.transport.run(node, command, timeout=limit)
         fields = done.stdout.split()
         if done.exit_status != 0 or not fields or len(fields[0]) != 64:
             self._on_host = False
@@ -751,8 +803,23 @@ class S3Store(Store):
             Config=cfg,
             timeout=transfer_timeout(size, self.call_timeout, self.min_rate),
         )
+        await self.confirm_upload(key, size, s3_sum, lock, sha256)
+
+    async def confirm_upload(
+        self,
+        key: str,
+        size: int,
+        s3_sum: str,
+        lock: dict[str, Any],
+        sha256: str | None = None,
+    ) -> None:
+        """Check an object just uploaded: its size, S3's SHA-256 checksum against `s3_sum`
+        (the plain or composite checksum computed from the bytes sent), the whole SHA-256 in
+        its metadata when given, and its Object Lock (put on afterwards where the upload could
+        not carry it). OperationFailed otherwise."""
         head = await self.head(key)
-        if int(head["ContentLength"]) != size or head.get("Metadata", {}).get("sha256") != sha256:
+        meta_sha = head.get("Metadata", {}).get("sha256")
+        if int(head["ContentLength"]) != size or (sha256 is not None and meta_sha != sha256):
             raise OperationFailed(
                 f"{self.describe(key)} did not land whole ({head['ContentLength']} of {size} bytes)."
             )
@@ -832,6 +899,26 @@ class S3Store(Store):
                 partial.unlink()
             raise
 
+    streams = True
+
+    async def chunks(self, key: str) -> AsyncIterator[bytes]:
+        resp = await self._call(
+            f"reading {key}",
+            self.client().get_object,
+            Bucket=self.location.bucket,
+            Key=self._key(key),
+        )
+        body = resp["Body"]
+        limit = transfer_timeout(STREAM_PIECE, self.call_timeout, self.min_rate)
+        try:
+            while data := await self._call(
+                f"reading {key}", body.read, STREAM_PIECE, timeout=limit
+            ):
+                yield bytes(data)
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
+
     async def delete(self, key: str) -> None:
         await self._call(
             f"deleting {key}",
@@ -904,7 +991,9 @@ class S3Store(Store):
         )
         return {k: v for k, v in dict(resp).items() if k != "ResponseMetadata"}
 
-    async def check_at_rest(self, key: str, sha256: str, size: int) -> str | None:
+    async def check_at_rest(
+        self, key: str, sha256: str, size: int, recorded: dict[str, Any] | None = None
+    ) -> str | None:
         """S3's own SHA-256 checksum of the object (HeadObject with ChecksumMode), which S3
         computed from the bytes it received; None for an object stored without one.
 
@@ -929,6 +1018,20 @@ class S3Store(Store):
             return "SHA-256 checked by S3's checksum"
         meta = head.get("Metadata", {})
         composite = str(meta.get("s3-sha256", ""))
+        streamed = str((recorded or {}).get("s3_sha256", ""))
+        if "-" in streamed:
+            # Written while it was captured: the composite of the parts as they were sent is
+            # in the (signed) manifest.
+            total, parts = streamed.split("-", 1)
+            if stored == total:
+                return (
+                    f"S3's composite checksum of {parts} parts matched the one the manifest "
+                    "recorded as they were sent"
+                )
+            raise OperationFailed(
+                f"{self.describe(key)} has S3 composite checksum {stored}, its manifest "
+                f"recorded {total}: the copy is corrupt"
+            )
         if "-" in composite:
             total, parts = composite.split("-", 1)
             if meta.get("sha256") == sha256 and stored == total:

@@ -14,6 +14,7 @@ from typing import BinaryIO, cast
 
 from kconsole.backups.archive import decrypting_reader, verify_file
 from kconsole.backups.catalog import Backup, content_verified, record_verification
+from kconsole.backups.manifest import recorded_copy
 from kconsole.backups.restore import backup_paths, checked_copy
 from kconsole.backups.stores import LocalStore, Store
 from kconsole.backups.trust import check_backup
@@ -146,6 +147,7 @@ async def verify_backup(
                     backup.replicas[name].key,
                     backup.manifest.ciphertext_sha256,
                     backup.manifest.ciphertext_size,
+                    recorded_copy(backup.manifest, name),
                 )
                 if how is not None:
                     outcome.methods[name] = how
