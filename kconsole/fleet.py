@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kconsole.errors import OperationFailed
+from kconsole.health import Health
 from kconsole.outages import record_polls
 from kconsole.services import Services, run_once
 from kconsole.site import Node, Site
@@ -98,7 +99,7 @@ async def _service(node: Node, services: Services, timeout: float) -> NodeStatus
     )
 
 
-async def _health(node: Node, services: Services, timeout: float) -> tuple[Any, float]:
+async def _health(node: Node, services: Services, timeout: float) -> tuple[Health, float]:
     """The node's health read and its round trip in ms."""
     assert node.health_url
     started = time.monotonic()
@@ -106,7 +107,7 @@ async def _health(node: Node, services: Services, timeout: float) -> tuple[Any, 
     return health, round((time.monotonic() - started) * 1000.0, 1)
 
 
-def _with_health(status: NodeStatus, health: Any) -> NodeStatus:
+def _with_health(status: NodeStatus, health: Health) -> NodeStatus:
     """The SSH check's status with the health read's answer added."""
     status.checked = ("health", "ssh")
     status.height = health.height
