@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kconsole.errors import EXIT_OK, UsageError
 from kconsole.incidents.model import INCIDENT_TYPES, SEVERITIES, UPDATE_STATUSES, Incident
-from kconsole.incidents.oncall import call_now
-from kconsole.site import Site
 
 if TYPE_CHECKING:
-    # The desk (HTTP client, targets) is imported where a command uses it: building the
-    # parser must not cost every `kconsole` invocation its imports.
+    # The desk (HTTP client, targets), asyncio and the site model are imported where a
+    # command uses them: building the parser must not cost every `kconsole` invocation
+    # (`--version` included) their imports.
     from kconsole.incidents.desk import IncidentDesk
+    from kconsole.site import Site
+
+T = TypeVar("T")
 
 Printer = Callable[[str], None]
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run`, imported when a command needs it."""
+    import asyncio
+
+    return asyncio.run(work)
 
 
 def add_incident_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -92,7 +100,7 @@ def _line(desk: IncidentDesk, inc: Incident) -> str:
 
 def _report_deliveries(desk: IncidentDesk, out: Printer) -> None:
     """Try the outbox now (one short timeout per target), and say what stayed in it."""
-    _pages, results = asyncio.run(desk.tick())
+    _pages, results = _run(desk.tick())
     for r in results:
         if r.delivered:
             out(f"notified {r.message.target}")
@@ -171,7 +179,7 @@ def _cmd_incident(args: argparse.Namespace, site: Site, desk: IncidentDesk, out:
         desk.note(args.id, args.text)
         out(f"note added to incident {args.id}.")
     elif cmd == "tick":
-        pages, results = asyncio.run(desk.tick())
+        pages, results = _run(desk.tick())
         for p in pages:
             out(f"incident {p.incident}: level {p.level} ({p.role}) paged")
         kept = [r for r in results if not r.delivered]
@@ -191,7 +199,7 @@ def _alerts(args: argparse.Namespace, site: Site, desk: IncidentDesk, out: Print
 
     if not site.alertmanager_url:
         raise UsageError("the site has no [alertmanager] url; add one to read firing alerts.")
-    alerts = asyncio.run(firing_alerts(site))
+    alerts = _run(firing_alerts(site))
     if args.open:
         alert = next((a for a in alerts if a.fingerprint == args.open), None)
         if alert is None:
@@ -240,6 +248,7 @@ def _report(args: argparse.Namespace, site: Site, desk: IncidentDesk, out: Print
 def print_call_now(site: Site, as_json: bool, out: Printer) -> int:
     """`kconsole contacts --now`: who to call for each open incident, or for a fresh one."""
     from kconsole.incidents.desk import IncidentDesk
+    from kconsole.incidents.oncall import call_now
 
     desk = IncidentDesk(site)
     _warn(desk.pull_shared())
