@@ -238,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+OPEN_FILES_WANTED = 65536
+"""Descriptors a fleet needs: a pooled SSH connection per node (the dashboard, `status
+--ssh`) and a socket per health read; the common default soft limit of 1024 runs out
+at about a thousand nodes."""
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise this process's soft limit on open files towards `wanted`, within the hard
+    limit (an unprivileged process may); returns the soft limit in force. Never fails."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        return soft
+    except (ImportError, ValueError, OSError):
+        return -1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kconsole` script."""
     try:
@@ -245,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any("\x00" in a for a in given):
             raise UsageError("an argument holds a NUL character, which no path or value may.")
         args = build_parser().parse_args(given)
+        raise_open_files_limit()
         handler = _HANDLERS.get(args.command or "console")
         if handler is None:
             raise UsageError(f"kconsole {args.command} is not available in this version.")

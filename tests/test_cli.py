@@ -144,3 +144,21 @@ def test_crypto_decrypt_legacy_with_iter(cli, tmp_path: Path) -> None:
     assert code == 0, err
     assert out.read_bytes() == plain.read_bytes()
     assert "legacy, unauthenticated" in err
+
+
+def test_the_open_files_limit_is_raised_for_a_fleet() -> None:
+    """A pooled SSH connection per node: the soft limit on descriptors goes up towards 65536
+    within the hard limit (a child process, so the suite's own limit is left alone)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource;"
+        "h = resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, h));"
+        "from kconsole.cli import raise_open_files_limit as r;"
+        "got = r();"
+        "want = 65536 if h == resource.RLIM_INFINITY else min(65536, h);"
+        "assert got == want == resource.getrlimit(resource.RLIMIT_NOFILE)[0], (got, want)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
