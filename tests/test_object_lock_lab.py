@@ -122,8 +122,8 @@ def test_a_state_over_64_mib_backs_up_locked_to_s3_and_restores_byte_exact(
 def test_a_location_failing_mid_stream_stops_the_capture_and_leaves_nothing(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bucket refuses once the backup is past the multipart threshold: the capture stops
-    there (it does not run to the end first), the run fails naming the location, and no copy
+    """The bucket refuses once the backup has filled its first part: the capture stops there
+    (it does not run to the end first), the run fails naming the location, and no copy
     or staging file is left in the primary, on the DR host or in the bucket."""
     with live_lab(tmp_path / "lab", nodes=2) as lab:
         for key, value in lab.env().items():
@@ -160,7 +160,6 @@ def test_a_location_failing_mid_stream_stops_the_capture_and_leaves_nothing(
         assert "not in every location: cloud:" in reason, reason
         said = [e.get("text", "") for e in events]
         assert not any(t.startswith("captured ") for t in said), "the capture ran to its end"
-        assert any(t == "64 MiB captured" for t in said)
         bid = next(t for t in said if t.startswith("capturing ")).rsplit(" as ", 1)[1]
         leftovers = [
             p

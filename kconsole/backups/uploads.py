@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from kconsole.backups.stores import (
-    S3_MULTIPART,
     S3Store,
     SftpLocationStore,
     Store,
@@ -138,8 +137,8 @@ class SftpUpload(Upload):
 class S3Upload(Upload):
     """A multipart upload: parts of S3_STREAM_PART bytes sent as they fill, each with its
     SHA-256 (S3 refuses a part whose bytes do not match), S3_PARTS_IN_FLIGHT at a time, under
-    the site's Object Lock. A backup smaller than S3's multipart threshold is uploaded whole
-    from the staged file when it ends."""
+    the site's Object Lock. A backup smaller than one part is uploaded whole from the staged
+    file when it ends."""
 
     def __init__(self, name: str, store: S3Store, key: str) -> None:
         self.name = name
@@ -161,11 +160,9 @@ class S3Upload(Upload):
     async def write(self, data: bytes) -> None:
         self._raise_failure()
         self._buffer += data
-        # Hold back the first part until the backup is clearly over the multipart threshold,
-        # so that a small one is uploaded whole (one part, S3's plain SHA-256 checksum).
-        while len(self._buffer) >= (
-            S3_MULTIPART if self._upload_id is None else stream_part_size(len(self._parts) + 1)
-        ):
+        # A backup that never fills a part is uploaded whole when it ends (one part, S3's
+        # plain SHA-256 checksum); the first full part starts the multipart upload.
+        while len(self._buffer) >= stream_part_size(len(self._parts) + 1):
             size = stream_part_size(len(self._parts) + 1)
             part = bytes(self._buffer[:size])
             del self._buffer[:size]
@@ -232,7 +229,7 @@ class S3Upload(Upload):
     async def finish(self, staged: Path, sha256: str, size: int) -> dict[str, Any]:
         self._raise_failure()
         if self._upload_id is None:
-            # Under the multipart threshold: nothing was sent yet, the staged file goes whole.
+            # Smaller than one part: nothing was sent yet, the staged file goes whole.
             self._buffer.clear()
             await self.store.put_file(staged, self.key, sha256)
             return {}
