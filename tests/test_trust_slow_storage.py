@@ -224,3 +224,42 @@ def test_catalog_lists_orphans(cli, lab: LiveLab, env: None) -> None:
     finally:
         old.unlink()
         young.unlink()
+
+
+async def test_an_unfinished_multipart_upload_is_an_orphan_and_prune_aborts_it(
+    lab: LiveLab, env: None
+) -> None:
+    """A console killed while it streamed a backup to S3 leaves a multipart upload begun and
+    never completed: the catalog lists it as a staging orphan once it is old enough, and
+    applying the prune aborts it (the bucket then holds no part of it)."""
+    site = load_site(lab.site)
+    cloud = next(n for n, loc in site.locations.items() if loc.type == "s3")
+    store = open_store(site.locations[cloud], site, None)
+    assert isinstance(store, S3Store)
+    s3, bucket = store.client(), site.locations[cloud].bucket
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")  # the capture began just now
+    key = f"blockchain-state/api2/api2_blockchain-state_{stamp}.kdx"
+    up = s3.create_multipart_upload(Bucket=bucket, Key=store._key(key))["UploadId"]
+    s3.upload_part(
+        Bucket=bucket, Key=store._key(key), UploadId=up, PartNumber=1, Body=os.urandom(1024)
+    )
+    stores: dict[str, Store] = {cloud: store}
+    now = datetime.now(UTC) + timedelta(seconds=ORPHAN_AGE_S + 60)
+    young = await build_catalog(site, stores, now=datetime.now(UTC))
+    assert [o for o in young.orphans if o.key.startswith(key)] == []
+    catalog = await build_catalog(site, stores, now=now)
+    found = [o for o in catalog.orphans if o.key == key + ".partial"]
+    assert [o.what for o in found] == ["a staging file left by an interrupted write"]
+    plan = await plan_prune(site, catalog, stores, node="api2", now=now, check_locks=True)
+    doomed = [d for d in plan.deletions if d.orphan and d.keys == [key + ".partial"]]
+    assert len(doomed) == 1
+    plan.deletions = doomed
+    admin = site.access.admin[0] if site.access.configured else "anyone"
+
+    async def quiet(stream: str, text: str) -> None:
+        pass
+
+    result = await apply_prune(site, plan, stores, actor=admin, emit=quiet, catalog=catalog)
+    assert result.failed == []
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u for u in uploads if u["UploadId"] == up] == []

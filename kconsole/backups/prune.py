@@ -28,7 +28,7 @@ from typing import Any
 from kconsole.audit import AuditLog
 from kconsole.backups.catalog import Backup, Catalog, forget_verifications
 from kconsole.backups.manifest import iso, parse_iso
-from kconsole.backups.stores import S3Store, Store
+from kconsole.backups.stores import PARTIAL_UPLOAD, S3Store, Store
 from kconsole.config import format_duration
 from kconsole.errors import OperationFailed
 from kconsole.fsutil import atomic_write
@@ -603,7 +603,10 @@ async def apply_prune(
                 if lock is not None:
                     detail.update(lock=lock.describe(), version_id=lock.version_id)
                 try:
-                    if isinstance(store, S3Store):
+                    if isinstance(store, S3Store) and key.endswith(PARTIAL_UPLOAD):
+                        await store.delete(key)  # an unfinished multipart upload: aborted
+                        effect = "aborted"
+                    elif isinstance(store, S3Store):
                         answer = await store.delete_current(key)
                         marker = bool(answer.get("DeleteMarker")) or bool(d.versioning)
                         effect = "delete marker" if marker else "deleted"

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import shlex
 import shutil
 import threading
@@ -135,6 +136,12 @@ def read_small_file(path: str) -> bytes:
         os.close(fd)
     return b"".join(chunks)
 
+
+_KEY_TIME = re.compile(r"_(\d{8}T\d{6}Z)\.[a-z]+$")
+"""The creation time in a backup object's key (`NODE_KIND_YYYYmmddTHHMMSSZ.kdx`)."""
+
+PARTIAL_UPLOAD = ".partial"
+"""How an unfinished S3 multipart upload of KEY is listed: `KEY.partial`, a staging name."""
 
 STAGING_SUFFIXES = (".partial", ".tmp")
 """Name endings of files being written: `NAME.partial` (object copies, SFTP transfers) and
@@ -722,9 +729,58 @@ class S3Store(Store):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
                     out.append(ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp()))
+            out.extend(self._unfinished_uploads(full))
             return out
 
         return list(await self._call("listing", run, timeout=self.list_timeout))
+
+    def _unfinished_uploads(self, full: str) -> builtins.list[ObjectInfo]:
+        """Multipart uploads begun under `full` and never completed nor aborted (a console
+        killed while it streamed a backup), listed as `KEY.partial` staging names: the
+        catalog reports them as orphans once they are old enough, and deleting that name
+        aborts them. A server that cannot list them lists none."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found = []
+        try:
+            paginator = self.client().get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full):
+                for up in page.get("Uploads", []):
+                    rel = up["Key"][len(self.prefix) + 1 :] if self.prefix else up["Key"]
+                    began = up["Initiated"].timestamp()
+                    # The backup id in the key says when its capture began; an upload cannot
+                    # be older (moto reports a fixed date in 2010 for every upload).
+                    named = _KEY_TIME.search(rel)
+                    if named:
+                        with contextlib.suppress(ValueError):
+                            began = max(
+                                began,
+                                datetime.strptime(named.group(1), "%Y%m%dT%H%M%SZ")
+                                .replace(tzinfo=UTC)
+                                .timestamp(),
+                            )
+                    found.append(ObjectInfo(rel + PARTIAL_UPLOAD, 0, began))
+        except (BotoCoreError, ClientError):
+            return []
+        return found
+
+    async def _abort_uploads(self, key: str) -> None:
+        """Abort every unfinished multipart upload of `key`."""
+
+        def run() -> None:
+            client = self.client()
+            full = self._key(key)
+            pages = client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=full
+            )
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Key"] == full:
+                        client.abort_multipart_upload(
+                            Bucket=self.location.bucket, Key=full, UploadId=up["UploadId"]
+                        )
+
+        await self._call(f"abandoning the unfinished uploads of {key}", run)
 
     async def read_bytes(self, key: str) -> bytes:
         resp = await self._call(
@@ -920,6 +976,10 @@ class S3Store(Store):
                 body.close()
 
     async def delete(self, key: str) -> None:
+        if key.endswith(PARTIAL_UPLOAD):
+            # The staging name of an unfinished multipart upload (see `list`): abort it.
+            await self._abort_uploads(key[: -len(PARTIAL_UPLOAD)])
+            return
         await self._call(
             f"deleting {key}",
             self.client().delete_object,
