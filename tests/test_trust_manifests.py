@@ -503,3 +503,43 @@ def test_lab_a_forged_newest_manifest_stops_the_recovery_before_the_service(
     assert state == "active"
     assert tree(root / "etc") == before
     assert not list(root.glob(".kconsole-restore-*"))
+
+
+def test_a_hang_up_during_the_swap_does_not_leave_it_half_done(tmp_path: Path) -> None:
+    """The SSH session dropping (SIGHUP to the script's process group) right after the live
+    state was moved aside does not stop the swap half-way: the restored state is moved in,
+    the previous one kept as `.pre-restore`. The hang-up is sent by an `mv` on the PATH that
+    does the real move first (once), so it lands at exactly that point."""
+    import signal
+    import subprocess
+
+    from kconsole.backups.restore import swap_script
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mark = tmp_path / "hung-up"
+    real_mv = subprocess.run(["sh", "-c", "command -v mv"], capture_output=True, text=True)
+    wrapper = bin_dir / "mv"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "trap '' HUP\n"
+        f'{real_mv.stdout.strip()} "$@"; rc=$?\n'
+        f"if [ ! -e {mark} ]; then : > {mark}; kill -HUP 0; fi\n"
+        "exit $rc\n"
+    )
+    wrapper.chmod(0o755)
+    root = tmp_path / "root"
+    live = root / "var/lib/kaldrix/state"
+    live.mkdir(parents=True)
+    (live / "old").write_text("old")
+    staging = root / ".kconsole-restore-r1"
+    (staging / "var/lib/kaldrix/state").mkdir(parents=True)
+    (staging / "var/lib/kaldrix/state/new").write_text("new")
+    script = swap_script(str(root), str(staging), ["var/lib/kaldrix/state"])
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", "-c", script], env=env, start_new_session=True, timeout=60)
+    assert mark.exists()  # the hang-up was sent after the first move
+    assert proc.returncode in (0, -signal.SIGHUP)
+    assert (live / "new").read_text() == "new"
+    assert (root / "var/lib/kaldrix/state.pre-restore/old").read_text() == "old"
+    assert not staging.exists()

@@ -71,11 +71,17 @@ def swap_script(root: str, staging: str, paths: list[str]) -> str:
     First every path's directory is resolved on the node (symlinks followed) and must stay
     inside the root; then each live path is moved to `*.pre-restore` and the restored one
     moved in. If any step fails, everything moved so far is put back, the staging directory
-    is removed, and it exits 1 with the reason on stderr.
+    is removed, and it exits 1 with the reason on stderr. A hang-up does not interrupt it.
     """
     q = shlex.quote
     base = root.rstrip("/")
-    lines = [f"R=$(realpath -e -- {q(root)}) || {{ echo 'the node root is missing' >&2; exit 1; }}"]
+    lines = [
+        # A few renames, finished once begun: a dropped SSH session (SIGHUP, or SIGPIPE on
+        # writing its reason) must not stop it half-way, between moving the live state
+        # aside and moving the restored one in.
+        "trap '' HUP PIPE",
+        f"R=$(realpath -e -- {q(root)}) || {{ echo 'the node root is missing' >&2; exit 1; }}",
+    ]
     undo: list[str] = []
     for i, rel in enumerate(paths):
         live = f"{base}/{rel}"
