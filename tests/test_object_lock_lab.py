@@ -7,13 +7,15 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from kconsole.backups.stores import S3Store
 from kconsole.site import load_site
-from tests.lablive import live_lab
+from tests.lablive import LiveLab, live_lab
 
 STATE = "var/lib/kaldrix/state"
 
@@ -26,20 +28,27 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
-def test_a_state_over_64_mib_backs_up_locked_to_s3_and_restores_byte_exact(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextmanager
+def grown_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str) -> Iterator[LiveLab]:
+    """A two-node lab whose validator1 holds `size` of chain state, its variables set."""
     with live_lab(tmp_path / "lab", nodes=2) as lab:
         for key, value in lab.env().items():
             monkeypatch.setenv(key, value)
-        site = load_site(lab.site)
-        assert site.locations["cloud"].object_lock, "the lab's S3 location must require a lock"
         subprocess.run(
             [sys.executable, "-m", "kconsole.lab", "grow", "--dir", str(lab.dir)]
-            + ["validator1", "120M"],
+            + ["validator1", size],
             check=True,
             capture_output=True,
         )
+        yield lab
+
+
+def test_a_state_over_64_mib_backs_up_locked_to_s3_and_restores_byte_exact(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with grown_lab(tmp_path, monkeypatch, "120M") as lab:
+        site = load_site(lab.site)
+        assert site.locations["cloud"].object_lock, "the lab's S3 location must require a lock"
         rb = tmp_path / "backup.toml"
         rb.write_text(
             textwrap.dedent("""
@@ -125,16 +134,8 @@ def test_a_location_failing_mid_stream_stops_the_capture_and_leaves_nothing(
     """The bucket refuses once the backup has filled its first part: the capture stops there
     (it does not run to the end first), the run fails naming the location, and no copy
     or staging file is left in the primary, on the DR host or in the bucket."""
-    with live_lab(tmp_path / "lab", nodes=2) as lab:
-        for key, value in lab.env().items():
-            monkeypatch.setenv(key, value)
+    with grown_lab(tmp_path, monkeypatch, "160M") as lab:
         site = load_site(lab.site)
-        subprocess.run(
-            [sys.executable, "-m", "kconsole.lab", "grow", "--dir", str(lab.dir)]
-            + ["validator1", "160M"],
-            check=True,
-            capture_output=True,
-        )
         rb = tmp_path / "backup.toml"
         rb.write_text(
             textwrap.dedent("""

@@ -50,12 +50,14 @@ class ArchiveReport:
 
 
 class _Counting(io.RawIOBase):
-    """Pass-through reader that counts what is read (the tar's size, for the report)."""
+    """Pass-through reader that counts what is read (the tar's size, for the report) and,
+    with `hashed`, hashes it too (a ciphertext file checked against its manifest)."""
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: BinaryIO, hashed: bool = False) -> None:
         super().__init__()
         self.src = src
         self.size = 0
+        self.digest = hashlib.sha256() if hashed else None
 
     def readable(self) -> bool:
         return True
@@ -65,6 +67,8 @@ class _Counting(io.RawIOBase):
         n = len(data)
         buffer[:n] = data
         self.size += n
+        if self.digest is not None:
+            self.digest.update(data)
         return n
 
 
@@ -204,28 +208,6 @@ def verify_file(
     )
 
 
-class _Hashing(io.RawIOBase):
-    """Pass-through reader that hashes and counts what is read (a ciphertext file, checked
-    against its manifest as it streams)."""
-
-    def __init__(self, src: BinaryIO) -> None:
-        super().__init__()
-        self.src = src
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.src.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.digest.update(data)
-        self.size += n
-        return n
-
-
 class _Recording(io.RawIOBase):
     """Pass-through reader that keeps what was read until `take()` hands it on."""
 
@@ -281,7 +263,8 @@ def checked_tar_chunks(
     else:
         fh = path()  # a stream (a remote copy as it arrives)
     with fh:
-        hashed = _Hashing(fh)
+        hashed = _Counting(fh, hashed=True)
+        assert hashed.digest is not None
         reader, decryptor = decrypting_reader(cast(BinaryIO, hashed), keys, legacy, where)
         stream, layers = decompressed(reader, where)
         rec = _Recording(stream)

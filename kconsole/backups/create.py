@@ -376,6 +376,17 @@ async def create_backup(
             partial.unlink()
 
 
+async def _left_behind(emit: Emit, where: str, exc: BaseException) -> None:
+    """Say that an incomplete copy could not be removed (never raises)."""
+    why = str(exc).rstrip(".") or "no answer"
+    with contextlib.suppress(Exception):
+        await emit(
+            "stderr",
+            f"could not remove the incomplete copy {where} ({why}); the catalog lists it as "
+            "an orphan and backup.prune removes it",
+        )
+
+
 def _not_everywhere(bid: str, errors: dict[str, str]) -> str:
     problems = "; ".join(f"{n}: {why}" for n, why in errors.items())
     return f"backup {bid} is not in every location: {problems}."
@@ -392,13 +403,7 @@ async def _abandon(
         try:
             await asyncio.wait_for(stores[name].delete(okey), CLEANUP_TIMEOUT_S)
         except (OperationFailed, OSError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await emit(
-                    "stderr",
-                    f"could not remove the incomplete copy {stores[name].describe(okey)} "
-                    f"({_reason(exc)}); the catalog lists it as an orphan and backup.prune "
-                    "removes it",
-                )
+            await _left_behind(emit, stores[name].describe(okey), exc)
 
 
 CLEANUP_TIMEOUT_S = 30.0
@@ -467,13 +472,7 @@ async def _remove_copies(manifest: Manifest, stores: dict[str, Store], emit: Emi
             try:
                 await asyncio.wait_for(store.delete(key), CLEANUP_TIMEOUT_S)
             except (OperationFailed, OSError, TimeoutError) as exc:
-                with contextlib.suppress(Exception):
-                    await emit(
-                        "stderr",
-                        f"could not remove the incomplete copy {store.describe(key)} "
-                        f"({str(exc).rstrip('.') or 'no answer'}); the catalog lists it as an "
-                        "orphan and backup.prune removes it",
-                    )
+                await _left_behind(emit, store.describe(key), exc)
                 return
 
     await asyncio.gather(*(one(n, s) for n, s in stores.items()))
