@@ -83,6 +83,22 @@ def test_pick_the_newest_good_backup_before_a_time(tmp_path: Path) -> None:
     assert chosen(f"before:{(NOW - timedelta(hours=5)).isoformat()}") is None
 
 
+def test_latest_in_a_location_is_the_newest_with_a_copy_there(tmp_path: Path) -> None:
+    """Restoring from one location (the primary site is gone): `latest` is the newest good
+    backup that has a copy in it, not the newest anywhere."""
+    site = make_site(tmp_path)
+    stores = open_stores(site, None)
+    both = plant_sync(site, stores, "validator1", "blockchain-state", NOW - timedelta(hours=2))
+    primary_only = plant_sync(
+        site, {"primary": stores["primary"]}, "validator1", "blockchain-state", NOW
+    )
+    catalog = asyncio.run(build_catalog(site, stores, now=NOW))
+    latest = parse_selector("latest")
+    assert pick(catalog, latest, "blockchain-state", "validator1").id == primary_only.id
+    found = pick(catalog, latest, "blockchain-state", "validator1", "dr")
+    assert found is not None and found.id == both.id
+
+
 RUNBOOK = """
 [runbook]
 id = "check-before"

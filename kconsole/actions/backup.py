@@ -26,21 +26,22 @@ def _selector(wanted: str) -> BackupSelector:
         raise OperationFailed(f"backup {wanted!r}: {exc}.") from None
 
 
-async def resolve_backup(ctx: StepContext, wanted: str, kind: str, node: str) -> Backup:
+async def resolve_backup(
+    ctx: StepContext, wanted: str, kind: str, node: str, location: str | None = None
+) -> Backup:
     """A catalog Backup: an id, the "latest" good one of `kind` from `node`, or the newest
-    good one made "before:TIME"."""
+    good one made "before:TIME" (with a copy in `location` when one is given)."""
     session = ctx.services.backups(ctx.site)
     catalog = await session.catalog()
     selector = _selector(wanted)
     if selector.backup_id:
         return catalog.find(selector.backup_id)
-    found = pick(catalog, selector, kind, node)
+    found = pick(catalog, selector, kind, node, location)
     if found is None:
         when = "" if selector.before is None else f" {selector.describe()}"
         where = f"; unreachable locations: {', '.join(catalog.errors)}" if catalog.errors else ""
-        raise OperationFailed(
-            f"there is no good {kind} backup of {node}{when} in any location{where}."
-        )
+        place = f"in {location}" if location else "in any location"
+        raise OperationFailed(f"there is no good {kind} backup of {node}{when} {place}{where}.")
     return found
 
 
@@ -128,13 +129,15 @@ class BackupRestore(Action):
         node = ctx.require_node()
         session = ctx.services.backups(ctx.site)
         source = ctx.values.get("source_node") or node.name
+        location = ctx.values.get("location") or None
         backup = await resolve_backup(
             ctx,
             str(ctx.values.get("backup") or "latest"),
             ctx.values.get("kind") or "blockchain-state",
             source,
+            location,
         )
-        stores = session.stores([ctx.values["location"]] if ctx.values.get("location") else None)
+        stores = session.stores([location] if location else None)
         report = await restore_backup(
             ctx.site,
             node,

@@ -300,9 +300,12 @@ async def restore_backup(
                 if temporary and local is not None:
                     local.unlink(missing_ok=True)
         if report is None:
-            raise OperationFailed(
-                f"no good copy of {backup.id}: {'; '.join(problems) or 'it has no replicas'}."
-            )
+            if not problems:
+                raise OperationFailed(
+                    f"{backup.id} has no copy in {', '.join(stores) or 'any location'}"
+                    f" (its copies: {', '.join(sorted(backup.replicas)) or 'none'})."
+                )
+            raise OperationFailed(f"no good copy of {backup.id}: {'; '.join(problems)}.")
         await emit(
             "stdout",
             f"verified {backup.id} from {replica} as it streamed: {report.members} files, "

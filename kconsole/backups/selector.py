@@ -71,10 +71,15 @@ def parse_selector(text: str) -> BackupSelector:
     return BackupSelector(backup_id=raw)
 
 
-def pick(catalog: Catalog, selector: BackupSelector, kind: str, node: str) -> Backup | None:
-    """The newest restorable backup of `kind` from `node` the selector allows (not for ids)."""
+def pick(
+    catalog: Catalog, selector: BackupSelector, kind: str, node: str, location: str | None = None
+) -> Backup | None:
+    """The newest restorable backup of `kind` from `node` the selector allows (not for ids),
+    among those with a copy in `location` when one is given."""
     for backup in catalog.select(kind, node):  # newest first
         if not (backup.good and backup.replicas):
+            continue
+        if location is not None and location not in backup.replicas:
             continue
         if selector.before is None or backup.created < selector.before:
             return backup
