@@ -420,7 +420,14 @@ class IncidentDesk:
     async def deliver(self, client: httpx.AsyncClient | None = None) -> list[Delivery]:
         """Try every due message once, recording on its incident what happened."""
         own = client is None
-        http = client or httpx.AsyncClient(timeout=DELIVERY_TIMEOUT)
+        if own and not await asyncio.to_thread(self.outbox.due, self.clock.now()):
+            return []  # nothing to send: no HTTP client (its TLS context costs ~0.15 s)
+        # Built in a worker thread: loading the CA bundle would hold the console's loop.
+        http = (
+            client
+            if client is not None
+            else await asyncio.to_thread(httpx.AsyncClient, timeout=DELIVERY_TIMEOUT)
+        )
         try:
             results = await self.outbox.deliver(make_sender(self.site, http), self.clock.now())
         finally:

@@ -102,6 +102,10 @@ class Outbox:
                 out.append(Message(**json.loads(path.read_text())))
         return out
 
+    def due(self, now: datetime) -> bool:
+        """Whether any message is due to be tried now."""
+        return any(not m.next_try or m.next_try <= iso(now) for m in self.pending())
+
     async def deliver(self, send: Sender, now: datetime, force: bool = False) -> list[Delivery]:
         """Try every message that is due (all of them with `force`); returns what happened."""
         results: list[Delivery] = []
