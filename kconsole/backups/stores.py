@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import re
 import shlex
 import shutil
 import threading
@@ -25,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kconsole.backups.manifest import OBJECT_SUFFIX, parse_id
 from kconsole.config import format_duration
 from kconsole.errors import OperationFailed, UsageError
 from kconsole.fsutil import atomic_write, fsync_dir
@@ -116,6 +116,12 @@ def s3_sha256(path: Path, part: int) -> str:
     with path.open("rb") as fh:
         while data := fh.read(part):
             digests.append(hashlib.sha256(data).digest())
+    return s3_composite(digests)
+
+
+def s3_composite(digests: Sequence[bytes]) -> str:
+    """S3's composite SHA-256 checksum of a multipart object from its parts' SHA-256 digests,
+    in part order: base64 of the SHA-256 of the digests, "-", the number of parts."""
     combined = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
     return f"{combined}-{len(digests)}"
 
@@ -136,9 +142,6 @@ def read_small_file(path: str) -> bytes:
         os.close(fd)
     return b"".join(chunks)
 
-
-_KEY_TIME = re.compile(r"_(\d{8}T\d{6}Z)\.[a-z]+$")
-"""The creation time in a backup object's key (`NODE_KIND_YYYYmmddTHHMMSSZ.kdx`)."""
 
 PARTIAL_UPLOAD = ".partial"
 """How an unfinished S3 multipart upload of KEY is listed: `KEY.partial`, a staging name."""
@@ -677,6 +680,10 @@ class S3Store(Store):
         k = safe_key(key)
         return f"{self.prefix}/{k}" if self.prefix else k
 
+    def _rel(self, full: str) -> str:
+        """A bucket key as a key inside this location (the prefix taken off)."""
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
     def describe(self, key: str) -> str:
         return f"s3://{self.location.bucket}/{self._key(key)}"
 
@@ -727,7 +734,7 @@ class S3Store(Store):
                 PaginationConfig={"PageSize": self.page_size},
             ):
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
+                    rel = self._rel(obj["Key"])
                     out.append(ObjectInfo(rel, int(obj["Size"]), obj["LastModified"].timestamp()))
             out.extend(self._unfinished_uploads(full))
             return out
@@ -746,19 +753,14 @@ class S3Store(Store):
             paginator = self.client().get_paginator("list_multipart_uploads")
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full):
                 for up in page.get("Uploads", []):
-                    rel = up["Key"][len(self.prefix) + 1 :] if self.prefix else up["Key"]
+                    rel = self._rel(up["Key"])
                     began = up["Initiated"].timestamp()
                     # The backup id in the key says when its capture began; an upload cannot
                     # be older (moto reports a fixed date in 2010 for every upload).
-                    named = _KEY_TIME.search(rel)
-                    if named:
-                        with contextlib.suppress(ValueError):
-                            began = max(
-                                began,
-                                datetime.strptime(named.group(1), "%Y%m%dT%H%M%SZ")
-                                .replace(tzinfo=UTC)
-                                .timestamp(),
-                            )
+                    name = posixpath.basename(rel)
+                    named = parse_id(name.removesuffix(OBJECT_SUFFIX))
+                    if name.endswith(OBJECT_SUFFIX) and named is not None:
+                        began = max(began, named[2].timestamp())
                     found.append(ObjectInfo(rel + PARTIAL_UPLOAD, 0, began))
         except (BotoCoreError, ClientError):
             return []

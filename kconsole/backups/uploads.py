@@ -21,6 +21,7 @@ from kconsole.backups.stores import (
     S3Store,
     SftpLocationStore,
     Store,
+    s3_composite,
     transfer_timeout,
 )
 from kconsole.errors import OperationFailed
@@ -44,9 +45,6 @@ def stream_part_size(number: int) -> int:
 class Upload:
     """A copy being written as the backup is captured."""
 
-    name: str
-    """The location's name."""
-
     async def write(self, data: bytes) -> None:
         """Append `data` (the next ciphertext, in order)."""
         raise NotImplementedError
@@ -61,13 +59,13 @@ class Upload:
         """Give up: nothing stays under the final name (bounded in time, never raises)."""
 
 
-def open_upload(name: str, store: Store, key: str) -> Upload | None:
+def open_upload(store: Store, key: str) -> Upload | None:
     """A streaming upload of `key` into `store`, or None where copying the finished file
     is as good (a local directory)."""
     if isinstance(store, SftpLocationStore):
-        return SftpUpload(name, store, key)
+        return SftpUpload(store, key)
     if isinstance(store, S3Store):
-        return S3Upload(name, store, key)
+        return S3Upload(store, key)
     return None
 
 
@@ -75,8 +73,7 @@ class SftpUpload(Upload):
     """Written to `NAME.partial` on the host, renamed into place when complete, then checked
     by `sha256sum` on the host (or read back where the host runs no commands)."""
 
-    def __init__(self, name: str, store: SftpLocationStore, key: str) -> None:
-        self.name = name
+    def __init__(self, store: SftpLocationStore, key: str) -> None:
         self.store = store
         self.key = key
         self._stack = contextlib.AsyncExitStack()
@@ -110,22 +107,15 @@ class SftpUpload(Upload):
         # reads it back when the host cannot hash it).
         await self.store._bounded(f"completing {self.key}", self._stack.aclose(), size)
         if writer.sha256 != sha256 or writer.size != size:
-            await self.abort_copy()
+            with contextlib.suppress(OperationFailed, OSError):
+                await self.store.delete(self.key)
             raise OperationFailed(
                 f"the copy sent to {self.store.describe(self.key)} is not the backup "
                 f"({writer.size} of {size} bytes)."
             )
-        try:
-            if self.store._on_host:
-                await self.store.confirm_at_rest(self.key, sha256, size)
-        except BaseException:
-            await self.abort_copy()
-            raise
+        if self.store._on_host:
+            await self.store.confirm_at_rest(self.key, sha256, size)  # deletes a bad copy
         return {}
-
-    async def abort_copy(self) -> None:
-        with contextlib.suppress(OperationFailed, OSError):
-            await self.store.delete(self.key)
 
     async def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -140,15 +130,16 @@ class S3Upload(Upload):
     the site's Object Lock. A backup smaller than one part is uploaded whole from the staged
     file when it ends."""
 
-    def __init__(self, name: str, store: S3Store, key: str) -> None:
-        self.name = name
+    def __init__(self, store: S3Store, key: str) -> None:
         self.store = store
         self.key = key
         self._buffer = bytearray()
         self._upload_id: str | None = None
-        self._parts: dict[int, dict[str, str]] = {}
+        self._count = 0
+        """Parts sent or being sent (the last one's number)."""
+        self._etags: dict[int, str] = {}
         self._digests: dict[int, bytes] = {}
-        self._sent = 0
+        """Part number -> ETag and SHA-256 digest, for the parts S3 took."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(S3_PARTS_IN_FLIGHT)
         self._failed: BaseException | None = None
@@ -162,8 +153,7 @@ class S3Upload(Upload):
         self._buffer += data
         # A backup that never fills a part is uploaded whole when it ends (one part, S3's
         # plain SHA-256 checksum); the first full part starts the multipart upload.
-        while len(self._buffer) >= stream_part_size(len(self._parts) + 1):
-            size = stream_part_size(len(self._parts) + 1)
+        while len(self._buffer) >= (size := stream_part_size(self._count + 1)):
             part = bytes(self._buffer[:size])
             del self._buffer[:size]
             await self._send(part)
@@ -183,8 +173,8 @@ class S3Upload(Upload):
                 **self._lock,
             )
             self._upload_id = str(answer["UploadId"])
-        number = len(self._parts) + 1
-        self._parts[number] = {}
+        self._count += 1
+        number = self._count
         await self._gate.acquire()
         self._raise_failure()
         task = asyncio.ensure_future(self._part(number, part))
@@ -213,13 +203,8 @@ class S3Upload(Upload):
                 upload,
                 timeout=transfer_timeout(len(data), self.store.call_timeout, self.store.min_rate),
             )
-            self._parts[number] = {
-                "ETag": str(answer["ETag"]),
-                "PartNumber": str(number),
-                "ChecksumSHA256": base64.b64encode(digest).decode(),
-            }
+            self._etags[number] = str(answer["ETag"])
             self._digests[number] = digest
-            self._sent += len(data)
         except BaseException as exc:  # noqa: BLE001 - the next write or finish raises it
             if self._failed is None:
                 self._failed = exc
@@ -239,13 +224,8 @@ class S3Upload(Upload):
         if self._tasks:
             await asyncio.gather(*list(self._tasks))
         self._raise_failure()
-        numbers = sorted(self._parts)
-        composite = (
-            base64.b64encode(
-                hashlib.sha256(b"".join(self._digests[n] for n in numbers)).digest()
-            ).decode()
-            + f"-{len(numbers)}"
-        )
+        numbers = range(1, self._count + 1)
+        composite = s3_composite([self._digests[n] for n in numbers])
         await self.store._call(
             f"completing the upload of {self.key}",
             self.store.client().complete_multipart_upload,
@@ -255,9 +235,9 @@ class S3Upload(Upload):
             MultipartUpload={
                 "Parts": [
                     {
-                        "ETag": self._parts[n]["ETag"],
+                        "ETag": self._etags[n],
                         "PartNumber": n,
-                        "ChecksumSHA256": self._parts[n]["ChecksumSHA256"],
+                        "ChecksumSHA256": base64.b64encode(self._digests[n]).decode(),
                     }
                     for n in numbers
                 ]
