@@ -233,7 +233,7 @@ async def create_backup(
     # get a copy of the staged file once it is complete.
     uploads: dict[str, Upload] = {}
     for name, store in stores.items():
-        if store is not primary and (up := open_upload(name, store, okey)) is not None:
+        if store is not primary and (up := open_upload(store, okey)) is not None:
             uploads[name] = up
     tee = Tee(uploads)
     placed: dict[str, dict[str, Any]] = {}
@@ -376,17 +376,6 @@ async def create_backup(
             partial.unlink()
 
 
-async def _left_behind(emit: Emit, where: str, exc: BaseException) -> None:
-    """Say that an incomplete copy could not be removed (never raises)."""
-    why = str(exc).rstrip(".") or "no answer"
-    with contextlib.suppress(Exception):
-        await emit(
-            "stderr",
-            f"could not remove the incomplete copy {where} ({why}); the catalog lists it as "
-            "an orphan and backup.prune removes it",
-        )
-
-
 def _not_everywhere(bid: str, errors: dict[str, str]) -> str:
     problems = "; ".join(f"{n}: {why}" for n, why in errors.items())
     return f"backup {bid} is not in every location: {problems}."
@@ -399,11 +388,7 @@ async def _abandon(
     complete (bounded; what cannot be deleted is left for the catalog to report)."""
     with contextlib.suppress(Exception):
         await tee.abort()
-    for name in placed:
-        try:
-            await asyncio.wait_for(stores[name].delete(okey), CLEANUP_TIMEOUT_S)
-        except (OperationFailed, OSError, TimeoutError) as exc:
-            await _left_behind(emit, stores[name].describe(okey), exc)
+    await _remove_copies([okey], {n: stores[n] for n in placed}, emit)
 
 
 CLEANUP_TIMEOUT_S = 30.0
@@ -456,23 +441,30 @@ async def store_backup(
     finally:
         left = {n: s for n, s in stores.items() if n not in complete}
         if left:
-            await _remove_copies(manifest, left, emit)
+            await _remove_copies([okey, mkey], left, emit)
     if errors:
         raise OperationFailed(
             f"backup {manifest.id} is not in every location: {'; '.join(errors)}."
         )
 
 
-async def _remove_copies(manifest: Manifest, stores: dict[str, Store], emit: Emit) -> None:
-    """Delete the object, then the manifest, of a backup from locations where it did not
-    complete; each bounded, failures reported (the catalog will list what stays as orphans)."""
+async def _remove_copies(keys: list[str], stores: dict[str, Store], emit: Emit) -> None:
+    """Delete `keys` in order (the object, then its manifest) from locations where a backup
+    did not complete; each bounded, failures reported (the catalog will list what stays as
+    orphans)."""
 
     async def one(name: str, store: Store) -> None:
-        for key in (manifest.object_key(), manifest.manifest_key()):
+        for key in keys:
             try:
                 await asyncio.wait_for(store.delete(key), CLEANUP_TIMEOUT_S)
             except (OperationFailed, OSError, TimeoutError) as exc:
-                await _left_behind(emit, store.describe(key), exc)
+                with contextlib.suppress(Exception):
+                    await emit(
+                        "stderr",
+                        f"could not remove the incomplete copy {store.describe(key)} "
+                        f"({str(exc).rstrip('.') or 'no answer'}); the catalog lists it as an "
+                        "orphan and backup.prune removes it",
+                    )
                 return
 
     await asyncio.gather(*(one(n, s) for n, s in stores.items()))
