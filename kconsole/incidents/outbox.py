@@ -104,14 +104,14 @@ class Outbox:
 
     def due(self, now: datetime) -> bool:
         """Whether any message is due to be tried now."""
-        return any(not m.next_try or m.next_try <= iso(now) for m in self.pending())
+        return any(_due(m, now) for m in self.pending())
 
     async def deliver(self, send: Sender, now: datetime, force: bool = False) -> list[Delivery]:
         """Try every message that is due (all of them with `force`); returns what happened."""
         results: list[Delivery] = []
         failing: set[str] = set()
         for message in self.pending():
-            if not force and message.next_try and message.next_try > iso(now):
+            if not force and not _due(message, now):
                 continue
             if message.target in failing:
                 # One failure per target per pass: a black-holed target costs one timeout,
@@ -155,3 +155,8 @@ class Outbox:
             return Delivery(message, True)
         finally:
             os.close(fd)
+
+
+def _due(message: Message, now: datetime) -> bool:
+    """Whether `message` is to be tried now (never tried, or its backoff has passed)."""
+    return not message.next_try or message.next_try <= iso(now)
