@@ -45,23 +45,26 @@ def _out(line: str) -> None:
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A plain fixed-width table on stdout: columns as wide as their content (in terminal
-    cells, so wide characters line up), one space apart, never wrapped, no trailing
-    spaces. A column named with a leading `>` is right-aligned (the `>` is not shown).
-    Cells are printed as they are, never read as markup; a line break in one is a space."""
-    from rich.cells import cell_len
+    """A plain fixed-width table on stdout, laid out by rich: columns as wide as their
+    content (in terminal cells, so wide characters line up), one space apart, never
+    wrapped, no trailing spaces. A column named with a leading `>` is right-aligned (the `>`
+    is not shown). Cells are printed as they are, never read as markup; a line break in one
+    is a space."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-    right = [name.startswith(">") for name in columns]
-    lines = [[name.lstrip(">") for name in columns]]
-    lines += [[" ".join(str(cell).splitlines()) for cell in row] for row in rows]
-    sizes = [[cell_len(cell) for cell in line] for line in lines]
-    widths = [max(line[i] for line in sizes) for i in range(len(columns))]
-    for line, size in zip(lines, sizes, strict=True):
-        parts = [
-            " " * (widths[i] - size[i]) + cell if right[i] else cell + " " * (widths[i] - size[i])
-            for i, cell in enumerate(line)
-        ]
-        _out(" ".join(parts).rstrip())
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="")
+    for name in columns:
+        right = name.startswith(">")
+        table.add_column(name.lstrip(">"), justify="right" if right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(" ".join(str(cell).splitlines())) for cell in row))
+    console = Console(width=100_000, color_system=None, highlight=False, emoji=False)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        _out(line.rstrip())
 
 
 def _err(line: str) -> None:
